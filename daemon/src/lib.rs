@@ -1,1 +1,12 @@
-pub fn x(){}
+//! chkpt's engine and daemon: automatic, restorable checkpoints of code workspaces.
+//!
+//! # Layout
+//! - [`store`]: the content-addressed store (packs, trees, the sled catalog), synchronous.
+//! - [`workspace`]: scanning, the warm file index, save, restore and diff of one workspace.
+//! - [`error`]: the engine's error type.
+
+pub mod error;
+pub mod store;
+pub mod workspace;
+
+pub use error::{Error, Result};

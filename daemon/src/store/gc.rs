@@ -1,0 +1,268 @@
+//! Garbage collection, repacking and verification.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::sync::Arc;
+
+use super::pack::{self, Loc, PackWriter};
+use super::{Id, Kind, Store, lock_poisoned};
+use crate::error::{Error, IoContext, Result};
+
+/// Packs whose dead fraction passes this are rewritten.
+pub const REPACK_DEAD_FRACTION: f64 = 0.3;
+
+/// What a garbage collection did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Objects no snapshot or warm index refers to, dropped.
+    pub objects_removed: u64,
+    /// Bytes freed on disk.
+    pub bytes_reclaimed: u64,
+    /// Packs deleted (empty, orphaned or rewritten).
+    pub packs_removed: u64,
+    /// Packs rewritten.
+    pub packs_repacked: u64,
+}
+
+/// One problem found by [`Store::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The damaged or missing object.
+    pub object: Id,
+    /// A snapshot that needs it (none for an object nothing refers to).
+    pub snapshot: Option<u64>,
+    /// Where in that snapshot.
+    pub path: Vec<u8>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What [`Store::verify`] checked and found.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    /// Objects read and checked.
+    pub objects_checked: u64,
+    /// Trees decoded.
+    pub trees_checked: u64,
+    /// Bytes decompressed and hashed.
+    pub bytes_checked: u64,
+    /// Everything wrong, at most [`MAX_PROBLEMS`].
+    pub problems: Vec<Problem>,
+}
+
+/// Problems reported at most.
+pub const MAX_PROBLEMS: usize = 10_000;
+
+type BadPaths = Arc<Vec<(Vec<u8>, Id, String)>>;
+
+impl Store {
+    /// Every object reachable from a snapshot or a warm index.
+    fn mark(&self) -> Result<HashSet<Id>> {
+        let mut live: HashSet<Id> = HashSet::new();
+        let mut stack: Vec<Id> = Vec::new();
+        for s in self.cat.all_snapshots()? {
+            if live.insert(s.root) {
+                stack.push(s.root);
+            }
+        }
+        while let Some(tree_id) = stack.pop() {
+            // A tree that cannot be read would hide what it holds: stop rather than sweep it.
+            let tree = self.tree(&tree_id)?;
+            for e in tree.entries {
+                if live.insert(e.id) && e.kind == Kind::Dir {
+                    stack.push(e.id);
+                }
+            }
+        }
+        for kv in self.cat.files.iter() {
+            let (_, v) = kv?;
+            if let Some((&super::catalog::RECORD_VERSION, rest)) = v.split_first()
+                && let Ok(meta) = bitcode::decode::<super::catalog::FileMeta>(rest)
+                && meta.kind != Kind::Dir
+            {
+                live.insert(meta.id);
+            }
+        }
+        Ok(live)
+    }
+
+    /// Drops objects nothing refers to, rewrites packs that are mostly dead and deletes empty
+    /// and orphaned packs. Waits for open batches; new ones wait for it.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _exclusive = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+        self.close_writers();
+        let live = self.mark()?;
+        let mut report = GcReport::default();
+        let mut live_bytes: HashMap<u32, u64> = HashMap::new();
+        let mut live_in: HashMap<u32, Vec<(Id, Loc)>> = HashMap::new();
+        let mut drop_batch = sled::Batch::default();
+        for kv in self.cat.blobs.iter() {
+            let (k, v) = kv?;
+            let id = Id(k.as_ref().try_into().map_err(|_| Error::Corrupt("blob index key".into()))?);
+            let Some(loc) = Loc::decode(&v) else {
+                drop_batch.remove(k);
+                continue;
+            };
+            if live.contains(&id) {
+                *live_bytes.entry(loc.pack).or_default() += loc.record_len();
+                live_in.entry(loc.pack).or_default().push((id, loc));
+            } else {
+                drop_batch.remove(k);
+                report.objects_removed += 1;
+            }
+        }
+        self.cat.blobs.apply_batch(drop_batch)?;
+        self.flush()?;
+        self.gc_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+
+        let known: HashMap<u32, u64> = self.cat.pack_lengths()?.into_iter().collect();
+        for (&no, &committed) in &known {
+            let total = committed.saturating_sub(pack::MAGIC.len() as u64);
+            let live = live_bytes.get(&no).copied().unwrap_or(0);
+            if live == 0 {
+                self.delete_pack(no, &mut report)?;
+            } else if total > 0 && (total - live.min(total)) as f64 / total as f64 > REPACK_DEAD_FRACTION {
+                self.repack(no, live_in.remove(&no).unwrap_or_default(), &mut report)?;
+            }
+        }
+        // Pack files the catalog never committed: the remains of a save that died early.
+        for no in self.pack_files()? {
+            if !known.contains_key(&no) {
+                self.delete_pack(no, &mut report)?;
+            }
+        }
+        tracing::info!(?report, "garbage collection done");
+        Ok(report)
+    }
+
+    fn delete_pack(&self, no: u32, report: &mut GcReport) -> Result<()> {
+        let path = pack::pack_path(&self.packs_dir, no);
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.cat.remove_pack(no)?;
+        self.flush()?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        self.maps.write().unwrap_or_else(|p| p.into_inner()).remove(&no);
+        lock_poisoned(&self.open_packs).remove(&no);
+        report.packs_removed += 1;
+        report.bytes_reclaimed += size;
+        Ok(())
+    }
+
+    fn repack(&self, no: u32, live: Vec<(Id, Loc)>, report: &mut GcReport) -> Result<()> {
+        let new_no = self.next_pack.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut w = PackWriter::create(&self.packs_dir, new_no)?;
+        let mut moved = Vec::with_capacity(live.len());
+        for (id, loc) in live {
+            let map = self.map(loc.pack, loc.end())?;
+            let stored = &map[loc.offset as usize..loc.end() as usize];
+            moved.push((id, w.append(id, loc.flags, loc.raw_len, stored)?));
+        }
+        let path = pack::pack_path(&self.packs_dir, new_no);
+        w.file.sync_all().at(&path)?;
+        let mut batch = sled::Batch::default();
+        for (id, loc) in &moved {
+            batch.insert(&id.0, &loc.encode());
+        }
+        self.cat.set_pack_length(new_no, w.len)?;
+        self.cat.blobs.apply_batch(batch)?;
+        self.flush()?;
+        self.delete_pack(no, report)?;
+        // delete_pack counted the old pack's whole size; the live part lives on in the new one.
+        report.bytes_reclaimed = report.bytes_reclaimed.saturating_sub(w.len);
+        report.packs_repacked += 1;
+        Ok(())
+    }
+
+    /// Reads every object and checks it against its id, decodes every tree reachable from a
+    /// snapshot, and names for each problem the snapshots and paths it hurts.
+    pub fn verify(&self, only_workspace: Option<u64>) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let mut bad: HashMap<Id, String> = HashMap::new();
+        for kv in self.cat.blobs.iter() {
+            let (k, v) = kv?;
+            let Ok(raw) = <[u8; 16]>::try_from(k.as_ref()) else { continue };
+            let id = Id(raw);
+            let Some(loc) = Loc::decode(&v) else {
+                bad.insert(id, "malformed index entry".into());
+                continue;
+            };
+            report.objects_checked += 1;
+            match self.read_loc_into(&id, &loc, &mut io::sink()) {
+                Ok(n) => report.bytes_checked += n,
+                Err(e) => {
+                    bad.insert(id, e.to_string());
+                }
+            }
+        }
+        let mut memo: HashMap<Id, BadPaths> = HashMap::new();
+        let mut snapshots = self.cat.all_snapshots()?;
+        snapshots.retain(|s| only_workspace.is_none_or(|w| s.workspace == w));
+        snapshots.sort_by_key(|s| std::cmp::Reverse(s.created_us));
+        let mut reachable: HashSet<Id> = HashSet::new();
+        for s in &snapshots {
+            let hurt = self.bad_paths(s.root, &bad, &mut memo, &mut report.trees_checked, &mut reachable);
+            for (path, object, problem) in hurt.iter() {
+                if report.problems.len() < MAX_PROBLEMS {
+                    report.problems.push(Problem { object: *object, snapshot: Some(s.id), path: path.clone(), problem: problem.clone() });
+                }
+            }
+        }
+        for (id, problem) in &bad {
+            if !reachable.contains(id) && report.problems.len() < MAX_PROBLEMS {
+                report.problems.push(Problem { object: *id, snapshot: None, path: Vec::new(), problem: problem.clone() });
+            }
+        }
+        Ok(report)
+    }
+
+    /// Paths below tree `id` whose objects are bad or missing (memoised per tree).
+    fn bad_paths(
+        &self,
+        id: Id,
+        bad: &HashMap<Id, String>,
+        memo: &mut HashMap<Id, BadPaths>,
+        trees_checked: &mut u64,
+        reachable: &mut HashSet<Id>,
+    ) -> BadPaths {
+        if let Some(hit) = memo.get(&id) {
+            return hit.clone();
+        }
+        reachable.insert(id);
+        let mut out = Vec::new();
+        let tree = match bad.get(&id) {
+            Some(problem) => Err(problem.clone()),
+            None => self.tree(&id).map_err(|e| e.to_string()),
+        };
+        match tree {
+            Err(problem) => out.push((Vec::new(), id, problem)),
+            Ok(tree) => {
+                *trees_checked += 1;
+                for e in &tree.entries {
+                    reachable.insert(e.id);
+                    if e.kind == Kind::Dir {
+                        for (sub, obj, problem) in self.bad_paths(e.id, bad, memo, trees_checked, reachable).iter() {
+                            let mut p = e.name.clone();
+                            if !sub.is_empty() {
+                                p.push(b'/');
+                                p.extend_from_slice(sub);
+                            }
+                            out.push((p, *obj, problem.clone()));
+                        }
+                    } else if let Some(problem) = bad.get(&e.id) {
+                        out.push((e.name.clone(), e.id, problem.clone()));
+                    } else if !self.cat.blobs.contains_key(e.id.0).unwrap_or(false) {
+                        out.push((e.name.clone(), e.id, "missing from the store".into()));
+                    }
+                }
+            }
+        }
+        let out = Arc::new(out);
+        memo.insert(id, out.clone());
+        out
+    }
+}

@@ -1,0 +1,122 @@
+//! Content ids: the xxh3-128 digest of an object's bytes.
+
+use std::fmt;
+use std::io::{self, Read};
+
+use xxhash_rust::xxh3::{Xxh3, xxh3_128};
+
+/// The id of a stored object (a file's content, a symlink's target or an encoded tree):
+/// the xxh3-128 digest of its uncompressed bytes, little-endian.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bitcode::Encode, bitcode::Decode)]
+pub struct Id(pub [u8; 16]);
+
+impl Id {
+    /// The id of `data`.
+    pub fn of(data: &[u8]) -> Id {
+        Id(xxh3_128(data).to_le_bytes())
+    }
+
+    /// The id of everything `reader` yields, read in chunks (never whole into memory).
+    pub fn of_reader(mut reader: impl Read) -> io::Result<(Id, u64)> {
+        let mut hasher = Hasher::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finish())
+    }
+
+    /// Lowercase hex, 32 digits.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// Parses the 32-digit hex form.
+    pub fn from_hex(s: &str) -> Option<Id> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+        }
+        Some(Id(out))
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({})", &self.to_hex()[..12])
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A streaming hasher that yields the same [`Id`] as [`Id::of`] on the concatenated input.
+#[derive(Clone)]
+pub struct Hasher {
+    inner: Xxh3,
+    len: u64,
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Hasher { inner: Xxh3::new(), len: 0 }
+    }
+}
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hasher").field("len", &self.len).finish()
+    }
+}
+
+impl Hasher {
+    /// Feeds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.inner.update(data);
+        self.len += data.len() as u64;
+    }
+
+    /// The id and the number of bytes fed.
+    pub fn finish(&self) -> (Id, u64) {
+        (Id(self.inner.digest128().to_le_bytes()), self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_equals_one_shot() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut h = Hasher::default();
+        for chunk in data.chunks(4097) {
+            h.update(chunk);
+        }
+        assert_eq!(h.finish(), (Id::of(&data), data.len() as u64));
+        assert_eq!(Id::of_reader(&data[..]).unwrap(), (Id::of(&data), data.len() as u64));
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let id = Id::of(b"hello");
+        assert_eq!(Id::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(Id::from_hex("zz"), None);
+    }
+}

@@ -1,0 +1,593 @@
+//! The content-addressed store: packs of blobs and trees, and the catalog that indexes them.
+//!
+//! # Layout
+//! A data directory holds:
+//! 1. `lock`: an exclusively locked file with the holder's pid; one daemon per data directory.
+//! 2. `packs/`: pack files (see [`pack`] for their format).
+//! 3. `catalog/`: the sled database with the trees `blobs` (id → [`Loc`]), `packs` (pack number →
+//!    committed length), `workspaces`, `ws_paths`, `snapshots`, `ws_snaps` and `files` (see
+//!    [`catalog`]).
+//!
+//! # Writing
+//! Objects are written through a [`Batch`]: they are appended to packs at once, and become
+//! visible in the blob index only when the batch commits, after the packs are fsynced. Catalog
+//! records that refer to them are written after that, and the sled flush that ends the batch makes
+//! everything durable. A crash at any moment therefore leaves a catalog that points only at fully
+//! written data; the bytes of an interrupted batch are cut off when the store next opens.
+
+pub mod catalog;
+pub mod gc;
+pub mod id;
+pub mod pack;
+pub mod tree;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use memmap2::Mmap;
+
+pub use self::id::{Hasher, Id};
+pub use self::pack::Loc;
+pub use self::tree::{Entry, Kind, Tree};
+use self::pack::{FLAG_LZ4, FLAG_TREE, PACK_TARGET_SIZE, PackWriter};
+use crate::error::{Error, IoContext, Result};
+
+/// Blobs at most this large are compressed in memory; larger ones are streamed.
+pub const IN_MEMORY_LIMIT: u64 = 8 << 20;
+/// sled's page cache: small, the daemon must stay lean while it watches large trees.
+const CATALOG_CACHE_BYTES: u64 = 32 << 20;
+
+/// Counters of work done, for tests, benchmarks and `Status`.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Bytes appended to packs (headers included).
+    pub pack_bytes_written: AtomicU64,
+    /// Objects appended to packs.
+    pub objects_written: AtomicU64,
+}
+
+/// An open data directory.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    packs_dir: PathBuf,
+    db: sled::Db,
+    pub(crate) cat: catalog::Catalog,
+    writers: Mutex<Vec<PackWriter>>,
+    open_packs: Mutex<HashMap<u32, Arc<File>>>,
+    next_pack: AtomicU32,
+    pending: Mutex<HashMap<Id, Loc>>,
+    maps: RwLock<HashMap<u32, Arc<Mmap>>>,
+    gc_lock: RwLock<()>,
+    gc_epoch: AtomicU64,
+    /// Work counters.
+    pub counters: StoreCounters,
+    _lock: File,
+}
+
+pub(crate) fn lock_poisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory `dir`, taking its lock and cutting off
+    /// whatever an interrupted save left past the committed end of each pack.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).at(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).at(&dir)?;
+        let lock = take_lock(&dir)?;
+        let packs_dir = dir.join("packs");
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&packs_dir).at(&packs_dir)?;
+        let db = sled::Config::new()
+            .path(dir.join("catalog"))
+            .cache_capacity(CATALOG_CACHE_BYTES)
+            .open()?;
+        let cat = catalog::Catalog::open(&db)?;
+        let store = Store {
+            dir,
+            packs_dir,
+            db,
+            cat,
+            writers: Mutex::new(Vec::new()),
+            open_packs: Mutex::new(HashMap::new()),
+            next_pack: AtomicU32::new(0),
+            pending: Mutex::new(HashMap::new()),
+            maps: RwLock::new(HashMap::new()),
+            gc_lock: RwLock::new(()),
+            gc_epoch: AtomicU64::new(0),
+            counters: StoreCounters::default(),
+            _lock: lock,
+        };
+        store.recover_packs()?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Cuts packs back to their committed length and picks the next pack number.
+    fn recover_packs(&self) -> Result<()> {
+        let mut max_no = 0u32;
+        for (no, committed) in self.cat.pack_lengths()? {
+            max_no = max_no.max(no);
+            let path = pack::pack_path(&self.packs_dir, no);
+            let Ok(meta) = fs::metadata(&path) else {
+                tracing::warn!(pack = %path.display(), "a committed pack is missing; verify will name what it held");
+                continue;
+            };
+            if meta.len() > committed {
+                tracing::info!(pack = %path.display(), committed, found = meta.len(), "cutting off the remains of an interrupted save");
+                let f = OpenOptions::new().write(true).open(&path).at(&path)?;
+                f.set_len(committed).at(&path)?;
+                f.sync_all().at(&path)?;
+            }
+        }
+        for name in self.pack_files()? {
+            max_no = max_no.max(name);
+        }
+        self.next_pack.store(max_no + 1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Numbers of the pack files on disk.
+    fn pack_files(&self) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.packs_dir).at(&self.packs_dir)? {
+            let entry = entry.at(&self.packs_dir)?;
+            if let Some(no) = entry.file_name().to_str().and_then(pack::parse_pack_name) {
+                out.push(no);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a batch of writes. While any batch is open, garbage collection waits.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            _guard: self.gc_lock.read().unwrap_or_else(|p| p.into_inner()),
+            new: Mutex::new(Vec::new()),
+            new_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Changes each time garbage collection removed objects: cached tree ids from before must
+    /// be re-checked.
+    pub fn gc_epoch(&self) -> u64 {
+        self.gc_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Whether the object is stored (committed or written by a batch still open).
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        if lock_poisoned(&self.pending).contains_key(id) {
+            return Ok(true);
+        }
+        Ok(self.cat.blobs.contains_key(id.0)?)
+    }
+
+    /// Where an object is.
+    pub fn locate(&self, id: &Id) -> Result<Option<Loc>> {
+        if let Some(loc) = lock_poisoned(&self.pending).get(id) {
+            return Ok(Some(*loc));
+        }
+        match self.cat.blobs.get(id.0)? {
+            Some(v) => Loc::decode(&v)
+                .map(Some)
+                .ok_or_else(|| Error::Corrupt(format!("blob index entry of {id} is malformed"))),
+            None => Ok(None),
+        }
+    }
+
+    fn map(&self, pack: u32, need: u64) -> Result<Arc<Mmap>> {
+        if let Some(m) = self.maps.read().unwrap_or_else(|p| p.into_inner()).get(&pack)
+            && m.len() as u64 >= need
+        {
+            return Ok(m.clone());
+        }
+        let path = pack::pack_path(&self.packs_dir, pack);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Corrupt(format!("pack {} is missing", path.display()))
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        // SAFETY: packs are only ever appended to while mapped; the one place that shortens a
+        // pack (`recover_packs`) runs before anything is mapped, and repacking deletes whole
+        // files, which leaves existing maps valid.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.at(&path)?);
+        if (map.len() as u64) < need {
+            return Err(Error::Corrupt(format!("pack {} is shorter than its index says", path.display())));
+        }
+        self.maps.write().unwrap_or_else(|p| p.into_inner()).insert(pack, map.clone());
+        Ok(map)
+    }
+
+    /// Streams an object's content into `sink`, checking it against its id. Returns its length.
+    /// A mismatch is [`Error::Corrupt`]; nothing is promised about what `sink` got by then.
+    pub fn read_into(&self, id: &Id, sink: &mut dyn Write) -> Result<u64> {
+        let loc = self.locate(id)?.ok_or_else(|| Error::Corrupt(format!("object {id} is not in the store")))?;
+        self.read_loc_into(id, &loc, sink)
+    }
+
+    fn read_loc_into(&self, id: &Id, loc: &Loc, sink: &mut dyn Write) -> Result<u64> {
+        let map = self.map(loc.pack, loc.end())?;
+        let header_at = loc.offset.checked_sub(pack::RECORD_HEADER).map(|o| o as usize);
+        let header = header_at.and_then(|h| map.get(h..loc.offset as usize)).and_then(pack::parse_header);
+        if header.map(|(hid, _, len)| (hid, len)) != Some((*id, loc.len)) {
+            return Err(Error::Corrupt(format!("record header of object {id} in pack {} is damaged", loc.pack)));
+        }
+        let stored = &map[loc.offset as usize..loc.end() as usize];
+        let mut hashing = HashingWriter { inner: sink, hasher: Hasher::default() };
+        let res = if loc.flags & FLAG_LZ4 != 0 {
+            io::copy(&mut lz4_flex::frame::FrameDecoder::new(stored), &mut hashing).map(|_| ())
+        } else {
+            hashing.write_all(stored)
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(Error::Corrupt(format!("object {id} does not decompress: {e}")));
+            }
+            Err(e) => return Err(Error::io("(restore target)", e)),
+        }
+        let (got, len) = hashing.hasher.finish();
+        if got != *id || len != loc.raw_len {
+            return Err(Error::Corrupt(format!("object {id} in pack {} does not match its id", loc.pack)));
+        }
+        Ok(len)
+    }
+
+    /// An object's content, checked. Only for objects known to be small (trees, link targets).
+    pub fn read_vec(&self, id: &Id) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads and decodes a tree.
+    pub fn tree(&self, id: &Id) -> Result<Tree> {
+        let bytes = self.read_vec(id)?;
+        Tree::decode(&bytes).map_err(|e| Error::Corrupt(format!("tree {id}: {e}")))
+    }
+
+    /// Flushes the catalog to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn take_writer(&self) -> Result<PackWriter> {
+        if let Some(w) = lock_poisoned(&self.writers).pop() {
+            return Ok(w);
+        }
+        let no = self.next_pack.fetch_add(1, Ordering::SeqCst);
+        let w = PackWriter::create(&self.packs_dir, no)?;
+        lock_poisoned(&self.open_packs).insert(no, w.file.clone());
+        tracing::debug!(pack = no, "new pack");
+        Ok(w)
+    }
+
+    fn return_writer(&self, w: PackWriter) {
+        if w.len < PACK_TARGET_SIZE {
+            lock_poisoned(&self.writers).push(w);
+        }
+    }
+
+    /// Stops appending to the open packs (before garbage collection rewrites packs).
+    fn close_writers(&self) {
+        lock_poisoned(&self.writers).clear();
+    }
+
+    fn sync_packs(&self, packs: &HashSet<u32>) -> Result<()> {
+        for no in packs {
+            let file = lock_poisoned(&self.open_packs).get(no).cloned();
+            let path = pack::pack_path(&self.packs_dir, *no);
+            match file {
+                Some(f) => f.sync_data().at(&path)?,
+                None => File::open(&path).and_then(|f| f.sync_data()).at(&path)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(Error::Locked { path: dir.to_path_buf(), pid: pid.trim().to_owned() });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    file.set_len(0).at(&path)?;
+    file.write_all(std::process::id().to_string().as_bytes()).at(&path)?;
+    Ok(file)
+}
+
+struct HashingWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: Hasher,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Whether LZ4 pays for `data`: the frame is kept only when it is smaller.
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    if data.len() < 64 {
+        return None;
+    }
+    let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
+    enc.write_all(data).ok()?;
+    let out = enc.finish().ok()?;
+    (out.len() < data.len() - data.len() / 32).then_some(out)
+}
+
+/// Copies `reader` to `out`, returning the id and length of what passed.
+fn copy_hashing(reader: &mut dyn Read, out: &mut dyn Write) -> io::Result<(Id, u64)> {
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(hasher.finish()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+}
+
+/// What a streamed write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// Stored (or already present) under the expected id.
+    Stored {
+        /// Whether the bytes were new to the store.
+        new: bool,
+    },
+    /// The source yielded different bytes than expected (it changed while being read); nothing
+    /// was kept.
+    Changed,
+}
+
+/// A group of writes that becomes visible together. Usable from many threads at once.
+#[derive(Debug)]
+pub struct Batch<'s> {
+    store: &'s Store,
+    _guard: RwLockReadGuard<'s, ()>,
+    new: Mutex<Vec<(Id, Loc)>>,
+    new_bytes: AtomicU64,
+}
+
+impl Batch<'_> {
+    /// The store.
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Stores `data` as a blob (or a tree with `tree`), unless already present. Returns its id
+    /// and whether it was new.
+    pub fn put(&self, data: &[u8], tree: bool) -> Result<(Id, bool)> {
+        let id = Id::of(data);
+        if self.adopt(&id)? {
+            return Ok((id, false));
+        }
+        let compressed = compress(data);
+        let flags = if tree { FLAG_TREE } else { 0 } | if compressed.is_some() { FLAG_LZ4 } else { 0 };
+        let stored = compressed.as_deref().unwrap_or(data);
+        let mut w = self.store.take_writer()?;
+        let res = w.append(id, flags, data.len() as u64, stored);
+        self.store.return_writer(w);
+        self.record(id, res?);
+        Ok((id, true))
+    }
+
+    /// Stores a tree.
+    pub fn put_tree(&self, tree: &Tree) -> Result<Id> {
+        Ok(self.put(&tree.encode(), true)?.0)
+    }
+
+    /// Stores `raw_len` bytes read from `reader` under `id` (known from an earlier pass), without
+    /// holding them in memory. When the bytes read do not hash to `id`, nothing is kept.
+    pub fn put_stream(&self, id: Id, raw_len: u64, reader: &mut dyn Read, compress: bool) -> Result<Streamed> {
+        if self.adopt(&id)? {
+            return Ok(Streamed::Stored { new: false });
+        }
+        let flags = if compress { FLAG_LZ4 } else { 0 };
+        let mut w = self.store.take_writer()?;
+        let res = w.append_with(flags, raw_len, |sink| {
+            let got = if compress {
+                let mut enc = lz4_flex::frame::FrameEncoder::new(sink);
+                let got = copy_hashing(reader, &mut enc)?;
+                enc.finish().map_err(io::Error::other)?;
+                got
+            } else {
+                copy_hashing(reader, sink)?
+            };
+            Ok((got == (id, raw_len)).then_some(id))
+        });
+        self.store.return_writer(w);
+        match res? {
+            Some(loc) => {
+                self.record(id, loc);
+                Ok(Streamed::Stored { new: true })
+            }
+            None => Ok(Streamed::Changed),
+        }
+    }
+
+    /// Whether `id` is already stored; one written by another open batch is adopted, so this
+    /// batch's commit makes it durable too.
+    fn adopt(&self, id: &Id) -> Result<bool> {
+        if let Some(loc) = lock_poisoned(&self.store.pending).get(id).copied() {
+            lock_poisoned(&self.new).push((*id, loc));
+            return Ok(true);
+        }
+        Ok(self.store.cat.blobs.contains_key(id.0)?)
+    }
+
+    fn record(&self, id: Id, loc: Loc) {
+        self.store.counters.pack_bytes_written.fetch_add(loc.record_len(), Ordering::Relaxed);
+        self.store.counters.objects_written.fetch_add(1, Ordering::Relaxed);
+        self.new_bytes.fetch_add(loc.record_len(), Ordering::Relaxed);
+        lock_poisoned(&self.store.pending).insert(id, loc);
+        lock_poisoned(&self.new).push((id, loc));
+    }
+
+    /// Objects this batch wrote or adopted so far, and their stored bytes.
+    pub fn written(&self) -> (u64, u64) {
+        (lock_poisoned(&self.new).len() as u64, self.new_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Makes the objects written so far durable and visible in the blob index: fsyncs their
+    /// packs, then records them and the packs' committed lengths in the catalog. Catalog records
+    /// that refer to them may be written after this returns; [`Batch::finish`] flushes.
+    pub fn commit_objects(&self) -> Result<()> {
+        let new = std::mem::take(&mut *lock_poisoned(&self.new));
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut ends: HashMap<u32, u64> = HashMap::new();
+        for (_, loc) in &new {
+            let e = ends.entry(loc.pack).or_default();
+            *e = (*e).max(loc.end());
+        }
+        self.store.sync_packs(&ends.keys().copied().collect())?;
+        let mut blobs = sled::Batch::default();
+        for (id, loc) in &new {
+            blobs.insert(&id.0, &loc.encode());
+        }
+        self.store.cat.blobs.apply_batch(blobs)?;
+        self.store.cat.raise_pack_lengths(&ends)?;
+        let mut pending = lock_poisoned(&self.store.pending);
+        for (id, loc) in &new {
+            if pending.get(id) == Some(loc) {
+                pending.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits what is left and flushes the catalog: everything written in the batch is durable.
+    pub fn finish(self) -> Result<()> {
+        self.commit_objects()?;
+        self.store.flush()
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        // Objects never committed stop being offered to other batches; their bytes are dead.
+        let new = std::mem::take(&mut *lock_poisoned(&self.new));
+        let mut pending = lock_poisoned(&self.store.pending);
+        for (id, loc) in new {
+            if pending.get(&id) == Some(&loc) {
+                pending.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn put_read_dedup_and_incompressible_does_not_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let text = b"hello world ".repeat(1000);
+        let noise = random(100_000, 7);
+        let b = store.batch();
+        let (a, new_a) = b.put(&text, false).unwrap();
+        let (again, new_again) = b.put(&text, false).unwrap();
+        let (n, _) = b.put(&noise, false).unwrap();
+        b.finish().unwrap();
+        assert!(new_a && !new_again && a == again);
+        assert_eq!(store.read_vec(&a).unwrap(), text);
+        assert_eq!(store.read_vec(&n).unwrap(), noise);
+        let loc = store.locate(&n).unwrap().unwrap();
+        assert_eq!(loc.len, noise.len() as u64, "random data is stored raw");
+        assert!(store.locate(&a).unwrap().unwrap().len < 1000);
+    }
+
+    #[test]
+    fn stream_detects_changed_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = random(3 << 20, 3);
+        let (id, len) = Id::of_reader(&data[..]).unwrap();
+        let b = store.batch();
+        let other = random(3 << 20, 4);
+        assert_eq!(b.put_stream(id, len, &mut &other[..], true).unwrap(), Streamed::Changed);
+        assert_eq!(b.put_stream(id, len, &mut &data[..], false).unwrap(), Streamed::Stored { new: true });
+        b.finish().unwrap();
+        assert_eq!(store.read_vec(&id).unwrap(), data);
+    }
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        match Store::open(dir.path()) {
+            Err(Error::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn uncommitted_bytes_are_cut_off_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let b = store.batch();
+            id = b.put(b"kept kept kept kept kept kept kept kept kept kept kept kept kept", false).unwrap().0;
+            b.finish().unwrap();
+            let b = store.batch();
+            b.put(b"lost", false).unwrap();
+            std::mem::forget(b); // as if the process died before the commit
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.contains(&id).unwrap());
+        assert!(!store.contains(&Id::of(b"lost")).unwrap());
+        let pack = pack::pack_path(&dir.path().join("packs"), 0);
+        assert_eq!(fs::metadata(pack).unwrap().len(), store.cat.pack_lengths().unwrap()[0].1);
+    }
+}

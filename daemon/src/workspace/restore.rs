@@ -1,0 +1,426 @@
+//! Restoring a snapshot, in place or into another directory.
+//!
+//! In place, a restore:
+//! 1. brings the warm index up to date and compares the current tree with the snapshot's,
+//!    skipping equal subtrees: only what differs is written, nothing unchanged is re-read;
+//! 2. checkpoints the current state (trigger `pre-restore`) so the restore can be undone;
+//! 3. stages every file to write as a temporary file in its own directory, checking each blob
+//!    against its id — a corrupt blob stops the restore here, with the workspace unchanged;
+//! 4. removes what the snapshot does not have (never ignored or excluded paths: they are not in
+//!    either tree), renames the staged files over their targets and fixes directory modes.
+//!
+//! A restore never writes through a symlink: every directory on the way to a written path must
+//! be a real directory inside the target.
+
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::diff::{Change, DiffEntry, Differ, Side, lookup, normalise, validate_rel};
+use super::rules::{abs, split_last};
+use super::scan::Stat;
+use super::{Changes, SaveOptions, Workspace, now_ns};
+use crate::error::{Error, IoContext, Result};
+use crate::store::catalog::{SnapshotRecord, Trigger};
+use crate::store::{Entry, Kind, Store};
+
+/// What to restore, and how.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Only these paths (relative to the workspace); all when empty.
+    pub paths: Vec<Vec<u8>>,
+    /// Only report what would change.
+    pub dry_run: bool,
+    /// Write into this directory instead of the workspace (nothing there is deleted).
+    pub to: Option<PathBuf>,
+}
+
+/// What a restore did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreSummary {
+    /// The snapshot restored.
+    pub snapshot: u64,
+    /// The checkpoint taken just before, for undo.
+    pub pre_restore_snapshot: Option<u64>,
+    /// Files and symlinks created.
+    pub added: u64,
+    /// Files and symlinks rewritten.
+    pub modified: u64,
+    /// Files and symlinks removed.
+    pub deleted: u64,
+    /// Files and symlinks already as in the snapshot.
+    pub unchanged: u64,
+    /// Paths that change (all for a dry run, else the first thousand).
+    pub changed_paths: Vec<Vec<u8>>,
+}
+
+/// Progress: (entries done, entries total, bytes done, bytes total).
+pub type ProgressFn<'a> = dyn FnMut(u64, u64, u64, u64) + 'a;
+
+struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+/// Undoes phase-1 staging if the restore stops early.
+struct Stage {
+    staged: Vec<Staged>,
+    created_dirs: Vec<PathBuf>,
+    done: bool,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for s in &self.staged {
+            let _ = fs::remove_file(&s.tmp);
+        }
+        for d in self.created_dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+fn tmp_name(target: &Path) -> PathBuf {
+    let n = now_ns() as u64 ^ (std::process::id() as u64) << 32;
+    let salt = xxhash_rust::xxh3::xxh3_64(target.as_os_str().as_bytes()) ^ n;
+    target.with_file_name(format!(".chkpt-{salt:016x}.tmp"))
+}
+
+/// Makes sure every directory from `base` down to `dir` exists as a real directory (never a
+/// symlink), creating what is missing. Returns false when something that is not a directory is
+/// in the way (the caller defers until it is removed).
+fn ensure_dirs(base: &Path, rel_dir: &[u8], verified: &mut HashSet<Vec<u8>>, created: &mut Vec<PathBuf>) -> Result<bool> {
+    let mut prefix: Vec<u8> = Vec::new();
+    for c in rel_dir.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        prefix.extend_from_slice(c);
+        if verified.contains(&prefix) {
+            continue;
+        }
+        let path = abs(base, &prefix);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::FailedPrecondition(format!(
+                    "refusing to restore through the symlink {}: it could lead outside the target",
+                    path.display()
+                )));
+            }
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&path).at(&path)?;
+                created.push(path);
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        verified.insert(prefix.clone());
+    }
+    Ok(true)
+}
+
+/// Writes an entry's content to `tmp` (a new file or symlink), checked against its id.
+fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
+    match side.kind {
+        Kind::Symlink => {
+            let target = store.read_vec(&side.id)?;
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), tmp).at(tmp)?;
+        }
+        Kind::File => {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(tmp)
+                .at(tmp)?;
+            let mut w = BufWriter::with_capacity(256 * 1024, file);
+            let res = store.read_into(&side.id, &mut w);
+            let res = res.and_then(|_| w.flush().at(tmp));
+            if let Err(e) = res {
+                let _ = fs::remove_file(tmp);
+                return Err(match e {
+                    Error::Io { source, .. } => Error::io(tmp, source),
+                    other => other,
+                });
+            }
+            fs::set_permissions(tmp, fs::Permissions::from_mode(side.mode)).at(tmp)?;
+        }
+        Kind::Dir => {}
+    }
+    Ok(())
+}
+
+/// Restores the entries of `plan` under `base`: stage, then apply. Deletions only when
+/// `delete` (in place).
+fn apply_plan(store: &Store, base: &Path, plan: &[DiffEntry], delete: bool, progress: &mut ProgressFn<'_>) -> Result<()> {
+    let total = plan.len() as u64;
+    let total_bytes: u64 = plan.iter().filter_map(|e| e.after.as_ref()).filter(|s| s.kind != Kind::Dir).map(|s| s.size).sum();
+    let (mut done, mut done_bytes) = (0u64, 0u64);
+    let mut verified = HashSet::new();
+    let mut stage = Stage { staged: Vec::new(), created_dirs: Vec::new(), done: false };
+    let mut deferred: Vec<&DiffEntry> = Vec::new();
+    // Phase 1: stage every file and symlink; nothing the user has is touched yet.
+    for e in plan {
+        let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else { continue };
+        let (parent, _) = split_last(&e.path);
+        if !ensure_dirs(base, parent, &mut verified, &mut stage.created_dirs)? {
+            // A file stands where a parent directory goes; it is removed in phase 2. Check the
+            // content now so a corrupt blob still stops the restore before any change.
+            store.read_into(&after.id, &mut io::sink())?;
+            deferred.push(e);
+            continue;
+        }
+        let target = abs(base, &e.path);
+        let tmp = tmp_name(&target);
+        write_tmp(store, after, &tmp)?;
+        stage.staged.push(Staged { tmp, target });
+        done += 1;
+        done_bytes += after.size;
+        progress(done, total, done_bytes, total_bytes);
+    }
+    // Phase 2: remove what goes (deepest first), create directories, rename files into place.
+    if delete {
+        let mut removals: Vec<&DiffEntry> = plan
+            .iter()
+            .filter(|e| e.before.is_some() && (e.change == Change::Deleted || e.change == Change::TypeChanged))
+            .collect();
+        removals.sort_by(|a, b| b.path.cmp(&a.path));
+        for e in removals {
+            let path = abs(base, &e.path);
+            let res = match e.before.as_ref().map(|s| s.kind) {
+                Some(Kind::Dir) => fs::remove_dir(&path),
+                _ => fs::remove_file(&path),
+            };
+            match res {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    tracing::warn!(path = %path.display(), "directory kept: it holds ignored or excluded files");
+                }
+                Err(err) => return Err(Error::io(&path, err)),
+            }
+            done += 1;
+            progress(done, total, done_bytes, total_bytes);
+        }
+    }
+    let mut dirs: Vec<&DiffEntry> = plan.iter().filter(|e| e.after.as_ref().is_some_and(|s| s.kind == Kind::Dir)).collect();
+    dirs.sort_by(|a, b| a.path.cmp(&b.path));
+    for e in &dirs {
+        ensure_dirs(base, &e.path, &mut verified, &mut stage.created_dirs)?;
+    }
+    for s in &stage.staged {
+        fs::rename(&s.tmp, &s.target).at(&s.target)?;
+    }
+    stage.done = true;
+    for e in deferred {
+        let Some(after) = e.after.as_ref() else { continue };
+        let (parent, _) = split_last(&e.path);
+        if !ensure_dirs(base, parent, &mut verified, &mut Vec::new())? {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot restore {}: a file is in the way of its directory",
+                abs(base, &e.path).display()
+            )));
+        }
+        let target = abs(base, &e.path);
+        let tmp = tmp_name(&target);
+        write_tmp(store, after, &tmp)?;
+        fs::rename(&tmp, &target).at(&target)?;
+        done += 1;
+        done_bytes += after.size;
+        progress(done, total, done_bytes, total_bytes);
+    }
+    // Directory modes last (a read-only directory would refuse the writes above).
+    for e in dirs.iter().rev() {
+        if let Some(after) = &e.after {
+            let path = abs(base, &e.path);
+            fs::set_permissions(&path, fs::Permissions::from_mode(after.mode)).at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Entries of `root` under each of `paths` (all when empty) compared with `current`.
+fn plan_for(store: &Store, current: Option<crate::store::Id>, target: crate::store::Id, paths: &[Vec<u8>]) -> Result<Vec<DiffEntry>> {
+    let mut d = Differ::new(store, true);
+    if paths.is_empty() {
+        d.trees(b"", current, Some(target))?;
+    } else {
+        let mut seen = HashSet::new();
+        for p in paths {
+            validate_rel(p)?;
+            let p = normalise(p);
+            if !seen.insert(p.clone()) {
+                continue;
+            }
+            let new: Option<Entry> = lookup(store, target, &p)?;
+            let old: Option<Entry> = match current {
+                Some(c) => lookup(store, c, &p)?,
+                None => None,
+            };
+            if new.is_none() && old.is_none() {
+                return Err(Error::NotFound(format!(
+                    "{} is not in the snapshot (nor in the workspace)",
+                    String::from_utf8_lossy(&p)
+                )));
+            }
+            d.entries(&p, old.as_ref(), new.as_ref())?;
+        }
+    }
+    Ok(d.finish())
+}
+
+fn summarise(snapshot: &SnapshotRecord, plan: &[DiffEntry], in_scope_files: u64, all_paths: bool) -> RestoreSummary {
+    let mut s = RestoreSummary { snapshot: snapshot.id, ..Default::default() };
+    for e in plan {
+        let leaf = |side: &Option<Side>| side.as_ref().is_some_and(|s| s.kind != Kind::Dir);
+        match e.change {
+            Change::Added if leaf(&e.after) => s.added += 1,
+            Change::Deleted if leaf(&e.before) => s.deleted += 1,
+            Change::Modified if leaf(&e.after) => s.modified += 1,
+            Change::TypeChanged => {
+                if leaf(&e.after) {
+                    s.modified += 1;
+                } else if leaf(&e.before) {
+                    s.deleted += 1;
+                }
+            }
+            _ => {}
+        }
+        if all_paths || s.changed_paths.len() < 1000 {
+            s.changed_paths.push(e.path.clone());
+        }
+    }
+    s.unchanged = in_scope_files.saturating_sub(s.added + s.modified);
+    s
+}
+
+fn files_in(store: &Store, root: crate::store::Id, paths: &[Vec<u8>], snapshot: &SnapshotRecord) -> Result<u64> {
+    if paths.is_empty() {
+        return Ok(snapshot.files);
+    }
+    let mut n = 0;
+    for p in paths {
+        match lookup(store, root, &normalise(p))? {
+            Some(e) if e.kind == Kind::Dir => {
+                n += super::diff::diff(store, None, Some(e.id))?.len() as u64;
+            }
+            Some(_) => n += 1,
+            None => {}
+        }
+    }
+    Ok(n)
+}
+
+impl Workspace {
+    /// Restores `snapshot`. In place, the current state is checkpointed first (unless nothing
+    /// would change), so the restore can be undone.
+    pub fn restore(
+        &mut self,
+        store: &Store,
+        snapshot: &SnapshotRecord,
+        opts: &RestoreOptions,
+        changes: &Changes,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<RestoreSummary> {
+        if snapshot.workspace != self.record.id {
+            return Err(Error::InvalidArgument("that snapshot belongs to another workspace".into()));
+        }
+        for p in &opts.paths {
+            validate_rel(p)?;
+        }
+        let in_scope = files_in(store, snapshot.root, &opts.paths, snapshot)?;
+        if let Some(to) = &opts.to {
+            return self.restore_to(store, snapshot, opts, to, in_scope, progress);
+        }
+        let batch = store.batch();
+        let warnings = self.refresh(&batch, changes)?;
+        let current = self.index.root_tree(&batch)?;
+        let plan = plan_for(store, Some(current), snapshot.root, &opts.paths)?;
+        let mut summary = summarise(snapshot, &plan, in_scope, opts.dry_run);
+        if opts.dry_run || plan.is_empty() {
+            batch.commit_objects()?;
+            self.persist_index(store)?;
+            batch.finish()?;
+            return Ok(summary);
+        }
+        let latest = store.cat.latest(self.record.id)?;
+        let mut pre_opts = SaveOptions::new(Trigger::PreRestore, Changes::Paths(Vec::new()));
+        pre_opts.message = format!("before restoring {}", snapshot.hex_id());
+        let pre = self.record_snapshot(store, &batch, current, latest.as_ref(), &pre_opts, warnings)?;
+        batch.finish()?;
+        summary.pre_restore_snapshot = Some(pre.id);
+        tracing::info!(workspace = %self.root.display(), snapshot = %snapshot.hex_id(), changes = plan.len(), "restoring");
+
+        let applied = apply_plan(store, &self.root, &plan, true, progress);
+        // Whatever happened, bring the index back in line with the disk for the paths touched.
+        let noted = self.note_restored(&plan);
+        let touched: Vec<Vec<u8>> = plan.iter().map(|e| e.path.clone()).filter(|p| !noted.contains(p)).collect();
+        let batch = store.batch();
+        self.refresh(&batch, &Changes::Paths(touched))?;
+        let root = self.index.root_tree(&batch)?;
+        batch.commit_objects()?;
+        self.persist_index(store)?;
+        batch.finish()?;
+        self.baseline = Some(root);
+        applied?;
+        Ok(summary)
+    }
+
+    /// Seeds the index with what a restore wrote, so the refresh after it hashes nothing: the
+    /// written files' metadata is taken from disk and their ids from the plan.
+    fn note_restored(&mut self, plan: &[DiffEntry]) -> HashSet<Vec<u8>> {
+        let mut noted = HashSet::new();
+        for e in plan {
+            let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else { continue };
+            let path = abs(&self.root, &e.path);
+            if let Ok(Some(Some(st))) = Stat::lstat(&path)
+                && st.kind == after.kind
+                && st.size == after.size
+            {
+                let racy = st.mtime_ns >= now_ns() - super::RACY_WINDOW_NS;
+                self.index.insert(&e.path, st.to_meta(after.id, racy));
+                noted.insert(e.path.clone());
+            }
+        }
+        noted
+    }
+
+    fn restore_to(
+        &mut self,
+        store: &Store,
+        snapshot: &SnapshotRecord,
+        opts: &RestoreOptions,
+        to: &Path,
+        in_scope: u64,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<RestoreSummary> {
+        if !to.is_absolute() {
+            return Err(Error::InvalidArgument(format!("--to {} must be an absolute path", to.display())));
+        }
+        if to.as_os_str().as_bytes().contains(&0) {
+            return Err(Error::InvalidArgument("--to contains a NUL byte".into()));
+        }
+        if !opts.dry_run {
+            fs::create_dir_all(to).at(to)?;
+        }
+        let target = if opts.dry_run && !to.exists() { to.to_path_buf() } else { to.canonicalize().at(to)? };
+        if target.starts_with(store.dir()) {
+            return Err(Error::InvalidArgument(format!("--to {} is inside chkpt's data directory", to.display())));
+        }
+        let plan = plan_for(store, None, snapshot.root, &opts.paths)?;
+        let summary = summarise(snapshot, &plan, in_scope, opts.dry_run);
+        if opts.dry_run {
+            return Ok(summary);
+        }
+        apply_plan(store, &target, &plan, false, progress)?;
+        Ok(summary)
+    }
+}

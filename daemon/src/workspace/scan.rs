@@ -1,0 +1,197 @@
+//! Walking a workspace: the `ignore` crate's parallel walker, filtered by [`Rules`].
+
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ignore::{WalkBuilder, WalkState};
+
+use super::rules::{Exclusion, Rules, abs};
+use crate::store::Kind;
+use crate::store::catalog::FileMeta;
+
+/// What `lstat` said of a path, for the kinds we save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// File, symlink or directory.
+    pub kind: Kind,
+    /// `st_mode & 0o7777`.
+    pub mode: u32,
+    /// Length.
+    pub size: u64,
+    /// ns since the epoch.
+    pub mtime_ns: i64,
+    /// ns since the epoch.
+    pub ctime_ns: i64,
+    /// Inode.
+    pub ino: u64,
+    /// Device.
+    pub dev: u64,
+    /// Hard links.
+    pub nlink: u64,
+}
+
+impl Stat {
+    /// From metadata; `None` for FIFOs, sockets and devices, which are not saved.
+    pub fn from_meta(m: &Metadata) -> Option<Stat> {
+        let ft = m.file_type();
+        let kind = if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            return None;
+        };
+        Some(Stat {
+            kind,
+            mode: m.mode() & 0o7777,
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            ino: m.ino(),
+            dev: m.dev(),
+            nlink: m.nlink(),
+        })
+    }
+
+    /// `lstat`: `Ok(None)` when the path is gone, `Ok(Some(None))` for a kind we do not save.
+    pub fn lstat(path: &Path) -> io::Result<Option<Option<Stat>>> {
+        match fs::symlink_metadata(path) {
+            Ok(m) => Ok(Some(Stat::from_meta(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the metadata still says the content is the one recorded in `meta`.
+    pub fn matches(&self, meta: &FileMeta) -> bool {
+        self.kind == meta.kind
+            && self.mode == meta.mode
+            && self.size == meta.size
+            && self.mtime_ns == meta.mtime_ns
+            && self.ctime_ns == meta.ctime_ns
+            && self.ino == meta.ino
+            && self.dev == meta.dev
+    }
+
+    /// The index entry for this stat and content id.
+    pub fn to_meta(&self, id: crate::store::Id, racy: bool) -> FileMeta {
+        FileMeta {
+            kind: self.kind,
+            mode: self.mode,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            ino: self.ino,
+            dev: self.dev,
+            id,
+            racy,
+        }
+    }
+}
+
+/// What a walk found.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    /// Every saved entry below the start (not the start itself), relative to the workspace root.
+    pub entries: Vec<(Vec<u8>, Stat)>,
+    /// Dependency folders left out, with the reason.
+    pub excluded: Vec<(Vec<u8>, Exclusion)>,
+    /// Entries that could not be read (a directory without permission, …).
+    pub warnings: Vec<String>,
+}
+
+/// Walks `start` (relative to `root`, empty for the whole workspace) in parallel, applying
+/// `rules` to every entry below it.
+pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> ScanResult {
+    let root_len = root.as_os_str().len();
+    let rel_of = move |p: &Path| -> Vec<u8> {
+        let b = p.as_os_str().as_bytes();
+        if b.len() > root_len + 1 { b[root_len + 1..].to_vec() } else { Vec::new() }
+    };
+    let excluded: Arc<Mutex<Vec<(Vec<u8>, Exclusion)>>> = Arc::default();
+    let mut builder = WalkBuilder::new(abs(root, start));
+    {
+        let rules = rules.clone();
+        let excluded = excluded.clone();
+        builder
+            .standard_filters(false)
+            .hidden(false)
+            .follow_links(false)
+            .threads(threads)
+            .filter_entry(move |e| {
+                if e.depth() == 0 {
+                    return true;
+                }
+                let is_dir = e.file_type().is_some_and(|t| t.is_dir());
+                match rules.check_last(&rel_of(e.path()), is_dir) {
+                    None => true,
+                    Some(why) => {
+                        if matches!(why, Exclusion::Dependency(_)) {
+                            excluded.lock().unwrap_or_else(|p| p.into_inner()).push((rel_of(e.path()), why));
+                        }
+                        false
+                    }
+                }
+            });
+    }
+    let found: Mutex<Vec<(Vec<u8>, Stat)>> = Mutex::default();
+    let warnings: Mutex<Vec<String>> = Mutex::default();
+    builder.build_parallel().run(|| {
+        let mut local = Buffer { buf: Vec::with_capacity(1024), into: &found };
+        let warnings = &warnings;
+        Box::new(move |res| {
+            match res {
+                Ok(e) if e.depth() > 0 => match fs::symlink_metadata(e.path()) {
+                    Ok(m) => match Stat::from_meta(&m) {
+                        Some(st) => local.buf.push((rel_of(e.path()), st)),
+                        None => tracing::debug!(path = %e.path().display(), "not a file, link or directory: skipped"),
+                    },
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => warnings.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {err}", e.path().display())),
+                },
+                Ok(_) => {}
+                Err(err) => {
+                    let text = err.to_string();
+                    if !text.contains("No such file") {
+                        warnings.lock().unwrap_or_else(|p| p.into_inner()).push(text);
+                    }
+                }
+            }
+            if local.buf.len() >= 1024 {
+                local.flush();
+            }
+            WalkState::Continue
+        })
+    });
+    // Each thread's last partial buffer was flushed when its closure dropped, inside `run`.
+    let entries = found.into_inner().unwrap_or_else(|p| p.into_inner());
+    ScanResult {
+        entries,
+        excluded: std::mem::take(&mut *excluded.lock().unwrap_or_else(|p| p.into_inner())),
+        warnings: warnings.into_inner().unwrap_or_else(|p| p.into_inner()),
+    }
+}
+
+/// A walker thread's batch of entries, moved into the shared list when full and when dropped.
+struct Buffer<'a> {
+    buf: Vec<(Vec<u8>, Stat)>,
+    into: &'a Mutex<Vec<(Vec<u8>, Stat)>>,
+}
+
+impl Buffer<'_> {
+    fn flush(&mut self) {
+        self.into.lock().unwrap_or_else(|p| p.into_inner()).append(&mut self.buf);
+    }
+}
+
+impl Drop for Buffer<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
