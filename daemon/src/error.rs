@@ -56,7 +56,9 @@ impl Error {
     /// Wraps an I/O error with its path, recognising a full disk.
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
-        if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) {
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
             Error::DiskFull { path }
         } else {
             Error::Io { path, source }

@@ -143,7 +143,9 @@ fn decode<T: for<'a> bitcode::Decode<'a>>(what: &str, bytes: &[u8]) -> Result<T>
         Some((&RECORD_VERSION, rest)) => {
             bitcode::decode(rest).map_err(|e| Error::Corrupt(format!("catalog {what} record: {e}")))
         }
-        _ => Err(Error::Corrupt(format!("catalog {what} record has an unknown format version"))),
+        _ => Err(Error::Corrupt(format!(
+            "catalog {what} record has an unknown format version"
+        ))),
     }
 }
 
@@ -195,8 +197,16 @@ impl Catalog {
         let mut out = Vec::new();
         for kv in self.packs.iter() {
             let (k, v) = kv?;
-            let no = k.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| Error::Corrupt("pack key".into()))?;
-            let len = v.as_ref().try_into().map(u64::from_le_bytes).map_err(|_| Error::Corrupt("pack length".into()))?;
+            let no = k
+                .as_ref()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::Corrupt("pack key".into()))?;
+            let len = v
+                .as_ref()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| Error::Corrupt("pack length".into()))?;
             out.push((no, len));
         }
         Ok(out)
@@ -206,7 +216,10 @@ impl Catalog {
     pub fn raise_pack_lengths(&self, ends: &HashMap<u32, u64>) -> Result<()> {
         for (no, end) in ends {
             self.packs.fetch_and_update(no.to_be_bytes(), |old| {
-                let old = old.and_then(|o| o.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+                let old = old
+                    .and_then(|o| o.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0);
                 Some(old.max(*end).to_le_bytes().to_vec())
             })?;
         }
@@ -241,7 +254,10 @@ impl Catalog {
 
     /// A workspace by id.
     pub fn workspace(&self, id: u64) -> Result<Option<WorkspaceRecord>> {
-        self.workspaces.get(be(id))?.map(|v| decode("workspace", &v)).transpose()
+        self.workspaces
+            .get(be(id))?
+            .map(|v| decode("workspace", &v))
+            .transpose()
     }
 
     /// A workspace by its absolute path.
@@ -254,7 +270,11 @@ impl Catalog {
 
     /// Every workspace.
     pub fn workspaces(&self) -> Result<Vec<WorkspaceRecord>> {
-        self.workspaces.iter().values().map(|v| decode("workspace", &v?)).collect()
+        self.workspaces
+            .iter()
+            .values()
+            .map(|v| decode("workspace", &v?))
+            .collect()
     }
 
     // ---- snapshots
@@ -272,7 +292,10 @@ impl Catalog {
 
     /// A snapshot by id.
     pub fn snapshot(&self, id: u64) -> Result<Option<SnapshotRecord>> {
-        self.snapshots.get(be(id))?.map(|v| decode("snapshot", &v)).transpose()
+        self.snapshots
+            .get(be(id))?
+            .map(|v| decode("snapshot", &v))
+            .transpose()
     }
 
     /// Removes a snapshot's record (its data goes at the next garbage collection).
@@ -287,7 +310,11 @@ impl Catalog {
     }
 
     /// Snapshot ids of a workspace, newest first, created at or before `before_us`.
-    pub fn snapshot_ids(&self, ws: u64, before_us: Option<u64>) -> impl Iterator<Item = Result<(u64, u64)>> + '_ {
+    pub fn snapshot_ids(
+        &self,
+        ws: u64,
+        before_us: Option<u64>,
+    ) -> impl Iterator<Item = Result<(u64, u64)>> + '_ {
         let mut end = be(ws).to_vec();
         match before_us {
             Some(t) => end.extend_from_slice(&be(t.saturating_add(1))),
@@ -300,7 +327,12 @@ impl Catalog {
     }
 
     /// A workspace's snapshots, newest first.
-    pub fn snapshots_of(&self, ws: u64, before_us: Option<u64>, limit: usize) -> Result<Vec<SnapshotRecord>> {
+    pub fn snapshots_of(
+        &self,
+        ws: u64,
+        before_us: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRecord>> {
         let mut out = Vec::new();
         for item in self.snapshot_ids(ws, before_us).take(limit) {
             let (_, id) = item?;
@@ -318,12 +350,17 @@ impl Catalog {
 
     /// Every snapshot in the store.
     pub fn all_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
-        self.snapshots.iter().values().map(|v| decode("snapshot", &v?)).collect()
+        self.snapshots
+            .iter()
+            .values()
+            .map(|v| decode("snapshot", &v?))
+            .collect()
     }
 
     /// Snapshots whose hex id starts with `prefix` (at most `limit`).
     pub fn snapshots_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SnapshotRecord>> {
-        if prefix.is_empty() || prefix.len() > 16 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if prefix.is_empty() || prefix.len() > 16 || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Ok(Vec::new());
         }
         let lo = u64::from_str_radix(&format!("{prefix:0<16}"), 16).unwrap_or(0);

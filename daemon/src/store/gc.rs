@@ -99,7 +99,10 @@ impl Store {
         let mut drop_batch = sled::Batch::default();
         for kv in self.cat.blobs.iter() {
             let (k, v) = kv?;
-            let id = Id(k.as_ref().try_into().map_err(|_| Error::Corrupt("blob index key".into()))?);
+            let id = Id(k
+                .as_ref()
+                .try_into()
+                .map_err(|_| Error::Corrupt("blob index key".into()))?);
             let Some(loc) = Loc::decode(&v) else {
                 drop_batch.remove(k);
                 continue;
@@ -114,7 +117,8 @@ impl Store {
         }
         self.cat.blobs.apply_batch(drop_batch)?;
         self.flush()?;
-        self.gc_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.gc_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 
         let known: HashMap<u32, u64> = self.cat.pack_lengths()?.into_iter().collect();
         for (&no, &committed) in &known {
@@ -122,11 +126,14 @@ impl Store {
             let live = live_bytes.get(&no).copied().unwrap_or(0);
             if live == 0 {
                 self.delete_pack(no, &mut report)?;
-            } else if total > 0 && (total - live.min(total)) as f64 / total as f64 > REPACK_DEAD_FRACTION {
+            } else if total > 0
+                && (total - live.min(total)) as f64 / total as f64 > REPACK_DEAD_FRACTION
+            {
                 self.repack(no, live_in.remove(&no).unwrap_or_default(), &mut report)?;
             }
         }
         // Pack files the catalog never committed: the remains of a save that died early.
+        let known: HashMap<u32, u64> = self.cat.pack_lengths()?.into_iter().collect();
         for no in self.pack_files()? {
             if !known.contains_key(&no) {
                 self.delete_pack(no, &mut report)?;
@@ -146,7 +153,10 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path, e)),
         }
-        self.maps.write().unwrap_or_else(|p| p.into_inner()).remove(&no);
+        self.maps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&no);
         lock_poisoned(&self.open_packs).remove(&no);
         report.packs_removed += 1;
         report.bytes_reclaimed += size;
@@ -154,7 +164,9 @@ impl Store {
     }
 
     fn repack(&self, no: u32, live: Vec<(Id, Loc)>, report: &mut GcReport) -> Result<()> {
-        let new_no = self.next_pack.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let new_no = self
+            .next_pack
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut w = PackWriter::create(&self.packs_dir, new_no)?;
         let mut moved = Vec::with_capacity(live.len());
         for (id, loc) in live {
@@ -185,7 +197,9 @@ impl Store {
         let mut bad: HashMap<Id, String> = HashMap::new();
         for kv in self.cat.blobs.iter() {
             let (k, v) = kv?;
-            let Ok(raw) = <[u8; 16]>::try_from(k.as_ref()) else { continue };
+            let Ok(raw) = <[u8; 16]>::try_from(k.as_ref()) else {
+                continue;
+            };
             let id = Id(raw);
             let Some(loc) = Loc::decode(&v) else {
                 bad.insert(id, "malformed index entry".into());
@@ -205,16 +219,32 @@ impl Store {
         snapshots.sort_by_key(|s| std::cmp::Reverse(s.created_us));
         let mut reachable: HashSet<Id> = HashSet::new();
         for s in &snapshots {
-            let hurt = self.bad_paths(s.root, &bad, &mut memo, &mut report.trees_checked, &mut reachable);
+            let hurt = self.bad_paths(
+                s.root,
+                &bad,
+                &mut memo,
+                &mut report.trees_checked,
+                &mut reachable,
+            );
             for (path, object, problem) in hurt.iter() {
                 if report.problems.len() < MAX_PROBLEMS {
-                    report.problems.push(Problem { object: *object, snapshot: Some(s.id), path: path.clone(), problem: problem.clone() });
+                    report.problems.push(Problem {
+                        object: *object,
+                        snapshot: Some(s.id),
+                        path: path.clone(),
+                        problem: problem.clone(),
+                    });
                 }
             }
         }
         for (id, problem) in &bad {
             if !reachable.contains(id) && report.problems.len() < MAX_PROBLEMS {
-                report.problems.push(Problem { object: *id, snapshot: None, path: Vec::new(), problem: problem.clone() });
+                report.problems.push(Problem {
+                    object: *id,
+                    snapshot: None,
+                    path: Vec::new(),
+                    problem: problem.clone(),
+                });
             }
         }
         Ok(report)
@@ -245,7 +275,10 @@ impl Store {
                 for e in &tree.entries {
                     reachable.insert(e.id);
                     if e.kind == Kind::Dir {
-                        for (sub, obj, problem) in self.bad_paths(e.id, bad, memo, trees_checked, reachable).iter() {
+                        for (sub, obj, problem) in self
+                            .bad_paths(e.id, bad, memo, trees_checked, reachable)
+                            .iter()
+                        {
                             let mut p = e.name.clone();
                             if !sub.is_empty() {
                                 p.push(b'/');

@@ -7,7 +7,9 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 /// The id of a stored object (a file's content, a symlink's target or an encoded tree):
 /// the xxh3-128 digest of its uncompressed bytes, little-endian.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bitcode::Encode, bitcode::Decode)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bitcode::Encode, bitcode::Decode,
+)]
 pub struct Id(pub [u8; 16]);
 
 impl Id {
@@ -75,7 +77,10 @@ pub struct Hasher {
 
 impl Default for Hasher {
     fn default() -> Self {
-        Hasher { inner: Xxh3::new(), len: 0 }
+        Hasher {
+            inner: Xxh3::new(),
+            len: 0,
+        }
     }
 }
 
@@ -110,7 +115,10 @@ mod tests {
             h.update(chunk);
         }
         assert_eq!(h.finish(), (Id::of(&data), data.len() as u64));
-        assert_eq!(Id::of_reader(&data[..]).unwrap(), (Id::of(&data), data.len() as u64));
+        assert_eq!(
+            Id::of_reader(&data[..]).unwrap(),
+            (Id::of(&data), data.len() as u64)
+        );
     }
 
     #[test]

@@ -33,8 +33,8 @@ use memmap2::Mmap;
 
 pub use self::id::{Hasher, Id};
 pub use self::pack::Loc;
-pub use self::tree::{Entry, Kind, Tree};
 use self::pack::{FLAG_LZ4, FLAG_TREE, PACK_TARGET_SIZE, PackWriter};
+pub use self::tree::{Entry, Kind, Tree};
 use crate::error::{Error, IoContext, Result};
 
 /// Blobs at most this large are compressed in memory; larger ones are streamed.
@@ -79,15 +79,37 @@ impl Store {
     /// whatever an interrupted save left past the committed end of each pack.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).at(&dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .at(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).at(&dir)?;
         let lock = take_lock(&dir)?;
         let packs_dir = dir.join("packs");
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&packs_dir).at(&packs_dir)?;
-        let db = sled::Config::new()
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&packs_dir)
+            .at(&packs_dir)?;
+        let config = sled::Config::new()
             .path(dir.join("catalog"))
-            .cache_capacity(CATALOG_CACHE_BYTES)
-            .open()?;
+            .cache_capacity(CATALOG_CACHE_BYTES);
+        // We hold the data directory's lock, so sled's own lock can only be held by a handle
+        // of this process that is still shutting down its flusher: wait for it briefly.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if attempts < 50 && e.to_string().contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let cat = catalog::Catalog::open(&db)?;
         let store = Store {
             dir,
@@ -106,6 +128,11 @@ impl Store {
         };
         store.recover_packs()?;
         Ok(store)
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &catalog::Catalog {
+        &self.cat
     }
 
     /// The data directory.
@@ -187,7 +214,11 @@ impl Store {
     }
 
     fn map(&self, pack: u32, need: u64) -> Result<Arc<Mmap>> {
-        if let Some(m) = self.maps.read().unwrap_or_else(|p| p.into_inner()).get(&pack)
+        if let Some(m) = self
+            .maps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pack)
             && m.len() as u64 >= need
         {
             return Ok(m.clone());
@@ -205,43 +236,74 @@ impl Store {
         // files, which leaves existing maps valid.
         let map = Arc::new(unsafe { Mmap::map(&file) }.at(&path)?);
         if (map.len() as u64) < need {
-            return Err(Error::Corrupt(format!("pack {} is shorter than its index says", path.display())));
+            return Err(Error::Corrupt(format!(
+                "pack {} is shorter than its index says",
+                path.display()
+            )));
         }
-        self.maps.write().unwrap_or_else(|p| p.into_inner()).insert(pack, map.clone());
+        self.maps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pack, map.clone());
         Ok(map)
     }
 
     /// Streams an object's content into `sink`, checking it against its id. Returns its length.
     /// A mismatch is [`Error::Corrupt`]; nothing is promised about what `sink` got by then.
     pub fn read_into(&self, id: &Id, sink: &mut dyn Write) -> Result<u64> {
-        let loc = self.locate(id)?.ok_or_else(|| Error::Corrupt(format!("object {id} is not in the store")))?;
+        let loc = self
+            .locate(id)?
+            .ok_or_else(|| Error::Corrupt(format!("object {id} is not in the store")))?;
         self.read_loc_into(id, &loc, sink)
     }
 
     fn read_loc_into(&self, id: &Id, loc: &Loc, sink: &mut dyn Write) -> Result<u64> {
         let map = self.map(loc.pack, loc.end())?;
-        let header_at = loc.offset.checked_sub(pack::RECORD_HEADER).map(|o| o as usize);
-        let header = header_at.and_then(|h| map.get(h..loc.offset as usize)).and_then(pack::parse_header);
+        let header_at = loc
+            .offset
+            .checked_sub(pack::RECORD_HEADER)
+            .map(|o| o as usize);
+        let header = header_at
+            .and_then(|h| map.get(h..loc.offset as usize))
+            .and_then(pack::parse_header);
         if header.map(|(hid, _, len)| (hid, len)) != Some((*id, loc.len)) {
-            return Err(Error::Corrupt(format!("record header of object {id} in pack {} is damaged", loc.pack)));
+            return Err(Error::Corrupt(format!(
+                "record header of object {id} in pack {} is damaged",
+                loc.pack
+            )));
         }
         let stored = &map[loc.offset as usize..loc.end() as usize];
-        let mut hashing = HashingWriter { inner: sink, hasher: Hasher::default() };
+        let mut hashing = HashingWriter {
+            inner: sink,
+            hasher: Hasher::default(),
+        };
         let res = if loc.flags & FLAG_LZ4 != 0 {
-            io::copy(&mut lz4_flex::frame::FrameDecoder::new(stored), &mut hashing).map(|_| ())
+            io::copy(
+                &mut lz4_flex::frame::FrameDecoder::new(stored),
+                &mut hashing,
+            )
+            .map(|_| ())
         } else {
             hashing.write_all(stored)
         };
         match res {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(Error::Corrupt(format!("object {id} does not decompress: {e}")));
+            Err(e)
+                if e.kind() == io::ErrorKind::InvalidData
+                    || e.kind() == io::ErrorKind::UnexpectedEof =>
+            {
+                return Err(Error::Corrupt(format!(
+                    "object {id} does not decompress: {e}"
+                )));
             }
             Err(e) => return Err(Error::io("(restore target)", e)),
         }
         let (got, len) = hashing.hasher.finish();
         if got != *id || len != loc.raw_len {
-            return Err(Error::Corrupt(format!("object {id} in pack {} does not match its id", loc.pack)));
+            return Err(Error::Corrupt(format!(
+                "object {id} in pack {} does not match its id",
+                loc.pack
+            )));
         }
         Ok(len)
     }
@@ -282,8 +344,8 @@ impl Store {
         }
     }
 
-    /// Stops appending to the open packs (before garbage collection rewrites packs).
-    fn close_writers(&self) {
+    /// Stops appending to the open packs: the next write starts a new pack.
+    pub fn close_writers(&self) {
         lock_poisoned(&self.writers).clear();
     }
 
@@ -302,18 +364,28 @@ impl Store {
 
 fn take_lock(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at(&path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            return Err(Error::Locked { path: dir.to_path_buf(), pid: pid.trim().to_owned() });
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+                pid: pid.trim().to_owned(),
+            });
         }
         Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
     file.set_len(0).at(&path)?;
-    file.write_all(std::process::id().to_string().as_bytes()).at(&path)?;
+    file.write_all(std::process::id().to_string().as_bytes())
+        .at(&path)?;
     Ok(file)
 }
 
@@ -397,7 +469,8 @@ impl Batch<'_> {
             return Ok((id, false));
         }
         let compressed = compress(data);
-        let flags = if tree { FLAG_TREE } else { 0 } | if compressed.is_some() { FLAG_LZ4 } else { 0 };
+        let flags =
+            if tree { FLAG_TREE } else { 0 } | if compressed.is_some() { FLAG_LZ4 } else { 0 };
         let stored = compressed.as_deref().unwrap_or(data);
         let mut w = self.store.take_writer()?;
         let res = w.append(id, flags, data.len() as u64, stored);
@@ -413,7 +486,13 @@ impl Batch<'_> {
 
     /// Stores `raw_len` bytes read from `reader` under `id` (known from an earlier pass), without
     /// holding them in memory. When the bytes read do not hash to `id`, nothing is kept.
-    pub fn put_stream(&self, id: Id, raw_len: u64, reader: &mut dyn Read, compress: bool) -> Result<Streamed> {
+    pub fn put_stream(
+        &self,
+        id: Id,
+        raw_len: u64,
+        reader: &mut dyn Read,
+        compress: bool,
+    ) -> Result<Streamed> {
         if self.adopt(&id)? {
             return Ok(Streamed::Stored { new: false });
         }
@@ -451,16 +530,26 @@ impl Batch<'_> {
     }
 
     fn record(&self, id: Id, loc: Loc) {
-        self.store.counters.pack_bytes_written.fetch_add(loc.record_len(), Ordering::Relaxed);
-        self.store.counters.objects_written.fetch_add(1, Ordering::Relaxed);
-        self.new_bytes.fetch_add(loc.record_len(), Ordering::Relaxed);
+        self.store
+            .counters
+            .pack_bytes_written
+            .fetch_add(loc.record_len(), Ordering::Relaxed);
+        self.store
+            .counters
+            .objects_written
+            .fetch_add(1, Ordering::Relaxed);
+        self.new_bytes
+            .fetch_add(loc.record_len(), Ordering::Relaxed);
         lock_poisoned(&self.store.pending).insert(id, loc);
         lock_poisoned(&self.new).push((id, loc));
     }
 
     /// Objects this batch wrote or adopted so far, and their stored bytes.
     pub fn written(&self) -> (u64, u64) {
-        (lock_poisoned(&self.new).len() as u64, self.new_bytes.load(Ordering::Relaxed))
+        (
+            lock_poisoned(&self.new).len() as u64,
+            self.new_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Makes the objects written so far durable and visible in the blob index: fsyncs their
@@ -555,8 +644,14 @@ mod tests {
         let (id, len) = Id::of_reader(&data[..]).unwrap();
         let b = store.batch();
         let other = random(3 << 20, 4);
-        assert_eq!(b.put_stream(id, len, &mut &other[..], true).unwrap(), Streamed::Changed);
-        assert_eq!(b.put_stream(id, len, &mut &data[..], false).unwrap(), Streamed::Stored { new: true });
+        assert_eq!(
+            b.put_stream(id, len, &mut &other[..], true).unwrap(),
+            Streamed::Changed
+        );
+        assert_eq!(
+            b.put_stream(id, len, &mut &data[..], false).unwrap(),
+            Streamed::Stored { new: true }
+        );
         b.finish().unwrap();
         assert_eq!(store.read_vec(&id).unwrap(), data);
     }
@@ -578,7 +673,13 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             let b = store.batch();
-            id = b.put(b"kept kept kept kept kept kept kept kept kept kept kept kept kept", false).unwrap().0;
+            id = b
+                .put(
+                    b"kept kept kept kept kept kept kept kept kept kept kept kept kept",
+                    false,
+                )
+                .unwrap()
+                .0;
             b.finish().unwrap();
             let b = store.batch();
             b.put(b"lost", false).unwrap();
@@ -587,7 +688,12 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.contains(&id).unwrap());
         assert!(!store.contains(&Id::of(b"lost")).unwrap());
-        let pack = pack::pack_path(&dir.path().join("packs"), 0);
-        assert_eq!(fs::metadata(pack).unwrap().len(), store.cat.pack_lengths().unwrap()[0].1);
+        let (no, committed) = store.cat.pack_lengths().unwrap()[0];
+        assert_eq!(
+            fs::metadata(pack::pack_path(&dir.path().join("packs"), no))
+                .unwrap()
+                .len(),
+            committed
+        );
     }
 }

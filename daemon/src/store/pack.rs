@@ -65,7 +65,11 @@ impl Loc {
         if b.len() != Self::ENCODED {
             return None;
         }
-        let u64_at = |i: usize| b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        let u64_at = |i: usize| {
+            b.get(i..i + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
         Some(Loc {
             pack: u32::from_le_bytes(b[0..4].try_into().ok()?),
             offset: u64_at(4)?,
@@ -116,16 +120,27 @@ impl PackWriter {
     /// Creates pack `no`.
     pub fn create(dir: &Path, no: u32) -> Result<PackWriter> {
         let path = pack_path(dir, no);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).at(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at(&path)?;
         file.write_all_at(MAGIC, 0).at(&path)?;
-        Ok(PackWriter { no, file: Arc::new(file), path, len: MAGIC.len() as u64 })
+        Ok(PackWriter {
+            no,
+            file: Arc::new(file),
+            path,
+            len: MAGIC.len() as u64,
+        })
     }
 
     /// Appends one record of `data` (already in stored form).
     pub fn append(&mut self, id: Id, flags: u8, raw_len: u64, data: &[u8]) -> Result<Loc> {
         let start = self.len;
         let res = (|| {
-            self.file.write_all_at(&header(id, flags, data.len() as u64), start)?;
+            self.file
+                .write_all_at(&header(id, flags, data.len() as u64), start)?;
             self.file.write_all_at(data, start + RECORD_HEADER)
         })();
         if let Err(e) = res {
@@ -133,7 +148,13 @@ impl PackWriter {
             return Err(Error::io(&self.path, e));
         }
         self.len = start + RECORD_HEADER + data.len() as u64;
-        Ok(Loc { pack: self.no, offset: start + RECORD_HEADER, len: data.len() as u64, raw_len, flags })
+        Ok(Loc {
+            pack: self.no,
+            offset: start + RECORD_HEADER,
+            len: data.len() as u64,
+            raw_len,
+            flags,
+        })
     }
 
     /// Appends one record whose stored bytes are produced by `fill` writing into the pack; the
@@ -146,7 +167,10 @@ impl PackWriter {
         fill: impl FnOnce(&mut dyn Write) -> io::Result<Option<Id>>,
     ) -> Result<Option<Loc>> {
         let start = self.len;
-        let mut sink = AtWriter { file: &self.file, pos: start + RECORD_HEADER };
+        let mut sink = AtWriter {
+            file: &self.file,
+            pos: start + RECORD_HEADER,
+        };
         let id = match fill(&mut sink) {
             Ok(Some(id)) => id,
             Ok(None) => {
@@ -164,7 +188,13 @@ impl PackWriter {
             return Err(Error::io(&self.path, e));
         }
         self.len = start + RECORD_HEADER + len;
-        Ok(Some(Loc { pack: self.no, offset: start + RECORD_HEADER, len, raw_len, flags }))
+        Ok(Some(Loc {
+            pack: self.no,
+            offset: start + RECORD_HEADER,
+            len,
+            raw_len,
+            flags,
+        }))
     }
 
     fn rollback(&mut self, start: u64) {
@@ -215,7 +245,13 @@ mod tests {
 
     #[test]
     fn loc_round_trip() {
-        let loc = Loc { pack: 7, offset: 1 << 40, len: 99, raw_len: 1000, flags: FLAG_LZ4 };
+        let loc = Loc {
+            pack: 7,
+            offset: 1 << 40,
+            len: 99,
+            raw_len: 1000,
+            flags: FLAG_LZ4,
+        };
         assert_eq!(Loc::decode(&loc.encode()), Some(loc));
         assert_eq!(Loc::decode(&[1, 2, 3]), None);
     }

@@ -63,7 +63,10 @@ impl Tree {
         let tree: Tree = bitcode::decode(bytes).map_err(|e| format!("undecodable tree: {e}"))?;
         for (i, e) in tree.entries.iter().enumerate() {
             if !is_valid_name(&e.name) {
-                return Err(format!("invalid entry name {:?}", String::from_utf8_lossy(&e.name)));
+                return Err(format!(
+                    "invalid entry name {:?}",
+                    String::from_utf8_lossy(&e.name)
+                ));
             }
             if i > 0 && tree.entries[i - 1].name >= e.name {
                 return Err("entries not sorted or not unique".to_owned());
@@ -91,12 +94,20 @@ mod tests {
     use super::*;
 
     fn entry(name: &[u8]) -> Entry {
-        Entry { name: name.to_vec(), kind: Kind::File, mode: 0o644, size: 1, id: Id::of(name) }
+        Entry {
+            name: name.to_vec(),
+            kind: Kind::File,
+            mode: 0o644,
+            size: 1,
+            id: Id::of(name),
+        }
     }
 
     #[test]
     fn round_trip_and_deterministic() {
-        let t = Tree { entries: vec![entry(b"a"), entry(b"b\xff")] };
+        let t = Tree {
+            entries: vec![entry(b"a"), entry(b"b\xff")],
+        };
         let bytes = t.encode();
         assert_eq!(bytes, t.clone().encode());
         assert_eq!(Tree::decode(&bytes).unwrap(), t);
@@ -105,10 +116,14 @@ mod tests {
     #[test]
     fn hostile_names_are_refused() {
         for bad in [&b".."[..], b".", b"", b"a/b", b"/etc", b"a\0b"] {
-            let t = Tree { entries: vec![entry(bad)] };
+            let t = Tree {
+                entries: vec![entry(bad)],
+            };
             assert!(Tree::decode(&t.encode()).is_err(), "{bad:?} accepted");
         }
-        let unsorted = Tree { entries: vec![entry(b"b"), entry(b"a")] };
+        let unsorted = Tree {
+            entries: vec![entry(b"b"), entry(b"a")],
+        };
         assert!(Tree::decode(&unsorted.encode()).is_err());
     }
 }

@@ -31,7 +31,12 @@ pub struct Side {
 
 impl From<&Entry> for Side {
     fn from(e: &Entry) -> Side {
-        Side { kind: e.kind, mode: e.mode, size: e.size, id: e.id }
+        Side {
+            kind: e.kind,
+            mode: e.mode,
+            size: e.size,
+            id: e.id,
+        }
     }
 }
 
@@ -88,7 +93,11 @@ pub struct Differ<'a> {
 impl<'a> Differ<'a> {
     /// A differ over `store`.
     pub fn new(store: &'a Store, with_dirs: bool) -> Differ<'a> {
-        Differ { store, with_dirs, out: Vec::new() }
+        Differ {
+            store,
+            with_dirs,
+            out: Vec::new(),
+        }
     }
 
     /// The differences found so far.
@@ -179,7 +188,12 @@ impl<'a> Differ<'a> {
     }
 
     fn push(&mut self, path: &[u8], change: Change, a: Option<&Entry>, b: Option<&Entry>) {
-        self.out.push(DiffEntry { path: path.to_vec(), change, before: a.map(Side::from), after: b.map(Side::from) });
+        self.out.push(DiffEntry {
+            path: path.to_vec(),
+            change,
+            before: a.map(Side::from),
+            after: b.map(Side::from),
+        });
     }
 }
 
@@ -237,9 +251,14 @@ pub fn normalise(path: &[u8]) -> Vec<u8> {
 /// The entry at `path` in the tree `root`.
 pub fn lookup(store: &Store, root: Id, path: &[u8]) -> Result<Option<Entry>> {
     let mut tree = store.tree(&root)?;
-    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let comps: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
     for (i, c) in comps.iter().enumerate() {
-        let Some(e) = tree.get(c).cloned() else { return Ok(None) };
+        let Some(e) = tree.get(c).cloned() else {
+            return Ok(None);
+        };
         if i + 1 == comps.len() {
             return Ok(Some(e));
         }

@@ -69,7 +69,16 @@ pub struct Index {
 
 impl Default for Index {
     fn default() -> Self {
-        Index { root: DirNode { meta: dir_meta(0o755), children: BTreeMap::new(), tree: None }, files: 0, bytes: 0, journal: BTreeMap::new() }
+        Index {
+            root: DirNode {
+                meta: dir_meta(0o755),
+                children: BTreeMap::new(),
+                tree: None,
+            },
+            files: 0,
+            bytes: 0,
+            journal: BTreeMap::new(),
+        }
     }
 }
 
@@ -122,7 +131,12 @@ impl Index {
     /// with every cached tree id on the way invalidated.
     fn dir_mut(&mut self, path: &[u8]) -> &mut DirNode {
         let mut prefix: Vec<u8> = Vec::new();
-        let Index { root, files, bytes, journal } = self;
+        let Index {
+            root,
+            files,
+            bytes,
+            journal,
+        } = self;
         let mut dir = root;
         dir.tree = None;
         for c in components(path) {
@@ -137,9 +151,18 @@ impl Index {
                 }
                 let meta = dir_meta(0o755);
                 journal.insert(prefix.clone(), Some(meta));
-                dir.children.insert(c.to_vec(), Node::Dir(DirNode { meta, children: BTreeMap::new(), tree: None }));
+                dir.children.insert(
+                    c.to_vec(),
+                    Node::Dir(DirNode {
+                        meta,
+                        children: BTreeMap::new(),
+                        tree: None,
+                    }),
+                );
             }
-            let Some(Node::Dir(d)) = dir.children.get_mut(c) else { unreachable!("just ensured a directory") };
+            let Some(Node::Dir(d)) = dir.children.get_mut(c) else {
+                unreachable!("just ensured a directory")
+            };
             dir = d;
             dir.tree = None;
         }
@@ -183,7 +206,11 @@ impl Index {
                     }
                 }
                 if kind == Kind::Dir {
-                    Node::Dir(DirNode { meta, children: BTreeMap::new(), tree: None })
+                    Node::Dir(DirNode {
+                        meta,
+                        children: BTreeMap::new(),
+                        tree: None,
+                    })
                 } else {
                     f += 1;
                     b += meta.size;
@@ -205,8 +232,15 @@ impl Index {
         }
         let (parent, name) = split_last(path);
         let dir = self.dir_mut(parent);
-        let Some(old) = dir.children.remove(name) else { return };
-        let Index { files, bytes, journal, .. } = self;
+        let Some(old) = dir.children.remove(name) else {
+            return;
+        };
+        let Index {
+            files,
+            bytes,
+            journal,
+            ..
+        } = self;
         forget(path, &old, files, bytes, journal);
     }
 
@@ -251,10 +285,22 @@ impl Index {
             let mut entries = Vec::with_capacity(dir.children.len());
             for (name, node) in dir.children.iter_mut() {
                 let entry = match node {
-                    Node::Leaf(m) => Entry { name: name.clone(), kind: m.kind, mode: m.mode, size: m.size, id: m.id },
+                    Node::Leaf(m) => Entry {
+                        name: name.clone(),
+                        kind: m.kind,
+                        mode: m.mode,
+                        size: m.size,
+                        id: m.id,
+                    },
                     Node::Dir(d) => {
                         let id = rec(d, batch)?;
-                        Entry { name: name.clone(), kind: Kind::Dir, mode: d.meta.mode, size: d.children.len() as u64, id }
+                        Entry {
+                            name: name.clone(),
+                            kind: Kind::Dir,
+                            mode: d.meta.mode,
+                            size: d.children.len() as u64,
+                            id,
+                        }
                     }
                 };
                 entries.push(entry);
@@ -275,7 +321,11 @@ impl Index {
 fn count(node: &Node) -> (u64, u64) {
     match node {
         Node::Leaf(m) => (1, m.size),
-        Node::Dir(d) => d.children.values().map(count).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
+        Node::Dir(d) => d
+            .children
+            .values()
+            .map(count)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
     }
 }
 
@@ -291,7 +341,13 @@ fn collect_paths(path: &[u8], node: &Node, out: &mut Vec<Vec<u8>>) {
     }
 }
 
-fn forget(path: &[u8], node: &Node, files: &mut u64, bytes: &mut u64, journal: &mut BTreeMap<Vec<u8>, Option<FileMeta>>) {
+fn forget(
+    path: &[u8],
+    node: &Node,
+    files: &mut u64,
+    bytes: &mut u64,
+    journal: &mut BTreeMap<Vec<u8>, Option<FileMeta>>,
+) {
     let (f, b) = count(node);
     *files -= f;
     *bytes -= b;
@@ -307,7 +363,11 @@ mod tests {
     use super::*;
 
     fn file(size: u64) -> FileMeta {
-        FileMeta { kind: Kind::File, size, ..dir_meta(0o644) }
+        FileMeta {
+            kind: Kind::File,
+            size,
+            ..dir_meta(0o644)
+        }
     }
 
     #[test]

@@ -75,7 +75,13 @@ pub struct SaveOptions {
 impl SaveOptions {
     /// A save of the given trigger after the given changes.
     pub fn new(trigger: Trigger, changes: Changes) -> SaveOptions {
-        SaveOptions { trigger, message: String::new(), pin: false, changes, rescan: false }
+        SaveOptions {
+            trigger,
+            message: String::new(),
+            pin: false,
+            changes,
+            rescan: false,
+        }
     }
 }
 
@@ -108,11 +114,17 @@ pub struct Workspace {
 
 /// µs since the epoch.
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 static LAST_CREATED: AtomicU64 = AtomicU64::new(0);
@@ -133,14 +145,20 @@ fn unique_now_us() -> u64 {
 /// Canonicalises a workspace path, refusing what cannot be one.
 pub fn canonical_root(path: &Path) -> Result<PathBuf> {
     if !path.is_absolute() {
-        return Err(Error::InvalidArgument(format!("{} is not an absolute path", path.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is not an absolute path",
+            path.display()
+        )));
     }
     let root = path.canonicalize().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Error::NotFound(format!("{} does not exist", path.display())),
         _ => Error::io(path, e),
     })?;
     if !root.is_dir() {
-        return Err(Error::InvalidArgument(format!("{} is not a directory", root.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a directory",
+            root.display()
+        )));
     }
     Ok(root)
 }
@@ -158,7 +176,11 @@ pub struct WatchOptions {
 
 impl Default for WatchOptions {
     fn default() -> Self {
-        WatchOptions { idle_ms: 5_000, max_delay_ms: 60_000, include_dependency_dirs: false }
+        WatchOptions {
+            idle_ms: 5_000,
+            max_delay_ms: 60_000,
+            include_dependency_dirs: false,
+        }
     }
 }
 
@@ -166,10 +188,16 @@ impl Default for WatchOptions {
 pub fn register(store: &Store, path: &Path, opts: WatchOptions) -> Result<WorkspaceRecord> {
     let root = canonical_root(path)?;
     if store.dir().starts_with(&root) && store.dir() == root {
-        return Err(Error::InvalidArgument(format!("{} is chkpt's own data directory", root.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is chkpt's own data directory",
+            root.display()
+        )));
     }
     if root.starts_with(store.dir()) {
-        return Err(Error::InvalidArgument(format!("{} is inside chkpt's data directory", root.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is inside chkpt's data directory",
+            root.display()
+        )));
     }
     let bytes = root.as_os_str().as_bytes().to_vec();
     let record = match store.cat.workspace_by_path(&bytes)? {
@@ -206,8 +234,13 @@ impl Workspace {
     /// Opens a workspace from its record, loading the persisted warm index.
     pub fn open(store: &Store, record: WorkspaceRecord) -> Result<Workspace> {
         let root = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
-        let rules = Arc::new(Rules::new(&root, store.dir(), record.include_dependency_dirs));
-        let entries: Vec<(Vec<u8>, FileMeta)> = store.cat.files_of(record.id).collect::<Result<_>>()?;
+        let rules = Arc::new(Rules::new(
+            &root,
+            store.dir(),
+            record.include_dependency_dirs,
+        ));
+        let entries: Vec<(Vec<u8>, FileMeta)> =
+            store.cat.files_of(record.id).collect::<Result<_>>()?;
         let index = Index::load(entries);
         let baseline = store.cat.latest(record.id)?.map(|s| s.root);
         Ok(Workspace {
@@ -219,7 +252,9 @@ impl Workspace {
             baseline,
             excluded: Vec::new(),
             counters: WorkspaceCounters::default(),
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         })
     }
 
@@ -230,7 +265,11 @@ impl Workspace {
 
     /// Replaces the record (options changed); exclusion rules are re-read.
     pub fn set_record(&mut self, store: &Store, record: WorkspaceRecord) {
-        self.rules = Arc::new(Rules::new(&self.root, store.dir(), record.include_dependency_dirs));
+        self.rules = Arc::new(Rules::new(
+            &self.root,
+            store.dir(),
+            record.include_dependency_dirs,
+        ));
         self.record = record;
     }
 
@@ -286,7 +325,9 @@ impl Workspace {
         self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
         self.rules.invalidate_all();
         let scan = scan::scan(&self.root, b"", &self.rules, self.threads);
-        self.counters.paths_stated.fetch_add(scan.entries.len() as u64, Ordering::Relaxed);
+        self.counters
+            .paths_stated
+            .fetch_add(scan.entries.len() as u64, Ordering::Relaxed);
         warnings.extend(scan.warnings);
         self.excluded = scan.excluded;
         self.excluded.sort_by(|a, b| a.0.cmp(&b.0));
@@ -298,7 +339,11 @@ impl Workspace {
             }
         });
         drop(seen);
-        let mut out: Vec<(Vec<u8>, Option<Stat>)> = scan.entries.into_iter().map(|(p, s)| (p, Some(s))).collect();
+        let mut out: Vec<(Vec<u8>, Option<Stat>)> = scan
+            .entries
+            .into_iter()
+            .map(|(p, s)| (p, Some(s)))
+            .collect();
         out.extend(gone);
         if let Ok(Some(Some(st))) = Stat::lstat(&self.root) {
             out.push((Vec::new(), Some(st)));
@@ -307,7 +352,11 @@ impl Workspace {
     }
 
     /// Stats of the dirty paths and, for directories that appeared, everything below them.
-    fn dirty_stats(&mut self, paths: &[Vec<u8>], warnings: &mut Vec<String>) -> Vec<(Vec<u8>, Option<Stat>)> {
+    fn dirty_stats(
+        &mut self,
+        paths: &[Vec<u8>],
+        warnings: &mut Vec<String>,
+    ) -> Vec<(Vec<u8>, Option<Stat>)> {
         let mut out = Vec::new();
         let mut queue: BTreeSet<Vec<u8>> = paths.iter().cloned().collect();
         let mut done: HashSet<Vec<u8>> = HashSet::new();
@@ -378,9 +427,13 @@ impl Workspace {
                     }
                     _ if rel.is_empty() => {
                         // The root itself: reconcile its direct children.
-                        let known: Vec<Vec<u8>> = self.index.root().children.keys().cloned().collect();
+                        let known: Vec<Vec<u8>> =
+                            self.index.root().children.keys().cloned().collect();
                         if let Ok(rd) = std::fs::read_dir(&path) {
-                            let listed: HashSet<Vec<u8>> = rd.flatten().map(|e| e.file_name().as_bytes().to_vec()).collect();
+                            let listed: HashSet<Vec<u8>> = rd
+                                .flatten()
+                                .map(|e| e.file_name().as_bytes().to_vec())
+                                .collect();
                             for name in &known {
                                 if !listed.contains(name) {
                                     out.push((name.clone(), None));
@@ -396,7 +449,9 @@ impl Workspace {
                     _ => {
                         // A new directory (created, moved in, or replacing a file): walk it.
                         let sub = scan::scan(&self.root, &rel, &self.rules, self.threads);
-                        self.counters.paths_stated.fetch_add(sub.entries.len() as u64, Ordering::Relaxed);
+                        self.counters
+                            .paths_stated
+                            .fetch_add(sub.entries.len() as u64, Ordering::Relaxed);
                         warnings.extend(sub.warnings);
                         for (p, _) in &sub.entries {
                             done.insert(p.clone());
@@ -411,7 +466,12 @@ impl Workspace {
     }
 
     /// Applies stats to the index: reads what changed (in parallel), removes what is gone.
-    fn apply(&mut self, batch: &Batch<'_>, mut stats: Vec<(Vec<u8>, Option<Stat>)>, warnings: &mut Vec<String>) -> Result<()> {
+    fn apply(
+        &mut self,
+        batch: &Batch<'_>,
+        mut stats: Vec<(Vec<u8>, Option<Stat>)>,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
         stats.sort_by(|a, b| a.0.cmp(&b.0));
         stats.dedup_by(|a, b| a.0 == b.0);
         let mut to_read: Vec<(Vec<u8>, Stat, Option<FileMeta>)> = Vec::new();
@@ -476,7 +536,10 @@ impl Workspace {
             let (rel, st, old) = &to_read[i];
             let outcome = match link_of[i] {
                 Some(first) => match &outcomes[first] {
-                    ReadOutcome::Stored(m) => ReadOutcome::Stored(FileMeta { mode: st.mode, ..*m }),
+                    ReadOutcome::Stored(m) => ReadOutcome::Stored(FileMeta {
+                        mode: st.mode,
+                        ..*m
+                    }),
                     ReadOutcome::Gone => ReadOutcome::Gone,
                     ReadOutcome::Skipped(w) => ReadOutcome::Skipped(w.clone()),
                 },
@@ -486,7 +549,11 @@ impl Workspace {
                 ReadOutcome::Stored(meta) => self.index.insert(rel, meta),
                 ReadOutcome::Gone => self.index.remove(rel),
                 ReadOutcome::Skipped(why) => {
-                    let kept = if old.is_some() { "; its previous version is kept" } else { "; not saved" };
+                    let kept = if old.is_some() {
+                        "; its previous version is kept"
+                    } else {
+                        "; not saved"
+                    };
                     warnings.push(format!("{why}{kept}"));
                 }
             }
@@ -523,11 +590,18 @@ impl Workspace {
             self.persist_index(store)?;
             batch.finish()?;
             self.baseline = Some(root);
-            return Ok(SaveOutcome { snapshot: latest.clone(), created: false });
+            return Ok(SaveOutcome {
+                snapshot: latest.clone(),
+                created: false,
+            });
         }
-        let snapshot = self.record_snapshot(store, &batch, root, latest.as_ref(), opts, warnings)?;
+        let snapshot =
+            self.record_snapshot(store, &batch, root, latest.as_ref(), opts, warnings)?;
         batch.finish()?;
-        Ok(SaveOutcome { snapshot, created: true })
+        Ok(SaveOutcome {
+            snapshot,
+            created: true,
+        })
     }
 
     /// Records a snapshot of `root` (the index's current tree): commits the batch's objects,
@@ -606,7 +680,12 @@ fn snapshot_id(ws: u64, created_us: u64, root: &Id) -> u64 {
 /// Reads one file or symlink and stores its content, making sure what is stored is a state the
 /// file really had: the metadata is checked before and after reading, and the read repeated
 /// when it changed.
-fn read_object(batch: &Batch<'_>, counters: &WorkspaceCounters, path: &Path, first: &Stat) -> Result<ReadOutcome> {
+fn read_object(
+    batch: &Batch<'_>,
+    counters: &WorkspaceCounters,
+    path: &Path,
+    first: &Stat,
+) -> Result<ReadOutcome> {
     let mut expected = *first;
     for _ in 0..READ_ATTEMPTS {
         let started = now_ns();
@@ -629,10 +708,17 @@ fn read_object(batch: &Batch<'_>, counters: &WorkspaceCounters, path: &Path, fir
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Gone),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Err(Error::io(path, e)),
-            Err(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<StoreFailure>()) {
+            Err(e) => match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<StoreFailure>())
+            {
                 Some(_) => {
-                    let inner = e.into_inner().and_then(|b| b.downcast::<StoreFailure>().ok());
-                    return Err(inner.map(|b| b.0).unwrap_or(Error::Corrupt("store write failed".into())));
+                    let inner = e
+                        .into_inner()
+                        .and_then(|b| b.downcast::<StoreFailure>().ok());
+                    return Err(inner
+                        .map(|b| b.0)
+                        .unwrap_or(Error::Corrupt("store write failed".into())));
                 }
                 None => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot read; skipped");
@@ -641,7 +727,10 @@ fn read_object(batch: &Batch<'_>, counters: &WorkspaceCounters, path: &Path, fir
             },
         }
     }
-    Ok(ReadOutcome::Skipped(format!("{}: kept changing while being read", path.display())))
+    Ok(ReadOutcome::Skipped(format!(
+        "{}: kept changing while being read",
+        path.display()
+    )))
 }
 
 /// A store error carried through an `io::Error` so read failures and store failures stay apart.
@@ -663,25 +752,39 @@ fn store_err(e: Error) -> io::Error {
 fn read_symlink(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Option<(Stat, Id)>> {
     let target = std::fs::read_link(path)?;
     let after = std::fs::symlink_metadata(path)?;
-    let Some(st) = Stat::from_meta(&after) else { return Ok(None) };
+    let Some(st) = Stat::from_meta(&after) else {
+        return Ok(None);
+    };
     if st.kind != Kind::Symlink || st.mtime_ns != expected.mtime_ns || st.ino != expected.ino {
         return Ok(None);
     }
-    let (id, _) = batch.put(target.as_os_str().as_bytes(), false).map_err(store_err)?;
-    Ok(Some((Stat { size: target.as_os_str().len() as u64, ..st }, id)))
+    let (id, _) = batch
+        .put(target.as_os_str().as_bytes(), false)
+        .map_err(store_err)?;
+    Ok(Some((
+        Stat {
+            size: target.as_os_str().len() as u64,
+            ..st
+        },
+        id,
+    )))
 }
 
 fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Option<(Stat, Id)>> {
     let mut file = open_nofollow(path)?;
-    let before = Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
+    let before =
+        Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
     if before.kind != Kind::File || before.ino != expected.ino {
         return Ok(None);
     }
-    let same = |a: &Stat, b: &Stat| a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns;
+    let same = |a: &Stat, b: &Stat| {
+        a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns
+    };
     if before.size <= IN_MEMORY_LIMIT {
         let mut data = Vec::with_capacity(before.size as usize + 1);
         file.read_to_end(&mut data)?;
-        let after = Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
+        let after = Stat::from_meta(&file.metadata()?)
+            .ok_or_else(|| io::Error::other("not a regular file"))?;
         if !same(&before, &after) || data.len() as u64 != after.size {
             return Ok(None);
         }
@@ -690,7 +793,8 @@ fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Opti
     }
     // Large: hash in a first pass; store in a second only if the content is new.
     let (id, len) = Id::of_reader(&mut file)?;
-    let after = Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
+    let after =
+        Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
     if !same(&before, &after) || len != after.size {
         return Ok(None);
     }
@@ -700,10 +804,18 @@ fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Opti
     }
     let compress = worth_compressing(&mut file)?;
     let mut file = open_nofollow(path)?;
-    match batch.put_stream(id, len, &mut file, compress).map_err(store_err)? {
+    match batch
+        .put_stream(id, len, &mut file, compress)
+        .map_err(store_err)?
+    {
         Streamed::Stored { .. } => {
-            let last = Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
-            if same(&after, &last) { Ok(Some((last, id))) } else { Ok(None) }
+            let last = Stat::from_meta(&file.metadata()?)
+                .ok_or_else(|| io::Error::other("not a regular file"))?;
+            if same(&after, &last) {
+                Ok(Some((last, id)))
+            } else {
+                Ok(None)
+            }
         }
         Streamed::Changed => Ok(None),
     }
@@ -728,7 +840,10 @@ fn worth_compressing(file: &mut File) -> io::Result<bool> {
 
 fn open_nofollow(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// The metadata of `path` relative to the workspace, as a string for messages.

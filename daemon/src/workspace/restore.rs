@@ -95,7 +95,12 @@ fn tmp_name(target: &Path) -> PathBuf {
 /// Makes sure every directory from `base` down to `dir` exists as a real directory (never a
 /// symlink), creating what is missing. Returns false when something that is not a directory is
 /// in the way (the caller defers until it is removed).
-fn ensure_dirs(base: &Path, rel_dir: &[u8], verified: &mut HashSet<Vec<u8>>, created: &mut Vec<PathBuf>) -> Result<bool> {
+fn ensure_dirs(
+    base: &Path,
+    rel_dir: &[u8],
+    verified: &mut HashSet<Vec<u8>>,
+    created: &mut Vec<PathBuf>,
+) -> Result<bool> {
     let mut prefix: Vec<u8> = Vec::new();
     for c in rel_dir.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
         if !prefix.is_empty() {
@@ -160,16 +165,33 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
 
 /// Restores the entries of `plan` under `base`: stage, then apply. Deletions only when
 /// `delete` (in place).
-fn apply_plan(store: &Store, base: &Path, plan: &[DiffEntry], delete: bool, progress: &mut ProgressFn<'_>) -> Result<()> {
+fn apply_plan(
+    store: &Store,
+    base: &Path,
+    plan: &[DiffEntry],
+    delete: bool,
+    progress: &mut ProgressFn<'_>,
+) -> Result<()> {
     let total = plan.len() as u64;
-    let total_bytes: u64 = plan.iter().filter_map(|e| e.after.as_ref()).filter(|s| s.kind != Kind::Dir).map(|s| s.size).sum();
+    let total_bytes: u64 = plan
+        .iter()
+        .filter_map(|e| e.after.as_ref())
+        .filter(|s| s.kind != Kind::Dir)
+        .map(|s| s.size)
+        .sum();
     let (mut done, mut done_bytes) = (0u64, 0u64);
     let mut verified = HashSet::new();
-    let mut stage = Stage { staged: Vec::new(), created_dirs: Vec::new(), done: false };
+    let mut stage = Stage {
+        staged: Vec::new(),
+        created_dirs: Vec::new(),
+        done: false,
+    };
     let mut deferred: Vec<&DiffEntry> = Vec::new();
     // Phase 1: stage every file and symlink; nothing the user has is touched yet.
     for e in plan {
-        let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else { continue };
+        let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else {
+            continue;
+        };
         let (parent, _) = split_last(&e.path);
         if !ensure_dirs(base, parent, &mut verified, &mut stage.created_dirs)? {
             // A file stands where a parent directory goes; it is removed in phase 2. Check the
@@ -190,7 +212,10 @@ fn apply_plan(store: &Store, base: &Path, plan: &[DiffEntry], delete: bool, prog
     if delete {
         let mut removals: Vec<&DiffEntry> = plan
             .iter()
-            .filter(|e| e.before.is_some() && (e.change == Change::Deleted || e.change == Change::TypeChanged))
+            .filter(|e| {
+                e.before.is_some()
+                    && (e.change == Change::Deleted || e.change == Change::TypeChanged)
+            })
             .collect();
         removals.sort_by(|a, b| b.path.cmp(&a.path));
         for e in removals {
@@ -211,7 +236,10 @@ fn apply_plan(store: &Store, base: &Path, plan: &[DiffEntry], delete: bool, prog
             progress(done, total, done_bytes, total_bytes);
         }
     }
-    let mut dirs: Vec<&DiffEntry> = plan.iter().filter(|e| e.after.as_ref().is_some_and(|s| s.kind == Kind::Dir)).collect();
+    let mut dirs: Vec<&DiffEntry> = plan
+        .iter()
+        .filter(|e| e.after.as_ref().is_some_and(|s| s.kind == Kind::Dir))
+        .collect();
     dirs.sort_by(|a, b| a.path.cmp(&b.path));
     for e in &dirs {
         ensure_dirs(base, &e.path, &mut verified, &mut stage.created_dirs)?;
@@ -221,7 +249,9 @@ fn apply_plan(store: &Store, base: &Path, plan: &[DiffEntry], delete: bool, prog
     }
     stage.done = true;
     for e in deferred {
-        let Some(after) = e.after.as_ref() else { continue };
+        let Some(after) = e.after.as_ref() else {
+            continue;
+        };
         let (parent, _) = split_last(&e.path);
         if !ensure_dirs(base, parent, &mut verified, &mut Vec::new())? {
             return Err(Error::FailedPrecondition(format!(
@@ -248,7 +278,12 @@ fn apply_plan(store: &Store, base: &Path, plan: &[DiffEntry], delete: bool, prog
 }
 
 /// Entries of `root` under each of `paths` (all when empty) compared with `current`.
-fn plan_for(store: &Store, current: Option<crate::store::Id>, target: crate::store::Id, paths: &[Vec<u8>]) -> Result<Vec<DiffEntry>> {
+fn plan_for(
+    store: &Store,
+    current: Option<crate::store::Id>,
+    target: crate::store::Id,
+    paths: &[Vec<u8>],
+) -> Result<Vec<DiffEntry>> {
     let mut d = Differ::new(store, true);
     if paths.is_empty() {
         d.trees(b"", current, Some(target))?;
@@ -277,8 +312,16 @@ fn plan_for(store: &Store, current: Option<crate::store::Id>, target: crate::sto
     Ok(d.finish())
 }
 
-fn summarise(snapshot: &SnapshotRecord, plan: &[DiffEntry], in_scope_files: u64, all_paths: bool) -> RestoreSummary {
-    let mut s = RestoreSummary { snapshot: snapshot.id, ..Default::default() };
+fn summarise(
+    snapshot: &SnapshotRecord,
+    plan: &[DiffEntry],
+    in_scope_files: u64,
+    all_paths: bool,
+) -> RestoreSummary {
+    let mut s = RestoreSummary {
+        snapshot: snapshot.id,
+        ..Default::default()
+    };
     for e in plan {
         let leaf = |side: &Option<Side>| side.as_ref().is_some_and(|s| s.kind != Kind::Dir);
         match e.change {
@@ -302,7 +345,12 @@ fn summarise(snapshot: &SnapshotRecord, plan: &[DiffEntry], in_scope_files: u64,
     s
 }
 
-fn files_in(store: &Store, root: crate::store::Id, paths: &[Vec<u8>], snapshot: &SnapshotRecord) -> Result<u64> {
+fn files_in(
+    store: &Store,
+    root: crate::store::Id,
+    paths: &[Vec<u8>],
+    snapshot: &SnapshotRecord,
+) -> Result<u64> {
     if paths.is_empty() {
         return Ok(snapshot.files);
     }
@@ -331,7 +379,9 @@ impl Workspace {
         progress: &mut ProgressFn<'_>,
     ) -> Result<RestoreSummary> {
         if snapshot.workspace != self.record.id {
-            return Err(Error::InvalidArgument("that snapshot belongs to another workspace".into()));
+            return Err(Error::InvalidArgument(
+                "that snapshot belongs to another workspace".into(),
+            ));
         }
         for p in &opts.paths {
             validate_rel(p)?;
@@ -354,7 +404,8 @@ impl Workspace {
         let latest = store.cat.latest(self.record.id)?;
         let mut pre_opts = SaveOptions::new(Trigger::PreRestore, Changes::Paths(Vec::new()));
         pre_opts.message = format!("before restoring {}", snapshot.hex_id());
-        let pre = self.record_snapshot(store, &batch, current, latest.as_ref(), &pre_opts, warnings)?;
+        let pre =
+            self.record_snapshot(store, &batch, current, latest.as_ref(), &pre_opts, warnings)?;
         batch.finish()?;
         summary.pre_restore_snapshot = Some(pre.id);
         tracing::info!(workspace = %self.root.display(), snapshot = %snapshot.hex_id(), changes = plan.len(), "restoring");
@@ -362,7 +413,11 @@ impl Workspace {
         let applied = apply_plan(store, &self.root, &plan, true, progress);
         // Whatever happened, bring the index back in line with the disk for the paths touched.
         let noted = self.note_restored(&plan);
-        let touched: Vec<Vec<u8>> = plan.iter().map(|e| e.path.clone()).filter(|p| !noted.contains(p)).collect();
+        let touched: Vec<Vec<u8>> = plan
+            .iter()
+            .map(|e| e.path.clone())
+            .filter(|p| !noted.contains(p))
+            .collect();
         let batch = store.batch();
         self.refresh(&batch, &Changes::Paths(touched))?;
         let root = self.index.root_tree(&batch)?;
@@ -379,7 +434,9 @@ impl Workspace {
     fn note_restored(&mut self, plan: &[DiffEntry]) -> HashSet<Vec<u8>> {
         let mut noted = HashSet::new();
         for e in plan {
-            let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else { continue };
+            let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else {
+                continue;
+            };
             let path = abs(&self.root, &e.path);
             if let Ok(Some(Some(st))) = Stat::lstat(&path)
                 && st.kind == after.kind
@@ -403,7 +460,10 @@ impl Workspace {
         progress: &mut ProgressFn<'_>,
     ) -> Result<RestoreSummary> {
         if !to.is_absolute() {
-            return Err(Error::InvalidArgument(format!("--to {} must be an absolute path", to.display())));
+            return Err(Error::InvalidArgument(format!(
+                "--to {} must be an absolute path",
+                to.display()
+            )));
         }
         if to.as_os_str().as_bytes().contains(&0) {
             return Err(Error::InvalidArgument("--to contains a NUL byte".into()));
@@ -411,9 +471,16 @@ impl Workspace {
         if !opts.dry_run {
             fs::create_dir_all(to).at(to)?;
         }
-        let target = if opts.dry_run && !to.exists() { to.to_path_buf() } else { to.canonicalize().at(to)? };
+        let target = if opts.dry_run && !to.exists() {
+            to.to_path_buf()
+        } else {
+            to.canonicalize().at(to)?
+        };
         if target.starts_with(store.dir()) {
-            return Err(Error::InvalidArgument(format!("--to {} is inside chkpt's data directory", to.display())));
+            return Err(Error::InvalidArgument(format!(
+                "--to {} is inside chkpt's data directory",
+                to.display()
+            )));
         }
         let plan = plan_for(store, None, snapshot.root, &opts.paths)?;
         let summary = summarise(snapshot, &plan, in_scope, opts.dry_run);

@@ -51,7 +51,9 @@ impl Exclusion {
             Exclusion::Git => "git metadata".to_owned(),
             Exclusion::Store => "chkpt data directory".to_owned(),
             Exclusion::Ignored => "ignore file pattern".to_owned(),
-            Exclusion::Dependency(why) => format!("dependency/build folder ({why}); watch with --include-deps to keep it"),
+            Exclusion::Dependency(why) => {
+                format!("dependency/build folder ({why}); watch with --include-deps to keep it")
+            }
         }
     }
 }
@@ -73,7 +75,11 @@ pub struct Rules {
 
 /// Joins a relative path (bytes, `/`-separated) onto `root`.
 pub fn abs(root: &Path, rel: &[u8]) -> PathBuf {
-    if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(rel)) }
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    }
 }
 
 /// The parent of a relative path (empty for top-level entries) and its last component.
@@ -92,12 +98,20 @@ impl Rules {
             .ok()
             .filter(|r| !r.as_os_str().is_empty())
             .map(|r| r.as_os_str().as_bytes().to_vec());
-        Rules { root: root.to_path_buf(), store_rel, include_dependency_dirs, dirs: RwLock::new(HashMap::new()) }
+        Rules {
+            root: root.to_path_buf(),
+            store_rel,
+            include_dependency_dirs,
+            dirs: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Forgets what was read of `dir` (its ignore files or evidence changed).
     pub fn invalidate(&self, dir: &[u8]) {
-        self.dirs.write().unwrap_or_else(|p| p.into_inner()).remove(dir);
+        self.dirs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(dir);
     }
 
     /// Forgets everything read.
@@ -108,7 +122,10 @@ impl Rules {
     /// Whether a change to `rel` changes the rules themselves.
     pub fn is_rule_file(rel: &[u8]) -> bool {
         let (_, name) = split_last(rel);
-        IGNORE_FILES.iter().chain(EVIDENCE_FILES.iter()).any(|f| f.as_bytes() == name)
+        IGNORE_FILES
+            .iter()
+            .chain(EVIDENCE_FILES.iter())
+            .any(|f| f.as_bytes() == name)
     }
 
     fn dir_rules(&self, dir: &[u8]) -> Arc<DirRules> {
@@ -135,8 +152,14 @@ impl Rules {
         } else {
             None
         };
-        let rules = Arc::new(DirRules { ignore, dependency: dependency_evidence(&path, split_last(dir).1) });
-        self.dirs.write().unwrap_or_else(|p| p.into_inner()).insert(dir.to_vec(), rules.clone());
+        let rules = Arc::new(DirRules {
+            ignore,
+            dependency: dependency_evidence(&path, split_last(dir).1),
+        });
+        self.dirs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.to_vec(), rules.clone());
         rules
     }
 
@@ -154,7 +177,11 @@ impl Rules {
         loop {
             let rules = self.dir_rules(parent);
             if let Some(gi) = &rules.ignore {
-                let below = &rel[if parent.is_empty() { 0 } else { parent.len() + 1 }..];
+                let below = &rel[if parent.is_empty() {
+                    0
+                } else {
+                    parent.len() + 1
+                }..];
                 match gi.matched(Path::new(OsStr::from_bytes(below)), is_dir) {
                     Match::Ignore(_) => return Some(Exclusion::Ignored),
                     Match::Whitelist(_) => break,
@@ -192,7 +219,9 @@ fn dependency_evidence(dir: &Path, name: &[u8]) -> Option<&'static str> {
         return Some(n);
     }
     let mut sig = [0u8; CACHEDIR_SIGNATURE.len()];
-    if fs::File::open(dir.join("CACHEDIR.TAG")).and_then(|mut f| f.read_exact(&mut sig)).is_ok()
+    if fs::File::open(dir.join("CACHEDIR.TAG"))
+        .and_then(|mut f| f.read_exact(&mut sig))
+        .is_ok()
         && sig == CACHEDIR_SIGNATURE
     {
         return Some("CACHEDIR.TAG");
@@ -222,14 +251,36 @@ mod tests {
         let rules = Rules::new(root, Path::new("/nonexistent"), false);
         assert_eq!(rules.check_path(b"a.log", false), Some(Exclusion::Ignored));
         assert_eq!(rules.check_path(b"keep.log", false), None);
-        assert_eq!(rules.check_path(b"build/x.c", false), Some(Exclusion::Ignored));
-        assert_eq!(rules.check_path(b"sub/secret", false), Some(Exclusion::Ignored));
+        assert_eq!(
+            rules.check_path(b"build/x.c", false),
+            Some(Exclusion::Ignored)
+        );
+        assert_eq!(
+            rules.check_path(b"sub/secret", false),
+            Some(Exclusion::Ignored)
+        );
         assert_eq!(rules.check_path(b"secret", false), None);
-        assert_eq!(rules.check_path(b"target/debug/x", false), Some(Exclusion::Dependency("CACHEDIR.TAG")));
-        assert_eq!(rules.check_path(b"drivers/target", true), None, "a source folder called target is kept");
-        assert_eq!(rules.check_path(b"env", true), Some(Exclusion::Dependency("pyvenv.cfg")));
-        assert_eq!(rules.check_path(b"web/node_modules/x.js", false), Some(Exclusion::Dependency("node_modules")));
-        assert_eq!(rules.check_path(b".git/config", false), Some(Exclusion::Git));
+        assert_eq!(
+            rules.check_path(b"target/debug/x", false),
+            Some(Exclusion::Dependency("CACHEDIR.TAG"))
+        );
+        assert_eq!(
+            rules.check_path(b"drivers/target", true),
+            None,
+            "a source folder called target is kept"
+        );
+        assert_eq!(
+            rules.check_path(b"env", true),
+            Some(Exclusion::Dependency("pyvenv.cfg"))
+        );
+        assert_eq!(
+            rules.check_path(b"web/node_modules/x.js", false),
+            Some(Exclusion::Dependency("node_modules"))
+        );
+        assert_eq!(
+            rules.check_path(b".git/config", false),
+            Some(Exclusion::Git)
+        );
         let opted_in = Rules::new(root, Path::new("/nonexistent"), true);
         assert_eq!(opted_in.check_path(b"target/debug/x", false), None);
     }

@@ -63,7 +63,12 @@ impl Stat {
     pub fn lstat(path: &Path) -> io::Result<Option<Option<Stat>>> {
         match fs::symlink_metadata(path) {
             Ok(m) => Ok(Some(Stat::from_meta(&m))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -112,7 +117,11 @@ pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> Sc
     let root_len = root.as_os_str().len();
     let rel_of = move |p: &Path| -> Vec<u8> {
         let b = p.as_os_str().as_bytes();
-        if b.len() > root_len + 1 { b[root_len + 1..].to_vec() } else { Vec::new() }
+        if b.len() > root_len + 1 {
+            b[root_len + 1..].to_vec()
+        } else {
+            Vec::new()
+        }
     };
     let excluded: Arc<Mutex<Vec<(Vec<u8>, Exclusion)>>> = Arc::default();
     let mut builder = WalkBuilder::new(abs(root, start));
@@ -133,7 +142,10 @@ pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> Sc
                     None => true,
                     Some(why) => {
                         if matches!(why, Exclusion::Dependency(_)) {
-                            excluded.lock().unwrap_or_else(|p| p.into_inner()).push((rel_of(e.path()), why));
+                            excluded
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((rel_of(e.path()), why));
                         }
                         false
                     }
@@ -186,7 +198,10 @@ struct Buffer<'a> {
 
 impl Buffer<'_> {
     fn flush(&mut self) {
-        self.into.lock().unwrap_or_else(|p| p.into_inner()).append(&mut self.buf);
+        self.into
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&mut self.buf);
     }
 }
 

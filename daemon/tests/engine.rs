@@ -1,0 +1,570 @@
+//! The engine against real files: round trips, cost, racy writes, crash safety, corruption.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use chkpt_daemon::Error;
+use chkpt_daemon::store::catalog::Trigger;
+use chkpt_daemon::store::{Id, Store};
+use chkpt_daemon::workspace::restore::RestoreOptions;
+use chkpt_daemon::workspace::{Changes, SaveOptions, WatchOptions, Workspace, register};
+use proptest::prelude::*;
+
+/// What a folder holds, for comparing: path → (kind, mode, content or link target).
+type Listing = BTreeMap<Vec<u8>, (char, u32, Vec<u8>)>;
+
+fn listing(root: &Path) -> Listing {
+    fn rec(root: &Path, dir: &Path, out: &mut Listing) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    (
+                        'l',
+                        0,
+                        fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec(),
+                    ),
+                );
+            } else if m.is_dir() {
+                out.insert(rel, ('d', mode, Vec::new()));
+                rec(root, &p, out);
+            } else {
+                out.insert(rel, ('f', mode, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    rec(root, root, &mut out);
+    out
+}
+
+fn open(store: &Store, dir: &Path) -> Workspace {
+    let rec = register(store, dir, WatchOptions::default()).unwrap();
+    Workspace::open(store, rec).unwrap()
+}
+
+fn save(
+    ws: &mut Workspace,
+    store: &Store,
+    changes: Changes,
+) -> chkpt_daemon::store::catalog::SnapshotRecord {
+    ws.save(store, &SaveOptions::new(Trigger::Manual, changes))
+        .unwrap()
+        .snapshot
+}
+
+fn restore(
+    ws: &mut Workspace,
+    store: &Store,
+    snap: &chkpt_daemon::store::catalog::SnapshotRecord,
+    opts: RestoreOptions,
+) {
+    ws.restore(store, snap, &opts, &Changes::Full, &mut |_, _, _, _| {})
+        .unwrap();
+}
+
+fn data(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|i| {
+            if compressible {
+                let pattern = b"fn main() { println!(\"hello\"); }\n";
+                return pattern[i % pattern.len()];
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A file tree to build: (path components, what).
+#[derive(Debug, Clone)]
+enum Item {
+    File {
+        len: usize,
+        seed: u64,
+        exec: bool,
+        compressible: bool,
+    },
+    Link(Vec<u8>),
+    EmptyDir,
+}
+
+fn name() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => "[a-e]{1,3}".prop_map(|s| s.into_bytes()),
+        1 => Just(b"caf\xe9".to_vec()),          // Latin-1, not UTF-8
+        1 => Just(b"\xff\xfe name".to_vec()),
+        1 => Just("ünï cödé".as_bytes().to_vec()),
+        1 => Just(b".hidden".to_vec()),
+    ]
+}
+
+fn item() -> impl Strategy<Value = Item> {
+    prop_oneof![
+        6 => (0usize..5000, any::<u64>(), any::<bool>(), any::<bool>())
+            .prop_map(|(len, seed, exec, compressible)| Item::File { len, seed, exec, compressible }),
+        1 => (any::<u64>(), any::<bool>()).prop_map(|(seed, c)| Item::File { len: 3 << 20, seed, exec: false, compressible: c }),
+        1 => Just(Item::File { len: 0, seed: 0, exec: false, compressible: true }),
+        2 => "[a-z/.]{1,12}".prop_map(|t| Item::Link(t.into_bytes())),
+        1 => Just(Item::EmptyDir),
+    ]
+}
+
+fn build(root: &Path, items: &[(Vec<Vec<u8>>, Item)]) {
+    for (comps, item) in items {
+        let mut path = root.to_path_buf();
+        let mut ok = true;
+        for (i, c) in comps.iter().enumerate() {
+            path.push(OsStr::from_bytes(c));
+            let last = i + 1 == comps.len();
+            match fs::symlink_metadata(&path) {
+                Ok(m) if !last && !m.is_dir() => ok = false,
+                Ok(_) if last => ok = false,
+                Err(_) if !last => fs::create_dir(&path).unwrap(),
+                _ => {}
+            }
+            if !ok {
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        match item {
+            Item::File {
+                len,
+                seed,
+                exec,
+                compressible,
+            } => {
+                fs::write(&path, data(*len, *seed, *compressible)).unwrap();
+                fs::set_permissions(
+                    &path,
+                    fs::Permissions::from_mode(if *exec { 0o755 } else { 0o644 }),
+                )
+                .unwrap();
+            }
+            Item::Link(t) => symlink(OsStr::from_bytes(t), &path).unwrap(),
+            Item::EmptyDir => fs::create_dir(&path).unwrap(),
+        }
+    }
+}
+
+/// Random changes to a built tree: deletions, rewrites, additions, mode flips, type changes.
+fn mutate(root: &Path, seed: u64) {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let all: Vec<_> = listing(root).into_iter().collect();
+    for (rel, (kind, _, _)) in all {
+        let p = root.join(OsStr::from_bytes(&rel));
+        if fs::symlink_metadata(&p).is_err() {
+            continue;
+        }
+        match (next() % 7, kind) {
+            (0, 'd') => fs::remove_dir_all(&p).unwrap(),
+            (0, _) => fs::remove_file(&p).unwrap(),
+            (1, 'f') => fs::write(&p, data((next() % 3000) as usize, next(), true)).unwrap(),
+            (2, 'f') => fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap(),
+            (3, 'f') => {
+                fs::remove_file(&p).unwrap();
+                fs::create_dir(&p).unwrap();
+                fs::write(p.join("inner"), b"was a file").unwrap();
+            }
+            (4, 'd') => fs::write(p.join("new-file"), b"added").unwrap(),
+            _ => {}
+        }
+    }
+    fs::write(root.join("brand-new"), b"new at top").unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// save → random mutations → restore gives back exactly what was saved, in place and --to.
+    #[test]
+    fn round_trip(items in prop::collection::vec((prop::collection::vec(name(), 1..4), item()), 1..40), seed in any::<u64>()) {
+        let ws_dir = tempfile::tempdir().unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        build(ws_dir.path(), &items);
+        let saved = listing(ws_dir.path());
+        let store = Store::open(store_dir.path()).unwrap();
+        let mut ws = open(&store, ws_dir.path());
+        let snap = save(&mut ws, &store, Changes::Full);
+        prop_assert_eq!(snap.files as usize, saved.values().filter(|v| v.0 != 'd').count());
+
+        mutate(ws_dir.path(), seed);
+        restore(&mut ws, &store, &snap, RestoreOptions::default());
+        prop_assert_eq!(&listing(ws_dir.path()), &saved);
+
+        let to = tempfile::tempdir().unwrap();
+        restore(&mut ws, &store, &snap, RestoreOptions { to: Some(to.path().to_path_buf()), ..Default::default() });
+        prop_assert_eq!(&listing(to.path()), &saved);
+    }
+}
+
+#[test]
+fn large_files_stream_and_random_data_does_not_grow() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let random = data(12 << 20, 99, false);
+    let text = data(12 << 20, 0, true);
+    fs::write(ws_dir.path().join("random.bin"), &random).unwrap();
+    fs::write(ws_dir.path().join("text.txt"), &text).unwrap();
+    fs::write(ws_dir.path().join("copy.txt"), &text).unwrap(); // deduplicated
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    let snap = save(&mut ws, &store, Changes::Full);
+    let written = store.counters.pack_bytes_written.load(Ordering::Relaxed);
+    assert!(
+        written < (12 << 20) + (2 << 20),
+        "random data grew or the copy was stored twice: {written}"
+    );
+    let loc = store.locate(&Id::of(&random)).unwrap().unwrap();
+    assert_eq!(loc.len, loc.raw_len, "incompressible data is stored raw");
+    fs::remove_file(ws_dir.path().join("random.bin")).unwrap();
+    fs::write(ws_dir.path().join("text.txt"), b"short").unwrap();
+    restore(&mut ws, &store, &snap, RestoreOptions::default());
+    assert_eq!(fs::read(ws_dir.path().join("random.bin")).unwrap(), random);
+    assert_eq!(fs::read(ws_dir.path().join("text.txt")).unwrap(), text);
+}
+
+#[test]
+fn save_of_one_change_in_20k_files_costs_the_change_only() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    for d in 0..200 {
+        let dir = ws_dir.path().join(format!("dir{d:03}/sub"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(
+                dir.join(format!("f{f}.rs")),
+                format!("// file {d} {f}\nfn f{f}() {{}}\n"),
+            )
+            .unwrap();
+        }
+    }
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    let first = save(&mut ws, &store, Changes::Full);
+    assert_eq!(first.files, 20_000);
+
+    let rel = b"dir117/sub/f42.rs".to_vec();
+    fs::write(ws_dir.path().join("dir117/sub/f42.rs"), b"changed\n").unwrap();
+    let bytes_before = store.counters.pack_bytes_written.load(Ordering::Relaxed);
+    let stats_before = ws.counters.paths_stated.load(Ordering::Relaxed);
+    let hashed_before = ws.counters.files_hashed.load(Ordering::Relaxed);
+    let second = save(&mut ws, &store, Changes::Paths(vec![rel]));
+    let written = store.counters.pack_bytes_written.load(Ordering::Relaxed) - bytes_before;
+    let stated = ws.counters.paths_stated.load(Ordering::Relaxed) - stats_before;
+    let hashed = ws.counters.files_hashed.load(Ordering::Relaxed) - hashed_before;
+    assert!(written < 64 * 1024, "one change wrote {written} bytes");
+    assert_eq!(stated, 1, "stat-ed more than the dirty path");
+    assert_eq!(hashed, 1);
+    assert_eq!((second.modified, second.added, second.deleted), (1, 0, 0));
+    assert_eq!(second.new_bytes, written);
+
+    // A full stat-walk of an unchanged tree re-reads nothing (once past the racy window).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let b = store.batch();
+    ws.refresh(&b, &Changes::Full).unwrap();
+    drop(b);
+    let b = store.batch();
+    let hashed_before = ws.counters.files_hashed.load(Ordering::Relaxed);
+    ws.refresh(&b, &Changes::Full).unwrap();
+    assert_eq!(
+        ws.counters.files_hashed.load(Ordering::Relaxed),
+        hashed_before
+    );
+}
+
+#[test]
+fn racy_same_size_rewrite_in_the_same_tick_is_captured() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    let f = ws_dir.path().join("racy.txt");
+    for round in 0..20u32 {
+        fs::write(&f, format!("one {round:04}")).unwrap();
+        let a = save(&mut ws, &store, Changes::Paths(vec![b"racy.txt".to_vec()]));
+        fs::write(&f, format!("two {round:04}")).unwrap(); // same size, most likely same tick
+        let b = save(&mut ws, &store, Changes::Paths(vec![b"racy.txt".to_vec()]));
+        assert_ne!(a.root, b.root, "round {round}: the rewrite was missed");
+        let mut out = Vec::new();
+        let entry = chkpt_daemon::workspace::diff::lookup(&store, b.root, b"racy.txt")
+            .unwrap()
+            .unwrap();
+        store.read_into(&entry.id, &mut out).unwrap();
+        assert_eq!(out, format!("two {round:04}").into_bytes());
+    }
+}
+
+#[test]
+fn gitignore_and_dependency_folders_by_evidence() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let w = ws_dir.path();
+    fs::write(w.join(".gitignore"), "*.o\n").unwrap();
+    fs::create_dir_all(w.join("target/debug")).unwrap();
+    fs::write(
+        w.join("target/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    fs::write(w.join("target/debug/app"), b"binary").unwrap();
+    fs::create_dir_all(w.join("drivers/target")).unwrap();
+    fs::write(w.join("drivers/target/core.c"), b"int x;").unwrap();
+    fs::write(w.join("main.o"), b"obj").unwrap();
+    fs::create_dir_all(w.join(".git")).unwrap();
+    fs::write(w.join(".git/HEAD"), b"ref").unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, w);
+    let snap = save(&mut ws, &store, Changes::Full);
+    let paths: Vec<String> = chkpt_daemon::workspace::diff::diff(&store, None, Some(snap.root))
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect();
+    assert_eq!(paths, vec![".gitignore", "drivers/target/core.c"]);
+    assert_eq!(
+        ws.excluded().len(),
+        1,
+        "the excluded target/ is listed for the user"
+    );
+    assert_eq!(ws.excluded()[0].0, b"target".to_vec());
+}
+
+#[test]
+fn fifo_is_skipped_and_vanished_file_is_not_an_error() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let fifo = ws_dir.path().join("pipe");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    fs::write(ws_dir.path().join("a"), b"a").unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    let snap = save(&mut ws, &store, Changes::Full);
+    assert_eq!(snap.files, 1);
+    let snap = save(
+        &mut ws,
+        &store,
+        Changes::Paths(vec![b"gone-before-read".to_vec(), b"pipe".to_vec()]),
+    );
+    assert_eq!(snap.files, 1);
+}
+
+#[test]
+fn verify_names_the_path_hurt_by_a_flipped_byte_and_restore_refuses_before_writing() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let content = data(50_000, 5, false);
+    fs::create_dir_all(ws_dir.path().join("src")).unwrap();
+    fs::write(ws_dir.path().join("src/precious.bin"), &content).unwrap();
+    fs::write(ws_dir.path().join("other.txt"), b"fine").unwrap();
+    let snap_id;
+    let loc;
+    {
+        let store = Store::open(store_dir.path()).unwrap();
+        let mut ws = open(&store, ws_dir.path());
+        snap_id = save(&mut ws, &store, Changes::Full).id;
+        loc = store.locate(&Id::of(&content)).unwrap().unwrap();
+        assert!(store.verify(None).unwrap().problems.is_empty());
+    }
+    let pack = store_dir
+        .path()
+        .join(format!("packs/{:08x}.pack", loc.pack));
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[(loc.offset + 100) as usize] ^= 0x40;
+    fs::write(&pack, bytes).unwrap();
+
+    let store = Store::open(store_dir.path()).unwrap();
+    let report = store.verify(None).unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].path, b"src/precious.bin".to_vec());
+    assert_eq!(report.problems[0].snapshot, Some(snap_id));
+
+    let mut ws = open(&store, ws_dir.path());
+    fs::write(ws_dir.path().join("src/precious.bin"), b"edited since").unwrap();
+    fs::write(ws_dir.path().join("other.txt"), b"edited too").unwrap();
+    let snap = store.catalog().snapshot(snap_id).unwrap().unwrap();
+    let res = ws.restore(
+        &store,
+        &snap,
+        &RestoreOptions::default(),
+        &Changes::Full,
+        &mut |_, _, _, _| {},
+    );
+    assert!(matches!(res, Err(Error::Corrupt(_))), "{res:?}");
+    assert_eq!(
+        fs::read(ws_dir.path().join("src/precious.bin")).unwrap(),
+        b"edited since"
+    );
+    assert_eq!(
+        fs::read(ws_dir.path().join("other.txt")).unwrap(),
+        b"edited too"
+    );
+    let leftovers: Vec<_> = fs::read_dir(ws_dir.path().join("src")).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "staged temp files were cleaned up");
+}
+
+#[test]
+fn hostile_restore_paths_are_refused() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    fs::write(ws_dir.path().join("a"), b"a").unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    let snap = save(&mut ws, &store, Changes::Full);
+    for bad in [&b"../etc/passwd"[..], b"/etc/passwd", b"a\0b", b"x/../../y"] {
+        let opts = RestoreOptions {
+            paths: vec![bad.to_vec()],
+            ..Default::default()
+        };
+        let res = ws.restore(&store, &snap, &opts, &Changes::Full, &mut |_, _, _, _| {});
+        assert!(
+            matches!(res, Err(Error::InvalidArgument(_))),
+            "{bad:?}: {res:?}"
+        );
+    }
+    // A symlinked directory in the workspace is never written through.
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir(ws_dir.path().join("d")).unwrap();
+    fs::write(ws_dir.path().join("d/f"), b"inside").unwrap();
+    let snap2 = save(&mut ws, &store, Changes::Full);
+    fs::remove_dir_all(ws_dir.path().join("d")).unwrap();
+    symlink(outside.path(), ws_dir.path().join("d")).unwrap();
+    let opts = RestoreOptions {
+        paths: vec![b"d/f".to_vec()],
+        ..Default::default()
+    };
+    let res = ws.restore(&store, &snap2, &opts, &Changes::Full, &mut |_, _, _, _| {});
+    assert!(res.is_err());
+    assert!(
+        fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing written outside"
+    );
+}
+
+#[test]
+fn delete_and_gc_free_the_bytes_of_what_went() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    fs::write(ws_dir.path().join("big"), data(2 << 20, 1, false)).unwrap();
+    let old = save(&mut ws, &store, Changes::Full);
+    fs::write(ws_dir.path().join("big"), data(2 << 20, 2, false)).unwrap();
+    let new = save(&mut ws, &store, Changes::Full);
+    store.catalog().remove_snapshot(&old).unwrap();
+    let report = store.gc().unwrap();
+    assert!(report.objects_removed >= 1);
+    assert!(report.bytes_reclaimed >= 2 << 20, "{report:?}");
+    let problems = store.verify(None).unwrap().problems;
+    assert!(problems.is_empty(), "{problems:?}");
+    let to = tempfile::tempdir().unwrap();
+    restore(
+        &mut ws,
+        &store,
+        &new,
+        RestoreOptions {
+            to: Some(to.path().to_path_buf()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        fs::read(to.path().join("big")).unwrap(),
+        data(2 << 20, 2, false)
+    );
+    // Saves after a GC still work (cached tree ids are re-checked).
+    fs::write(ws_dir.path().join("small"), b"x").unwrap();
+    let after = save(&mut ws, &store, Changes::Paths(vec![b"small".to_vec()]));
+    assert!(store.verify(None).unwrap().problems.is_empty());
+    assert_eq!(after.files, 2);
+}
+
+/// Runs in a child process: saves once, then writes more objects into a new pack and dies
+/// before committing them.
+#[test]
+fn crash_child() {
+    let Some(dir) = std::env::var_os("CHKPT_CRASH_CHILD") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let store = Store::open(dir.join("store")).unwrap();
+    let mut ws = open(&store, &dir.join("ws"));
+    save(&mut ws, &store, Changes::Full);
+    store.close_writers();
+    fs::write(dir.join("ws/new.bin"), data(1 << 20, 3, false)).unwrap();
+    let batch = store.batch();
+    ws.refresh(&batch, &Changes::Full).unwrap();
+    std::process::abort();
+}
+
+#[test]
+fn save_interrupted_before_catalog_commit_leaves_a_clean_store_and_gc_reclaims_the_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("ws")).unwrap();
+    fs::write(dir.path().join("ws/kept.txt"), b"acknowledged content").unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture"])
+        .env("CHKPT_CRASH_CHILD", dir.path())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child was meant to die mid-save");
+    let packs = |d: &Path| fs::read_dir(d.join("store/packs")).unwrap().count();
+    assert_eq!(
+        packs(dir.path()),
+        2,
+        "the child left a pack it never committed"
+    );
+
+    let store = Store::open(dir.path().join("store")).unwrap();
+    assert!(store.verify(None).unwrap().problems.is_empty());
+    let ws_rec = store.catalog().workspaces().unwrap().pop().unwrap();
+    let snap = store.catalog().latest(ws_rec.id).unwrap().unwrap();
+    assert_eq!(snap.files, 1);
+    let report = store.gc().unwrap();
+    assert_eq!(report.packs_removed, 1, "{report:?}");
+    assert!(report.bytes_reclaimed >= 1 << 20);
+    assert_eq!(packs(dir.path()), 1);
+    let mut ws = Workspace::open(&store, ws_rec).unwrap();
+    let to = tempfile::tempdir().unwrap();
+    restore(
+        &mut ws,
+        &store,
+        &snap,
+        RestoreOptions {
+            to: Some(to.path().to_path_buf()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        fs::read(to.path().join("kept.txt")).unwrap(),
+        b"acknowledged content"
+    );
+}
