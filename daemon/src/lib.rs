@@ -10,3 +10,9 @@ pub mod store;
 pub mod workspace;
 
 pub use error::{Error, Result};
+pub mod config;
+pub mod engine;
+pub mod retention;
+pub mod watch;
+pub mod service;
+pub mod server;

@@ -108,7 +108,7 @@ pub struct Workspace {
     /// Dependency folders left out by the last full scan.
     excluded: Vec<(Vec<u8>, Exclusion)>,
     /// Work counters.
-    pub counters: WorkspaceCounters,
+    pub counters: Arc<WorkspaceCounters>,
     threads: usize,
 }
 
@@ -251,7 +251,7 @@ impl Workspace {
             gc_epoch: store.gc_epoch(),
             baseline,
             excluded: Vec::new(),
-            counters: WorkspaceCounters::default(),
+            counters: Arc::default(),
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -568,6 +568,12 @@ impl Workspace {
             store.cat.update_files(self.record.id, &journal)?;
         }
         Ok(())
+    }
+
+    /// Persists index changes made by [`Workspace::refresh`] (after the batch's objects are
+    /// committed).
+    pub fn persist(&mut self, store: &Store) -> Result<()> {
+        self.persist_index(store)
     }
 
     /// The current tree (after [`Workspace::refresh`]).

@@ -1,0 +1,256 @@
+//! Text for people: tables, details and summaries.
+
+use chkpt_proto::v1::{self, ChangeKind, EntryKind, Snapshot, WorkspaceState};
+
+use super::{
+    Cell, Colour, Palette, age, change_name, counts, duration_text, human_bytes, path_text,
+    short_id, state_name, table, trigger_name,
+};
+
+/// The `list` table: short id, age, trigger, what changed, (workspace,) message.
+pub fn snapshot_table(palette: Palette, now_ms: u64, snapshots: &[Snapshot], with_workspace: bool) -> String {
+    let mut header = vec!["ID", "AGE", "TRIGGER", "CHANGES"];
+    if with_workspace {
+        header.push("WORKSPACE");
+    }
+    header.push("MESSAGE");
+    let rows: Vec<Vec<Cell>> = snapshots
+        .iter()
+        .map(|s| {
+            let mut row = vec![
+                Cell::coloured(short_id(&s.id), Colour::Yellow),
+                Cell::plain(age(now_ms, s.created_unix_ms)),
+                Cell::plain(trigger_name(s.trigger())),
+                Cell::plain(counts(s.added, s.modified, s.deleted)),
+            ];
+            if with_workspace {
+                row.push(Cell::plain(s.workspace.clone()));
+            }
+            let message = if s.pinned {
+                format!("{} {}", palette.paint("[pinned]", Colour::Cyan), s.message)
+            } else {
+                s.message.clone()
+            };
+            row.push(Cell::plain(message));
+            row
+        })
+        .collect();
+    table(palette, &header, &rows)
+}
+
+/// Every field of one snapshot, one per line, then its warnings.
+pub fn snapshot_details(palette: Palette, now_ms: u64, s: &Snapshot) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let parent = if s.parent.is_empty() { "(none)" } else { s.parent.as_str() };
+    let fields = [
+        ("snapshot", palette.paint(&s.id, Colour::Yellow)),
+        ("workspace", s.workspace.clone()),
+        ("created", format!("{} ({})", s.created_at, age(now_ms, s.created_unix_ms))),
+        ("trigger", trigger_name(s.trigger()).to_owned()),
+        ("message", s.message.clone()),
+        ("pinned", yes_no(s.pinned).to_owned()),
+        ("files", format!("{} ({})", s.files, human_bytes(s.bytes))),
+        ("changes", counts(s.added, s.modified, s.deleted)),
+        ("new data", format!("{} blobs, {}", s.new_blobs, human_bytes(s.new_bytes))),
+        ("parent", parent.to_owned()),
+        ("root tree", s.root_tree.clone()),
+        ("rescan", yes_no(s.rescan).to_owned()),
+    ];
+    let mut out = String::new();
+    for (name, value) in fields {
+        out.push_str(&format!("{name:<10} {value}\n"));
+    }
+    for w in &s.warnings {
+        out.push_str(&format!("{} {w}\n", palette.paint("warning:", Colour::Red)));
+    }
+    out
+}
+
+/// One diff line per changed path: "A  path  (12 B)", "M  path  (1.0 KiB -> 2.0 KiB)".
+pub fn diff_lines(palette: Palette, entries: &[v1::DiffEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let (mark, colour, sizes) = match e.change() {
+            ChangeKind::Added => ("A", Colour::Green, human_bytes(e.size_after)),
+            ChangeKind::Deleted => ("D", Colour::Red, human_bytes(e.size_before)),
+            ChangeKind::TypeChanged => (
+                "T",
+                Colour::Cyan,
+                format!("{} -> {}", kind_text(e.kind_before()), kind_text(e.kind_after())),
+            ),
+            ChangeKind::Modified | ChangeKind::Unspecified => (
+                "M",
+                Colour::Yellow,
+                format!("{} -> {}", human_bytes(e.size_before), human_bytes(e.size_after)),
+            ),
+        };
+        let sizes = palette.paint(&format!("({sizes})"), Colour::Dim);
+        out.push_str(&format!("{}  {}  {sizes}\n", palette.paint(mark, colour), path_text(&e.path)));
+    }
+    out
+}
+
+/// The `status` report: the daemon, then one row per workspace, then details.
+pub fn status_text(palette: Palette, now_ms: u64, s: &v1::StatusResponse) -> String {
+    let mut out = format!(
+        "chkptd {} (protocol {}), pid {}, up {}\nsocket {}\ndata   {}\n",
+        s.version,
+        s.protocol,
+        s.pid,
+        duration_text(s.uptime_ms),
+        s.socket,
+        s.data_dir
+    );
+    if s.workspaces.is_empty() {
+        out.push_str("no workspaces watched: start with `chkptctl watch PATH`\n");
+        return out;
+    }
+    out.push('\n');
+    let rows: Vec<Vec<Cell>> = s
+        .workspaces
+        .iter()
+        .map(|w| {
+            let state = w.state();
+            let colour = match state {
+                WorkspaceState::Watching => Colour::Green,
+                WorkspaceState::Error => Colour::Red,
+                WorkspaceState::Paused | WorkspaceState::Unspecified => Colour::Dim,
+                WorkspaceState::Rescanning | WorkspaceState::Polling => Colour::Yellow,
+            };
+            let last = w.last_snapshot.as_ref().map_or_else(
+                || "(none)".to_owned(),
+                |l| format!("{} {}", short_id(&l.id), age(now_ms, l.created_unix_ms)),
+            );
+            vec![
+                Cell::plain(w.workspace.as_ref().map(|w| w.path.clone()).unwrap_or_default()),
+                Cell::coloured(state_name(state), colour),
+                Cell::plain(w.pending_changes.to_string()),
+                Cell::plain(last),
+            ]
+        })
+        .collect();
+    out.push_str(&table(palette, &["WORKSPACE", "STATE", "PENDING", "LAST SNAPSHOT"], &rows));
+    for w in &s.workspaces {
+        let path = w.workspace.as_ref().map(|w| w.path.as_str()).unwrap_or_default();
+        if !w.state_detail.is_empty() {
+            out.push_str(&format!("{path}: {}\n", w.state_detail));
+        }
+        for warning in &w.warnings {
+            out.push_str(&format!("{path}: {} {warning}\n", palette.paint("warning:", Colour::Red)));
+        }
+    }
+    out
+}
+
+/// The `workspaces` table, plus the folders each one excludes.
+pub fn workspaces_text(palette: Palette, now_ms: u64, workspaces: &[v1::Workspace]) -> String {
+    if workspaces.is_empty() {
+        return "no workspaces watched: start with `chkptctl watch PATH`\n".to_owned();
+    }
+    let rows: Vec<Vec<Cell>> = workspaces
+        .iter()
+        .map(|w| {
+            vec![
+                Cell::plain(w.path.clone()),
+                Cell::plain(duration_text(w.idle_ms)),
+                Cell::plain(duration_text(w.max_delay_ms)),
+                Cell::plain(if w.include_dependency_dirs { "included" } else { "excluded" }),
+                Cell::plain(age(now_ms, w.created_unix_ms)),
+            ]
+        })
+        .collect();
+    let mut out = table(palette, &["WORKSPACE", "IDLE", "MAX DELAY", "DEPS", "SINCE"], &rows);
+    for w in workspaces {
+        for e in &w.excluded {
+            out.push_str(&format!("{}: excludes {} ({})\n", w.path, path_text(&e.path), e.reason));
+        }
+    }
+    out
+}
+
+/// The `log` table: one row per snapshot in which the path changed.
+pub fn log_table(palette: Palette, now_ms: u64, entries: &[v1::LogEntry]) -> String {
+    let rows: Vec<Vec<Cell>> = entries
+        .iter()
+        .map(|e| {
+            let s = e.snapshot.clone().unwrap_or_default();
+            vec![
+                Cell::coloured(short_id(&s.id), Colour::Yellow),
+                Cell::plain(age(now_ms, s.created_unix_ms)),
+                Cell::plain(change_name(e.change())),
+                Cell::plain(human_bytes(e.size)),
+                Cell::plain(s.message),
+            ]
+        })
+        .collect();
+    table(palette, &["ID", "AGE", "CHANGE", "SIZE", "MESSAGE"], &rows)
+}
+
+/// The `prune` decisions and what they freed.
+pub fn prune_text(palette: Palette, now_ms: u64, p: &v1::PruneResponse, dry_run: bool) -> String {
+    let rows: Vec<Vec<Cell>> = p
+        .decisions
+        .iter()
+        .map(|d| {
+            let s = d.snapshot.clone().unwrap_or_default();
+            vec![
+                if d.keep {
+                    Cell::coloured("keep", Colour::Green)
+                } else {
+                    Cell::coloured("remove", Colour::Red)
+                },
+                Cell::coloured(short_id(&s.id), Colour::Yellow),
+                Cell::plain(age(now_ms, s.created_unix_ms)),
+                Cell::plain(trigger_name(s.trigger())),
+                Cell::plain(d.reason.clone()),
+            ]
+        })
+        .collect();
+    let mut out = table(palette, &["ACTION", "ID", "AGE", "TRIGGER", "REASON"], &rows);
+    let removing = p.decisions.iter().filter(|d| !d.keep).count();
+    if dry_run {
+        out.push_str(&format!(
+            "would remove {removing} snapshots, freeing {} (dry run)\n",
+            human_bytes(p.reclaimed_bytes)
+        ));
+    } else {
+        out.push_str(&format!(
+            "removed {} snapshots, freed {}\n",
+            p.removed,
+            human_bytes(p.reclaimed_bytes)
+        ));
+    }
+    out
+}
+
+/// A restore's result; for dry runs, the paths that would change.
+pub fn restore_text(palette: Palette, r: &v1::RestoreSummary, dry_run: bool) -> String {
+    let verb = if dry_run { "would restore" } else { "restored" };
+    let mut out = format!(
+        "{verb} {}: {}, {} unchanged\n",
+        palette.paint(&r.snapshot, Colour::Yellow),
+        counts(r.added, r.modified, r.deleted),
+        r.unchanged
+    );
+    for path in &r.changed_paths {
+        out.push_str(&format!("  {}\n", path_text(path)));
+    }
+    if !r.pre_restore_snapshot.is_empty() {
+        out.push_str(&format!(
+            "the state before was saved as {}: `chkptctl undo` brings it back\n",
+            palette.paint(&r.pre_restore_snapshot, Colour::Yellow)
+        ));
+    }
+    out
+}
+
+fn kind_text(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Executable => "executable",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Directory => "directory",
+        EntryKind::Unspecified => "nothing",
+    }
+}
+

@@ -1,0 +1,184 @@
+//! JSON documents for `--json`: stable field names, paths as lossy UTF-8,
+//! absent ids as `null`. Fields beyond the documented ones may be added,
+//! never renamed.
+
+use chkpt_proto::v1::{self, EntryKind, Snapshot};
+use serde_json::{Value, json};
+
+use super::{change_name, path_text, state_name, trigger_name};
+
+/// `EntryKind` as its JSON name; `null` when the entry is absent.
+fn entry_kind_json(kind: EntryKind) -> Value {
+    match kind {
+        EntryKind::File => "file".into(),
+        EntryKind::Executable => "executable".into(),
+        EntryKind::Symlink => "symlink".into(),
+        EntryKind::Directory => "directory".into(),
+        EntryKind::Unspecified => Value::Null,
+    }
+}
+
+/// An id that may be empty, as JSON: the id or `null`.
+fn optional_id(id: &str) -> Value {
+    if id.is_empty() { Value::Null } else { id.into() }
+}
+
+/// A snapshot as JSON: the contract's fields first, then the rest.
+pub fn snapshot_json(s: &Snapshot) -> Value {
+    json!({
+        "id": s.id,
+        "workspace": s.workspace,
+        "created_at": s.created_at,
+        "trigger": trigger_name(s.trigger()),
+        "message": s.message,
+        "pinned": s.pinned,
+        "files": s.files,
+        "bytes": s.bytes,
+        "added": s.added,
+        "modified": s.modified,
+        "deleted": s.deleted,
+        "created_unix_ms": s.created_unix_ms,
+        "new_blobs": s.new_blobs,
+        "new_bytes": s.new_bytes,
+        "parent": optional_id(&s.parent),
+        "root_tree": s.root_tree,
+        "rescan": s.rescan,
+        "warnings": s.warnings,
+    })
+}
+
+/// A watched workspace as JSON.
+pub fn workspace_json(w: &v1::Workspace) -> Value {
+    let excluded: Vec<Value> = w
+        .excluded
+        .iter()
+        .map(|e| json!({ "path": path_text(&e.path), "reason": e.reason }))
+        .collect();
+    json!({
+        "path": w.path,
+        "id": w.id,
+        "idle_ms": w.idle_ms,
+        "max_delay_ms": w.max_delay_ms,
+        "include_dependency_dirs": w.include_dependency_dirs,
+        "created_unix_ms": w.created_unix_ms,
+        "excluded": excluded,
+    })
+}
+
+/// The answer of `Status` as JSON.
+pub fn status_json(s: &v1::StatusResponse) -> Value {
+    let workspaces: Vec<Value> = s
+        .workspaces
+        .iter()
+        .map(|w| {
+            json!({
+                "path": w.workspace.as_ref().map(|w| w.path.as_str()).unwrap_or_default(),
+                "state": state_name(w.state()),
+                "state_detail": w.state_detail,
+                "pending_changes": w.pending_changes,
+                "last_snapshot": w.last_snapshot.as_ref().map(|s| s.id.as_str()),
+                "warnings": w.warnings,
+            })
+        })
+        .collect();
+    json!({
+        "version": s.version,
+        "protocol": s.protocol,
+        "pid": s.pid,
+        "uptime_ms": s.uptime_ms,
+        "socket": s.socket,
+        "data_dir": s.data_dir,
+        "workspaces": workspaces,
+    })
+}
+
+/// The changed paths of a diff as a JSON array.
+pub fn diff_json(entries: &[v1::DiffEntry]) -> Value {
+    entries
+        .iter()
+        .map(|e| {
+            json!({
+                "path": path_text(&e.path),
+                "change": change_name(e.change()),
+                "size_before": e.size_before,
+                "size_after": e.size_after,
+                "kind_before": entry_kind_json(e.kind_before()),
+                "kind_after": entry_kind_json(e.kind_after()),
+            })
+        })
+        .collect()
+}
+
+/// A restore's result as JSON.
+pub fn restore_json(r: &v1::RestoreSummary, dry_run: bool) -> Value {
+    let changed: Vec<String> = r.changed_paths.iter().map(|p| path_text(p)).collect();
+    json!({
+        "snapshot": r.snapshot,
+        "pre_restore_snapshot": optional_id(&r.pre_restore_snapshot),
+        "added": r.added,
+        "modified": r.modified,
+        "deleted": r.deleted,
+        "unchanged": r.unchanged,
+        "dry_run": dry_run,
+        "changed_paths": changed,
+    })
+}
+
+/// The history of one path as a JSON array, newest first.
+pub fn log_json(entries: &[v1::LogEntry]) -> Value {
+    entries
+        .iter()
+        .map(|e| {
+            json!({
+                "change": change_name(e.change()),
+                "size": e.size,
+                "snapshot": e.snapshot.as_ref().map(snapshot_json),
+            })
+        })
+        .collect()
+}
+
+/// A prune's decisions and totals as JSON.
+pub fn prune_json(p: &v1::PruneResponse, dry_run: bool) -> Value {
+    let decisions: Vec<Value> = p
+        .decisions
+        .iter()
+        .map(|d| {
+            json!({
+                "snapshot": d.snapshot.as_ref().map(snapshot_json),
+                "keep": d.keep,
+                "reason": d.reason,
+            })
+        })
+        .collect();
+    json!({
+        "dry_run": dry_run,
+        "decisions": decisions,
+        "removed": p.removed,
+        "reclaimed_bytes": p.reclaimed_bytes,
+    })
+}
+
+/// A verification report as JSON.
+pub fn verify_json(v: &v1::VerifyResponse) -> Value {
+    let problems: Vec<Value> = v
+        .problems
+        .iter()
+        .map(|p| {
+            json!({
+                "object_id": p.object_id,
+                "snapshot": optional_id(&p.snapshot),
+                "path": if p.path.is_empty() { Value::Null } else { path_text(&p.path).into() },
+                "problem": p.problem,
+            })
+        })
+        .collect();
+    json!({
+        "ok": v.ok,
+        "blobs_checked": v.blobs_checked,
+        "trees_checked": v.trees_checked,
+        "bytes_checked": v.bytes_checked,
+        "problems": problems,
+    })
+}
+

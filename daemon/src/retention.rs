@@ -1,0 +1,111 @@
+//! Which snapshots a retention policy keeps, and why (modelled on restic's `forget` rules).
+
+use std::collections::HashSet;
+
+use crate::store::catalog::{SnapshotRecord, Trigger};
+
+/// A retention policy. All zero means the defaults below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// Keep the newest N.
+    pub keep_last: u32,
+    /// Keep the newest in each of the last N hours that have one.
+    pub keep_hourly: u32,
+    /// Likewise per day.
+    pub keep_daily: u32,
+    /// Likewise per week.
+    pub keep_weekly: u32,
+    /// Keep everything younger than this, µs (counted from the newest snapshot).
+    pub keep_within_us: u64,
+}
+
+impl Policy {
+    /// All of the last hour, hourly for 24 h, daily for 14 days, weekly for 8 weeks.
+    pub const DEFAULT: Policy =
+        Policy { keep_last: 0, keep_hourly: 24, keep_daily: 14, keep_weekly: 8, keep_within_us: 3_600_000_000 };
+
+    /// This policy, or the default when it says nothing.
+    pub fn or_default(self) -> Policy {
+        if self == Policy::default() { Policy::DEFAULT } else { self }
+    }
+}
+
+/// Decides for each snapshot (any order) whether it stays, and the rule that keeps it.
+/// Pinned and manual snapshots always stay.
+pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<(SnapshotRecord, bool, String)> {
+    let policy = policy.or_default();
+    let mut sorted: Vec<&SnapshotRecord> = snaps.iter().collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.created_us));
+    let newest = sorted.first().map(|s| s.created_us).unwrap_or(0);
+    let mut hours = HashSet::new();
+    let mut days = HashSet::new();
+    let mut weeks = HashSet::new();
+    let mut out = Vec::with_capacity(sorted.len());
+    for (i, s) in sorted.iter().enumerate() {
+        let secs = s.created_us / 1_000_000;
+        let mut reason = None;
+        if s.pinned {
+            reason = Some("pinned".to_owned());
+        } else if s.trigger == Trigger::Manual {
+            reason = Some("manual snapshot".to_owned());
+        } else if (i as u32) < policy.keep_last {
+            reason = Some(format!("keep-last {}", policy.keep_last));
+        } else if newest.saturating_sub(s.created_us) < policy.keep_within_us {
+            reason = Some(format!("keep-within {}s", policy.keep_within_us / 1_000_000));
+        }
+        // Bucket rules see every snapshot, so the newest in each bucket is the one kept.
+        let mut bucket = |set: &mut HashSet<u64>, key: u64, limit: u32, name: &str| {
+            if (set.len() as u32) < limit && set.insert(key) && reason.is_none() {
+                reason = Some(format!("{name} ({} of {limit})", set.len()));
+            }
+        };
+        bucket(&mut hours, secs / 3600, policy.keep_hourly, "hourly");
+        bucket(&mut days, secs / 86_400, policy.keep_daily, "daily");
+        bucket(&mut weeks, secs / 604_800, policy.keep_weekly, "weekly");
+        let keep = reason.is_some();
+        out.push(((*s).clone(), keep, reason.unwrap_or_else(|| "no rule keeps it".to_owned())));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Id;
+
+    fn snap(id: u64, hours_ago: u64, trigger: Trigger) -> SnapshotRecord {
+        let now = 1_000_000 * 3600 * 24 * 400;
+        SnapshotRecord {
+            id,
+            workspace: 1,
+            created_us: now - hours_ago * 3_600_000_000 - id,
+            root: Id::default(),
+            parent: None,
+            trigger,
+            message: String::new(),
+            pinned: false,
+            files: 0,
+            bytes: 0,
+            new_blobs: 0,
+            new_bytes: 0,
+            added: 0,
+            modified: 0,
+            deleted: 0,
+            rescan: false,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn keeps_newest_per_bucket_and_manual_and_pinned() {
+        let mut snaps = vec![snap(1, 0, Trigger::Auto), snap(2, 0, Trigger::Auto), snap(3, 5, Trigger::Auto), snap(4, 5, Trigger::Auto)];
+        snaps.push(snap(5, 1000, Trigger::Manual));
+        let mut pinned = snap(6, 2000, Trigger::Auto);
+        pinned.pinned = true;
+        snaps.push(pinned);
+        let policy = Policy { keep_hourly: 10, ..Default::default() };
+        let d = decide(&snaps, &policy, 0);
+        let kept: Vec<u64> = d.iter().filter(|x| x.1).map(|x| x.0.id).collect();
+        assert_eq!(kept, vec![1, 3, 5, 6]);
+    }
+}

@@ -1,0 +1,161 @@
+//! Conversions from engine types to wire types, and the one mapping of errors to status codes.
+
+use chkpt_proto::v1 as pb;
+
+use crate::error::Error;
+use crate::store::Kind;
+use crate::store::catalog::{SnapshotRecord, Trigger, WorkspaceRecord};
+use crate::workspace::diff::{Change, DiffEntry, Side};
+use crate::workspace::restore::RestoreSummary;
+
+/// The one place engine errors become gRPC statuses.
+pub fn status(e: Error) -> tonic::Status {
+    let msg = e.to_string();
+    match e {
+        Error::NotFound(_) => tonic::Status::not_found(msg),
+        Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+        Error::FailedPrecondition(_) | Error::Locked { .. } => tonic::Status::failed_precondition(msg),
+        Error::Corrupt(_) => tonic::Status::data_loss(msg),
+        Error::ShuttingDown => tonic::Status::unavailable(msg),
+        Error::DiskFull { .. } => tonic::Status::resource_exhausted(msg),
+        Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            tonic::Status::permission_denied(msg)
+        }
+        Error::Io { .. } | Error::Catalog(_) => tonic::Status::internal(msg),
+    }
+}
+
+/// RFC 3339 (UTC) from µs since the epoch.
+pub fn rfc3339(us: u64) -> String {
+    let secs = (us / 1_000_000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        (us % 1_000_000) / 1000
+    )
+}
+
+fn trigger(t: Trigger) -> pb::Trigger {
+    match t {
+        Trigger::Auto => pb::Trigger::Auto,
+        Trigger::Manual => pb::Trigger::Manual,
+        Trigger::PreRestore => pb::Trigger::PreRestore,
+    }
+}
+
+/// A snapshot on the wire.
+pub fn snapshot(s: &SnapshotRecord, workspace_path: &str) -> pb::Snapshot {
+    let mut out = pb::Snapshot {
+        id: s.hex_id(),
+        workspace: workspace_path.to_owned(),
+        created_unix_ms: s.created_us / 1000,
+        created_at: rfc3339(s.created_us),
+        trigger: 0,
+        message: s.message.clone(),
+        pinned: s.pinned,
+        files: s.files,
+        bytes: s.bytes,
+        added: s.added,
+        modified: s.modified,
+        deleted: s.deleted,
+        new_blobs: s.new_blobs,
+        new_bytes: s.new_bytes,
+        parent: s.parent.map(|p| format!("{p:016x}")).unwrap_or_default(),
+        root_tree: s.root.to_hex(),
+        rescan: s.rescan,
+        warnings: s.warnings.clone(),
+    };
+    out.set_trigger(trigger(s.trigger));
+    out
+}
+
+/// A workspace on the wire.
+pub fn workspace(w: &WorkspaceRecord, excluded: &[(Vec<u8>, String)]) -> pb::Workspace {
+    pb::Workspace {
+        path: String::from_utf8_lossy(&w.path).into_owned(),
+        id: w.id,
+        idle_ms: w.idle_ms,
+        max_delay_ms: w.max_delay_ms,
+        include_dependency_dirs: w.include_dependency_dirs,
+        created_unix_ms: w.created_us / 1000,
+        excluded: excluded.iter().map(|(p, r)| pb::ExcludedDir { path: p.clone(), reason: r.clone() }).collect(),
+    }
+}
+
+/// A change kind on the wire.
+pub fn change(c: Change) -> pb::ChangeKind {
+    match c {
+        Change::Added => pb::ChangeKind::Added,
+        Change::Modified => pb::ChangeKind::Modified,
+        Change::Deleted => pb::ChangeKind::Deleted,
+        Change::TypeChanged => pb::ChangeKind::TypeChanged,
+    }
+}
+
+fn kind(s: Option<&Side>) -> pb::EntryKind {
+    match s {
+        None => pb::EntryKind::Unspecified,
+        Some(s) => match s.kind {
+            Kind::Dir => pb::EntryKind::Directory,
+            Kind::Symlink => pb::EntryKind::Symlink,
+            Kind::File if s.mode & 0o111 != 0 => pb::EntryKind::Executable,
+            Kind::File => pb::EntryKind::File,
+        },
+    }
+}
+
+/// A diff entry on the wire.
+pub fn diff_entry(e: &DiffEntry) -> pb::DiffEntry {
+    let mut out = pb::DiffEntry {
+        path: e.path.clone(),
+        change: 0,
+        size_before: e.before.as_ref().map(|s| s.size).unwrap_or(0),
+        size_after: e.after.as_ref().map(|s| s.size).unwrap_or(0),
+        kind_before: 0,
+        kind_after: 0,
+    };
+    out.set_change(change(e.change));
+    out.set_kind_before(kind(e.before.as_ref()));
+    out.set_kind_after(kind(e.after.as_ref()));
+    out
+}
+
+/// A restore summary on the wire.
+pub fn restore_summary(s: &RestoreSummary) -> pb::RestoreSummary {
+    pb::RestoreSummary {
+        snapshot: format!("{:016x}", s.snapshot),
+        pre_restore_snapshot: s.pre_restore_snapshot.map(|p| format!("{p:016x}")).unwrap_or_default(),
+        added: s.added,
+        modified: s.modified,
+        deleted: s.deleted,
+        unchanged: s.unchanged,
+        changed_paths: s.changed_paths.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_000_000_123_456), "2026-11-18T08:26:40.123Z");
+        assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,462 @@
+//! The gRPC handlers: decode the request, run the engine off the async runtime, encode the
+//! answer. No logic of their own.
+
+pub mod convert;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chkpt_proto::v1 as pb;
+use chkpt_proto::v1::chkpt_server::Chkpt;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use self::convert::status;
+use crate::engine::{Engine, EngineEvent, WatchState};
+use crate::error::{Error, Result};
+use crate::store::Kind;
+use crate::workspace::WatchOptions;
+use crate::workspace::restore::RestoreOptions;
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The `chkpt.v1.Chkpt` service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    engine: Arc<Engine>,
+}
+
+impl Service {
+    /// A service over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Service {
+        Service { engine }
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> Result<T> + Send + 'static) -> Result<T, Status> {
+        let engine = self.engine.clone();
+        match tokio::task::spawn_blocking(move || f(&engine)).await {
+            Ok(r) => r.map_err(status),
+            Err(e) => Err(Status::internal(format!("the operation failed: {e}"))),
+        }
+    }
+}
+
+/// Workspace id → path, for snapshot conversions.
+fn paths(engine: &Engine) -> Result<HashMap<u64, String>> {
+    Ok(engine
+        .store
+        .cat
+        .workspaces()?
+        .into_iter()
+        .map(|w| (w.id, String::from_utf8_lossy(&w.path).into_owned()))
+        .collect())
+}
+
+fn snap(engine: &Engine, s: &crate::store::catalog::SnapshotRecord) -> Result<pb::Snapshot> {
+    let path = engine.store.cat.workspace(s.workspace)?.map(|w| String::from_utf8_lossy(&w.path).into_owned()).unwrap_or_default();
+    Ok(convert::snapshot(s, &path))
+}
+
+fn excluded_of(ws: &crate::workspace::Workspace) -> Vec<(Vec<u8>, String)> {
+    ws.excluded().iter().map(|(p, why)| (p.clone(), why.describe())).collect()
+}
+
+/// `ms` from a request, or the default.
+fn ms_or(ms: u64, default: u64) -> u64 {
+    if ms == 0 { default } else { ms }
+}
+
+#[tonic::async_trait]
+impl Chkpt for Service {
+    #[tracing::instrument(skip_all)]
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let resp = self
+            .blocking(|e| {
+                let mut workspaces = Vec::new();
+                for h in e.handles() {
+                    let (record, excluded) = match h.ws.try_lock() {
+                        Ok(ws) => (ws.record().clone(), excluded_of(&ws)),
+                        // A save is running: answer from the catalog rather than wait.
+                        Err(_) => (e.store.cat.workspace(h.id)?.unwrap_or_else(|| unreachable_record(h.id)), Vec::new()),
+                    };
+                    let (state, detail) = match h.state() {
+                        WatchState::Watching => (pb::WorkspaceState::Watching, String::new()),
+                        WatchState::Rescanning => (pb::WorkspaceState::Rescanning, String::new()),
+                        WatchState::Polling(m) => (pb::WorkspaceState::Polling, m),
+                        WatchState::Failed(m) => (pb::WorkspaceState::Error, m),
+                    };
+                    let last = e.store.cat.latest(h.id)?;
+                    let path = String::from_utf8_lossy(&record.path).into_owned();
+                    let mut st = pb::WorkspaceStatus {
+                        workspace: Some(convert::workspace(&record, &excluded)),
+                        state: 0,
+                        state_detail: detail,
+                        pending_changes: h.pending().len() as u64,
+                        last_snapshot: last.map(|s| convert::snapshot(&s, &path)),
+                        counters: Some(pb::WorkspaceCounters {
+                            snapshots_taken: h.events.snapshots.load(Ordering::Relaxed),
+                            files_hashed: h.counters.files_hashed.load(Ordering::Relaxed),
+                            bytes_hashed: h.counters.bytes_hashed.load(Ordering::Relaxed),
+                            rescans: h.events.rescans.load(Ordering::Relaxed),
+                            events_received: h.events.received.load(Ordering::Relaxed),
+                            events_ignored: h.events.ignored.load(Ordering::Relaxed),
+                        }),
+                        warnings: h.warnings(),
+                    };
+                    st.set_state(state);
+                    workspaces.push(st);
+                }
+                Ok(pb::StatusResponse {
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    protocol: chkpt_proto::PROTOCOL_VERSION,
+                    uptime_ms: e.started.elapsed().as_millis() as u64,
+                    pid: std::process::id(),
+                    data_dir: e.store.dir().display().to_string(),
+                    socket: e.socket.display().to_string(),
+                    workspaces,
+                })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all, fields(path = %req.get_ref().path))]
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<pb::WatchResponse>, Status> {
+        let r = req.into_inner();
+        let engine = self.engine.clone();
+        let resp = self
+            .blocking(move |e| {
+                let opts = WatchOptions {
+                    idle_ms: ms_or(r.idle_ms, e.defaults.idle_ms),
+                    max_delay_ms: ms_or(r.max_delay_ms, e.defaults.max_delay_ms),
+                    include_dependency_dirs: r.include_dependency_dirs,
+                };
+                if r.path.is_empty() || r.path.as_bytes().contains(&0) {
+                    return Err(Error::InvalidArgument("watch needs the absolute path of a folder".into()));
+                }
+                let (record, baseline) = engine.watch(&PathBuf::from(&r.path), opts)?;
+                let excluded = e.handle_for(&r.path).map(|h| excluded_of(&h.workspace())).unwrap_or_default();
+                let path = String::from_utf8_lossy(&record.path).into_owned();
+                Ok(pb::WatchResponse {
+                    workspace: Some(convert::workspace(&record, &excluded)),
+                    baseline: Some(convert::snapshot(&baseline, &path)),
+                })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn unwatch(&self, req: Request<pb::UnwatchRequest>) -> Result<Response<pb::UnwatchResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let record = e.unwatch(&r.path)?;
+                Ok(pb::UnwatchResponse { workspace: Some(convert::workspace(&record, &[])) })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn list_workspaces(&self, _req: Request<pb::ListWorkspacesRequest>) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
+        let resp = self
+            .blocking(|e| {
+                let workspaces = e
+                    .handles()
+                    .iter()
+                    .map(|h| match h.ws.try_lock() {
+                        Ok(ws) => convert::workspace(ws.record(), &excluded_of(&ws)),
+                        Err(_) => pb::Workspace { path: h.root.display().to_string(), id: h.id, ..Default::default() },
+                    })
+                    .collect();
+                Ok(pb::ListWorkspacesResponse { workspaces })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn save(&self, req: Request<pb::SaveRequest>) -> Result<Response<pb::SaveResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let out = e.save(&r.workspace, &r.message, r.pin)?;
+                Ok(pb::SaveResponse { snapshot: Some(snap(e, &out.snapshot)?), created: out.created })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let (snaps, next) = e.list(&r.workspace, r.all, r.limit as usize, &r.page_token)?;
+                let paths = paths(e)?;
+                let snapshots = snaps
+                    .iter()
+                    .map(|s| convert::snapshot(s, paths.get(&s.workspace).map(String::as_str).unwrap_or("")))
+                    .collect();
+                Ok(pb::ListResponse { snapshots, next_page_token: next })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Snapshot>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let record = e.record_for(&r.workspace)?;
+                snap(e, &e.resolve(record.id, &r.snapshot)?)
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let (from, to, entries) = e.diff(&r.workspace, &r.from, &r.to)?;
+                Ok(pb::DiffResponse {
+                    entries: entries.iter().map(convert::diff_entry).collect(),
+                    from_snapshot: from.hex_id(),
+                    to_snapshot: to.map(|t| t.hex_id()).unwrap_or_default(),
+                })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    type RestoreStream = Stream_<pb::RestoreEvent>;
+
+    #[tracing::instrument(skip_all)]
+    async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<Self::RestoreStream>, Status> {
+        let r = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let opts = RestoreOptions {
+                paths: r.paths,
+                dry_run: r.dry_run,
+                to: (!r.to.is_empty()).then(|| PathBuf::from(&r.to)),
+            };
+            let mut last = Instant::now();
+            let progress_tx = tx.clone();
+            let mut progress = move |done: u64, total: u64, done_bytes: u64, total_bytes: u64| {
+                if last.elapsed() >= Duration::from_millis(100) || done == total {
+                    last = Instant::now();
+                    let ev = pb::RestoreEvent {
+                        event: Some(pb::restore_event::Event::Progress(pb::RestoreProgress {
+                            done_entries: done,
+                            total_entries: total,
+                            done_bytes,
+                            total_bytes,
+                        })),
+                    };
+                    let _ = progress_tx.blocking_send(Ok(ev));
+                }
+            };
+            let res = engine.restore(&r.workspace, &r.snapshot, opts, &mut progress);
+            let msg = res.map(|s| pb::RestoreEvent { event: Some(pb::restore_event::Event::Summary(convert::restore_summary(&s))) });
+            let _ = tx.blocking_send(msg.map_err(status));
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReadFileStream = Stream_<pb::FileChunk>;
+
+    async fn read_file(&self, req: Request<pb::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+        let r = req.into_inner();
+        let (_, entry) = self.blocking(move |e| e.entry_at(&r.workspace, &r.snapshot, &r.path)).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let total = if entry.kind == Kind::Symlink { entry.size } else { entry.size };
+            let mut w = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK), offset: 0, total };
+            let res = engine.store.read_into(&entry.id, &mut w).and_then(|_| w.flush().map_err(|e| Error::io("(stream)", e)));
+            if let Err(e) = res {
+                let _ = tx.blocking_send(Err(status(e)));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn log(&self, req: Request<pb::LogRequest>) -> Result<Response<pb::LogResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let entries = e
+                    .log(&r.workspace, &r.path, r.limit as usize)?
+                    .iter()
+                    .map(|(s, c, size)| {
+                        let mut le = pb::LogEntry { snapshot: Some(snap(e, s)?), change: 0, size: *size };
+                        le.set_change(convert::change(*c));
+                        Ok(le)
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(pb::LogResponse { entries })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let (deleted, reclaimed) = e.delete(&r.workspace, &r.snapshots)?;
+                Ok(pb::DeleteResponse { deleted: deleted.iter().map(|s| s.hex_id()).collect(), reclaimed_bytes: reclaimed })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::Snapshot>, Status> {
+        let r = req.into_inner();
+        let resp = self.blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot, true)?)).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn unpin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::Snapshot>, Status> {
+        let r = req.into_inner();
+        let resp = self.blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot, false)?)).await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn prune(&self, req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let policy = crate::retention::Policy {
+                    keep_last: r.keep_last,
+                    keep_hourly: r.keep_hourly,
+                    keep_daily: r.keep_daily,
+                    keep_weekly: r.keep_weekly,
+                    keep_within_us: r.keep_within_secs.saturating_mul(1_000_000),
+                };
+                let (decisions, reclaimed) = e.prune(&r.workspace, &policy, r.dry_run)?;
+                let removed = decisions.iter().filter(|d| !d.1).count() as u32;
+                let decisions = decisions
+                    .iter()
+                    .map(|(s, keep, reason)| Ok(pb::PruneDecision { snapshot: Some(snap(e, s)?), keep: *keep, reason: reason.clone() }))
+                    .collect::<Result<_>>()?;
+                Ok(pb::PruneResponse { decisions, removed: if r.dry_run { 0 } else { removed }, reclaimed_bytes: reclaimed })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let only = if r.workspace.is_empty() { None } else { Some(e.record_for(&r.workspace)?.id) };
+                let report = e.store.verify(only)?;
+                Ok(pb::VerifyResponse {
+                    blobs_checked: report.objects_checked,
+                    trees_checked: report.trees_checked,
+                    bytes_checked: report.bytes_checked,
+                    ok: report.problems.is_empty(),
+                    problems: report
+                        .problems
+                        .iter()
+                        .map(|p| pb::VerifyProblem {
+                            object_id: p.object.to_hex(),
+                            snapshot: p.snapshot.map(|s| format!("{s:016x}")).unwrap_or_default(),
+                            path: p.path.clone(),
+                            problem: p.problem.clone(),
+                        })
+                        .collect(),
+                })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    type EventsStream = Stream_<pb::Event>;
+
+    async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let r = req.into_inner();
+        let filter = if r.workspace.is_empty() {
+            None
+        } else {
+            let path = r.workspace.clone();
+            Some(self.blocking(move |e| e.record_for(&path)).await?.id)
+        };
+        let engine = self.engine.clone();
+        let stream = tokio_stream::StreamExt::filter_map(BroadcastStream::new(self.engine.subscribe()), move |item| {
+            let ev = item.ok()?;
+            let (ws, kind) = match ev {
+                EngineEvent::SnapshotTaken(s) => (s.workspace, pb::event::Kind::SnapshotTaken(pb::SnapshotTaken { snapshot: snap(&engine, &s).ok() })),
+                EngineEvent::RestoreDone(w, s) => (w, pb::event::Kind::RestoreDone(pb::RestoreDone { summary: Some(convert::restore_summary(&s)) })),
+                EngineEvent::Rescan(w, reason) => (w, pb::event::Kind::Rescan(pb::Rescan { reason })),
+                EngineEvent::Warning(w, message) => (w, pb::event::Kind::Warning(pb::Warning { message })),
+            };
+            if filter.is_some_and(|f| f != ws) {
+                return None;
+            }
+            let workspace = engine.store.cat.workspace(ws).ok().flatten().map(|w| String::from_utf8_lossy(&w.path).into_owned()).unwrap_or_default();
+            Some(Ok(pb::Event { unix_ms: crate::workspace::now_us() / 1000, workspace, kind: Some(kind) }))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn unreachable_record(id: u64) -> crate::store::catalog::WorkspaceRecord {
+    crate::store::catalog::WorkspaceRecord {
+        id,
+        path: Vec::new(),
+        idle_ms: 0,
+        max_delay_ms: 0,
+        include_dependency_dirs: false,
+        created_us: 0,
+        watched: true,
+    }
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// Sends what is written as `FileChunk`s.
+struct ChunkWriter {
+    tx: mpsc::Sender<Result<pb::FileChunk, Status>>,
+    buf: Vec<u8>,
+    offset: u64,
+    total: u64,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() && self.offset > 0 {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let len = data.len() as u64;
+        self.tx
+            .blocking_send(Ok(pb::FileChunk { data, offset: self.offset, total_size: self.total }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        self.offset += len.max(1);
+        Ok(())
+    }
+}

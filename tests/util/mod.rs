@@ -1,0 +1,207 @@
+//! Helpers for black-box tests: a real `chkptd` on a socket in a temp dir, and a gRPC client.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chkpt_proto::v1 as pb;
+use chkpt_proto::v1::chkpt_client::ChkptClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A running daemon, stopped with SIGTERM when dropped.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub data: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `chkptd` with a fresh data dir and socket; `args` are extra flags.
+    pub fn start(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("run/chkptd.sock");
+        let data = dir.path().join("data");
+        let mut d = Daemon { dir, socket, data, child: None, args: args.iter().map(|s| s.to_string()).collect() };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("chkptd.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_chkptd"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(&self.args)
+            .env("RUST_LOG", "chkpt_daemon=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn chkptd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(Instant::now() < deadline, "chkptd did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("chkptd.log")).unwrap_or_default()
+    }
+
+    /// Stops it (SIGTERM) and waits.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill with a valid pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "chkptd did not stop:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops and starts again on the same data dir and socket.
+    pub fn restart(&mut self) {
+        assert!(self.stop().success(), "chkptd exited badly:\n{}", self.log());
+        self.spawn();
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> ChkptClient<Channel> {
+        connect(&self.socket).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Connects to a daemon's socket.
+pub async fn connect(socket: &Path) -> ChkptClient<Channel> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::try_from("http://localhost")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+        }))
+        .await
+        .expect("connect");
+    ChkptClient::new(channel)
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, up to `secs`.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The workspace's snapshots, newest first.
+pub async fn snapshots(c: &mut ChkptClient<Channel>, ws: &Path) -> Vec<pb::Snapshot> {
+    c.list(pb::ListRequest { workspace: ws.display().to_string(), limit: 1000, ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner()
+        .snapshots
+}
+
+/// Restores `snap` into `to` and returns the summary.
+pub async fn restore_to(c: &mut ChkptClient<Channel>, ws: &Path, snap: &str, to: &Path) -> pb::RestoreSummary {
+    let mut stream = c
+        .restore(pb::RestoreRequest {
+            workspace: ws.display().to_string(),
+            snapshot: snap.to_owned(),
+            to: to.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("restore")
+        .into_inner();
+    let mut summary = None;
+    while let Some(ev) = stream.message().await.expect("restore stream") {
+        if let Some(pb::restore_event::Event::Summary(s)) = ev.event {
+            summary = Some(s);
+        }
+    }
+    summary.expect("a summary")
+}
+
+/// path → (is_dir, content) of everything under `root`, for comparing folders.
+pub fn listing(root: &Path) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> {
+    fn rec(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Option<Vec<u8>>>) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
+            if p.is_dir() && !p.is_symlink() {
+                out.insert(rel, None);
+                rec(root, &p, out);
+            } else {
+                out.insert(rel, Some(std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    rec(root, root, &mut out);
+    out
+}
+
+impl Daemon {
+    /// Starts again after [`Daemon::stop`].
+    pub fn restart_after_stop(&mut self) {
+        self.spawn();
+    }
+}
+
+/// A Python with `grpcio`, `grpcio-reflection` and `protobuf`: the system's if it has them
+/// (`.ci/run` installs them), else a virtualenv under `target/` made once for the tests.
+pub fn python_with_grpc() -> PathBuf {
+    let has = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let system = PathBuf::from("python3");
+    if has(&system) {
+        return system;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-python");
+    let py = venv.join("bin/python");
+    if !has(&py) {
+        let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
+        assert!(made.is_ok_and(|s| s.success()), "python3 -m venv failed: install python3-venv");
+        let pip = Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "grpcio", "grpcio-reflection", "protobuf"])
+            .status();
+        assert!(pip.is_ok_and(|s| s.success()), "pip install grpcio grpcio-reflection protobuf failed");
+    }
+    py
+}
