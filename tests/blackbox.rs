@@ -1,5 +1,7 @@
 //! Black-box tests: the real `chkptd` binary on a socket in a temp dir, driven over gRPC.
 
+#![allow(clippy::unwrap_used)]
+
 mod util;
 
 use std::fs;
@@ -11,11 +13,21 @@ use std::time::{Duration, Instant};
 use chkpt_proto::v1 as pb;
 use util::{Daemon, listing, restore_to, snapshots, wait_for};
 
-async fn watch(c: &mut chkpt_proto::v1::chkpt_client::ChkptClient<tonic::transport::Channel>, dir: &Path, idle_ms: u64, max_delay_ms: u64) -> pb::WatchResponse {
-    c.watch(pb::WatchRequest { path: dir.display().to_string(), idle_ms, max_delay_ms, include_dependency_dirs: false })
-        .await
-        .expect("watch")
-        .into_inner()
+async fn watch(
+    c: &mut chkpt_proto::v1::chkpt_client::ChkptClient<tonic::transport::Channel>,
+    dir: &Path,
+    idle_ms: u64,
+    max_delay_ms: u64,
+) -> pb::WatchResponse {
+    c.watch(pb::WatchRequest {
+        path: dir.display().to_string(),
+        idle_ms,
+        max_delay_ms,
+        include_dependency_dirs: false,
+    })
+    .await
+    .expect("watch")
+    .into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,8 +80,16 @@ async fn continuous_edits_still_snapshot_by_max_delay() {
             break;
         }
     }
-    assert!(seen_during_edits, "no snapshot while edits never paused:\n{}", d.log());
-    assert!(start.elapsed() < Duration::from_secs(6), "took {:?}", start.elapsed());
+    assert!(
+        seen_during_edits,
+        "no snapshot while edits never paused:\n{}",
+        d.log()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +98,11 @@ async fn writes_under_ignored_folders_take_no_snapshot() {
     let ws = tempfile::tempdir().unwrap();
     fs::write(ws.path().join(".gitignore"), "build/\n").unwrap();
     fs::create_dir_all(ws.path().join("target")).unwrap();
-    fs::write(ws.path().join("target/CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n").unwrap();
+    fs::write(
+        ws.path().join("target/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
     fs::create_dir_all(ws.path().join("build")).unwrap();
     let mut c = d.client().await;
     watch(&mut c, ws.path(), 200, 1000).await;
@@ -98,7 +122,11 @@ async fn writes_under_ignored_folders_take_no_snapshot() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(snapshots(&mut c, ws.path()).await.len(), before, "ignored writes made a snapshot");
+    assert_eq!(
+        snapshots(&mut c, ws.path()).await.len(),
+        before,
+        "ignored writes made a snapshot"
+    );
     // A real change still does.
     fs::write(ws.path().join("real.rs"), b"change").unwrap();
     let ws_path = ws.path().to_path_buf();
@@ -132,8 +160,16 @@ async fn restart_keeps_workspaces_snapshots_and_a_warm_index() {
         }
     })
     .await;
-    assert_eq!(st.last_snapshot.unwrap().id, baseline.id, "no new snapshot for an unchanged tree");
-    assert_eq!(st.counters.unwrap().files_hashed, 0, "an unchanged tree was re-hashed after restart");
+    assert_eq!(
+        st.last_snapshot.unwrap().id,
+        baseline.id,
+        "no new snapshot for an unchanged tree"
+    );
+    assert_eq!(
+        st.counters.unwrap().files_hashed,
+        0,
+        "an unchanged tree was re-hashed after restart"
+    );
     assert_eq!(snapshots(&mut c, ws.path()).await.len(), 1);
     // Changes made while the daemon was down are caught by the reconciling walk.
     d.stop();
@@ -144,10 +180,18 @@ async fn restart_keeps_workspaces_snapshots_and_a_warm_index() {
     let snap = wait_for(20, "the offline change to be saved", || {
         let mut c = c.clone();
         let ws_path = ws_path.clone();
-        async move { snapshots(&mut c, &ws_path).await.into_iter().find(|s| s.files == 201) }
+        async move {
+            snapshots(&mut c, &ws_path)
+                .await
+                .into_iter()
+                .find(|s| s.files == 201)
+        }
     })
     .await;
-    assert!(snap.rescan, "the snapshot records that a rescan found the change");
+    assert!(
+        snap.rescan,
+        "the snapshot records that a rescan found the change"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +211,10 @@ async fn socket_and_directories_are_private_and_one_daemon_per_data_dir() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another chkptd already uses the data directory"), "{err}");
+    assert!(
+        err.contains("another chkptd already uses the data directory"),
+        "{err}"
+    );
     // And a second one on the same socket too.
     let out = Command::new(env!("CARGO_BIN_EXE_chkptd"))
         .arg("--socket")
@@ -186,21 +233,53 @@ async fn errors_map_to_status_codes() {
     let ws = tempfile::tempdir().unwrap();
     let mut c = d.client().await;
     let code = |r: Result<tonic::Response<pb::Snapshot>, tonic::Status>| r.unwrap_err().code();
-    let get = |ws: String, snapshot: &str| pb::GetRequest { workspace: ws, snapshot: snapshot.into() };
-    assert_eq!(code(c.get(get(ws.path().display().to_string(), "latest")).await), tonic::Code::NotFound);
+    let get = |ws: String, snapshot: &str| pb::GetRequest {
+        workspace: ws,
+        snapshot: snapshot.into(),
+    };
+    assert_eq!(
+        code(c.get(get(ws.path().display().to_string(), "latest")).await),
+        tonic::Code::NotFound
+    );
     watch(&mut c, ws.path(), 300, 5000).await;
     let w = ws.path().display().to_string();
-    assert_eq!(code(c.get(get(w.clone(), "ffffffffffffffff")).await), tonic::Code::NotFound);
-    assert_eq!(code(c.get(get(w.clone(), "not-a-snapshot")).await), tonic::Code::InvalidArgument);
-    assert_eq!(code(c.get(get(w.clone(), "latest~5")).await), tonic::Code::NotFound);
-    assert_eq!(code(c.get(get(w.clone(), "@10m")).await), tonic::Code::NotFound);
+    assert_eq!(
+        code(c.get(get(w.clone(), "ffffffffffffffff")).await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        code(c.get(get(w.clone(), "not-a-snapshot")).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.get(get(w.clone(), "latest~5")).await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        code(c.get(get(w.clone(), "@10m")).await),
+        tonic::Code::NotFound
+    );
     assert!(c.get(get(w.clone(), "@0s")).await.is_ok());
-    let bad = c.watch(pb::WatchRequest { path: "/definitely/not/here".into(), ..Default::default() }).await;
+    let bad = c
+        .watch(pb::WatchRequest {
+            path: "/definitely/not/here".into(),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::NotFound);
-    let rel = c.watch(pb::WatchRequest { path: "relative/dir".into(), ..Default::default() }).await;
+    let rel = c
+        .watch(pb::WatchRequest {
+            path: "relative/dir".into(),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(rel.unwrap_err().code(), tonic::Code::InvalidArgument);
     let escape = c
-        .read_file(pb::ReadFileRequest { workspace: w.clone(), snapshot: "latest".into(), path: b"../../etc/passwd".to_vec() })
+        .read_file(pb::ReadFileRequest {
+            workspace: w.clone(),
+            snapshot: "latest".into(),
+            path: b"../../etc/passwd".to_vec(),
+        })
         .await;
     assert_eq!(escape.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
@@ -221,7 +300,17 @@ async fn an_independent_python_grpc_client_can_call_status_and_list() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("\"protocol\": {}", chkpt_proto::PROTOCOL_VERSION)), "{stdout}");
-    assert!(stdout.contains(&baseline.id), "List did not return the baseline: {stdout}");
+    assert!(
+        out.status.success(),
+        "python client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("\"protocol\": {}", chkpt_proto::PROTOCOL_VERSION)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&baseline.id),
+        "List did not return the baseline: {stdout}"
+    );
 }

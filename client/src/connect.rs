@@ -142,12 +142,16 @@ fn rpc_hint(code: Code, message: &str) -> &'static str {
         Code::NotFound if lower.contains("snapshot") || !lower.contains("workspace") => {
             "; run `chkptctl list` to see snapshots"
         }
-        Code::NotFound => "; run `chkptctl workspaces` to see watched workspaces, \
-                           or `chkptctl watch` to watch this one",
+        Code::NotFound => {
+            "; run `chkptctl workspaces` to see watched workspaces, \
+                           or `chkptctl watch` to watch this one"
+        }
         Code::DataLoss => "; run `chkptctl verify` to check the store",
         Code::Unavailable => "; try again in a moment",
-        Code::Unimplemented => "; chkptd may be older than chkptctl: restart it with \
-                                `chkptctl daemon stop && chkptctl daemon start`",
+        Code::Unimplemented => {
+            "; chkptd may be older than chkptctl: restart it with \
+                                `chkptctl daemon stop && chkptctl daemon start`"
+        }
         _ => "",
     }
 }
@@ -233,7 +237,10 @@ impl Client {
             .map_err(|status| call_error(&self.socket, status))
     }
 
-    fn stream<T>(&self, result: Result<Response<Streaming<T>>, Status>) -> Result<Stream<T>, Error> {
+    fn stream<T>(
+        &self,
+        result: Result<Response<Streaming<T>>, Status>,
+    ) -> Result<Stream<T>, Error> {
         Ok(Stream {
             inner: self.unary(result)?,
             socket: self.socket.clone(),
@@ -260,7 +267,10 @@ impl Client {
 
     /// The watched workspaces.
     pub async fn list_workspaces(&mut self) -> Result<Vec<v1::Workspace>, Error> {
-        let r = self.inner.list_workspaces(v1::ListWorkspacesRequest {}).await;
+        let r = self
+            .inner
+            .list_workspaces(v1::ListWorkspacesRequest {})
+            .await;
         Ok(self.unary(r)?.workspaces)
     }
 
@@ -294,7 +304,11 @@ impl Client {
             snapshots.extend(page.snapshots);
             let done = limit.is_some_and(|l| snapshots.len() >= l);
             // A token equal to the one just used would loop forever.
-            if done || got == 0 || page.next_page_token.is_empty() || page.next_page_token == req.page_token {
+            if done
+                || got == 0
+                || page.next_page_token.is_empty()
+                || page.next_page_token == req.page_token
+            {
                 break;
             }
             page_token = page.next_page_token;
@@ -306,8 +320,18 @@ impl Client {
     }
 
     /// One snapshot, by selector.
-    pub async fn get(&mut self, workspace: String, snapshot: String) -> Result<v1::Snapshot, Error> {
-        let r = self.inner.get(v1::GetRequest { workspace, snapshot }).await;
+    pub async fn get(
+        &mut self,
+        workspace: String,
+        snapshot: String,
+    ) -> Result<v1::Snapshot, Error> {
+        let r = self
+            .inner
+            .get(v1::GetRequest {
+                workspace,
+                snapshot,
+            })
+            .await;
         self.unary(r)
     }
 
@@ -318,13 +342,19 @@ impl Client {
     }
 
     /// Restores a snapshot; progress events, then one summary.
-    pub async fn restore(&mut self, req: v1::RestoreRequest) -> Result<Stream<v1::RestoreEvent>, Error> {
+    pub async fn restore(
+        &mut self,
+        req: v1::RestoreRequest,
+    ) -> Result<Stream<v1::RestoreEvent>, Error> {
         let r = self.inner.restore(req).await;
         self.stream(r)
     }
 
     /// The contents of one file in a snapshot, in chunks.
-    pub async fn read_file(&mut self, req: v1::ReadFileRequest) -> Result<Stream<v1::FileChunk>, Error> {
+    pub async fn read_file(
+        &mut self,
+        req: v1::ReadFileRequest,
+    ) -> Result<Stream<v1::FileChunk>, Error> {
         let r = self.inner.read_file(req).await;
         self.stream(r)
     }
@@ -342,8 +372,16 @@ impl Client {
     }
 
     /// Pins (`pin = true`) or unpins a snapshot.
-    pub async fn set_pin(&mut self, workspace: String, snapshot: String, pin: bool) -> Result<v1::Snapshot, Error> {
-        let req = v1::PinRequest { workspace, snapshot };
+    pub async fn set_pin(
+        &mut self,
+        workspace: String,
+        snapshot: String,
+        pin: bool,
+    ) -> Result<v1::Snapshot, Error> {
+        let req = v1::PinRequest {
+            workspace,
+            snapshot,
+        };
         let r = if pin {
             self.inner.pin(req).await
         } else {
@@ -367,7 +405,10 @@ impl Client {
 
 /// The I/O error kinds that mean nobody is listening on the socket.
 fn nobody_listening(kind: io::ErrorKind) -> bool {
-    matches!(kind, io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused)
+    matches!(
+        kind,
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// The first I/O error in an error's source chain.
@@ -475,7 +516,8 @@ mod tests {
 
     #[tokio::test]
     async fn connecting_to_a_missing_socket_is_not_running() {
-        let socket = std::env::temp_dir().join(format!("chkpt-missing-{}.sock", std::process::id()));
+        let socket =
+            std::env::temp_dir().join(format!("chkpt-missing-{}.sock", std::process::id()));
         match Client::connect(&socket).await {
             Err(Error::NotRunning { socket: s }) => assert_eq!(s, socket),
             other => panic!("expected NotRunning, got {other:?}"),

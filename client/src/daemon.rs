@@ -139,7 +139,10 @@ pub async fn stop(socket: &Path) -> Result<Option<u32>, Error> {
         let err = io::Error::last_os_error();
         // ESRCH: it is already gone; the wait below confirms it.
         if err.raw_os_error() != Some(libc::ESRCH) {
-            return Err(Error::io(format!("send SIGTERM to chkptd (pid {pid})"), err));
+            return Err(Error::io(
+                format!("send SIGTERM to chkptd (pid {pid})"),
+                err,
+            ));
         }
     }
     let deadline = Instant::now() + WAIT;
@@ -166,8 +169,12 @@ fn find_chkptd() -> Result<PathBuf, Error> {
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("chkptd")));
     let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("chkptd")).collect())
-        .unwrap_or_else(Vec::new);
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("chkptd"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
     beside
         .into_iter()
         .chain(on_path)

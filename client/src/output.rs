@@ -10,8 +10,8 @@ mod json;
 use chkpt_proto::v1::{ChangeKind, Trigger, WorkspaceState};
 
 pub use human::{
-    diff_lines, log_table, prune_text, restore_text, snapshot_details, snapshot_table,
-    status_text, workspaces_text,
+    diff_lines, log_table, prune_text, restore_text, snapshot_details, snapshot_table, status_text,
+    workspaces_text,
 };
 pub use json::{
     diff_json, log_json, prune_json, restore_json, snapshot_json, status_json, verify_json,
@@ -86,9 +86,18 @@ pub fn duration_text(ms: u64) -> String {
     match secs {
         0 => format!("{ms}ms"),
         s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
-        s if s < 86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        s => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+        s if s < 3600 => two_units(s / 60, "m", s % 60, "s"),
+        s if s < 86_400 => two_units(s / 3600, "h", s % 3600 / 60, "m"),
+        s => two_units(s / 86_400, "d", s % 86_400 / 3600, "h"),
+    }
+}
+
+/// "1m 5s", or "1m" when the smaller unit is zero.
+fn two_units(big: u64, big_unit: &str, small: u64, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit} {small}{small_unit}")
     }
 }
 
@@ -189,7 +198,10 @@ pub fn table(palette: Palette, header: &[&str], rows: &[Vec<Cell>]) -> String {
         }
     }
     let mut out = String::new();
-    let header: Vec<Cell> = header.iter().map(|h| Cell::coloured(*h, Colour::Dim)).collect();
+    let header: Vec<Cell> = header
+        .iter()
+        .map(|h| Cell::coloured(*h, Colour::Dim))
+        .collect();
     for row in std::iter::once(&header).chain(rows) {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate().take(columns) {

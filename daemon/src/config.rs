@@ -46,24 +46,32 @@ impl Config {
             Some(d) => Ok(d.clone()),
             None => directories::ProjectDirs::from("", "", "chkpt")
                 .map(|p| p.data_dir().to_path_buf())
-                .ok_or_else(|| io::Error::other("no home directory: pass --data-dir or set CHKPT_DATA_DIR")),
+                .ok_or_else(|| {
+                    io::Error::other("no home directory: pass --data-dir or set CHKPT_DATA_DIR")
+                }),
         }
     }
 }
 
 /// `$XDG_RUNTIME_DIR/chkpt/chkptd.sock`, or `/tmp/chkpt-$UID/chkptd.sock`.
 pub fn default_socket() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| Path::new(v).is_absolute()) {
         Some(dir) => PathBuf::from(dir).join("chkpt").join("chkptd.sock"),
         // SAFETY: getuid cannot fail.
-        None => PathBuf::from(format!("/tmp/chkpt-{}", unsafe { libc::getuid() })).join("chkptd.sock"),
+        None => {
+            PathBuf::from(format!("/tmp/chkpt-{}", unsafe { libc::getuid() })).join("chkptd.sock")
+        }
     }
 }
 
 /// Creates the socket's directory with mode 0700, or checks that an existing one is ours and
 /// private (a directory someone else made could let them replace our socket).
 pub fn prepare_socket_dir(dir: &Path) -> io::Result<()> {
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
@@ -74,7 +82,10 @@ pub fn prepare_socket_dir(dir: &Path) -> io::Result<()> {
     if !meta.is_dir() || meta.uid() != uid {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("{} is not a directory owned by uid {uid}; remove it or pass --socket", dir.display()),
+            format!(
+                "{} is not a directory owned by uid {uid}; remove it or pass --socket",
+                dir.display()
+            ),
         ));
     }
     if meta.permissions().mode() & 0o077 != 0 {

@@ -19,7 +19,9 @@ use crate::store::catalog::{SnapshotRecord, Trigger, WorkspaceRecord};
 use crate::store::{Id, Kind, Store};
 use crate::workspace::diff::{self, DiffEntry, normalise, validate_rel};
 use crate::workspace::restore::{RestoreOptions, RestoreSummary};
-use crate::workspace::{Changes, SaveOptions, SaveOutcome, WatchOptions, Workspace, WorkspaceCounters, now_us};
+use crate::workspace::{
+    Changes, SaveOptions, SaveOutcome, WatchOptions, Workspace, WorkspaceCounters, now_us,
+};
 
 /// What the daemon tells `Events` subscribers.
 #[derive(Debug, Clone)]
@@ -192,7 +194,12 @@ pub struct Engine {
 
 impl Engine {
     /// An engine over an open store.
-    pub fn new(store: Store, defaults: WatchOptions, poll_interval: Duration, socket: PathBuf) -> Arc<Engine> {
+    pub fn new(
+        store: Store,
+        defaults: WatchOptions,
+        poll_interval: Duration,
+        socket: PathBuf,
+    ) -> Arc<Engine> {
         let (events, _) = broadcast::channel(1024);
         Arc::new(Engine {
             store,
@@ -217,7 +224,13 @@ impl Engine {
 
     /// The watched workspaces.
     pub fn handles(&self) -> Vec<Arc<WsHandle>> {
-        let mut v: Vec<_> = self.workspaces.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut v: Vec<_> = self
+            .workspaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.root.cmp(&b.root));
         v
     }
@@ -226,11 +239,15 @@ impl Engine {
     /// path inside a workspace.
     pub fn handle_for(&self, path: &str) -> Result<Arc<WsHandle>> {
         if path.is_empty() {
-            return Err(Error::InvalidArgument("no workspace given: pass the workspace path".into()));
+            return Err(Error::InvalidArgument(
+                "no workspace given: pass the workspace path".into(),
+            ));
         }
         let p = Path::new(path);
         if !p.is_absolute() {
-            return Err(Error::InvalidArgument(format!("{path} is not an absolute path")));
+            return Err(Error::InvalidArgument(format!(
+                "{path} is not an absolute path"
+            )));
         }
         let canon = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         self.handles()
@@ -238,7 +255,9 @@ impl Engine {
             .filter(|h| canon.starts_with(&h.root) || p.starts_with(&h.root))
             .max_by_key(|h| h.root.as_os_str().len())
             .ok_or_else(|| {
-                Error::NotFound(format!("{path} is not inside a watched workspace; run `chkptctl watch` there first"))
+                Error::NotFound(format!(
+                    "{path} is not inside a watched workspace; run `chkptctl watch` there first"
+                ))
             })
     }
 
@@ -255,16 +274,30 @@ impl Engine {
             .into_iter()
             .filter(|w| canon.starts_with(Path::new(std::ffi::OsStr::from_bytes(&w.path))))
             .max_by_key(|w| w.path.len())
-            .ok_or_else(|| Error::NotFound(format!("{path} is not inside a workspace; run `chkptctl watch` there first")))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{path} is not inside a workspace; run `chkptctl watch` there first"
+                ))
+            })
     }
 
     // ---- watching
 
     /// Starts watching `path` with `opts`: registers it, takes its baseline snapshot, starts the
     /// watcher. Watching an already watched folder updates its options.
-    pub fn watch(self: &Arc<Self>, path: &Path, opts: WatchOptions) -> Result<(WorkspaceRecord, SnapshotRecord)> {
+    pub fn watch(
+        self: &Arc<Self>,
+        path: &Path,
+        opts: WatchOptions,
+    ) -> Result<(WorkspaceRecord, SnapshotRecord)> {
         let record = crate::workspace::register(&self.store, path, opts)?;
-        if let Some(h) = self.workspaces.read().unwrap_or_else(|p| p.into_inner()).get(&record.id).cloned() {
+        if let Some(h) = self
+            .workspaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.id)
+            .cloned()
+        {
             self.stop_watcher(&h);
             h.workspace().set_record(&self.store, record.clone());
             let snap = self.save_now(&h, Trigger::Auto, "", false, true)?.snapshot;
@@ -277,7 +310,10 @@ impl Engine {
             root: ws.root().to_path_buf(),
             counters: ws.counters.clone(),
             ws: Mutex::new(ws),
-            pending: Mutex::new(Pending { full: true, ..Default::default() }),
+            pending: Mutex::new(Pending {
+                full: true,
+                ..Default::default()
+            }),
             state: Mutex::new(WatchState::Rescanning),
             warnings: Mutex::new(Vec::new()),
             events: EventCounters::default(),
@@ -287,13 +323,23 @@ impl Engine {
         });
         // Watch first, then walk: a change during the baseline walk is caught either way.
         crate::watch::start(self, &handle);
-        self.workspaces.write().unwrap_or_else(|p| p.into_inner()).insert(record.id, handle.clone());
+        self.workspaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.id, handle.clone());
         let first = self.store.cat.latest(record.id)?.is_none();
         if !first {
             // Whatever changed while nobody watched was seen only by this walk.
-            handle.pending().rescan_reason = Some("changes made while chkptd was not watching".into());
+            handle.pending().rescan_reason =
+                Some("changes made while chkptd was not watching".into());
         }
-        let outcome = self.save_now(&handle, Trigger::Auto, if first { "baseline" } else { "" }, false, true)?;
+        let outcome = self.save_now(
+            &handle,
+            Trigger::Auto,
+            if first { "baseline" } else { "" },
+            false,
+            true,
+        )?;
         Ok((record, outcome.snapshot))
     }
 
@@ -320,7 +366,10 @@ impl Engine {
     pub fn unwatch(&self, path: &str) -> Result<WorkspaceRecord> {
         let h = self.handle_for(path)?;
         self.stop_watcher(&h);
-        self.workspaces.write().unwrap_or_else(|p| p.into_inner()).remove(&h.id);
+        self.workspaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&h.id);
         let mut record = h.workspace().record().clone();
         record.watched = false;
         self.store.cat.put_workspace(&record)?;
@@ -352,7 +401,14 @@ impl Engine {
     // ---- saving
 
     /// Takes a snapshot of `h` with the pending changes. `full` forces a stat-walk.
-    pub fn save_now(&self, h: &WsHandle, trigger: Trigger, message: &str, pin: bool, full: bool) -> Result<SaveOutcome> {
+    pub fn save_now(
+        &self,
+        h: &WsHandle,
+        trigger: Trigger,
+        message: &str,
+        pin: bool,
+        full: bool,
+    ) -> Result<SaveOutcome> {
         let mut ws = h.workspace();
         let (changes, rescan) = h.pending().take();
         let changes = if full { Changes::Full } else { changes };
@@ -407,17 +463,24 @@ impl Engine {
         let sel = selector.trim();
         let not_found = |what: String| Error::NotFound(what);
         if sel.is_empty() || sel == "latest" {
-            return self.store.cat.latest(ws)?.ok_or_else(|| not_found("this workspace has no snapshot yet".into()));
+            return self
+                .store
+                .cat
+                .latest(ws)?
+                .ok_or_else(|| not_found("this workspace has no snapshot yet".into()));
         }
         if let Some(n) = sel.strip_prefix("latest~") {
-            let n: usize = n
-                .parse()
-                .map_err(|_| Error::InvalidArgument(format!("{sel:?}: expected latest~N with N a number")))?;
+            let n: usize = n.parse().map_err(|_| {
+                Error::InvalidArgument(format!("{sel:?}: expected latest~N with N a number"))
+            })?;
             let mut list = self.store.cat.snapshots_of(ws, None, n + 1)?;
             return if list.len() == n + 1 {
                 list.pop().ok_or_else(|| not_found(sel.into()))
             } else {
-                Err(not_found(format!("{sel}: the workspace has only {} snapshots", list.len())))
+                Err(not_found(format!(
+                    "{sel}: the workspace has only {} snapshots",
+                    list.len()
+                )))
             };
         }
         if let Some(when) = sel.strip_prefix('@') {
@@ -435,12 +498,19 @@ impl Engine {
             )));
         }
         let sel = sel.to_ascii_lowercase();
-        let mut hits: Vec<SnapshotRecord> =
-            self.store.cat.snapshots_with_prefix(&sel, 1000)?.into_iter().filter(|s| s.workspace == ws).collect();
+        let mut hits: Vec<SnapshotRecord> = self
+            .store
+            .cat
+            .snapshots_with_prefix(&sel, 1000)?
+            .into_iter()
+            .filter(|s| s.workspace == ws)
+            .collect();
         match hits.len() {
             0 => Err(not_found(format!("no snapshot {sel} in this workspace"))),
             1 => Ok(hits.remove(0)),
-            n => Err(Error::InvalidArgument(format!("{sel} is ambiguous: {n} snapshots start with it; type more digits"))),
+            n => Err(Error::InvalidArgument(format!(
+                "{sel} is ambiguous: {n} snapshots start with it; type more digits"
+            ))),
         }
     }
 
@@ -453,7 +523,7 @@ impl Engine {
         let rel: &[u8] = if raw.starts_with(b"/") {
             let root_b = root.as_os_str().as_bytes();
             match raw.strip_prefix(root_b) {
-                Some(rest) if rest.is_empty() => b"",
+                Some([]) => b"",
                 Some(rest) if rest.starts_with(b"/") => &rest[1..],
                 _ => {
                     return Err(Error::InvalidArgument(format!(
@@ -474,7 +544,12 @@ impl Engine {
     }
 
     /// Differences between two snapshots, or a snapshot and the working tree (`to` empty).
-    pub fn diff(&self, path: &str, from: &str, to: &str) -> Result<(SnapshotRecord, Option<SnapshotRecord>, Vec<DiffEntry>)> {
+    pub fn diff(
+        &self,
+        path: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(SnapshotRecord, Option<SnapshotRecord>, Vec<DiffEntry>)> {
         let record = self.record_for(path)?;
         let a = self.resolve(record.id, from)?;
         if !to.is_empty() {
@@ -484,7 +559,11 @@ impl Engine {
         }
         let h = self.handle_for(path)?;
         let current = self.working_tree(&h)?;
-        Ok((a.clone(), None, diff::diff(&self.store, Some(a.root), Some(current))?))
+        Ok((
+            a.clone(),
+            None,
+            diff::diff(&self.store, Some(a.root), Some(current))?,
+        ))
     }
 
     /// The working tree's root id, with pending changes applied to the index (they stay
@@ -493,7 +572,11 @@ impl Engine {
         let mut ws = h.workspace();
         let changes = {
             let p = h.pending();
-            if p.full { Changes::Full } else { Changes::Paths(p.paths.iter().cloned().collect()) }
+            if p.full {
+                Changes::Full
+            } else {
+                Changes::Paths(p.paths.iter().cloned().collect())
+            }
         };
         let batch = self.store.batch();
         ws.refresh(&batch, &changes)?;
@@ -505,7 +588,13 @@ impl Engine {
     }
 
     /// Snapshots of a workspace (or all), newest first, after the page token.
-    pub fn list(&self, path: &str, all: bool, limit: usize, page_token: &str) -> Result<(Vec<SnapshotRecord>, String)> {
+    pub fn list(
+        &self,
+        path: &str,
+        all: bool,
+        limit: usize,
+        page_token: &str,
+    ) -> Result<(Vec<SnapshotRecord>, String)> {
         let before = if page_token.is_empty() {
             None
         } else {
@@ -529,31 +618,56 @@ impl Engine {
             let record = self.record_for(path)?;
             self.store.cat.snapshots_of(record.id, before, limit)?
         };
-        let token = if out.len() == limit { out.last().map(|s| s.created_us.to_string()).unwrap_or_default() } else { String::new() };
+        let token = if out.len() == limit {
+            out.last()
+                .map(|s| s.created_us.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         out.truncate(limit);
         Ok((out, token))
     }
 
     /// The entry at a path in a snapshot, and the snapshot.
-    pub fn entry_at(&self, path: &str, selector: &str, file: &[u8]) -> Result<(SnapshotRecord, crate::store::Entry)> {
+    pub fn entry_at(
+        &self,
+        path: &str,
+        selector: &str,
+        file: &[u8],
+    ) -> Result<(SnapshotRecord, crate::store::Entry)> {
         let record = self.record_for(path)?;
         let root = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
         let rel = self.rel_path(&root, file)?;
         if rel.is_empty() {
-            return Err(Error::InvalidArgument("name a file inside the workspace".into()));
+            return Err(Error::InvalidArgument(
+                "name a file inside the workspace".into(),
+            ));
         }
         let snap = self.resolve(record.id, selector)?;
         let entry = diff::lookup(&self.store, snap.root, &rel)?.ok_or_else(|| {
-            Error::NotFound(format!("{} is not in snapshot {}", String::from_utf8_lossy(&rel), snap.hex_id()))
+            Error::NotFound(format!(
+                "{} is not in snapshot {}",
+                String::from_utf8_lossy(&rel),
+                snap.hex_id()
+            ))
         })?;
         if entry.kind == Kind::Dir {
-            return Err(Error::InvalidArgument(format!("{} is a directory", String::from_utf8_lossy(&rel))));
+            return Err(Error::InvalidArgument(format!(
+                "{} is a directory",
+                String::from_utf8_lossy(&rel)
+            )));
         }
         Ok((snap, entry))
     }
 
     /// The snapshots in which `file` changed, newest first: (snapshot, change, size).
-    pub fn log(&self, path: &str, file: &[u8], limit: usize) -> Result<Vec<(SnapshotRecord, diff::Change, u64)>> {
+    pub fn log(
+        &self,
+        path: &str,
+        file: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(SnapshotRecord, diff::Change, u64)>> {
         let record = self.record_for(path)?;
         let root = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
         let rel = self.rel_path(&root, file)?;
@@ -592,10 +706,20 @@ impl Engine {
     // ---- changing
 
     /// Restores a snapshot of the workspace containing `path`.
-    pub fn restore(&self, path: &str, selector: &str, mut opts: RestoreOptions, progress: &mut dyn FnMut(u64, u64, u64, u64)) -> Result<RestoreSummary> {
+    pub fn restore(
+        &self,
+        path: &str,
+        selector: &str,
+        mut opts: RestoreOptions,
+        progress: &mut dyn FnMut(u64, u64, u64, u64),
+    ) -> Result<RestoreSummary> {
         let h = self.handle_for(path)?;
         let snap = self.resolve(h.id, selector)?;
-        opts.paths = opts.paths.iter().map(|p| self.rel_path(&h.root, p)).collect::<Result<_>>()?;
+        opts.paths = opts
+            .paths
+            .iter()
+            .map(|p| self.rel_path(&h.root, p))
+            .collect::<Result<_>>()?;
         if opts.paths.iter().any(|p| p.is_empty()) {
             opts.paths.clear();
         }
@@ -621,10 +745,15 @@ impl Engine {
     /// Deletes snapshots, then collects garbage. Returns the ids deleted and bytes reclaimed.
     pub fn delete(&self, path: &str, selectors: &[String]) -> Result<(Vec<SnapshotRecord>, u64)> {
         if selectors.is_empty() {
-            return Err(Error::InvalidArgument("name at least one snapshot to delete".into()));
+            return Err(Error::InvalidArgument(
+                "name at least one snapshot to delete".into(),
+            ));
         }
         let record = self.record_for(path)?;
-        let snaps: Vec<SnapshotRecord> = selectors.iter().map(|s| self.resolve(record.id, s)).collect::<Result<_>>()?;
+        let snaps: Vec<SnapshotRecord> = selectors
+            .iter()
+            .map(|s| self.resolve(record.id, s))
+            .collect::<Result<_>>()?;
         for s in &snaps {
             self.store.cat.remove_snapshot(s)?;
         }
@@ -644,7 +773,12 @@ impl Engine {
     }
 
     /// Applies a retention policy (or previews it). Returns each decision and bytes reclaimed.
-    pub fn prune(&self, path: &str, policy: &crate::retention::Policy, dry_run: bool) -> Result<(Vec<(SnapshotRecord, bool, String)>, u64)> {
+    pub fn prune(
+        &self,
+        path: &str,
+        policy: &crate::retention::Policy,
+        dry_run: bool,
+    ) -> Result<(Vec<crate::retention::Decision>, u64)> {
         let record = self.record_for(path)?;
         let snaps = self.store.cat.snapshots_of(record.id, None, usize::MAX)?;
         let decisions = crate::retention::decide(&snaps, policy, now_us());
@@ -657,14 +791,22 @@ impl Engine {
             }
         }
         self.store.flush()?;
-        let reclaimed = if decisions.iter().any(|d| !d.1) { self.store.gc()?.bytes_reclaimed } else { 0 };
+        let reclaimed = if decisions.iter().any(|d| !d.1) {
+            self.store.gc()?.bytes_reclaimed
+        } else {
+            0
+        };
         Ok((decisions, reclaimed))
     }
 }
 
 /// Parses the part after `@` of a time selector into µs since the epoch.
 pub fn parse_when(when: &str) -> Result<u64> {
-    let bad = || Error::InvalidArgument(format!("@{when}: use @30s, @10m, @2h, @1d, @1w or @2026-11-24T10:00"));
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "@{when}: use @30s, @10m, @2h, @1d, @1w or @2026-11-24T10:00"
+        ))
+    };
     if let Some(unit) = when.chars().last().filter(|c| c.is_ascii_alphabetic())
         && when[..when.len() - 1].bytes().all(|b| b.is_ascii_digit())
         && when.len() > 1
@@ -682,8 +824,14 @@ pub fn parse_when(when: &str) -> Result<u64> {
     }
     // YYYY-MM-DDTHH:MM[:SS], local time.
     let (date, time) = when.split_once(['T', ' ']).ok_or_else(bad)?;
-    let d: Vec<i32> = date.split('-').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_>>()?;
-    let t: Vec<i32> = time.split(':').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_>>()?;
+    let d: Vec<i32> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    let t: Vec<i32> = time
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
     if d.len() != 3 || !(2..=3).contains(&t.len()) {
         return Err(bad());
     }

@@ -13,6 +13,6 @@ pub use error::{Error, Result};
 pub mod config;
 pub mod engine;
 pub mod retention;
-pub mod watch;
-pub mod service;
 pub mod server;
+pub mod service;
+pub mod watch;

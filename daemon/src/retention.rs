@@ -21,18 +21,30 @@ pub struct Policy {
 
 impl Policy {
     /// All of the last hour, hourly for 24 h, daily for 14 days, weekly for 8 weeks.
-    pub const DEFAULT: Policy =
-        Policy { keep_last: 0, keep_hourly: 24, keep_daily: 14, keep_weekly: 8, keep_within_us: 3_600_000_000 };
+    pub const DEFAULT: Policy = Policy {
+        keep_last: 0,
+        keep_hourly: 24,
+        keep_daily: 14,
+        keep_weekly: 8,
+        keep_within_us: 3_600_000_000,
+    };
 
     /// This policy, or the default when it says nothing.
     pub fn or_default(self) -> Policy {
-        if self == Policy::default() { Policy::DEFAULT } else { self }
+        if self == Policy::default() {
+            Policy::DEFAULT
+        } else {
+            self
+        }
     }
 }
 
+/// A snapshot, whether it stays, and the rule that keeps it.
+pub type Decision = (SnapshotRecord, bool, String);
+
 /// Decides for each snapshot (any order) whether it stays, and the rule that keeps it.
 /// Pinned and manual snapshots always stay.
-pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<(SnapshotRecord, bool, String)> {
+pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<Decision> {
     let policy = policy.or_default();
     let mut sorted: Vec<&SnapshotRecord> = snaps.iter().collect();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.created_us));
@@ -51,7 +63,10 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<(S
         } else if (i as u32) < policy.keep_last {
             reason = Some(format!("keep-last {}", policy.keep_last));
         } else if newest.saturating_sub(s.created_us) < policy.keep_within_us {
-            reason = Some(format!("keep-within {}s", policy.keep_within_us / 1_000_000));
+            reason = Some(format!(
+                "keep-within {}s",
+                policy.keep_within_us / 1_000_000
+            ));
         }
         // Bucket rules see every snapshot, so the newest in each bucket is the one kept.
         let mut bucket = |set: &mut HashSet<u64>, key: u64, limit: u32, name: &str| {
@@ -63,7 +78,11 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<(S
         bucket(&mut days, secs / 86_400, policy.keep_daily, "daily");
         bucket(&mut weeks, secs / 604_800, policy.keep_weekly, "weekly");
         let keep = reason.is_some();
-        out.push(((*s).clone(), keep, reason.unwrap_or_else(|| "no rule keeps it".to_owned())));
+        out.push((
+            (*s).clone(),
+            keep,
+            reason.unwrap_or_else(|| "no rule keeps it".to_owned()),
+        ));
     }
     out
 }
@@ -98,12 +117,20 @@ mod tests {
 
     #[test]
     fn keeps_newest_per_bucket_and_manual_and_pinned() {
-        let mut snaps = vec![snap(1, 0, Trigger::Auto), snap(2, 0, Trigger::Auto), snap(3, 5, Trigger::Auto), snap(4, 5, Trigger::Auto)];
+        let mut snaps = vec![
+            snap(1, 0, Trigger::Auto),
+            snap(2, 0, Trigger::Auto),
+            snap(3, 5, Trigger::Auto),
+            snap(4, 5, Trigger::Auto),
+        ];
         snaps.push(snap(5, 1000, Trigger::Manual));
         let mut pinned = snap(6, 2000, Trigger::Auto);
         pinned.pinned = true;
         snaps.push(pinned);
-        let policy = Policy { keep_hourly: 10, ..Default::default() };
+        let policy = Policy {
+            keep_hourly: 10,
+            ..Default::default()
+        };
         let d = decide(&snaps, &policy, 0);
         let kept: Vec<u64> = d.iter().filter(|x| x.1).map(|x| x.0.id).collect();
         assert_eq!(kept, vec![1, 3, 5, 6]);

@@ -30,7 +30,9 @@ use crate::workspace::WatchOptions;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// Another daemon answers on the socket.
-    #[error("another chkptd is already serving on {0}; stop it with `chkptctl daemon stop` or pass another --socket")]
+    #[error(
+        "another chkptd is already serving on {0}; stop it with `chkptctl daemon stop` or pass another --socket"
+    )]
     AlreadyRunning(PathBuf),
     /// The socket could not be set up.
     #[error("socket {path}: {source}")]
@@ -56,7 +58,11 @@ pub enum ServeError {
 pub fn check_peer(req: Request<()>) -> Result<Request<()>, Status> {
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
-    let peer = req.extensions().get::<UdsConnectInfo>().and_then(|i| i.peer_cred).map(|c| c.uid());
+    let peer = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| c.uid());
     check_uid(peer, me)?;
     Ok(req)
 }
@@ -66,14 +72,21 @@ pub fn check_peer(req: Request<()>) -> Result<Request<()>, Status> {
 pub fn check_uid(peer: Option<u32>, me: u32) -> Result<(), Status> {
     match peer {
         Some(uid) if uid == me => Ok(()),
-        Some(uid) => Err(Status::permission_denied(format!("uid {uid} may not use the chkptd of uid {me}"))),
-        None => Err(Status::permission_denied("the caller's credentials are unknown")),
+        Some(uid) => Err(Status::permission_denied(format!(
+            "uid {uid} may not use the chkptd of uid {me}"
+        ))),
+        None => Err(Status::permission_denied(
+            "the caller's credentials are unknown",
+        )),
     }
 }
 
 /// Binds the socket, mode 0600 from the start (the process umask is 077).
 fn claim_socket(path: &Path) -> Result<UnixListener, ServeError> {
-    let err = |source| ServeError::Socket { path: path.to_path_buf(), source };
+    let err = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         prepare_socket_dir(dir).map_err(err)?;
     }
@@ -96,7 +109,9 @@ fn claim_socket(path: &Path) -> Result<UnixListener, ServeError> {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     // SAFETY: umask only sets the process's file creation mask.
     unsafe { libc::umask(0o077) };
-    let data_dir = config.data_dir().map_err(|e| crate::Error::io("data directory", e))?;
+    let data_dir = config
+        .data_dir()
+        .map_err(|e| crate::Error::io("data directory", e))?;
     let socket = config.socket_path();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await
@@ -107,7 +122,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_delay_ms: (config.max_delay * 1000.0) as u64,
         include_dependency_dirs: false,
     };
-    let engine = Engine::new(store, defaults, Duration::from_secs_f64(config.poll_interval.max(1.0)), socket.clone());
+    let engine = Engine::new(
+        store,
+        defaults,
+        Duration::from_secs_f64(config.poll_interval.max(1.0)),
+        socket.clone(),
+    );
     tracing::info!(socket = %socket.display(), data_dir = %engine.store.dir().display(), version = env!("CARGO_PKG_VERSION"), "chkptd ready");
 
     let startup = engine.clone();
@@ -119,7 +139,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         for path in extra {
             let abs = std::path::absolute(&path).unwrap_or(path);
             match startup.watch(&abs, startup.defaults) {
-                Ok((_, snap)) => tracing::info!(workspace = %abs.display(), snapshot = %snap.hex_id(), "watching"),
+                Ok((_, snap)) => {
+                    tracing::info!(workspace = %abs.display(), snapshot = %snap.hex_id(), "watching")
+                }
                 Err(e) => tracing::error!(workspace = %abs.display(), error = %e, "cannot watch"),
             }
         }
@@ -162,7 +184,13 @@ mod tests {
     #[test]
     fn another_uid_is_refused() {
         assert!(check_uid(Some(1000), 1000).is_ok());
-        assert_eq!(check_uid(Some(0), 1000).unwrap_err().code(), tonic::Code::PermissionDenied);
-        assert_eq!(check_uid(None, 1000).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            check_uid(Some(0), 1000).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            check_uid(None, 1000).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! The engine against real files: round trips, cost, racy writes, crash safety, corruption.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;

@@ -1,1 +1,5 @@
-fn main() {}
+//! `chkptctl`: the command-line client of chkptd; all of it lives in `chkpt_client`.
+
+fn main() -> std::process::ExitCode {
+    chkpt_client::cli::main()
+}

@@ -26,7 +26,13 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run/chkptd.sock");
         let data = dir.path().join("data");
-        let mut d = Daemon { dir, socket, data, child: None, args: args.iter().map(|s| s.to_string()).collect() };
+        let mut d = Daemon {
+            dir,
+            socket,
+            data,
+            child: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
         d.spawn();
         d
     }
@@ -48,7 +54,11 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            assert!(Instant::now() < deadline, "chkptd did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "chkptd did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -68,14 +78,22 @@ impl Daemon {
             if let Some(st) = child.try_wait().expect("wait") {
                 return st;
             }
-            assert!(Instant::now() < deadline, "chkptd did not stop:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "chkptd did not stop:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Stops and starts again on the same data dir and socket.
     pub fn restart(&mut self) {
-        assert!(self.stop().success(), "chkptd exited badly:\n{}", self.log());
+        assert!(
+            self.stop().success(),
+            "chkptd exited badly:\n{}",
+            self.log()
+        );
         self.spawn();
     }
 
@@ -101,7 +119,11 @@ pub async fn connect(socket: &Path) -> ChkptClient<Channel> {
         .expect("endpoint")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
         }))
         .await
         .expect("connect");
@@ -126,15 +148,24 @@ where
 
 /// The workspace's snapshots, newest first.
 pub async fn snapshots(c: &mut ChkptClient<Channel>, ws: &Path) -> Vec<pb::Snapshot> {
-    c.list(pb::ListRequest { workspace: ws.display().to_string(), limit: 1000, ..Default::default() })
-        .await
-        .expect("list")
-        .into_inner()
-        .snapshots
+    c.list(pb::ListRequest {
+        workspace: ws.display().to_string(),
+        limit: 1000,
+        ..Default::default()
+    })
+    .await
+    .expect("list")
+    .into_inner()
+    .snapshots
 }
 
 /// Restores `snap` into `to` and returns the summary.
-pub async fn restore_to(c: &mut ChkptClient<Channel>, ws: &Path, snap: &str, to: &Path) -> pb::RestoreSummary {
+pub async fn restore_to(
+    c: &mut ChkptClient<Channel>,
+    ws: &Path,
+    snap: &str,
+    to: &Path,
+) -> pb::RestoreSummary {
     let mut stream = c
         .restore(pb::RestoreRequest {
             workspace: ws.display().to_string(),
@@ -156,7 +187,11 @@ pub async fn restore_to(c: &mut ChkptClient<Channel>, ws: &Path, snap: &str, to:
 
 /// path → (is_dir, content) of everything under `root`, for comparing folders.
 pub fn listing(root: &Path) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> {
-    fn rec(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Option<Vec<u8>>>) {
+    fn rec(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<PathBuf, Option<Vec<u8>>>,
+    ) {
         for e in std::fs::read_dir(dir).expect("read_dir") {
             let p = e.expect("entry").path();
             let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
@@ -196,12 +231,30 @@ pub fn python_with_grpc() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-python");
     let py = venv.join("bin/python");
     if !has(&py) {
-        let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
-        assert!(made.is_ok_and(|s| s.success()), "python3 -m venv failed: install python3-venv");
-        let pip = Command::new(&py)
-            .args(["-m", "pip", "install", "--quiet", "grpcio", "grpcio-reflection", "protobuf"])
+        let made = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
             .status();
-        assert!(pip.is_ok_and(|s| s.success()), "pip install grpcio grpcio-reflection protobuf failed");
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "python3 -m venv failed: install python3-venv"
+        );
+        let pip = Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "grpcio",
+                "grpcio-reflection",
+                "protobuf",
+            ])
+            .status();
+        assert!(
+            pip.is_ok_and(|s| s.success()),
+            "pip install grpcio grpcio-reflection protobuf failed"
+        );
     }
     py
 }

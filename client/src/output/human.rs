@@ -8,7 +8,12 @@ use super::{
 };
 
 /// The `list` table: short id, age, trigger, what changed, (workspace,) message.
-pub fn snapshot_table(palette: Palette, now_ms: u64, snapshots: &[Snapshot], with_workspace: bool) -> String {
+pub fn snapshot_table(
+    palette: Palette,
+    now_ms: u64,
+    snapshots: &[Snapshot],
+    with_workspace: bool,
+) -> String {
     let mut header = vec!["ID", "AGE", "TRIGGER", "CHANGES"];
     if with_workspace {
         header.push("WORKSPACE");
@@ -41,24 +46,35 @@ pub fn snapshot_table(palette: Palette, now_ms: u64, snapshots: &[Snapshot], wit
 /// Every field of one snapshot, one per line, then its warnings.
 pub fn snapshot_details(palette: Palette, now_ms: u64, s: &Snapshot) -> String {
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    let parent = if s.parent.is_empty() { "(none)" } else { s.parent.as_str() };
+    let parent = if s.parent.is_empty() {
+        "(none)"
+    } else {
+        s.parent.as_str()
+    };
     let fields = [
         ("snapshot", palette.paint(&s.id, Colour::Yellow)),
         ("workspace", s.workspace.clone()),
-        ("created", format!("{} ({})", s.created_at, age(now_ms, s.created_unix_ms))),
+        (
+            "created",
+            format!("{} ({})", s.created_at, age(now_ms, s.created_unix_ms)),
+        ),
         ("trigger", trigger_name(s.trigger()).to_owned()),
         ("message", s.message.clone()),
         ("pinned", yes_no(s.pinned).to_owned()),
         ("files", format!("{} ({})", s.files, human_bytes(s.bytes))),
         ("changes", counts(s.added, s.modified, s.deleted)),
-        ("new data", format!("{} blobs, {}", s.new_blobs, human_bytes(s.new_bytes))),
+        (
+            "new data",
+            format!("{} blobs, {}", s.new_blobs, human_bytes(s.new_bytes)),
+        ),
         ("parent", parent.to_owned()),
         ("root tree", s.root_tree.clone()),
         ("rescan", yes_no(s.rescan).to_owned()),
     ];
     let mut out = String::new();
     for (name, value) in fields {
-        out.push_str(&format!("{name:<10} {value}\n"));
+        out.push_str(format!("{name:<10} {value}").trim_end());
+        out.push('\n');
     }
     for w in &s.warnings {
         out.push_str(&format!("{} {w}\n", palette.paint("warning:", Colour::Red)));
@@ -76,16 +92,28 @@ pub fn diff_lines(palette: Palette, entries: &[v1::DiffEntry]) -> String {
             ChangeKind::TypeChanged => (
                 "T",
                 Colour::Cyan,
-                format!("{} -> {}", kind_text(e.kind_before()), kind_text(e.kind_after())),
+                format!(
+                    "{} -> {}",
+                    kind_text(e.kind_before()),
+                    kind_text(e.kind_after())
+                ),
             ),
             ChangeKind::Modified | ChangeKind::Unspecified => (
                 "M",
                 Colour::Yellow,
-                format!("{} -> {}", human_bytes(e.size_before), human_bytes(e.size_after)),
+                format!(
+                    "{} -> {}",
+                    human_bytes(e.size_before),
+                    human_bytes(e.size_after)
+                ),
             ),
         };
         let sizes = palette.paint(&format!("({sizes})"), Colour::Dim);
-        out.push_str(&format!("{}  {}  {sizes}\n", palette.paint(mark, colour), path_text(&e.path)));
+        out.push_str(&format!(
+            "{}  {}  {sizes}\n",
+            palette.paint(mark, colour),
+            path_text(&e.path)
+        ));
     }
     out
 }
@@ -122,21 +150,37 @@ pub fn status_text(palette: Palette, now_ms: u64, s: &v1::StatusResponse) -> Str
                 |l| format!("{} {}", short_id(&l.id), age(now_ms, l.created_unix_ms)),
             );
             vec![
-                Cell::plain(w.workspace.as_ref().map(|w| w.path.clone()).unwrap_or_default()),
+                Cell::plain(
+                    w.workspace
+                        .as_ref()
+                        .map(|w| w.path.clone())
+                        .unwrap_or_default(),
+                ),
                 Cell::coloured(state_name(state), colour),
                 Cell::plain(w.pending_changes.to_string()),
                 Cell::plain(last),
             ]
         })
         .collect();
-    out.push_str(&table(palette, &["WORKSPACE", "STATE", "PENDING", "LAST SNAPSHOT"], &rows));
+    out.push_str(&table(
+        palette,
+        &["WORKSPACE", "STATE", "PENDING", "LAST SNAPSHOT"],
+        &rows,
+    ));
     for w in &s.workspaces {
-        let path = w.workspace.as_ref().map(|w| w.path.as_str()).unwrap_or_default();
+        let path = w
+            .workspace
+            .as_ref()
+            .map(|w| w.path.as_str())
+            .unwrap_or_default();
         if !w.state_detail.is_empty() {
             out.push_str(&format!("{path}: {}\n", w.state_detail));
         }
         for warning in &w.warnings {
-            out.push_str(&format!("{path}: {} {warning}\n", palette.paint("warning:", Colour::Red)));
+            out.push_str(&format!(
+                "{path}: {} {warning}\n",
+                palette.paint("warning:", Colour::Red)
+            ));
         }
     }
     out
@@ -154,15 +198,28 @@ pub fn workspaces_text(palette: Palette, now_ms: u64, workspaces: &[v1::Workspac
                 Cell::plain(w.path.clone()),
                 Cell::plain(duration_text(w.idle_ms)),
                 Cell::plain(duration_text(w.max_delay_ms)),
-                Cell::plain(if w.include_dependency_dirs { "included" } else { "excluded" }),
+                Cell::plain(if w.include_dependency_dirs {
+                    "included"
+                } else {
+                    "excluded"
+                }),
                 Cell::plain(age(now_ms, w.created_unix_ms)),
             ]
         })
         .collect();
-    let mut out = table(palette, &["WORKSPACE", "IDLE", "MAX DELAY", "DEPS", "SINCE"], &rows);
+    let mut out = table(
+        palette,
+        &["WORKSPACE", "IDLE", "MAX DELAY", "DEPS", "SINCE"],
+        &rows,
+    );
     for w in workspaces {
         for e in &w.excluded {
-            out.push_str(&format!("{}: excludes {} ({})\n", w.path, path_text(&e.path), e.reason));
+            out.push_str(&format!(
+                "{}: excludes {} ({})\n",
+                w.path,
+                path_text(&e.path),
+                e.reason
+            ));
         }
     }
     out
@@ -206,7 +263,11 @@ pub fn prune_text(palette: Palette, now_ms: u64, p: &v1::PruneResponse, dry_run:
             ]
         })
         .collect();
-    let mut out = table(palette, &["ACTION", "ID", "AGE", "TRIGGER", "REASON"], &rows);
+    let mut out = table(
+        palette,
+        &["ACTION", "ID", "AGE", "TRIGGER", "REASON"],
+        &rows,
+    );
     let removing = p.decisions.iter().filter(|d| !d.keep).count();
     if dry_run {
         out.push_str(&format!(
@@ -253,4 +314,3 @@ fn kind_text(kind: EntryKind) -> &'static str {
         EntryKind::Unspecified => "nothing",
     }
 }
-

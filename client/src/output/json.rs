@@ -20,7 +20,11 @@ fn entry_kind_json(kind: EntryKind) -> Value {
 
 /// An id that may be empty, as JSON: the id or `null`.
 fn optional_id(id: &str) -> Value {
-    if id.is_empty() { Value::Null } else { id.into() }
+    if id.is_empty() {
+        Value::Null
+    } else {
+        id.into()
+    }
 }
 
 /// A snapshot as JSON: the contract's fields first, then the rest.
@@ -181,4 +185,3 @@ pub fn verify_json(v: &v1::VerifyResponse) -> Value {
         "problems": problems,
     })
 }
-

@@ -25,7 +25,7 @@ fn snapshot() -> Snapshot {
 
 #[test]
 fn age_picks_the_largest_whole_unit() {
-    let now = 10_000_000_000;
+    let now = 100_000_000_000;
     assert_eq!(age(now, now), "0s ago");
     assert_eq!(age(now, now - 59_999), "59s ago");
     assert_eq!(age(now, now - 3 * 60_000), "3m ago");
@@ -55,6 +55,7 @@ fn durations_are_short() {
     assert_eq!(duration_text(350), "350ms");
     assert_eq!(duration_text(2_000), "2s");
     assert_eq!(duration_text(65_000), "1m 5s");
+    assert_eq!(duration_text(60_000), "1m");
     assert_eq!(duration_text(3_900_000), "1h 5m");
 }
 
@@ -167,7 +168,12 @@ fn restore_json_has_the_contract_fields() {
     assert_eq!(value["snapshot"], json!("0123456789abcdef"));
     assert_eq!(value["pre_restore_snapshot"], json!(null));
     assert_eq!(
-        (&value["added"], &value["modified"], &value["deleted"], &value["unchanged"]),
+        (
+            &value["added"],
+            &value["modified"],
+            &value["deleted"],
+            &value["unchanged"]
+        ),
         (&json!(1), &json!(2), &json!(3), &json!(4))
     );
     assert_eq!(value["changed_paths"], json!(["a"]));
@@ -176,7 +182,11 @@ fn restore_json_has_the_contract_fields() {
 #[test]
 fn table_aligns_columns_and_leaves_no_trailing_spaces() {
     let rows = vec![
-        vec![Cell::plain("a"), Cell::plain("long value"), Cell::plain("x")],
+        vec![
+            Cell::plain("a"),
+            Cell::plain("long value"),
+            Cell::plain("x"),
+        ],
         vec![Cell::plain("bbbb"), Cell::plain("v"), Cell::plain("")],
     ];
     assert_eq!(
@@ -191,13 +201,19 @@ fn list_table_shows_short_id_age_trigger_and_changes() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0], "ID        AGE     TRIGGER      CHANGES   MESSAGE");
-    assert_eq!(lines[1], "01234567  3m ago  pre-restore  +2 ~1 -0  [pinned] before restore");
+    assert_eq!(
+        lines[1],
+        "01234567  3m ago  pre-restore  +2 ~1 -0  [pinned] before restore"
+    );
 }
 
 #[test]
 fn colour_codes_appear_only_when_enabled() {
     assert_eq!(PLAIN.paint("x", Colour::Red), "x");
-    assert_eq!(Palette { enabled: true }.paint("x", Colour::Red), "\x1b[31mx\x1b[0m");
+    assert_eq!(
+        Palette { enabled: true }.paint("x", Colour::Red),
+        "\x1b[31mx\x1b[0m"
+    );
 }
 
 #[test]

@@ -14,7 +14,9 @@ pub fn status(e: Error) -> tonic::Status {
     match e {
         Error::NotFound(_) => tonic::Status::not_found(msg),
         Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-        Error::FailedPrecondition(_) | Error::Locked { .. } => tonic::Status::failed_precondition(msg),
+        Error::FailedPrecondition(_) | Error::Locked { .. } => {
+            tonic::Status::failed_precondition(msg)
+        }
         Error::Corrupt(_) => tonic::Status::data_loss(msg),
         Error::ShuttingDown => tonic::Status::unavailable(msg),
         Error::DiskFull { .. } => tonic::Status::resource_exhausted(msg),
@@ -93,7 +95,13 @@ pub fn workspace(w: &WorkspaceRecord, excluded: &[(Vec<u8>, String)]) -> pb::Wor
         max_delay_ms: w.max_delay_ms,
         include_dependency_dirs: w.include_dependency_dirs,
         created_unix_ms: w.created_us / 1000,
-        excluded: excluded.iter().map(|(p, r)| pb::ExcludedDir { path: p.clone(), reason: r.clone() }).collect(),
+        excluded: excluded
+            .iter()
+            .map(|(p, r)| pb::ExcludedDir {
+                path: p.clone(),
+                reason: r.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -139,7 +147,10 @@ pub fn diff_entry(e: &DiffEntry) -> pb::DiffEntry {
 pub fn restore_summary(s: &RestoreSummary) -> pb::RestoreSummary {
     pb::RestoreSummary {
         snapshot: format!("{:016x}", s.snapshot),
-        pre_restore_snapshot: s.pre_restore_snapshot.map(|p| format!("{p:016x}")).unwrap_or_default(),
+        pre_restore_snapshot: s
+            .pre_restore_snapshot
+            .map(|p| format!("{p:016x}"))
+            .unwrap_or_default(),
         added: s.added,
         modified: s.modified,
         deleted: s.deleted,
@@ -155,7 +166,7 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_000_000_123_456), "2026-11-18T08:26:40.123Z");
+        assert_eq!(rfc3339(1_795_000_000_123_456), "2026-11-18T11:06:40.123Z");
         assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
     }
 }

@@ -21,7 +21,6 @@ use tonic::{Request, Response, Status};
 use self::convert::status;
 use crate::engine::{Engine, EngineEvent, WatchState};
 use crate::error::{Error, Result};
-use crate::store::Kind;
 use crate::workspace::WatchOptions;
 use crate::workspace::restore::RestoreOptions;
 
@@ -40,7 +39,10 @@ impl Service {
     }
 
     /// Runs `f` on the blocking pool.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> Result<T> + Send + 'static) -> Result<T, Status> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
         let engine = self.engine.clone();
         match tokio::task::spawn_blocking(move || f(&engine)).await {
             Ok(r) => r.map_err(status),
@@ -61,12 +63,20 @@ fn paths(engine: &Engine) -> Result<HashMap<u64, String>> {
 }
 
 fn snap(engine: &Engine, s: &crate::store::catalog::SnapshotRecord) -> Result<pb::Snapshot> {
-    let path = engine.store.cat.workspace(s.workspace)?.map(|w| String::from_utf8_lossy(&w.path).into_owned()).unwrap_or_default();
+    let path = engine
+        .store
+        .cat
+        .workspace(s.workspace)?
+        .map(|w| String::from_utf8_lossy(&w.path).into_owned())
+        .unwrap_or_default();
     Ok(convert::snapshot(s, &path))
 }
 
 fn excluded_of(ws: &crate::workspace::Workspace) -> Vec<(Vec<u8>, String)> {
-    ws.excluded().iter().map(|(p, why)| (p.clone(), why.describe())).collect()
+    ws.excluded()
+        .iter()
+        .map(|(p, why)| (p.clone(), why.describe()))
+        .collect()
 }
 
 /// `ms` from a request, or the default.
@@ -77,7 +87,10 @@ fn ms_or(ms: u64, default: u64) -> u64 {
 #[tonic::async_trait]
 impl Chkpt for Service {
     #[tracing::instrument(skip_all)]
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let resp = self
             .blocking(|e| {
                 let mut workspaces = Vec::new();
@@ -85,7 +98,13 @@ impl Chkpt for Service {
                     let (record, excluded) = match h.ws.try_lock() {
                         Ok(ws) => (ws.record().clone(), excluded_of(&ws)),
                         // A save is running: answer from the catalog rather than wait.
-                        Err(_) => (e.store.cat.workspace(h.id)?.unwrap_or_else(|| unreachable_record(h.id)), Vec::new()),
+                        Err(_) => (
+                            e.store
+                                .cat
+                                .workspace(h.id)?
+                                .unwrap_or_else(|| unreachable_record(h.id)),
+                            Vec::new(),
+                        ),
                     };
                     let (state, detail) = match h.state() {
                         WatchState::Watching => (pb::WorkspaceState::Watching, String::new()),
@@ -129,7 +148,10 @@ impl Chkpt for Service {
     }
 
     #[tracing::instrument(skip_all, fields(path = %req.get_ref().path))]
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<pb::WatchResponse>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<pb::WatchResponse>, Status> {
         let r = req.into_inner();
         let engine = self.engine.clone();
         let resp = self
@@ -140,10 +162,15 @@ impl Chkpt for Service {
                     include_dependency_dirs: r.include_dependency_dirs,
                 };
                 if r.path.is_empty() || r.path.as_bytes().contains(&0) {
-                    return Err(Error::InvalidArgument("watch needs the absolute path of a folder".into()));
+                    return Err(Error::InvalidArgument(
+                        "watch needs the absolute path of a folder".into(),
+                    ));
                 }
                 let (record, baseline) = engine.watch(&PathBuf::from(&r.path), opts)?;
-                let excluded = e.handle_for(&r.path).map(|h| excluded_of(&h.workspace())).unwrap_or_default();
+                let excluded = e
+                    .handle_for(&r.path)
+                    .map(|h| excluded_of(&h.workspace()))
+                    .unwrap_or_default();
                 let path = String::from_utf8_lossy(&record.path).into_owned();
                 Ok(pb::WatchResponse {
                     workspace: Some(convert::workspace(&record, &excluded)),
@@ -155,18 +182,26 @@ impl Chkpt for Service {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn unwatch(&self, req: Request<pb::UnwatchRequest>) -> Result<Response<pb::UnwatchResponse>, Status> {
+    async fn unwatch(
+        &self,
+        req: Request<pb::UnwatchRequest>,
+    ) -> Result<Response<pb::UnwatchResponse>, Status> {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
                 let record = e.unwatch(&r.path)?;
-                Ok(pb::UnwatchResponse { workspace: Some(convert::workspace(&record, &[])) })
+                Ok(pb::UnwatchResponse {
+                    workspace: Some(convert::workspace(&record, &[])),
+                })
             })
             .await?;
         Ok(Response::new(resp))
     }
 
-    async fn list_workspaces(&self, _req: Request<pb::ListWorkspacesRequest>) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
+    async fn list_workspaces(
+        &self,
+        _req: Request<pb::ListWorkspacesRequest>,
+    ) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
         let resp = self
             .blocking(|e| {
                 let workspaces = e
@@ -174,7 +209,11 @@ impl Chkpt for Service {
                     .iter()
                     .map(|h| match h.ws.try_lock() {
                         Ok(ws) => convert::workspace(ws.record(), &excluded_of(&ws)),
-                        Err(_) => pb::Workspace { path: h.root.display().to_string(), id: h.id, ..Default::default() },
+                        Err(_) => pb::Workspace {
+                            path: h.root.display().to_string(),
+                            id: h.id,
+                            ..Default::default()
+                        },
                     })
                     .collect();
                 Ok(pb::ListWorkspacesResponse { workspaces })
@@ -184,18 +223,27 @@ impl Chkpt for Service {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn save(&self, req: Request<pb::SaveRequest>) -> Result<Response<pb::SaveResponse>, Status> {
+    async fn save(
+        &self,
+        req: Request<pb::SaveRequest>,
+    ) -> Result<Response<pb::SaveResponse>, Status> {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
                 let out = e.save(&r.workspace, &r.message, r.pin)?;
-                Ok(pb::SaveResponse { snapshot: Some(snap(e, &out.snapshot)?), created: out.created })
+                Ok(pb::SaveResponse {
+                    snapshot: Some(snap(e, &out.snapshot)?),
+                    created: out.created,
+                })
             })
             .await?;
         Ok(Response::new(resp))
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
@@ -203,9 +251,17 @@ impl Chkpt for Service {
                 let paths = paths(e)?;
                 let snapshots = snaps
                     .iter()
-                    .map(|s| convert::snapshot(s, paths.get(&s.workspace).map(String::as_str).unwrap_or("")))
+                    .map(|s| {
+                        convert::snapshot(
+                            s,
+                            paths.get(&s.workspace).map(String::as_str).unwrap_or(""),
+                        )
+                    })
                     .collect();
-                Ok(pb::ListResponse { snapshots, next_page_token: next })
+                Ok(pb::ListResponse {
+                    snapshots,
+                    next_page_token: next,
+                })
             })
             .await?;
         Ok(Response::new(resp))
@@ -223,7 +279,10 @@ impl Chkpt for Service {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+    async fn diff(
+        &self,
+        req: Request<pb::DiffRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
@@ -241,7 +300,10 @@ impl Chkpt for Service {
     type RestoreStream = Stream_<pb::RestoreEvent>;
 
     #[tracing::instrument(skip_all)]
-    async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<Self::RestoreStream>, Status> {
+    async fn restore(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<Self::RestoreStream>, Status> {
         let r = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
@@ -268,7 +330,11 @@ impl Chkpt for Service {
                 }
             };
             let res = engine.restore(&r.workspace, &r.snapshot, opts, &mut progress);
-            let msg = res.map(|s| pb::RestoreEvent { event: Some(pb::restore_event::Event::Summary(convert::restore_summary(&s))) });
+            let msg = res.map(|s| pb::RestoreEvent {
+                event: Some(pb::restore_event::Event::Summary(convert::restore_summary(
+                    &s,
+                ))),
+            });
             let _ = tx.blocking_send(msg.map_err(status));
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -276,15 +342,28 @@ impl Chkpt for Service {
 
     type ReadFileStream = Stream_<pb::FileChunk>;
 
-    async fn read_file(&self, req: Request<pb::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+    async fn read_file(
+        &self,
+        req: Request<pb::ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
         let r = req.into_inner();
-        let (_, entry) = self.blocking(move |e| e.entry_at(&r.workspace, &r.snapshot, &r.path)).await?;
+        let (_, entry) = self
+            .blocking(move |e| e.entry_at(&r.workspace, &r.snapshot, &r.path))
+            .await?;
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
-            let total = if entry.kind == Kind::Symlink { entry.size } else { entry.size };
-            let mut w = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK), offset: 0, total };
-            let res = engine.store.read_into(&entry.id, &mut w).and_then(|_| w.flush().map_err(|e| Error::io("(stream)", e)));
+            let mut w = ChunkWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+                offset: 0,
+                total: entry.size,
+                sent: false,
+            };
+            let res = engine
+                .store
+                .read_into(&entry.id, &mut w)
+                .and_then(|_| w.flush().map_err(|e| Error::io("(stream)", e)));
             if let Err(e) = res {
                 let _ = tx.blocking_send(Err(status(e)));
             }
@@ -300,7 +379,11 @@ impl Chkpt for Service {
                     .log(&r.workspace, &r.path, r.limit as usize)?
                     .iter()
                     .map(|(s, c, size)| {
-                        let mut le = pb::LogEntry { snapshot: Some(snap(e, s)?), change: 0, size: *size };
+                        let mut le = pb::LogEntry {
+                            snapshot: Some(snap(e, s)?),
+                            change: 0,
+                            size: *size,
+                        };
                         le.set_change(convert::change(*c));
                         Ok(le)
                     })
@@ -312,12 +395,18 @@ impl Chkpt for Service {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
                 let (deleted, reclaimed) = e.delete(&r.workspace, &r.snapshots)?;
-                Ok(pb::DeleteResponse { deleted: deleted.iter().map(|s| s.hex_id()).collect(), reclaimed_bytes: reclaimed })
+                Ok(pb::DeleteResponse {
+                    deleted: deleted.iter().map(|s| s.hex_id()).collect(),
+                    reclaimed_bytes: reclaimed,
+                })
             })
             .await?;
         Ok(Response::new(resp))
@@ -325,18 +414,25 @@ impl Chkpt for Service {
 
     async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::Snapshot>, Status> {
         let r = req.into_inner();
-        let resp = self.blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot, true)?)).await?;
+        let resp = self
+            .blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot, true)?))
+            .await?;
         Ok(Response::new(resp))
     }
 
     async fn unpin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::Snapshot>, Status> {
         let r = req.into_inner();
-        let resp = self.blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot, false)?)).await?;
+        let resp = self
+            .blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot, false)?))
+            .await?;
         Ok(Response::new(resp))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn prune(&self, req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneResponse>, Status> {
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
@@ -351,20 +447,37 @@ impl Chkpt for Service {
                 let removed = decisions.iter().filter(|d| !d.1).count() as u32;
                 let decisions = decisions
                     .iter()
-                    .map(|(s, keep, reason)| Ok(pb::PruneDecision { snapshot: Some(snap(e, s)?), keep: *keep, reason: reason.clone() }))
+                    .map(|(s, keep, reason)| {
+                        Ok(pb::PruneDecision {
+                            snapshot: Some(snap(e, s)?),
+                            keep: *keep,
+                            reason: reason.clone(),
+                        })
+                    })
                     .collect::<Result<_>>()?;
-                Ok(pb::PruneResponse { decisions, removed: if r.dry_run { 0 } else { removed }, reclaimed_bytes: reclaimed })
+                Ok(pb::PruneResponse {
+                    decisions,
+                    removed: if r.dry_run { 0 } else { removed },
+                    reclaimed_bytes: reclaimed,
+                })
             })
             .await?;
         Ok(Response::new(resp))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
-                let only = if r.workspace.is_empty() { None } else { Some(e.record_for(&r.workspace)?.id) };
+                let only = if r.workspace.is_empty() {
+                    None
+                } else {
+                    Some(e.record_for(&r.workspace)?.id)
+                };
                 let report = e.store.verify(only)?;
                 Ok(pb::VerifyResponse {
                     blobs_checked: report.objects_checked,
@@ -389,7 +502,10 @@ impl Chkpt for Service {
 
     type EventsStream = Stream_<pb::Event>;
 
-    async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
         let r = req.into_inner();
         let filter = if r.workspace.is_empty() {
             None
@@ -398,20 +514,48 @@ impl Chkpt for Service {
             Some(self.blocking(move |e| e.record_for(&path)).await?.id)
         };
         let engine = self.engine.clone();
-        let stream = tokio_stream::StreamExt::filter_map(BroadcastStream::new(self.engine.subscribe()), move |item| {
-            let ev = item.ok()?;
-            let (ws, kind) = match ev {
-                EngineEvent::SnapshotTaken(s) => (s.workspace, pb::event::Kind::SnapshotTaken(pb::SnapshotTaken { snapshot: snap(&engine, &s).ok() })),
-                EngineEvent::RestoreDone(w, s) => (w, pb::event::Kind::RestoreDone(pb::RestoreDone { summary: Some(convert::restore_summary(&s)) })),
-                EngineEvent::Rescan(w, reason) => (w, pb::event::Kind::Rescan(pb::Rescan { reason })),
-                EngineEvent::Warning(w, message) => (w, pb::event::Kind::Warning(pb::Warning { message })),
-            };
-            if filter.is_some_and(|f| f != ws) {
-                return None;
-            }
-            let workspace = engine.store.cat.workspace(ws).ok().flatten().map(|w| String::from_utf8_lossy(&w.path).into_owned()).unwrap_or_default();
-            Some(Ok(pb::Event { unix_ms: crate::workspace::now_us() / 1000, workspace, kind: Some(kind) }))
-        });
+        let stream = tokio_stream::StreamExt::filter_map(
+            BroadcastStream::new(self.engine.subscribe()),
+            move |item| {
+                let ev = item.ok()?;
+                let (ws, kind) = match ev {
+                    EngineEvent::SnapshotTaken(s) => (
+                        s.workspace,
+                        pb::event::Kind::SnapshotTaken(pb::SnapshotTaken {
+                            snapshot: snap(&engine, &s).ok(),
+                        }),
+                    ),
+                    EngineEvent::RestoreDone(w, s) => (
+                        w,
+                        pb::event::Kind::RestoreDone(pb::RestoreDone {
+                            summary: Some(convert::restore_summary(&s)),
+                        }),
+                    ),
+                    EngineEvent::Rescan(w, reason) => {
+                        (w, pb::event::Kind::Rescan(pb::Rescan { reason }))
+                    }
+                    EngineEvent::Warning(w, message) => {
+                        (w, pb::event::Kind::Warning(pb::Warning { message }))
+                    }
+                };
+                if filter.is_some_and(|f| f != ws) {
+                    return None;
+                }
+                let workspace = engine
+                    .store
+                    .cat
+                    .workspace(ws)
+                    .ok()
+                    .flatten()
+                    .map(|w| String::from_utf8_lossy(&w.path).into_owned())
+                    .unwrap_or_default();
+                Some(Ok(pb::Event {
+                    unix_ms: crate::workspace::now_us() / 1000,
+                    workspace,
+                    kind: Some(kind),
+                }))
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -436,6 +580,7 @@ struct ChunkWriter {
     buf: Vec<u8>,
     offset: u64,
     total: u64,
+    sent: bool,
 }
 
 impl Write for ChunkWriter {
@@ -448,15 +593,23 @@ impl Write for ChunkWriter {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() && self.offset > 0 {
+        // An empty file is still one (empty) chunk.
+        if self.buf.is_empty() && self.sent {
             return Ok(());
         }
+        self.sent = true;
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         let len = data.len() as u64;
         self.tx
-            .blocking_send(Ok(pb::FileChunk { data, offset: self.offset, total_size: self.total }))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
-        self.offset += len.max(1);
+            .blocking_send(Ok(pb::FileChunk {
+                data,
+                offset: self.offset,
+                total_size: self.total,
+            }))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })?;
+        self.offset += len;
         Ok(())
     }
 }

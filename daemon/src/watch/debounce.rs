@@ -15,7 +15,12 @@ pub struct Debouncer {
 impl Debouncer {
     /// A debouncer with the given quiet period and maximum wait.
     pub fn new(idle: Duration, max_delay: Duration) -> Debouncer {
-        Debouncer { idle, max_delay: max_delay.max(idle), first: None, last: None }
+        Debouncer {
+            idle,
+            max_delay: max_delay.max(idle),
+            first: None,
+            last: None,
+        }
     }
 
     /// A change arrived at `now`.

@@ -48,7 +48,9 @@ pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) {
         .spawn(move || run(engine, handle, tx, rx));
     match thread {
         Ok(t) => *h.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
-        Err(e) => h.set_state(WatchState::Failed(format!("could not start the watcher thread: {e}"))),
+        Err(e) => h.set_state(WatchState::Failed(format!(
+            "could not start the watcher thread: {e}"
+        ))),
     }
 }
 
@@ -102,13 +104,19 @@ fn run(engine: Arc<Engine>, h: Arc<WsHandle>, tx: SyncSender<Msg>, rx: mpsc::Rec
     let (idle, max_delay, rules) = {
         let ws = h.workspace();
         let r = ws.record();
-        (Duration::from_millis(r.idle_ms), Duration::from_millis(r.max_delay_ms), ws.rules().clone())
+        (
+            Duration::from_millis(r.idle_ms),
+            Duration::from_millis(r.max_delay_ms),
+            ws.rules().clone(),
+        )
     };
     let mut debounce = Debouncer::new(idle, max_delay);
     let mut watcher: Option<RecommendedWatcher> = None;
     let mut poll: Option<Duration> = None;
     let mut next_poll = Instant::now();
-    let connect = |h: &WsHandle, watcher: &mut Option<RecommendedWatcher>, poll: &mut Option<Duration>| {
+    let connect = |h: &WsHandle,
+                   watcher: &mut Option<RecommendedWatcher>,
+                   poll: &mut Option<Duration>| {
         match make_watcher(&h.root, tx.clone()) {
             Ok(w) => {
                 *watcher = Some(w);
@@ -140,12 +148,18 @@ fn run(engine: Arc<Engine>, h: Arc<WsHandle>, tx: SyncSender<Msg>, rx: mpsc::Rec
     }
     loop {
         let now = Instant::now();
-        let mut wait = debounce.deadline().map(|d| d.saturating_duration_since(now)).unwrap_or(Duration::from_secs(3600));
+        let mut wait = debounce
+            .deadline()
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(3600));
         if let Some(p) = poll {
             if now >= next_poll {
                 next_poll = now + p;
                 if !h.root.is_dir() {
-                    h.set_state(WatchState::Failed(format!("the folder {} is gone", h.root.display())));
+                    h.set_state(WatchState::Failed(format!(
+                        "the folder {} is gone",
+                        h.root.display()
+                    )));
                 } else {
                     if watcher.is_none() && matches!(h.state(), WatchState::Failed(_)) {
                         connect(&h, &mut watcher, &mut poll);
@@ -165,7 +179,12 @@ fn run(engine: Arc<Engine>, h: Arc<WsHandle>, tx: SyncSender<Msg>, rx: mpsc::Rec
             Err(RecvTimeoutError::Timeout) => {}
         }
         if OVERFLOW.swap(false, Ordering::SeqCst) {
-            on_rescan(&engine, &h, "events were dropped (channel full)".into(), &mut debounce);
+            on_rescan(
+                &engine,
+                &h,
+                "events were dropped (channel full)".into(),
+                &mut debounce,
+            );
         }
         if h.stopping.load(Ordering::SeqCst) {
             break;
@@ -173,7 +192,10 @@ fn run(engine: Arc<Engine>, h: Arc<WsHandle>, tx: SyncSender<Msg>, rx: mpsc::Rec
         if debounce.due(Instant::now()) {
             debounce.reset();
             if !h.root.is_dir() {
-                h.set_state(WatchState::Failed(format!("the folder {} is gone", h.root.display())));
+                h.set_state(WatchState::Failed(format!(
+                    "the folder {} is gone",
+                    h.root.display()
+                )));
                 watcher = None;
                 poll = Some(GONE_RECHECK);
                 next_poll = Instant::now() + GONE_RECHECK;

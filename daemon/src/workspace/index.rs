@@ -106,9 +106,7 @@ impl Index {
     pub fn get(&self, path: &[u8]) -> Option<&Node> {
         let mut dir = &self.root;
         let mut comps = components(path).peekable();
-        if comps.peek().is_none() {
-            return None;
-        }
+        comps.peek()?;
         while let Some(c) = comps.next() {
             let node = dir.children.get(c)?;
             if comps.peek().is_none() {

@@ -193,10 +193,11 @@ impl Rules {
             }
             parent = split_last(parent).0;
         }
-        if is_dir && !self.include_dependency_dirs {
-            if let Some(why) = self.dir_rules(rel).dependency {
-                return Some(Exclusion::Dependency(why));
-            }
+        if is_dir
+            && !self.include_dependency_dirs
+            && let Some(why) = self.dir_rules(rel).dependency
+        {
+            return Some(Exclusion::Dependency(why));
         }
         None
     }

@@ -111,6 +111,9 @@ pub struct ScanResult {
     pub warnings: Vec<String>,
 }
 
+/// Dependency folders left out by a walk, with the reason.
+type Excluded = Vec<(Vec<u8>, Exclusion)>;
+
 /// Walks `start` (relative to `root`, empty for the whole workspace) in parallel, applying
 /// `rules` to every entry below it.
 pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> ScanResult {
@@ -123,7 +126,7 @@ pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> Sc
             Vec::new()
         }
     };
-    let excluded: Arc<Mutex<Vec<(Vec<u8>, Exclusion)>>> = Arc::default();
+    let excluded: Arc<Mutex<Excluded>> = Arc::default();
     let mut builder = WalkBuilder::new(abs(root, start));
     {
         let rules = rules.clone();

@@ -1,0 +1,520 @@
+//! The `chkptctl` command line: clap definitions and one function per
+//! subcommand. Its shape is a contract that scripts depend on.
+#![allow(clippy::print_stdout)] // printing is the client's job
+
+use std::{
+    io::{self, IsTerminal, Write},
+    os::unix::ffi::OsStringExt,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use chkpt_proto::v1;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+mod commands;
+
+use crate::{
+    connect::{self, Client, Error},
+    output::{self, Palette},
+};
+
+/// Talk to chkptd, the daemon that checkpoints your workspaces.
+#[derive(Debug, Parser)]
+#[command(name = "chkptctl", version, propagate_version = true)]
+pub struct Cli {
+    /// Socket of chkptd [default: $XDG_RUNTIME_DIR/chkpt/chkptd.sock, else /tmp/chkpt-<uid>/chkptd.sock]
+    #[arg(long, global = true, env = connect::SOCKET_ENV, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    /// Workspace to act on (any path inside it) [default: the current directory]
+    #[arg(short, long, global = true, value_name = "PATH")]
+    workspace: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the daemon's health and the state of every watched workspace
+    Status,
+    /// List the watched workspaces, newest first
+    Workspaces,
+    /// Start watching a directory and take its baseline snapshot
+    Watch(WatchArgs),
+    /// Stop watching a directory (its snapshots are kept)
+    Unwatch {
+        /// Directory to stop watching [default: the workspace]
+        path: Option<PathBuf>,
+    },
+    /// Take a snapshot now and print its id
+    Save {
+        /// Message to attach to the snapshot
+        #[arg(short, long, value_name = "MSG")]
+        message: Option<String>,
+        /// Pin the snapshot so pruning never removes it
+        #[arg(long)]
+        pin: bool,
+    },
+    /// List snapshots, newest first
+    List {
+        /// Show at most N snapshots
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// List the snapshots of all workspaces
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show every detail of one snapshot
+    Show {
+        /// Snapshot: id, id prefix, latest, latest~N, @2h, @2026-11-24T10:00
+        snap: String,
+    },
+    /// List the snapshots in which a file or directory changed
+    Log {
+        /// File or directory in the workspace
+        path: PathBuf,
+    },
+    /// Compare snapshots: latest vs the working tree, SNAP vs the working tree, or SNAP vs SNAP2
+    Diff {
+        /// Older side [default: latest]
+        snap: Option<String>,
+        /// Newer side [default: the working tree]
+        snap2: Option<String>,
+    },
+    /// Write a file as it was in a snapshot to stdout
+    Cat {
+        /// Snapshot selector
+        snap: String,
+        /// File in the workspace
+        path: PathBuf,
+    },
+    /// Restore a snapshot, or some paths of it (the current state is saved first)
+    Restore {
+        /// Snapshot selector
+        snap: String,
+        /// Files or directories to restore [default: everything]
+        paths: Vec<PathBuf>,
+        /// Only show what would change
+        #[arg(long)]
+        dry_run: bool,
+        /// Restore into this directory instead of in place
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
+    /// Undo the last restore (restore the snapshot taken just before it)
+    Undo,
+    /// Delete snapshots
+    Delete {
+        /// Snapshot selectors
+        #[arg(required = true)]
+        snaps: Vec<String>,
+    },
+    /// Pin a snapshot so pruning never removes it
+    Pin {
+        /// Snapshot selector
+        snap: String,
+    },
+    /// Remove the pin from a snapshot
+    Unpin {
+        /// Snapshot selector
+        snap: String,
+    },
+    /// Remove old snapshots by a retention policy (unset options use the daemon's policy)
+    Prune(PruneArgs),
+    /// Check the integrity of the store (only the workspace's snapshots with -w)
+    Verify,
+    /// Start or stop chkptd
+    Daemon {
+        #[command(subcommand)]
+        action: DaemonAction,
+    },
+    /// Print a shell completion script
+    Completions {
+        /// Shell to complete for
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Directory to watch [default: the workspace]
+    path: Option<PathBuf>,
+    /// Quiet period after the last change before a snapshot, in seconds
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    idle: Option<u64>,
+    /// Longest wait for a snapshot while changes keep coming, in seconds
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    max_delay: Option<u64>,
+    /// Snapshot dependency and build folders (node_modules, target, ...) too
+    #[arg(long)]
+    include_deps: bool,
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Keep the newest N snapshots
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N weeks
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_weekly: Option<u32>,
+    /// Keep every snapshot younger than this, e.g. 90m, 2h, 3d, 1w, 1d12h
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within: Option<u64>,
+    /// Only show what would be removed
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DaemonAction {
+    /// Start chkptd in the background unless it is already running
+    Start,
+    /// Stop chkptd and wait until it is gone
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Parses seconds (`2`, `0.5`) into whole milliseconds, at least 1.
+fn parse_secs(text: &str) -> Result<u64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    let ms = (secs * 1000.0).round();
+    // 1e12 ms is about 31 years: far beyond any useful delay, well inside u64.
+    if !(1.0..=1e12).contains(&ms) {
+        return Err(format!(
+            "`{text}` must be between 0.001 and 1000000000 seconds"
+        ));
+    }
+    Ok(ms as u64)
+}
+
+/// Parses a duration such as `90m`, `2h`, `3d`, `1w` or `1d12h` into seconds.
+fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a duration like 90s, 30m, 2h, 3d, 1w or 1d12h");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|secs| total.checked_add(secs))
+            .ok_or_else(|| format!("`{text}` is too long"))?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// Runs `chkptctl` and returns its exit code; the whole of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start the async runtime", e))
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`chkptctl list | head`): nothing left to say.
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// What every subcommand needs: where the daemon is, how to print.
+#[derive(Debug)]
+struct Ctx {
+    socket: PathBuf,
+    json: bool,
+    workspace: Option<PathBuf>,
+    palette: Palette,
+    /// Whether progress bars and spinners may be drawn (stderr is a terminal).
+    progress: bool,
+}
+
+impl Ctx {
+    async fn client(&self) -> Result<Client, Error> {
+        Client::connect(&self.socket).await
+    }
+
+    /// The workspace to send: `-w` made absolute, else the current directory.
+    fn workspace(&self) -> Result<String, Error> {
+        path_string(self.workspace.as_deref().unwrap_or(Path::new(".")))
+    }
+
+    fn print(&self, text: &str) -> Result<(), Error> {
+        let mut out = io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::io("write to stdout", e))
+    }
+
+    fn print_json(&self, value: &Value) -> Result<(), Error> {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|e| Error::Failed(format!("cannot encode the JSON output: {e}")))?;
+        self.print(&format!("{text}\n"))
+    }
+
+    /// Prints `value` with `--json`, else the text `human` makes.
+    fn emit(
+        &self,
+        value: impl FnOnce() -> Value,
+        human: impl FnOnce() -> String,
+    ) -> Result<(), Error> {
+        if self.json {
+            self.print_json(&value())
+        } else {
+            self.print(&human())
+        }
+    }
+}
+
+/// `path` joined onto the current directory; not canonicalized, so the daemon
+/// sees the path the user meant even through symlinks.
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|e| {
+        Error::io(
+            format!(
+                "make {} absolute (is the current directory gone?)",
+                path.display()
+            ),
+            e,
+        )
+    })
+}
+
+/// An absolute path for a `string` field of the protocol.
+fn path_string(path: &Path) -> Result<String, Error> {
+    absolute(path)?.into_os_string().into_string().map_err(|p| {
+        Error::Usage(format!(
+            "{} is not valid UTF-8, which chkptd needs here",
+            p.display()
+        ))
+    })
+}
+
+/// An absolute path for a `bytes` field of the protocol (any file name works).
+fn path_bytes(path: &Path) -> Result<Vec<u8>, Error> {
+    Ok(absolute(path)?.into_os_string().into_vec())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let socket = match &cli.socket {
+        Some(path) => absolute(path)?,
+        None => connect::default_socket_path(),
+    };
+    let colour = io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
+    let ctx = Ctx {
+        socket,
+        json: cli.json,
+        workspace: cli.workspace,
+        palette: Palette { enabled: colour },
+        progress: io::stderr().is_terminal(),
+    };
+    let now = now_ms();
+    let p = ctx.palette;
+    match cli.command {
+        Command::Status => {
+            let status = ctx.client().await?.status().await?;
+            if status.protocol != chkpt_proto::PROTOCOL_VERSION {
+                eprintln!(
+                    "warning: chkptd {} speaks protocol {}, chkptctl speaks {}: restart it with \
+                     `chkptctl daemon stop && chkptctl daemon start`",
+                    status.version,
+                    status.protocol,
+                    chkpt_proto::PROTOCOL_VERSION
+                );
+            }
+            ctx.emit(
+                || output::status_json(&status),
+                || output::status_text(p, now, &status),
+            )
+        }
+        Command::Workspaces => {
+            let mut workspaces = ctx.client().await?.list_workspaces().await?;
+            workspaces.sort_by_key(|w| std::cmp::Reverse(w.created_unix_ms));
+            ctx.emit(
+                || workspaces.iter().map(output::workspace_json).collect(),
+                || output::workspaces_text(p, now, &workspaces),
+            )
+        }
+        Command::Watch(args) => commands::watch(&ctx, args).await,
+        Command::Unwatch { path } => {
+            let path = match path {
+                Some(path) => path_string(&path)?,
+                None => ctx.workspace()?,
+            };
+            let response = ctx.client().await?.unwatch(path).await?;
+            let ws = response.workspace.unwrap_or_default();
+            ctx.emit(
+                || output::workspace_json(&ws),
+                || format!("stopped watching {}; its snapshots are kept\n", ws.path),
+            )
+        }
+        Command::Save { message, pin } => {
+            commands::save(&ctx, message.unwrap_or_default(), pin).await
+        }
+        Command::List { limit, all } => {
+            let workspace = if all { String::new() } else { ctx.workspace()? };
+            let limit = limit.map(|l| l as usize);
+            let snapshots = ctx.client().await?.list(workspace, all, limit).await?;
+            ctx.emit(
+                || snapshots.iter().map(output::snapshot_json).collect(),
+                || output::snapshot_table(p, now, &snapshots, all),
+            )
+        }
+        Command::Show { snap } => {
+            let snapshot = ctx.client().await?.get(ctx.workspace()?, snap).await?;
+            ctx.emit(
+                || output::snapshot_json(&snapshot),
+                || output::snapshot_details(p, now, &snapshot),
+            )
+        }
+        Command::Log { path } => {
+            let req = v1::LogRequest {
+                workspace: ctx.workspace()?,
+                path: path_bytes(&path)?,
+                limit: 0,
+            };
+            let entries = ctx.client().await?.log(req).await?;
+            ctx.emit(
+                || output::log_json(&entries),
+                || output::log_table(p, now, &entries),
+            )
+        }
+        Command::Diff { snap, snap2 } => {
+            let req = v1::DiffRequest {
+                workspace: ctx.workspace()?,
+                from: snap.unwrap_or_default(),
+                to: snap2.unwrap_or_default(),
+            };
+            let diff = ctx.client().await?.diff(req).await?;
+            ctx.emit(
+                || output::diff_json(&diff.entries),
+                || output::diff_lines(p, &diff.entries),
+            )
+        }
+        Command::Cat { snap, path } => commands::cat(&ctx, snap, &path).await,
+        Command::Restore {
+            snap,
+            paths,
+            dry_run,
+            to,
+        } => {
+            let req = v1::RestoreRequest {
+                workspace: ctx.workspace()?,
+                snapshot: snap,
+                paths: paths
+                    .iter()
+                    .map(|p| path_bytes(p))
+                    .collect::<Result<_, _>>()?,
+                dry_run,
+                to: to
+                    .as_deref()
+                    .map(path_string)
+                    .transpose()?
+                    .unwrap_or_default(),
+            };
+            let summary = commands::restore(&ctx, &mut ctx.client().await?, req).await?;
+            ctx.emit(
+                || output::restore_json(&summary, dry_run),
+                || output::restore_text(p, &summary, dry_run),
+            )
+        }
+        Command::Undo => commands::undo(&ctx).await,
+        Command::Delete { snaps } => {
+            let req = v1::DeleteRequest {
+                workspace: ctx.workspace()?,
+                snapshots: snaps,
+            };
+            let deleted = ctx.client().await?.delete(req).await?;
+            ctx.emit(
+                || json!({ "deleted": deleted.deleted, "reclaimed_bytes": deleted.reclaimed_bytes }),
+                || {
+                    let mut text: String = deleted.deleted.iter().map(|id| format!("deleted {id}\n")).collect();
+                    text.push_str(&format!("freed {}\n", output::human_bytes(deleted.reclaimed_bytes)));
+                    text
+                },
+            )
+        }
+        Command::Pin { snap } => commands::set_pin(&ctx, snap, true).await,
+        Command::Unpin { snap } => commands::set_pin(&ctx, snap, false).await,
+        Command::Prune(args) => {
+            let req = v1::PruneRequest {
+                workspace: ctx.workspace()?,
+                dry_run: args.dry_run,
+                keep_last: args.keep_last.unwrap_or(0),
+                keep_hourly: args.keep_hourly.unwrap_or(0),
+                keep_daily: args.keep_daily.unwrap_or(0),
+                keep_weekly: args.keep_weekly.unwrap_or(0),
+                keep_within_secs: args.keep_within.unwrap_or(0),
+            };
+            let pruned = ctx.client().await?.prune(req).await?;
+            ctx.emit(
+                || output::prune_json(&pruned, args.dry_run),
+                || output::prune_text(p, now, &pruned, args.dry_run),
+            )
+        }
+        Command::Verify => commands::verify(&ctx).await,
+        Command::Daemon { action } => commands::daemon_action(&ctx, action).await,
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "chkptctl", &mut script);
+            ctx.print(&String::from_utf8_lossy(&script))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

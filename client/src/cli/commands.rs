@@ -1,0 +1,289 @@
+//! The subcommands that do more than one call and print: streams, spinners,
+//! process control.
+
+use std::{
+    io::{self, Write},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use chkpt_proto::v1::{self, Trigger, restore_event};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use super::{Ctx, DaemonAction, WatchArgs, path_bytes, path_string};
+use crate::{
+    connect::{Client, Error},
+    daemon,
+    output::{self, Colour},
+};
+
+pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
+    let path = match &args.path {
+        Some(path) => path_string(path)?,
+        None => ctx.workspace()?,
+    };
+    let req = v1::WatchRequest {
+        path,
+        idle_ms: args.idle.unwrap_or(0),
+        max_delay_ms: args.max_delay.unwrap_or(0),
+        include_dependency_dirs: args.include_deps,
+    };
+    let response = ctx.client().await?.watch(req).await?;
+    let ws = response.workspace.unwrap_or_default();
+    let baseline = response.baseline.unwrap_or_default();
+    ctx.emit(
+        || json!({ "workspace": output::workspace_json(&ws), "baseline": output::snapshot_json(&baseline) }),
+        || {
+            let mut text = format!(
+                "watching {} (idle {}, max delay {})\nbaseline snapshot {}: {} files, {}\n",
+                ws.path,
+                output::duration_text(ws.idle_ms),
+                output::duration_text(ws.max_delay_ms),
+                ctx.palette.paint(&baseline.id, Colour::Yellow),
+                baseline.files,
+                output::human_bytes(baseline.bytes)
+            );
+            for e in &ws.excluded {
+                text.push_str(&format!("excluding {} ({})\n", output::path_text(&e.path), e.reason));
+            }
+            text
+        },
+    )
+}
+
+/// A spinner or bar on stderr, drawn only on a terminal.
+fn progress_bar(ctx: &Ctx, len: Option<u64>, template: &str) -> ProgressBar {
+    let target = if ctx.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(len, target);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Progress templates (checked by a test: a bad one would silently lose its style).
+pub(super) const SAVE_SPINNER: &str = "{spinner} saving a snapshot... {elapsed}";
+pub(super) const RESTORE_BYTES: &str =
+    "{spinner} restoring [{bar:30}] {bytes}/{total_bytes} ({eta})";
+pub(super) const RESTORE_ENTRIES: &str =
+    "{spinner} restoring [{bar:30}] {pos}/{len} entries ({eta})";
+
+/// Operations faster than this show no spinner or bar.
+pub(super) const QUIET_FOR: Duration = Duration::from_millis(500);
+
+pub(super) async fn save(ctx: &Ctx, message: String, pin: bool) -> Result<(), Error> {
+    let mut client = ctx.client().await?;
+    let req = v1::SaveRequest {
+        workspace: ctx.workspace()?,
+        message,
+        pin,
+    };
+    let call = client.save(req);
+    tokio::pin!(call);
+    let response = tokio::select! {
+        response = &mut call => response,
+        () = tokio::time::sleep(QUIET_FOR) => {
+            let spinner = progress_bar(ctx, None, SAVE_SPINNER);
+            let response = call.await;
+            spinner.finish_and_clear();
+            response
+        }
+    }?;
+    let snapshot = response.snapshot.unwrap_or_default();
+    if ctx.json {
+        let mut value = output::snapshot_json(&snapshot);
+        value["created"] = response.created.into();
+        return ctx.print_json(&value);
+    }
+    if !response.created {
+        eprintln!("nothing changed since snapshot {}", snapshot.id);
+    }
+    for warning in &snapshot.warnings {
+        eprintln!("warning: {warning}");
+    }
+    ctx.print(&format!("{}\n", snapshot.id))
+}
+
+/// Runs a restore, drawing a bar from its progress events once it has taken
+/// longer than [`QUIET_FOR`], and returns its summary.
+pub(super) async fn restore(
+    ctx: &Ctx,
+    client: &mut Client,
+    req: v1::RestoreRequest,
+) -> Result<v1::RestoreSummary, Error> {
+    let started = Instant::now();
+    let mut bar: Option<ProgressBar> = None;
+    let result = async {
+        let mut stream = client.restore(req).await?;
+        while let Some(event) = stream.next().await? {
+            match event.event {
+                Some(restore_event::Event::Summary(summary)) => return Ok(summary),
+                Some(restore_event::Event::Progress(p)) if started.elapsed() >= QUIET_FOR => {
+                    let (done, total) = if p.total_bytes > 0 {
+                        (p.done_bytes, p.total_bytes)
+                    } else {
+                        (p.done_entries, p.total_entries)
+                    };
+                    let template = if p.total_bytes > 0 { RESTORE_BYTES } else { RESTORE_ENTRIES };
+                    let bar = bar.get_or_insert_with(|| progress_bar(ctx, Some(total), template));
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+                _ => {}
+            }
+        }
+        Err(Error::Failed(
+            "chkptd ended the restore without a summary: run `chkptctl diff` to see the working tree's state"
+                .to_owned(),
+        ))
+    }
+    .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    result
+}
+
+pub(super) async fn undo(ctx: &Ctx) -> Result<(), Error> {
+    let workspace = ctx.workspace()?;
+    let mut client = ctx.client().await?;
+    let snapshots = client.list(workspace.clone(), false, None).await?;
+    let Some(before) = snapshots
+        .iter()
+        .find(|s| s.trigger() == Trigger::PreRestore)
+    else {
+        return Err(Error::Failed(format!(
+            "no pre-restore snapshot in {workspace}: there is no restore to undo"
+        )));
+    };
+    let req = v1::RestoreRequest {
+        workspace,
+        snapshot: before.id.clone(),
+        ..v1::RestoreRequest::default()
+    };
+    let summary = restore(ctx, &mut client, req).await?;
+    ctx.emit(
+        || output::restore_json(&summary, false),
+        || output::restore_text(ctx.palette, &summary, false),
+    )
+}
+
+pub(super) async fn cat(ctx: &Ctx, snapshot: String, path: &Path) -> Result<(), Error> {
+    let req = v1::ReadFileRequest {
+        workspace: ctx.workspace()?,
+        snapshot,
+        path: path_bytes(path)?,
+    };
+    let mut stream = ctx.client().await?.read_file(req).await?;
+    let mut out = io::stdout().lock();
+    let mut written: u64 = 0;
+    while let Some(chunk) = stream.next().await? {
+        if chunk.offset != written {
+            return Err(Error::Failed(format!(
+                "chkptd sent bytes at offset {} where {written} was expected: the output is incomplete, try again",
+                chunk.offset
+            )));
+        }
+        out.write_all(&chunk.data)
+            .map_err(|e| Error::io("write to stdout", e))?;
+        written += chunk.data.len() as u64;
+    }
+    out.flush().map_err(|e| Error::io("write to stdout", e))
+}
+
+pub(super) async fn set_pin(ctx: &Ctx, snap: String, pin: bool) -> Result<(), Error> {
+    let snapshot = ctx
+        .client()
+        .await?
+        .set_pin(ctx.workspace()?, snap, pin)
+        .await?;
+    let verb = if pin { "pinned" } else { "unpinned" };
+    ctx.emit(
+        || output::snapshot_json(&snapshot),
+        || format!("{verb} {}\n", snapshot.id),
+    )
+}
+
+pub(super) async fn verify(ctx: &Ctx) -> Result<(), Error> {
+    // Without -w the whole store is checked, wherever chkptctl runs.
+    let workspace = match &ctx.workspace {
+        Some(_) => ctx.workspace()?,
+        None => String::new(),
+    };
+    let report = ctx.client().await?.verify(workspace).await?;
+    ctx.emit(
+        || output::verify_json(&report),
+        || {
+            let mut text = format!(
+                "checked {} blobs, {} trees, {}\n",
+                report.blobs_checked,
+                report.trees_checked,
+                output::human_bytes(report.bytes_checked)
+            );
+            for p in &report.problems {
+                text.push_str(&format!(
+                    "problem: object {} (snapshot {}, path {}): {}\n",
+                    p.object_id,
+                    if p.snapshot.is_empty() {
+                        "unknown"
+                    } else {
+                        &p.snapshot
+                    },
+                    if p.path.is_empty() {
+                        "unknown".into()
+                    } else {
+                        output::path_text(&p.path)
+                    },
+                    p.problem
+                ));
+            }
+            text
+        },
+    )?;
+    if report.ok && report.problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Failed(format!(
+        "the store has {} problems: snapshots using damaged objects cannot be fully restored; \
+         delete them with `chkptctl delete`",
+        report.problems.len()
+    )))
+}
+
+pub(super) async fn daemon_action(ctx: &Ctx, action: DaemonAction) -> Result<(), Error> {
+    let socket = ctx.socket.display().to_string();
+    match action {
+        DaemonAction::Start => {
+            let started = daemon::start(&ctx.socket).await?;
+            let log = started.log.display().to_string();
+            let pid = started.status.pid;
+            ctx.emit(
+                || json!({ "started": started.spawned, "pid": pid, "socket": socket, "log": log, "version": started.status.version }),
+                || {
+                    let head = if started.spawned {
+                        format!("chkptd {} started (pid {pid})\nlog: {log}\n", started.status.version)
+                    } else {
+                        format!("chkptd {} is already running (pid {pid})\n", started.status.version)
+                    };
+                    format!("{head}socket: {socket}\nstop it with `chkptctl daemon stop`\n")
+                },
+            )
+        }
+        DaemonAction::Stop => {
+            let pid = daemon::stop(&ctx.socket).await?;
+            ctx.emit(
+                || json!({ "stopped": pid.is_some(), "pid": pid, "socket": socket }),
+                || match pid {
+                    Some(pid) => format!("chkptd (pid {pid}) stopped\n"),
+                    None => format!("chkptd is not running (socket {socket})\n"),
+                },
+            )
+        }
+    }
+}

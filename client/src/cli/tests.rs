@@ -1,0 +1,112 @@
+use std::{
+    ffi::OsString,
+    os::unix::ffi::OsStringExt,
+    path::{Path, PathBuf},
+};
+
+use clap::CommandFactory;
+use indicatif::ProgressStyle;
+
+use super::commands::{RESTORE_BYTES, RESTORE_ENTRIES, SAVE_SPINNER};
+use super::*;
+
+#[test]
+fn clap_definition_is_valid() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn progress_templates_parse() {
+    for template in [SAVE_SPINNER, RESTORE_BYTES, RESTORE_ENTRIES] {
+        assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
+    }
+}
+
+#[test]
+fn keep_within_accepts_units_and_combinations() {
+    assert_eq!(parse_duration("90s"), Ok(90));
+    assert_eq!(parse_duration("30m"), Ok(1800));
+    assert_eq!(parse_duration("2h"), Ok(7200));
+    assert_eq!(parse_duration("3d"), Ok(3 * 86_400));
+    assert_eq!(parse_duration("1w"), Ok(7 * 86_400));
+    assert_eq!(parse_duration("1d12h"), Ok(86_400 + 12 * 3600));
+}
+
+#[test]
+fn keep_within_rejects_garbage_zero_and_overflow() {
+    for bad in ["", "2", "h", "2x", "0h", "2h5", "-1d", "1.5h"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+    }
+    assert!(parse_duration("99999999999999999999w").is_err());
+    assert!(parse_duration("9999999999999999w").is_err());
+}
+
+#[test]
+fn secs_become_milliseconds() {
+    assert_eq!(parse_secs("2"), Ok(2000));
+    assert_eq!(parse_secs("0.5"), Ok(500));
+    assert!(parse_secs("0").is_err());
+    assert!(parse_secs("-1").is_err());
+    assert!(parse_secs("NaN").is_err());
+    assert!(parse_secs("soon").is_err());
+}
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("chkptctl").chain(args.iter().copied()))
+}
+
+#[test]
+fn global_flags_work_before_and_after_the_subcommand() {
+    let cli = parse(&["--json", "list", "-w", "/p", "--socket", "/s.sock"]);
+    let cli = cli.map_err(|e| e.to_string());
+    assert!(matches!(
+        cli,
+        Ok(Cli { json: true, ref workspace, ref socket, command: Command::List { limit: None, all: false } })
+            if workspace.as_deref() == Some(Path::new("/p")) && socket.as_deref() == Some(Path::new("/s.sock"))
+    ));
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    for args in [
+        &["delete"][..],
+        &["list", "--limit", "0"],
+        &["prune", "--keep-within", "soon"],
+        &["completions", "powershell"],
+        &["diff", "a", "b", "c"],
+    ] {
+        match parse(args) {
+            Err(e) => assert_eq!(e.exit_code(), 2, "{args:?}"),
+            Ok(cli) => panic!("{args:?} parsed as {cli:?}"),
+        }
+    }
+}
+
+#[test]
+fn diff_takes_zero_one_or_two_snapshots() {
+    let pair = |args: &[&str]| match parse(args) {
+        Ok(Cli {
+            command: Command::Diff { snap, snap2 },
+            ..
+        }) => (snap, snap2),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(pair(&["diff"]), (None, None));
+    assert_eq!(pair(&["diff", "latest~1"]), (Some("latest~1".into()), None));
+    assert_eq!(
+        pair(&["diff", "a", "b"]),
+        (Some("a".into()), Some("b".into()))
+    );
+}
+
+#[test]
+fn relative_paths_are_joined_onto_the_current_directory() -> Result<(), Error> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io("read cwd", e))?;
+    let bytes = path_bytes(Path::new("src/main.rs"))?;
+    assert_eq!(
+        PathBuf::from(OsString::from_vec(bytes)),
+        cwd.join("src/main.rs")
+    );
+    assert_eq!(path_string(Path::new("/abs/x"))?, "/abs/x");
+    Ok(())
+}
