@@ -153,6 +153,15 @@ fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
+/// The `ws_snaps` key of a snapshot (format rule 4).
+fn ws_snap_key(s: &SnapshotRecord) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&be(s.workspace));
+    key[8..16].copy_from_slice(&be(s.created_us));
+    key[16..].copy_from_slice(&be(s.id));
+    key
+}
+
 fn u64_at(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8)
         .and_then(|s| s.try_into().ok())
@@ -281,12 +290,8 @@ impl Catalog {
 
     /// Inserts or replaces a snapshot.
     pub fn put_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
-        let mut key = Vec::with_capacity(24);
-        key.extend_from_slice(&be(s.workspace));
-        key.extend_from_slice(&be(s.created_us));
-        key.extend_from_slice(&be(s.id));
         self.snapshots.insert(be(s.id), encode(s))?;
-        self.ws_snaps.insert(key, &[])?;
+        self.ws_snaps.insert(ws_snap_key(s), &[])?;
         Ok(())
     }
 
@@ -300,11 +305,7 @@ impl Catalog {
 
     /// Removes a snapshot's record (its data goes at the next garbage collection).
     pub fn remove_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
-        let mut key = Vec::with_capacity(24);
-        key.extend_from_slice(&be(s.workspace));
-        key.extend_from_slice(&be(s.created_us));
-        key.extend_from_slice(&be(s.id));
-        self.ws_snaps.remove(key)?;
+        self.ws_snaps.remove(ws_snap_key(s))?;
         self.snapshots.remove(be(s.id))?;
         Ok(())
     }
