@@ -420,6 +420,15 @@ impl Engine {
             h.set_state(WatchState::Rescanning);
         }
         let res = ws.save(&self.store, &opts);
+        let recheck = ws.take_new_dirs();
+        drop(ws);
+        if !recheck.is_empty()
+            && let Some(tx) = lock(&h.wake).as_ref()
+        {
+            // Files created in a new directory before the kernel watched it send no event:
+            // list those directories again on the next save.
+            let _ = tx.try_send(crate::watch::Msg::Paths(recheck));
+        }
         match &res {
             Ok(out) => {
                 if matches!(h.state(), WatchState::Rescanning | WatchState::Failed(_)) {

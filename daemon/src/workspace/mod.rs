@@ -110,6 +110,9 @@ pub struct Workspace {
     /// Work counters.
     pub counters: Arc<WorkspaceCounters>,
     threads: usize,
+    /// Directories the last refreshes found new: their contents may have been created before
+    /// the kernel watched them, so the daemon lists them once more after the save.
+    new_dirs: Vec<Vec<u8>>,
 }
 
 /// µs since the epoch.
@@ -255,6 +258,7 @@ impl Workspace {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            new_dirs: Vec::new(),
         })
     }
 
@@ -449,6 +453,13 @@ impl Workspace {
                     _ => {
                         // A new directory (created, moved in, or replacing a file): walk it.
                         let sub = scan::scan(&self.root, &rel, &self.rules, self.threads);
+                        self.new_dirs.push(rel.clone());
+                        self.new_dirs.extend(
+                            sub.entries
+                                .iter()
+                                .filter(|(_, s)| s.kind == Kind::Dir)
+                                .map(|(p, _)| p.clone()),
+                        );
                         self.counters
                             .paths_stated
                             .fetch_add(sub.entries.len() as u64, Ordering::Relaxed);
@@ -568,6 +579,12 @@ impl Workspace {
             store.cat.update_files(self.record.id, &journal)?;
         }
         Ok(())
+    }
+
+    /// Takes the directories found new since the last call (to be listed again once the
+    /// watcher surely watches them).
+    pub fn take_new_dirs(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.new_dirs)
     }
 
     /// Persists index changes made by [`Workspace::refresh`] (after the batch's objects are
