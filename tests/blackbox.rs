@@ -24,6 +24,7 @@ async fn watch(
         idle_ms,
         max_delay_ms,
         include_dependency_dirs: false,
+        retention: None,
     })
     .await
     .expect("watch")
@@ -45,15 +46,21 @@ async fn auto_snapshot_after_idle_equals_the_folder() {
     fs::write(ws.path().join("src/deep/lib.rs"), vec![b'x'; 100_000]).unwrap();
     fs::write(ws.path().join("README"), b"second").unwrap();
     let ws_path = ws.path().to_path_buf();
-    let snap = wait_for(20, "an auto snapshot", || {
-        let mut c = c.clone();
-        let ws_path = ws_path.clone();
-        async move {
-            let s = snapshots(&mut c, &ws_path).await;
-            s.first().filter(|s| s.files == 3).cloned()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let snap = loop {
+        let s = snapshots(&mut c, &ws_path).await;
+        if let Some(s) = s.first().filter(|s| s.files == 3) {
+            break s.clone();
         }
-    })
-    .await;
+        if Instant::now() >= deadline {
+            let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+            panic!(
+                "no auto snapshot of all 3 files: {s:?}\nstatus: {st:?}\n{}",
+                d.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(snap.trigger(), pb::Trigger::Auto);
     let out = tempfile::tempdir().unwrap();
     restore_to(&mut c, ws.path(), &snap.id, out.path()).await;
@@ -312,5 +319,184 @@ async fn an_independent_python_grpc_client_can_call_status_and_list() {
     assert!(
         stdout.contains(&baseline.id),
         "List did not return the baseline: {stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_hundred_files_fires_the_tripwire_and_the_pinned_snapshot_restores_them() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    for i in 0..100 {
+        fs::write(
+            ws.path().join(format!("precious{i:03}.rs")),
+            format!("fn f{i}() {{}}\n"),
+        )
+        .unwrap();
+    }
+    let before = listing(ws.path());
+    let mut c = d.client().await;
+    let baseline = watch(&mut c, ws.path(), 300, 5000).await.baseline.unwrap();
+    let w = ws.path().display().to_string();
+    let mut events = c
+        .events(pb::EventsRequest {
+            workspace: w.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    for i in 0..100 {
+        fs::remove_file(ws.path().join(format!("precious{i:03}.rs"))).unwrap();
+    }
+    let fired = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let ev = events.message().await.unwrap().expect("event stream ended");
+            if let Some(pb::event::Kind::Tripwire(t)) = ev.kind {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("no tripwire event");
+    assert_eq!(fired.pinned_snapshot, baseline.id);
+    assert!(
+        fired.changed_files > 20,
+        "fires past 20 % of the 100 files: {}",
+        fired.changed_files
+    );
+    let get = pb::GetRequest {
+        workspace: w.clone(),
+        snapshot: baseline.id.clone(),
+    };
+    assert!(
+        c.get(get).await.unwrap().into_inner().pinned,
+        "the pre-burst snapshot is pinned"
+    );
+    let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        st.workspaces[0].tripwire.as_ref().unwrap().pinned_snapshot,
+        baseline.id
+    );
+
+    // The state after the burst is saved promptly, and says why.
+    let ws_path = ws.path().to_path_buf();
+    let after = wait_for(20, "the post-burst snapshot", || {
+        let mut c = c.clone();
+        let ws_path = ws_path.clone();
+        async move {
+            snapshots(&mut c, &ws_path)
+                .await
+                .into_iter()
+                .find(|s| s.files == 0)
+        }
+    })
+    .await;
+    assert!(after.message.contains("mass change"), "{}", after.message);
+
+    // Restoring the pinned snapshot brings every file back.
+    let mut stream = c
+        .restore(pb::RestoreRequest {
+            workspace: w.clone(),
+            snapshot: baseline.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    assert_eq!(listing(ws.path()), before);
+
+    let ack = c
+        .acknowledge(pb::AcknowledgeRequest { workspace: w })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ack.cleared.is_some());
+    let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(st.workspaces[0].tripwire.is_none(), "acknowledged");
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=chkpt",
+            "-c",
+            "user.email=chkpt@example.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_snapshots_wait_for_git_and_record_branch_and_head() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    git(ws.path(), &["init", "-q"]);
+    fs::write(ws.path().join("lib.rs"), b"v1").unwrap();
+    git(ws.path(), &["add", "."]);
+    git(ws.path(), &["commit", "-qm", "first"]);
+    let head = git(ws.path(), &["rev-parse", "HEAD"]);
+    let mut c = d.client().await;
+    let baseline = watch(&mut c, ws.path(), 300, 4000).await.baseline.unwrap();
+    assert_eq!(
+        (baseline.git_branch.as_str(), baseline.git_head.as_str()),
+        ("main", head.as_str())
+    );
+
+    // While git holds its index lock, a change waits...
+    let lock = ws.path().join(".git/index.lock");
+    fs::write(&lock, b"").unwrap();
+    fs::write(ws.path().join("lib.rs"), b"v2 while git works").unwrap();
+    wait_for(20, "the change to be seen", || {
+        let mut c = c.clone();
+        async move {
+            let st = c.status(pb::StatusRequest {}).await.ok()?.into_inner();
+            (st.workspaces.first()?.pending_changes > 0).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // well past the 300 ms quiet period
+    assert_eq!(
+        snapshots(&mut c, ws.path()).await.len(),
+        1,
+        "an auto snapshot caught git half way"
+    );
+    // ... and goes as soon as git is done.
+    fs::remove_file(&lock).unwrap();
+    let released = Instant::now();
+    let ws_path = ws.path().to_path_buf();
+    wait_for(10, "the snapshot after git finished", || {
+        let mut c = c.clone();
+        let ws_path = ws_path.clone();
+        async move { (snapshots(&mut c, &ws_path).await.len() == 2).then_some(()) }
+    })
+    .await;
+    assert!(released.elapsed() < Duration::from_secs(3));
+
+    // A lock that never goes delays a snapshot by at most max_delay.
+    fs::write(&lock, b"").unwrap();
+    fs::write(ws.path().join("lib.rs"), b"v3 with a stale lock").unwrap();
+    let start = Instant::now();
+    wait_for(20, "the bounded wait to end", || {
+        let mut c = c.clone();
+        let ws_path = ws_path.clone();
+        async move { (snapshots(&mut c, &ws_path).await.len() == 3).then_some(()) }
+    })
+    .await;
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "did not wait for git: {:?}",
+        start.elapsed()
     );
 }

@@ -133,6 +133,11 @@ enum Command {
         #[command(subcommand)]
         action: DaemonAction,
     },
+    /// Run chkptd as a user service: systemd on Linux, launchd on macOS
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Print a shell completion script
     Completions {
         /// Shell to complete for
@@ -183,6 +188,24 @@ enum DaemonAction {
     Start,
     /// Stop chkptd and wait until it is gone
     Stop,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceAction {
+    /// Write the service files for this OS, then enable and start chkptd
+    Install {
+        /// Print what would be written and run, as a script, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop and disable the service and remove its files (snapshots are kept)
+    Uninstall {
+        /// Print what would be removed and run, as a script, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show whether the service files exist and what the service manager says
+    Status,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -503,6 +526,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Verify => commands::verify(&ctx).await,
         Command::Daemon { action } => commands::daemon_action(&ctx, action).await,
+        Command::Service { action } => commands::service_action(&ctx, action).await,
         Command::Completions { shell } => {
             let shell = match shell {
                 Shell::Bash => clap_complete::Shell::Bash,

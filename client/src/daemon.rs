@@ -41,7 +41,10 @@ pub fn log_path(socket: &Path) -> PathBuf {
 }
 
 /// Asks the daemon on `socket` for its status; `None` when nobody answers.
-async fn probe(socket: &Path, within: Duration) -> Result<Option<StatusResponse>, Error> {
+pub(crate) async fn probe(
+    socket: &Path,
+    within: Duration,
+) -> Result<Option<StatusResponse>, Error> {
     let attempt = async {
         let mut client = Client::connect(socket).await?;
         client.status().await
@@ -164,7 +167,7 @@ pub async fn stop(socket: &Path) -> Result<Option<u32>, Error> {
 }
 
 /// `chkptd` next to the running `chkptctl`, else the first one on `PATH`.
-fn find_chkptd() -> Result<PathBuf, Error> {
+pub(crate) fn find_chkptd() -> Result<PathBuf, Error> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("chkptd")));

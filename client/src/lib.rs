@@ -13,6 +13,8 @@
 //! - [`cli`]: the command line (clap) and one function per subcommand;
 //!   [`cli::main`] is all the `chkptctl` binary calls.
 //! - [`daemon`]: `chkptctl daemon start|stop`: spawning and stopping `chkptd`.
+//! - [`service`]: `chkptctl service install|uninstall|status`: chkptd as a systemd or launchd
+//!   user service, from the repository's unit and plist templates.
 //! - `output`: pure formatting: tables, ages, sizes, and the JSON documents.
 //!
 //! # Exit codes
@@ -41,3 +43,4 @@ pub mod cli;
 pub mod connect;
 pub mod daemon;
 mod output;
+pub mod service;

@@ -32,9 +32,39 @@ pub struct Config {
     /// watches).
     #[arg(long, default_value_t = 30.0)]
     pub poll_interval: f64,
+    /// Default retention for new workspaces: keep the newest N automatic snapshots.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours [default rule: 24].
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days [default rule: 14].
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N weeks [default rule: 8].
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep every snapshot younger than this many seconds [default rule: 3600].
+    #[arg(long, default_value_t = 0)]
+    pub keep_within: u64,
+    /// Per-workspace budget, in bytes, for what automatic snapshots add (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub max_store_bytes: u64,
 }
 
 impl Config {
+    /// The default retention policy (all zero rules = the built-in default rules).
+    pub fn retention(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_within_us: self.keep_within.saturating_mul(1_000_000),
+            max_store_bytes: self.max_store_bytes,
+        }
+    }
+
     /// The socket path to use.
     pub fn socket_path(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(default_socket)

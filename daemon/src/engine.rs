@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
-use crate::store::catalog::{SnapshotRecord, Trigger, WorkspaceRecord};
+use crate::store::catalog::{SnapshotRecord, Trigger, TripwireRecord, WorkspaceRecord};
 use crate::store::{Id, Kind, Store};
 use crate::workspace::diff::{self, DiffEntry, normalise, validate_rel};
 use crate::workspace::restore::{RestoreOptions, RestoreSummary};
@@ -34,6 +34,8 @@ pub enum EngineEvent {
     Rescan(u64, String),
     /// Something the user should know.
     Warning(u64, String),
+    /// A mass change fired the tripwire.
+    Tripwire(u64, TripwireRecord),
 }
 
 /// How a workspace is being watched.
@@ -190,6 +192,8 @@ pub struct Engine {
     pub poll_interval: Duration,
     /// The socket served.
     pub socket: PathBuf,
+    /// When the mass-change tripwire fires.
+    pub tripwire: crate::watch::tripwire::Thresholds,
 }
 
 impl Engine {
@@ -209,6 +213,7 @@ impl Engine {
             defaults,
             poll_interval,
             socket,
+            tripwire: crate::watch::tripwire::Thresholds::default(),
         })
     }
 
@@ -300,8 +305,9 @@ impl Engine {
         {
             self.stop_watcher(&h);
             h.workspace().set_record(&self.store, record.clone());
-            let snap = self.save_now(&h, Trigger::Auto, "", false, true)?.snapshot;
+            // Watch again before walking, so nothing changed in between is missed.
             crate::watch::start(self, &h);
+            let snap = self.save_now(&h, Trigger::Auto, "", false, true)?.snapshot;
             return Ok((record, snap));
         }
         let ws = Workspace::open(&self.store, record.clone())?;
@@ -354,6 +360,7 @@ impl Engine {
                 idle_ms: record.idle_ms,
                 max_delay_ms: record.max_delay_ms,
                 include_dependency_dirs: record.include_dependency_dirs,
+                retention: record.retention,
             };
             if let Err(e) = self.watch(&path, opts) {
                 tracing::warn!(workspace = %path.display(), error = %e, "could not re-watch");
@@ -370,7 +377,10 @@ impl Engine {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&h.id);
-        let mut record = h.workspace().record().clone();
+        let mut record = match self.store.cat.workspace(h.id)? {
+            Some(r) => r,
+            None => h.workspace().record().clone(),
+        };
         record.watched = false;
         self.store.cat.put_workspace(&record)?;
         self.store.flush()?;
@@ -396,6 +406,83 @@ impl Engine {
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final catalog flush failed");
         }
+    }
+
+    // ---- safety nets
+
+    /// A mass change is under way: pins the snapshot from before it, records the tripwire (shown
+    /// by `Status` until acknowledged) and tells subscribers.
+    pub fn fire_tripwire(
+        &self,
+        h: &WsHandle,
+        pre_burst: Option<u64>,
+        changed: u64,
+    ) -> Result<TripwireRecord> {
+        let mut pinned = None;
+        if let Some(id) = pre_burst
+            && let Some(mut s) = self.store.cat.snapshot(id)?
+        {
+            s.pinned = true;
+            self.store.cat.put_snapshot(&s)?;
+            pinned = Some(id);
+        }
+        let trip = TripwireRecord {
+            pinned,
+            changed,
+            fired_us: now_us(),
+        };
+        if let Some(mut record) = self.store.cat.workspace(h.id)? {
+            record.tripwire = Some(trip);
+            self.store.cat.put_workspace(&record)?;
+        }
+        self.store.flush()?;
+        let msg = format!(
+            "mass-change tripwire: {changed} files deleted or rewritten in {}; snapshot {} from just before is pinned",
+            h.root.display(),
+            pinned
+                .map(|p| format!("{p:016x}"))
+                .unwrap_or_else(|| "(none)".into())
+        );
+        tracing::warn!("{msg}");
+        h.warn(msg);
+        self.emit(EngineEvent::Tripwire(h.id, trip));
+        Ok(trip)
+    }
+
+    /// Clears a fired tripwire; returns it.
+    pub fn acknowledge(&self, path: &str) -> Result<Option<TripwireRecord>> {
+        let record = self.record_for(path)?;
+        let Some(mut record) = self.store.cat.workspace(record.id)? else {
+            return Ok(None);
+        };
+        let cleared = record.tripwire.take();
+        if cleared.is_some() {
+            self.store.cat.put_workspace(&record)?;
+            self.store.flush()?;
+        }
+        Ok(cleared)
+    }
+
+    /// Applies a workspace's retention policy and collects the garbage of what it removed.
+    pub fn apply_retention(&self, h: &WsHandle) -> Result<usize> {
+        let Some(record) = self.store.cat.workspace(h.id)? else {
+            return Ok(0);
+        };
+        let snaps = self.store.cat.snapshots_of(h.id, None, usize::MAX)?;
+        let decisions = crate::retention::decide(&snaps, &record.retention, now_us());
+        let mut removed = 0;
+        for (s, keep, _) in &decisions {
+            if !keep {
+                self.store.cat.remove_snapshot(s)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.store.flush()?;
+            let report = self.store.gc()?;
+            tracing::info!(workspace = %h.root.display(), removed, reclaimed = report.bytes_reclaimed, "retention applied");
+        }
+        Ok(removed)
     }
 
     // ---- saving
@@ -427,7 +514,10 @@ impl Engine {
         {
             // Files created in a new directory before the kernel watched it send no event:
             // list those directories again on the next save.
-            let _ = tx.try_send(crate::watch::Msg::Paths(recheck));
+            let _ = tx.try_send(crate::watch::Msg::Paths(
+                recheck,
+                crate::watch::tripwire::PathChange::Other,
+            ));
         }
         match &res {
             Ok(out) => {
@@ -720,7 +810,7 @@ impl Engine {
         path: &str,
         selector: &str,
         mut opts: RestoreOptions,
-        progress: &mut dyn FnMut(u64, u64, u64, u64),
+        progress: &mut crate::workspace::restore::ProgressFn<'_>,
     ) -> Result<RestoreSummary> {
         let h = self.handle_for(path)?;
         let snap = self.resolve(h.id, selector)?;
@@ -789,8 +879,14 @@ impl Engine {
         dry_run: bool,
     ) -> Result<(Vec<crate::retention::Decision>, u64)> {
         let record = self.record_for(path)?;
+        // A request that sets no rule means the workspace's own policy.
+        let policy = if *policy == crate::retention::Policy::default() {
+            record.retention
+        } else {
+            *policy
+        };
         let snaps = self.store.cat.snapshots_of(record.id, None, usize::MAX)?;
-        let decisions = crate::retention::decide(&snaps, policy, now_us());
+        let decisions = crate::retention::decide(&snaps, &policy, now_us());
         if dry_run {
             return Ok((decisions, 0));
         }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use crate::store::catalog::{SnapshotRecord, Trigger};
 
 /// A retention policy. All zero means the defaults below.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bitcode::Encode, bitcode::Decode)]
 pub struct Policy {
     /// Keep the newest N.
     pub keep_last: u32,
@@ -17,6 +17,9 @@ pub struct Policy {
     pub keep_weekly: u32,
     /// Keep everything younger than this, µs (counted from the newest snapshot).
     pub keep_within_us: u64,
+    /// Then remove the oldest automatic snapshots while the bytes they added exceed this;
+    /// 0 = no budget.
+    pub max_store_bytes: u64,
 }
 
 impl Policy {
@@ -27,12 +30,21 @@ impl Policy {
         keep_daily: 14,
         keep_weekly: 8,
         keep_within_us: 3_600_000_000,
+        max_store_bytes: 0,
     };
 
-    /// This policy, or the default when it says nothing.
+    /// This policy, or the default rules when it sets none (a budget alone keeps the default
+    /// rules).
     pub fn or_default(self) -> Policy {
-        if self == Policy::default() {
-            Policy::DEFAULT
+        let rules = Policy {
+            max_store_bytes: 0,
+            ..self
+        };
+        if rules == Policy::default() {
+            Policy {
+                max_store_bytes: self.max_store_bytes,
+                ..Policy::DEFAULT
+            }
         } else {
             self
         }
@@ -84,6 +96,22 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<De
             reason.unwrap_or_else(|| "no rule keeps it".to_owned()),
         ));
     }
+    // The budget: drop the oldest snapshots a rule (not a pin or a manual save) keeps while
+    // the bytes the kept ones added exceed it.
+    if policy.max_store_bytes > 0 {
+        let mut used: u64 = out.iter().filter(|d| d.1).map(|d| d.0.new_bytes).sum();
+        // The newest snapshot is the workspace's current state: never dropped.
+        for d in out.iter_mut().skip(1).rev() {
+            if used <= policy.max_store_bytes {
+                break;
+            }
+            if d.1 && !d.0.pinned && d.0.trigger != Trigger::Manual {
+                d.1 = false;
+                d.2 = format!("over the store budget of {} bytes", policy.max_store_bytes);
+                used -= d.0.new_bytes;
+            }
+        }
+    }
     out
 }
 
@@ -112,6 +140,8 @@ mod tests {
             deleted: 0,
             rescan: false,
             warnings: vec![],
+            git_branch: String::new(),
+            git_head: String::new(),
         }
     }
 

@@ -1,11 +1,14 @@
 //! Serving: the socket, the services, and an orderly shutdown.
 //!
-//! Start-up: private umask, open the store (its lock stops a second daemon on the same data
-//! directory), claim the socket (a leftover one is removed only when connecting to it is
-//! refused), then serve and re-watch the workspaces of the last run in the background.
+//! Start-up: private umask, take the socket systemd passed if it started us (socket
+//! activation), open the store (its lock stops a second daemon on the same data directory),
+//! else claim the socket (a leftover one is removed only when connecting to it is refused),
+//! tell systemd we are ready, then serve and re-watch the workspaces of the last run in the
+//! background.
 //!
 //! Shutdown (SIGTERM, SIGINT): stop accepting RPCs and let those in flight finish, stop the
-//! watchers (a save in flight completes), flush the catalog, remove the socket.
+//! watchers (a save in flight completes), flush the catalog, remove the socket (unless
+//! systemd owns it).
 
 use std::future::Future;
 use std::io;
@@ -105,22 +108,54 @@ fn claim_socket(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
+/// The listening socket systemd passed to this process (socket activation) and its path, or
+/// `None` when it passed none; then chkptd binds its own.
+fn activated_listener() -> Result<Option<(UnixListener, PathBuf)>, ServeError> {
+    // SAFETY: called once, first thing in `run`. The environment changes only when LISTEN_*
+    // are set, that is when systemd started this chkptd: no thread of ours reads it by then,
+    // and nothing else in chkptd takes fd 3 as its own.
+    let Some(fd) = (unsafe { crate::systemd::take_listen_fd() }) else {
+        return Ok(None);
+    };
+    let err = |source| ServeError::Socket {
+        path: PathBuf::from("(fd 3 from systemd)"),
+        source,
+    };
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    // Fails unless fd 3 is a Unix socket; an abstract one has no path to report.
+    let addr = listener.local_addr().map_err(err)?;
+    let path = addr.as_pathname().map_or_else(
+        || PathBuf::from("(unnamed socket from systemd)"),
+        Path::to_path_buf,
+    );
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(Some((UnixListener::from_std(listener).map_err(err)?, path)))
+}
+
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     // SAFETY: umask only sets the process's file creation mask.
     unsafe { libc::umask(0o077) };
+    let activated = activated_listener()?;
     let data_dir = config
         .data_dir()
         .map_err(|e| crate::Error::io("data directory", e))?;
-    let socket = config.socket_path();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await
         .map_err(|e| crate::Error::io("store", io::Error::other(e)))??;
-    let listener = claim_socket(&socket)?;
+    // systemd owns a socket it passed: it stays when chkptd stops, for the next activation.
+    let (listener, socket, owns_socket) = match activated {
+        Some((listener, path)) => (listener, path, false),
+        None => {
+            let path = config.socket_path();
+            (claim_socket(&path)?, path, true)
+        }
+    };
     let defaults = WatchOptions {
         idle_ms: (config.idle * 1000.0) as u64,
         max_delay_ms: (config.max_delay * 1000.0) as u64,
         include_dependency_dirs: false,
+        retention: config.retention(),
     };
     let engine = Engine::new(
         store,
@@ -128,7 +163,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Duration::from_secs_f64(config.poll_interval.max(1.0)),
         socket.clone(),
     );
-    tracing::info!(socket = %socket.display(), data_dir = %engine.store.dir().display(), version = env!("CARGO_PKG_VERSION"), "chkptd ready");
+    tracing::info!(socket = %socket.display(), data_dir = %engine.store.dir().display(), version = env!("CARGO_PKG_VERSION"), activated = !owns_socket, "chkptd ready");
+    sd_notify("READY=1");
 
     let startup = engine.clone();
     let extra = config.watch.clone();
@@ -165,16 +201,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ChkptServer::new(Service::new(engine.clone())).max_decoding_message_size(16 << 20),
             check_peer,
         ))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            shutdown.await;
+            sd_notify("STOPPING=1");
+        })
         .await;
     tracing::info!("shutting down: stopping watchers and flushing the catalog");
     let stopping = engine.clone();
     let _ = tokio::task::spawn_blocking(move || stopping.shutdown()).await;
-    if let Err(e) = std::fs::remove_file(&socket) {
+    if owns_socket && let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), error = %e, "could not remove the socket");
     }
     result?;
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about a state change; a failure only costs a log line.
+fn sd_notify(state: &str) {
+    if let Err(e) = crate::systemd::notify(state) {
+        tracing::warn!(state, error = %e, "could not notify systemd");
+    }
 }
 
 #[cfg(test)]

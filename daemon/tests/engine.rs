@@ -81,7 +81,7 @@ fn restore(
 }
 
 fn data(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|i| {
             if compressible {
@@ -172,7 +172,7 @@ fn build(root: &Path, items: &[(Vec<Vec<u8>>, Item)]) {
 
 /// Random changes to a built tree: deletions, rewrites, additions, mode flips, type changes.
 fn mutate(root: &Path, seed: u64) {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         x ^= x << 13;
         x ^= x >> 7;

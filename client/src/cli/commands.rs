@@ -11,11 +11,12 @@ use chkpt_proto::v1::{self, Trigger, restore_event};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::{Ctx, DaemonAction, WatchArgs, path_bytes, path_string};
+use super::{Ctx, DaemonAction, ServiceAction, WatchArgs, path_bytes, path_string};
 use crate::{
     connect::{Client, Error},
     daemon,
     output::{self, Colour},
+    service::{self, Manager, Outcome, Plan},
 };
 
 pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
@@ -28,6 +29,7 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
         idle_ms: args.idle.unwrap_or(0),
         max_delay_ms: args.max_delay.unwrap_or(0),
         include_dependency_dirs: args.include_deps,
+        retention: None,
     };
     let response = ctx.client().await?.watch(req).await?;
     let ws = response.workspace.unwrap_or_default();
@@ -286,4 +288,210 @@ pub(super) async fn daemon_action(ctx: &Ctx, action: DaemonAction) -> Result<(),
             )
         }
     }
+}
+
+pub(super) async fn service_action(ctx: &Ctx, action: ServiceAction) -> Result<(), Error> {
+    let (plan, dry_run, verb) = match action {
+        ServiceAction::Status => return service_status(ctx).await,
+        ServiceAction::Install { dry_run } => (service::install_plan().await?, dry_run, "install"),
+        ServiceAction::Uninstall { dry_run } => match service::uninstall_plan()? {
+            Some(plan) => (plan, dry_run, "uninstall"),
+            None => {
+                let manager = Manager::current().name();
+                return ctx.emit(
+                    || json!({ "action": "uninstall", "manager": manager, "installed": false }),
+                    || format!("chkptd is not a {manager} user service: nothing to do\n"),
+                );
+            }
+        },
+    };
+    let manager = plan.manager.name();
+    if dry_run {
+        return ctx.emit(
+            || {
+                let steps = Plan::steps_json(&plan.steps);
+                json!({ "action": verb, "manager": manager, "dry_run": true, "steps": steps })
+            },
+            || {
+                format!(
+                    "# `chkptctl service {verb} --dry-run` changed nothing; \
+                     {verb} would do this ({manager}):\n{}",
+                    plan.script(0)
+                )
+            },
+        );
+    }
+    let mut done = Vec::new();
+    let outcome = service::execute(&plan, |step| {
+        done.push(step.clone());
+        if ctx.json {
+            Ok(())
+        } else {
+            ctx.print(&format!("{}\n", step.done_text()))
+        }
+    })
+    .await?;
+    if let Outcome::Unreachable {
+        reason,
+        done: count,
+    } = outcome
+    {
+        return service_unreachable(ctx, &plan, verb, &reason, count);
+    }
+    let running = if verb == "install" {
+        service::wait_until_running(&plan.socket).await?
+    } else {
+        None
+    };
+    let socket = plan.socket.display().to_string();
+    let logs = plan.env.logs(plan.manager);
+    ctx.emit(
+        || {
+            json!({
+                "action": verb,
+                "manager": manager,
+                "dry_run": false,
+                "steps": Plan::steps_json(&done),
+                "socket": socket,
+                "logs": logs,
+                "running": running_json(running.as_ref()),
+            })
+        },
+        || match (verb, &running) {
+            ("install", Some(status)) => format!(
+                "chkptd {} runs as a {manager} user service (pid {}), socket {socket}\n\
+                 logs: {logs}\n",
+                status.version, status.pid
+            ),
+            ("install", None) => String::new(),
+            _ => format!(
+                "chkptd is no longer a {manager} user service; its snapshots are kept \
+                 (start it by hand with `chkptctl daemon start`)\n"
+            ),
+        },
+    )?;
+    if verb == "install" && running.is_none() {
+        return Err(Error::Failed(format!(
+            "the {manager} service is installed and started, but chkptd does not answer on \
+             {socket}: see `chkptctl service status` and {logs}"
+        )));
+    }
+    Ok(())
+}
+
+fn running_json(status: Option<&v1::StatusResponse>) -> serde_json::Value {
+    status.map_or(
+        serde_json::Value::Null,
+        |s| json!({ "pid": s.pid, "version": s.version }),
+    )
+}
+
+/// The service manager could not be reached: say what was done, print the rest as a script
+/// to run by hand, and fail.
+fn service_unreachable(
+    ctx: &Ctx,
+    plan: &Plan,
+    verb: &str,
+    reason: &str,
+    done: usize,
+) -> Result<(), Error> {
+    let manager = plan.manager;
+    let written: Vec<String> = plan.steps[..done]
+        .iter()
+        .filter_map(|s| match s {
+            service::Step::Write { path, .. } => Some(path.display().to_string()),
+            _ => None,
+        })
+        .collect();
+    if ctx.json {
+        ctx.print_json(&json!({
+            "action": verb,
+            "manager": manager.name(),
+            "dry_run": false,
+            "reachable": false,
+            "reason": reason,
+            "written": written,
+            "left": Plan::steps_json(&plan.steps[done..]),
+        }))?;
+    } else {
+        let what = if written.is_empty() {
+            "Nothing was changed.".to_owned()
+        } else {
+            format!(
+                "The files are written ({}), but nothing is enabled or started.",
+                written.join(", ")
+            )
+        };
+        let session = match manager {
+            Manager::Systemd => {
+                "in a login session of this user (`loginctl enable-linger $USER` keeps the \
+                 user manager running without one)"
+            }
+            Manager::Launchd => "in a session of this user logged in at the Mac's screen",
+        };
+        eprint!(
+            "{what}\nTo finish `chkptctl service {verb}` by hand, run {session}:\n\n{}\n",
+            plan.script(done)
+        );
+    }
+    Err(Error::Failed(format!(
+        "{}'s user manager is not reachable: {reason}",
+        manager.name()
+    )))
+}
+
+async fn service_status(ctx: &Ctx) -> Result<(), Error> {
+    let st = service::status().await?;
+    let manager = st.manager.name();
+    let socket = st.socket.display().to_string();
+    ctx.emit(
+        || {
+            let files: Vec<_> = st
+                .files
+                .iter()
+                .map(|(path, state)| {
+                    json!({ "path": path.display().to_string(), "state": state.key() })
+                })
+                .collect();
+            let manager_says = match &st.manager_says {
+                Ok(states) => states
+                    .iter()
+                    .map(|(unit, state)| json!({ "unit": unit, "state": state }))
+                    .collect(),
+                Err(reason) => json!(reason),
+            };
+            json!({
+                "manager": manager,
+                "files": files,
+                "reachable": st.manager_says.is_ok(),
+                "manager_says": manager_says,
+                "socket": socket,
+                "running": running_json(st.daemon.as_ref()),
+                "logs": st.logs,
+            })
+        },
+        || {
+            let mut text = format!("service manager: {manager} (per user)\n");
+            for (path, state) in &st.files {
+                text.push_str(&format!("{}: {}\n", path.display(), state.name()));
+            }
+            match &st.manager_says {
+                Ok(states) => {
+                    for (unit, state) in states {
+                        text.push_str(&format!("{unit}: {state}\n"));
+                    }
+                }
+                Err(reason) => text.push_str(&format!("{manager} is not reachable: {reason}\n")),
+            }
+            match &st.daemon {
+                Some(s) => text.push_str(&format!(
+                    "chkptd {} answers on {socket} (pid {})\n",
+                    s.version, s.pid
+                )),
+                None => text.push_str(&format!("chkptd does not answer on {socket}\n")),
+            }
+            text.push_str(&format!("logs: {}\n", st.logs));
+            text
+        },
+    )
 }

@@ -3,8 +3,9 @@
 use chkpt_proto::v1 as pb;
 
 use crate::error::Error;
+use crate::retention::Policy;
 use crate::store::Kind;
-use crate::store::catalog::{SnapshotRecord, Trigger, WorkspaceRecord};
+use crate::store::catalog::{SnapshotRecord, Trigger, TripwireRecord, WorkspaceRecord};
 use crate::workspace::diff::{Change, DiffEntry, Side};
 use crate::workspace::restore::RestoreSummary;
 
@@ -81,6 +82,8 @@ pub fn snapshot(s: &SnapshotRecord, workspace_path: &str) -> pb::Snapshot {
         root_tree: s.root.to_hex(),
         rescan: s.rescan,
         warnings: s.warnings.clone(),
+        git_branch: s.git_branch.clone(),
+        git_head: s.git_head.clone(),
     };
     out.set_trigger(trigger(s.trigger));
     out
@@ -102,6 +105,40 @@ pub fn workspace(w: &WorkspaceRecord, excluded: &[(Vec<u8>, String)]) -> pb::Wor
                 reason: r.clone(),
             })
             .collect(),
+        retention: Some(policy_to_wire(&w.retention.or_default())),
+    }
+}
+
+/// A retention policy on the wire.
+pub fn policy_to_wire(p: &Policy) -> pb::RetentionPolicy {
+    pb::RetentionPolicy {
+        keep_last: p.keep_last,
+        keep_hourly: p.keep_hourly,
+        keep_daily: p.keep_daily,
+        keep_weekly: p.keep_weekly,
+        keep_within_secs: p.keep_within_us / 1_000_000,
+        max_store_bytes: p.max_store_bytes,
+    }
+}
+
+/// A retention policy from the wire.
+pub fn policy_from_wire(p: &pb::RetentionPolicy) -> Policy {
+    Policy {
+        keep_last: p.keep_last,
+        keep_hourly: p.keep_hourly,
+        keep_daily: p.keep_daily,
+        keep_weekly: p.keep_weekly,
+        keep_within_us: p.keep_within_secs.saturating_mul(1_000_000),
+        max_store_bytes: p.max_store_bytes,
+    }
+}
+
+/// A fired tripwire on the wire.
+pub fn tripwire(t: &TripwireRecord) -> pb::Tripwire {
+    pb::Tripwire {
+        pinned_snapshot: t.pinned.map(|p| format!("{p:016x}")).unwrap_or_default(),
+        changed_files: t.changed,
+        fired_unix_ms: t.fired_us / 1000,
     }
 }
 

@@ -114,7 +114,9 @@ impl Chkpt for Service {
                     };
                     let last = e.store.cat.latest(h.id)?;
                     let path = String::from_utf8_lossy(&record.path).into_owned();
+                    let tripwire = e.store.cat.workspace(h.id)?.and_then(|w| w.tripwire);
                     let mut st = pb::WorkspaceStatus {
+                        tripwire: tripwire.as_ref().map(convert::tripwire),
                         workspace: Some(convert::workspace(&record, &excluded)),
                         state: 0,
                         state_detail: detail,
@@ -160,6 +162,11 @@ impl Chkpt for Service {
                     idle_ms: ms_or(r.idle_ms, e.defaults.idle_ms),
                     max_delay_ms: ms_or(r.max_delay_ms, e.defaults.max_delay_ms),
                     include_dependency_dirs: r.include_dependency_dirs,
+                    retention: r
+                        .retention
+                        .as_ref()
+                        .map(convert::policy_from_wire)
+                        .unwrap_or(e.defaults.retention),
                 };
                 if r.path.is_empty() || r.path.as_bytes().contains(&0) {
                     return Err(Error::InvalidArgument(
@@ -442,6 +449,7 @@ impl Chkpt for Service {
                     keep_daily: r.keep_daily,
                     keep_weekly: r.keep_weekly,
                     keep_within_us: r.keep_within_secs.saturating_mul(1_000_000),
+                    max_store_bytes: 0,
                 };
                 let (decisions, reclaimed) = e.prune(&r.workspace, &policy, r.dry_run)?;
                 let removed = decisions.iter().filter(|d| !d.1).count() as u32;
@@ -500,6 +508,23 @@ impl Chkpt for Service {
         Ok(Response::new(resp))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn acknowledge(
+        &self,
+        req: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let cleared = e.acknowledge(&r.workspace)?;
+                Ok(pb::AcknowledgeResponse {
+                    cleared: cleared.as_ref().map(convert::tripwire),
+                })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
     type EventsStream = Stream_<pb::Event>;
 
     async fn events(
@@ -537,6 +562,9 @@ impl Chkpt for Service {
                     EngineEvent::Warning(w, message) => {
                         (w, pb::event::Kind::Warning(pb::Warning { message }))
                     }
+                    EngineEvent::Tripwire(w, t) => {
+                        (w, pb::event::Kind::Tripwire(convert::tripwire(&t)))
+                    }
                 };
                 if filter.is_some_and(|f| f != ws) {
                     return None;
@@ -569,6 +597,8 @@ fn unreachable_record(id: u64) -> crate::store::catalog::WorkspaceRecord {
         include_dependency_dirs: false,
         created_us: 0,
         watched: true,
+        retention: crate::retention::Policy::default(),
+        tripwire: None,
     }
 }
 

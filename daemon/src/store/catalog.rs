@@ -80,6 +80,10 @@ pub struct SnapshotRecord {
     pub rescan: bool,
     /// Problems met while saving (unreadable files skipped, …).
     pub warnings: Vec<String>,
+    /// The git branch checked out (empty: none or detached).
+    pub git_branch: String,
+    /// The git HEAD commit (empty: not a git repository).
+    pub git_head: String,
 }
 
 impl SnapshotRecord {
@@ -106,6 +110,21 @@ pub struct WorkspaceRecord {
     pub created_us: u64,
     /// Whether the daemon watches it (re-watched after a restart).
     pub watched: bool,
+    /// Which automatic snapshots are kept.
+    pub retention: crate::retention::Policy,
+    /// A fired mass-change tripwire nobody acknowledged yet.
+    pub tripwire: Option<TripwireRecord>,
+}
+
+/// A fired mass-change tripwire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
+pub struct TripwireRecord {
+    /// The snapshot taken just before the burst (pinned), if there was one.
+    pub pinned: Option<u64>,
+    /// Files deleted or rewritten when it fired.
+    pub changed: u64,
+    /// When it fired, µs since the epoch.
+    pub fired_us: u64,
 }
 
 /// One entry of a workspace's warm index: what a path was when it was last read.

@@ -10,6 +10,7 @@ pub struct Debouncer {
     max_delay: Duration,
     first: Option<Instant>,
     last: Option<Instant>,
+    hurry: Option<Duration>,
 }
 
 impl Debouncer {
@@ -20,6 +21,7 @@ impl Debouncer {
             max_delay: max_delay.max(idle),
             first: None,
             last: None,
+            hurry: None,
         }
     }
 
@@ -37,7 +39,8 @@ impl Debouncer {
     /// When the snapshot is due, if anything is pending.
     pub fn deadline(&self) -> Option<Instant> {
         let (first, last) = (self.first?, self.last?);
-        Some((last + self.idle).min(first + self.max_delay))
+        let idle = self.hurry.map_or(self.idle, |h| h.min(self.idle));
+        Some((last + idle).min(first + self.max_delay))
     }
 
     /// Whether the snapshot is due at `now`.
@@ -49,6 +52,12 @@ impl Debouncer {
     pub fn reset(&mut self) {
         self.first = None;
         self.last = None;
+        self.hurry = None;
+    }
+
+    /// Until the next snapshot, a shorter quiet period is enough.
+    pub fn hurry(&mut self, quiet: Duration) {
+        self.hurry = Some(quiet);
     }
 }
 

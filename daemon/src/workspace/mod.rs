@@ -6,6 +6,7 @@
 //! re-reads only entries whose metadata changed).
 
 pub mod diff;
+pub mod git;
 pub mod index;
 pub mod restore;
 pub mod rules;
@@ -175,6 +176,8 @@ pub struct WatchOptions {
     pub max_delay_ms: u64,
     /// Save dependency and build folders too.
     pub include_dependency_dirs: bool,
+    /// Which automatic snapshots are kept.
+    pub retention: crate::retention::Policy,
 }
 
 impl Default for WatchOptions {
@@ -183,6 +186,7 @@ impl Default for WatchOptions {
             idle_ms: 5_000,
             max_delay_ms: 60_000,
             include_dependency_dirs: false,
+            retention: crate::retention::Policy::default(),
         }
     }
 }
@@ -208,6 +212,7 @@ pub fn register(store: &Store, path: &Path, opts: WatchOptions) -> Result<Worksp
             r.idle_ms = opts.idle_ms;
             r.max_delay_ms = opts.max_delay_ms;
             r.include_dependency_dirs = opts.include_dependency_dirs;
+            r.retention = opts.retention;
             r.watched = true;
             r
         }
@@ -219,6 +224,8 @@ pub fn register(store: &Store, path: &Path, opts: WatchOptions) -> Result<Worksp
             include_dependency_dirs: opts.include_dependency_dirs,
             created_us: now_us(),
             watched: true,
+            retention: opts.retention,
+            tripwire: None,
         },
     };
     store.cat.put_workspace(&record)?;
@@ -638,6 +645,10 @@ impl Workspace {
         opts: &SaveOptions,
         mut warnings: Vec<String>,
     ) -> Result<SnapshotRecord> {
+        let (git_branch, git_head) = match git::find_git_dir(&self.root) {
+            Some(dir) => git::head(&dir),
+            None => (String::new(), String::new()),
+        };
         let counts = diff::count(store, latest.map(|l| l.root), Some(root))?;
         let (new_blobs, new_bytes) = batch.written();
         let (files, bytes) = self.index.totals();
@@ -661,6 +672,8 @@ impl Workspace {
             deleted: counts.deleted,
             rescan: opts.rescan,
             warnings,
+            git_branch,
+            git_head,
         };
         batch.commit_objects()?;
         store.cat.put_snapshot(&snapshot)?;

@@ -13,6 +13,10 @@
 //! be a real directory inside the target.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -58,7 +62,7 @@ pub struct RestoreSummary {
 }
 
 /// Progress: (entries done, entries total, bytes done, bytes total).
-pub type ProgressFn<'a> = dyn FnMut(u64, u64, u64, u64) + 'a;
+pub type ProgressFn<'a> = dyn FnMut(u64, u64, u64, u64) + Send + 'a;
 
 struct Staged {
     tmp: PathBuf,
@@ -179,7 +183,6 @@ fn apply_plan(
         .filter(|s| s.kind != Kind::Dir)
         .map(|s| s.size)
         .sum();
-    let (mut done, mut done_bytes) = (0u64, 0u64);
     let mut verified = HashSet::new();
     let mut stage = Stage {
         staged: Vec::new(),
@@ -187,27 +190,53 @@ fn apply_plan(
         done: false,
     };
     let mut deferred: Vec<&DiffEntry> = Vec::new();
-    // Phase 1: stage every file and symlink; nothing the user has is touched yet.
+    // Phase 1: stage every file and symlink; nothing the user has is touched yet. Directories
+    // are made first, one by one (each checked not to be a symlink); the files then in parallel.
+    let mut to_stage: Vec<(&DiffEntry, &Side)> = Vec::new();
     for e in plan {
         let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else {
             continue;
         };
         let (parent, _) = split_last(&e.path);
-        if !ensure_dirs(base, parent, &mut verified, &mut stage.created_dirs)? {
+        if ensure_dirs(base, parent, &mut verified, &mut stage.created_dirs)? {
+            to_stage.push((e, after));
+        } else {
             // A file stands where a parent directory goes; it is removed in phase 2. Check the
             // content now so a corrupt blob still stops the restore before any change.
             store.read_into(&after.id, &mut io::sink())?;
             deferred.push(e);
-            continue;
         }
-        let target = abs(base, &e.path);
-        let tmp = tmp_name(&target);
-        write_tmp(store, after, &tmp)?;
-        stage.staged.push(Staged { tmp, target });
-        done += 1;
-        done_bytes += after.size;
-        progress(done, total, done_bytes, total_bytes);
     }
+    let done = AtomicU64::new(0);
+    let done_bytes = AtomicU64::new(0);
+    let progress_lock = Mutex::new(&mut *progress);
+    let staged: Vec<Result<Staged>> = to_stage
+        .par_iter()
+        .map(|(e, after)| {
+            let target = abs(base, &e.path);
+            let tmp = tmp_name(&target);
+            write_tmp(store, after, &tmp)?;
+            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+            let b = done_bytes.fetch_add(after.size, Ordering::Relaxed) + after.size;
+            if let Ok(mut p) = progress_lock.try_lock() {
+                p(d, total, b, total_bytes);
+            }
+            Ok(Staged { tmp, target })
+        })
+        .collect();
+    let mut first_error = None;
+    for s in staged {
+        match s {
+            Ok(s) => stage.staged.push(s),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e); // `stage` removes what was staged
+    }
+    let (mut done, mut done_bytes) = (done.into_inner(), done_bytes.into_inner());
     // Phase 2: remove what goes (deepest first), create directories, rename files into place.
     if delete {
         let mut removals: Vec<&DiffEntry> = plan
