@@ -500,3 +500,43 @@ async fn auto_snapshots_wait_for_git_and_record_branch_and_head() {
         start.elapsed()
     );
 }
+
+/// Regression: a manual save right after a write missed it when the watcher had not yet
+/// received the write's event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_right_after_a_write_contains_it() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    let mut c = d.client().await;
+    watch(&mut c, ws.path(), 3_600_000, 3_600_000).await;
+    let w = ws.path().display().to_string();
+    for round in 0..20 {
+        let content = format!("round {round}");
+        fs::write(ws.path().join("hot.txt"), &content).unwrap();
+        let snap = c
+            .save(pb::SaveRequest {
+                workspace: w.clone(),
+                message: String::new(),
+                pin: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        let mut stream = c
+            .read_file(pb::ReadFileRequest {
+                workspace: w.clone(),
+                snapshot: snap.id.clone(),
+                path: b"hot.txt".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            got.extend_from_slice(&chunk.data);
+        }
+        assert_eq!(String::from_utf8_lossy(&got), content, "round {round}");
+    }
+}

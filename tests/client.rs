@@ -376,3 +376,125 @@ fn error_paths() {
     assert_eq!(out.code, 1, "stdout: {} stderr: {}", out.text(), out.stderr);
     assert!(!out.stderr.is_empty());
 }
+
+#[test]
+fn watch_sets_retention_status_shows_the_tripwire_and_ack_clears_it() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        fs::write(
+            ws.path().join(format!("f{i:02}.txt")),
+            format!("file {i}\n"),
+        )
+        .unwrap();
+    }
+    let dir = ws.path().display().to_string();
+    let watched = json(
+        &d,
+        ws.path(),
+        &[
+            "watch",
+            &dir,
+            "--idle",
+            "0.3",
+            "--max-delay",
+            "5",
+            "--keep-last",
+            "7",
+            "--keep-daily",
+            "3",
+        ],
+    );
+    let retention = &watched["workspace"]["retention"];
+    assert_eq!(
+        (
+            retention["keep_last"].as_u64(),
+            retention["keep_daily"].as_u64()
+        ),
+        (Some(7), Some(3))
+    );
+    let baseline = watched["baseline"]["id"].as_str().unwrap().to_owned();
+
+    for i in 0..40 {
+        fs::remove_file(ws.path().join(format!("f{i:02}.txt"))).unwrap();
+    }
+    let line = wait_for(20, "the tripwire line in status", || {
+        let text = ok(&d, ws.path(), &["status"]).text();
+        text.lines()
+            .find(|l| l.contains("mass-change tripwire"))
+            .map(str::to_owned)
+    });
+    assert!(
+        line.contains(&baseline),
+        "the line names the pinned snapshot: {line}"
+    );
+    let st = json(&d, ws.path(), &["status"]);
+    assert_eq!(
+        st["workspaces"][0]["tripwire"]["pinned_snapshot"].as_str(),
+        Some(baseline.as_str())
+    );
+    let shown = json(&d, ws.path(), &["show", &baseline]);
+    assert_eq!(shown["pinned"], Value::Bool(true));
+
+    assert!(
+        ok(&d, ws.path(), &["ack"])
+            .text()
+            .contains("tripwire cleared")
+    );
+    assert!(
+        !ok(&d, ws.path(), &["status"])
+            .text()
+            .contains("mass-change tripwire")
+    );
+    assert!(ok(&d, ws.path(), &["ack"]).text().contains("no tripwire"));
+
+    // The pinned snapshot brings everything back.
+    ok(&d, ws.path(), &["restore", &baseline]);
+    assert_eq!(fs::read_dir(ws.path()).unwrap().count(), 40);
+}
+
+#[test]
+fn list_shows_git_branch_and_head() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.invalid",
+                "-c",
+                "init.defaultBranch=trunk",
+            ])
+            .args(args)
+            .current_dir(ws.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    fs::write(ws.path().join("a.rs"), b"a").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "one"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let dir = ws.path().display().to_string();
+    ok(
+        &d,
+        ws.path(),
+        &["watch", &dir, "--idle", "3600", "--max-delay", "3600"],
+    );
+    let table = ok(&d, ws.path(), &["list"]).text();
+    assert!(
+        table.contains(&format!("[trunk {}]", &head[..8])),
+        "{table}"
+    );
+    let snaps = list(&d, ws.path());
+    assert_eq!(snaps[0]["git_branch"].as_str(), Some("trunk"));
+    assert_eq!(snaps[0]["git_head"].as_str(), Some(head.as_str()));
+}

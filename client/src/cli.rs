@@ -128,6 +128,8 @@ enum Command {
     Prune(PruneArgs),
     /// Check the integrity of the store (only the workspace's snapshots with -w)
     Verify,
+    /// Acknowledge a fired mass-change tripwire, clearing it from `status`
+    Ack,
     /// Start or stop chkptd
     Daemon {
         #[command(subcommand)]
@@ -158,10 +160,26 @@ struct WatchArgs {
     /// Snapshot dependency and build folders (node_modules, target, ...) too
     #[arg(long)]
     include_deps: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Beyond the rules, drop the oldest automatic snapshots while what they added exceeds
+    /// this many bytes
+    #[arg(long, value_name = "BYTES")]
+    max_store_bytes: Option<u64>,
 }
 
 #[derive(Debug, Args)]
 struct PruneArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Only show what would be removed
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Retention rules (restic-style); unset rules leave the defaults.
+#[derive(Debug, Args)]
+struct PolicyArgs {
     /// Keep the newest N snapshots
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     keep_last: Option<u32>,
@@ -177,9 +195,6 @@ struct PruneArgs {
     /// Keep every snapshot younger than this, e.g. 90m, 2h, 3d, 1w, 1d12h
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     keep_within: Option<u64>,
-    /// Only show what would be removed
-    #[arg(long)]
-    dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +231,21 @@ enum Shell {
 }
 
 /// Parses seconds (`2`, `0.5`) into whole milliseconds, at least 1.
+impl PolicyArgs {
+    /// The policy to send with `watch`: `None` (the daemon's default) when nothing is set.
+    fn to_wire(&self, max_store_bytes: Option<u64>) -> Option<v1::RetentionPolicy> {
+        let policy = v1::RetentionPolicy {
+            keep_last: self.keep_last.unwrap_or(0),
+            keep_hourly: self.keep_hourly.unwrap_or(0),
+            keep_daily: self.keep_daily.unwrap_or(0),
+            keep_weekly: self.keep_weekly.unwrap_or(0),
+            keep_within_secs: self.keep_within.unwrap_or(0),
+            max_store_bytes: max_store_bytes.unwrap_or(0),
+        };
+        (policy != v1::RetentionPolicy::default()).then_some(policy)
+    }
+}
+
 fn parse_secs(text: &str) -> Result<u64, String> {
     let secs: f64 = text
         .parse()
@@ -512,11 +542,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let req = v1::PruneRequest {
                 workspace: ctx.workspace()?,
                 dry_run: args.dry_run,
-                keep_last: args.keep_last.unwrap_or(0),
-                keep_hourly: args.keep_hourly.unwrap_or(0),
-                keep_daily: args.keep_daily.unwrap_or(0),
-                keep_weekly: args.keep_weekly.unwrap_or(0),
-                keep_within_secs: args.keep_within.unwrap_or(0),
+                keep_last: args.policy.keep_last.unwrap_or(0),
+                keep_hourly: args.policy.keep_hourly.unwrap_or(0),
+                keep_daily: args.policy.keep_daily.unwrap_or(0),
+                keep_weekly: args.policy.keep_weekly.unwrap_or(0),
+                keep_within_secs: args.policy.keep_within.unwrap_or(0),
             };
             let pruned = ctx.client().await?.prune(req).await?;
             ctx.emit(
@@ -525,6 +555,19 @@ async fn run(cli: Cli) -> Result<(), Error> {
             )
         }
         Command::Verify => commands::verify(&ctx).await,
+        Command::Ack => {
+            let cleared = ctx.client().await?.acknowledge(ctx.workspace()?).await?;
+            ctx.emit(
+                || json!({ "cleared": cleared.as_ref().map(output::tripwire_json) }),
+                || match &cleared {
+                    Some(t) => format!(
+                        "tripwire cleared (snapshot {} stays pinned)\n",
+                        t.pinned_snapshot
+                    ),
+                    None => "no tripwire to acknowledge\n".to_owned(),
+                },
+            )
+        }
         Command::Daemon { action } => commands::daemon_action(&ctx, action).await,
         Command::Service { action } => commands::service_action(&ctx, action).await,
         Command::Completions { shell } => {

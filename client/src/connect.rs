@@ -396,6 +396,15 @@ impl Client {
         self.unary(r)
     }
 
+    /// Clears a fired mass-change tripwire; returns it.
+    pub async fn acknowledge(&mut self, workspace: String) -> Result<Option<v1::Tripwire>, Error> {
+        let r = self
+            .inner
+            .acknowledge(v1::AcknowledgeRequest { workspace })
+            .await;
+        Ok(self.unary(r)?.cleared)
+    }
+
     /// Checks the integrity of the store (one workspace, or all when empty).
     pub async fn verify(&mut self, workspace: String) -> Result<v1::VerifyResponse, Error> {
         let r = self.inner.verify(v1::VerifyRequest { workspace }).await;

@@ -14,8 +14,8 @@ pub use human::{
     workspaces_text,
 };
 pub use json::{
-    diff_json, log_json, prune_json, restore_json, snapshot_json, status_json, verify_json,
-    workspace_json,
+    diff_json, log_json, prune_json, restore_json, snapshot_json, status_json, tripwire_json,
+    verify_json, workspace_json,
 };
 
 /// Paths travel as raw bytes; JSON and terminals get them as lossy UTF-8.

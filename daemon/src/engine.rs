@@ -5,11 +5,11 @@
 //! restore at a time), the changes the watcher saw since the last snapshot, and status fields
 //! that reads can take without waiting for a save in flight.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -134,6 +134,9 @@ pub struct WsHandle {
     pub wake: Mutex<Option<std::sync::mpsc::SyncSender<crate::watch::Msg>>>,
     /// The watcher thread.
     pub thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Event barriers the watcher has seen (see [`Engine::sync_events`]).
+    barriers: Mutex<HashSet<Vec<u8>>>,
+    barrier_cv: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,6 +167,12 @@ impl WsHandle {
     /// The watcher's warnings.
     pub fn warnings(&self) -> Vec<String> {
         lock(&self.warnings).clone()
+    }
+
+    /// The watcher saw the barrier file `name`.
+    pub fn barrier_seen(&self, name: Vec<u8>) {
+        lock(&self.barriers).insert(name);
+        self.barrier_cv.notify_all();
     }
 
     /// Adds a warning (the last 20 are kept).
@@ -326,6 +335,8 @@ impl Engine {
             stopping: AtomicBool::new(false),
             wake: Mutex::new(None),
             thread: Mutex::new(None),
+            barriers: Mutex::new(HashSet::new()),
+            barrier_cv: Condvar::new(),
         });
         // Watch first, then walk: a change during the baseline walk is caught either way.
         crate::watch::start(self, &handle);
@@ -444,7 +455,6 @@ impl Engine {
                 .unwrap_or_else(|| "(none)".into())
         );
         tracing::warn!("{msg}");
-        h.warn(msg);
         self.emit(EngineEvent::Tripwire(h.id, trip));
         Ok(trip)
     }
@@ -487,6 +497,49 @@ impl Engine {
 
     // ---- saving
 
+    /// Makes sure every change made before this call is in `h`'s pending set: writes a barrier
+    /// file in the workspace and waits until the watcher reports it (inotify delivers events in
+    /// order). When that cannot be done (not watching, read-only folder, no answer within 2 s)
+    /// the pending set is marked for a full stat-walk instead, which is always right.
+    pub fn sync_events(&self, h: &WsHandle) {
+        if h.state() != WatchState::Watching || lock(&h.wake).is_none() {
+            h.pending().full = true;
+            return;
+        }
+        let name = format!(
+            ".chkpt-sync-{:016x}.tmp",
+            xxhash_rust::xxh3::xxh3_64(&now_us().to_le_bytes()) ^ h.id
+        );
+        let path = h.root.join(&name);
+        if let Err(e) = std::fs::write(&path, b"") {
+            tracing::debug!(workspace = %h.root.display(), error = %e, "no event barrier; stat-walking instead");
+            h.pending().full = true;
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut seen = lock(&h.barriers);
+        let synced = loop {
+            if seen.remove(name.as_bytes()) {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            seen = h
+                .barrier_cv
+                .wait_timeout(seen, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        };
+        drop(seen);
+        let _ = std::fs::remove_file(&path);
+        if !synced {
+            tracing::warn!(workspace = %h.root.display(), "the watcher did not report the event barrier; stat-walking instead");
+            h.pending().full = true;
+        }
+    }
+
     /// Takes a snapshot of `h` with the pending changes. `full` forces a stat-walk.
     pub fn save_now(
         &self,
@@ -496,6 +549,8 @@ impl Engine {
         pin: bool,
         full: bool,
     ) -> Result<SaveOutcome> {
+        // The pre-restore snapshot must hold every edit made before the restore was asked for.
+        self.sync_events(h);
         let mut ws = h.workspace();
         let (changes, rescan) = h.pending().take();
         let changes = if full { Changes::Full } else { changes };
@@ -550,6 +605,7 @@ impl Engine {
     /// A manual save of the workspace containing `path`.
     pub fn save(&self, path: &str, message: &str, pin: bool) -> Result<SaveOutcome> {
         let h = self.handle_for(path)?;
+        self.sync_events(&h);
         self.save_now(&h, Trigger::Manual, message, pin, false)
     }
 
@@ -668,6 +724,7 @@ impl Engine {
     /// The working tree's root id, with pending changes applied to the index (they stay
     /// pending, so the auto snapshot still comes).
     fn working_tree(&self, h: &WsHandle) -> Result<Id> {
+        self.sync_events(h);
         let mut ws = h.workspace();
         let changes = {
             let p = h.pending();

@@ -29,7 +29,7 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
         idle_ms: args.idle.unwrap_or(0),
         max_delay_ms: args.max_delay.unwrap_or(0),
         include_dependency_dirs: args.include_deps,
-        retention: None,
+        retention: args.policy.to_wire(args.max_store_bytes),
     };
     let response = ctx.client().await?.watch(req).await?;
     let ws = response.workspace.unwrap_or_default();

@@ -31,11 +31,24 @@ pub fn snapshot_table(
             if with_workspace {
                 row.push(Cell::plain(s.workspace.clone()));
             }
-            let message = if s.pinned {
-                format!("{} {}", palette.paint("[pinned]", Colour::Cyan), s.message)
-            } else {
-                s.message.clone()
-            };
+            let mut message = String::new();
+            if s.pinned {
+                message.push_str(&palette.paint("[pinned] ", Colour::Cyan));
+            }
+            if s.rescan {
+                // A coverage gap: changes before it were seen only by a stat-walk.
+                message.push_str(&palette.paint("[rescan] ", Colour::Dim));
+            }
+            if !s.git_head.is_empty() {
+                let branch = if s.git_branch.is_empty() {
+                    "(detached)"
+                } else {
+                    s.git_branch.as_str()
+                };
+                let head: String = s.git_head.chars().take(8).collect();
+                message.push_str(&palette.paint(&format!("[{branch} {head}] "), Colour::Dim));
+            }
+            message.push_str(&s.message);
             row.push(Cell::plain(message));
             row
         })
@@ -70,6 +83,7 @@ pub fn snapshot_details(palette: Palette, now_ms: u64, s: &Snapshot) -> String {
         ("parent", parent.to_owned()),
         ("root tree", s.root_tree.clone()),
         ("rescan", yes_no(s.rescan).to_owned()),
+        ("git", git_text(&s.git_branch, &s.git_head)),
     ];
     let mut out = String::new();
     for (name, value) in fields {
@@ -80,6 +94,15 @@ pub fn snapshot_details(palette: Palette, now_ms: u64, s: &Snapshot) -> String {
         out.push_str(&format!("{} {w}\n", palette.paint("warning:", Colour::Red)));
     }
     out
+}
+
+fn git_text(branch: &str, head: &str) -> String {
+    match (branch.is_empty(), head.is_empty()) {
+        (_, true) if branch.is_empty() => "(not a git repository)".to_owned(),
+        (true, _) => format!("detached at {head}"),
+        (false, true) => format!("{branch} (no commit yet)"),
+        (false, false) => format!("{branch} at {head}"),
+    }
 }
 
 /// One diff line per changed path: "A  path  (12 B)", "M  path  (1.0 KiB -> 2.0 KiB)".
@@ -175,6 +198,20 @@ pub fn status_text(palette: Palette, now_ms: u64, s: &v1::StatusResponse) -> Str
             .unwrap_or_default();
         if !w.state_detail.is_empty() {
             out.push_str(&format!("{path}: {}\n", w.state_detail));
+        }
+        if let Some(t) = &w.tripwire {
+            let pinned = if t.pinned_snapshot.is_empty() {
+                "(none)"
+            } else {
+                t.pinned_snapshot.as_str()
+            };
+            out.push_str(&format!(
+                "{path}: {} {} files deleted or rewritten {}; snapshot {pinned} from just before is pinned: \
+                 `chkptctl restore {pinned}` brings it back, `chkptctl ack` clears this line\n",
+                palette.paint("mass-change tripwire:", Colour::Red),
+                t.changed_files,
+                age(now_ms, t.fired_unix_ms),
+            ));
         }
         for warning in &w.warnings {
             out.push_str(&format!(

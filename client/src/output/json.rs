@@ -48,6 +48,17 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "root_tree": s.root_tree,
         "rescan": s.rescan,
         "warnings": s.warnings,
+        "git_branch": s.git_branch,
+        "git_head": s.git_head,
+    })
+}
+
+/// A fired mass-change tripwire as JSON.
+pub fn tripwire_json(t: &v1::Tripwire) -> Value {
+    json!({
+        "pinned_snapshot": optional_id(&t.pinned_snapshot),
+        "changed_files": t.changed_files,
+        "fired_unix_ms": t.fired_unix_ms,
     })
 }
 
@@ -66,6 +77,14 @@ pub fn workspace_json(w: &v1::Workspace) -> Value {
         "include_dependency_dirs": w.include_dependency_dirs,
         "created_unix_ms": w.created_unix_ms,
         "excluded": excluded,
+        "retention": w.retention.as_ref().map(|r| json!({
+            "keep_last": r.keep_last,
+            "keep_hourly": r.keep_hourly,
+            "keep_daily": r.keep_daily,
+            "keep_weekly": r.keep_weekly,
+            "keep_within_secs": r.keep_within_secs,
+            "max_store_bytes": r.max_store_bytes,
+        })),
     })
 }
 
@@ -82,6 +101,7 @@ pub fn status_json(s: &v1::StatusResponse) -> Value {
                 "pending_changes": w.pending_changes,
                 "last_snapshot": w.last_snapshot.as_ref().map(|s| s.id.as_str()),
                 "warnings": w.warnings,
+                "tripwire": w.tripwire.as_ref().map(tripwire_json),
             })
         })
         .collect();

@@ -122,6 +122,7 @@ fn status_json_gives_last_snapshot_as_id_or_null() {
             "pending_changes": 3,
             "last_snapshot": "0123456789abcdef",
             "warnings": [],
+            "tripwire": null,
         })
     );
     assert_eq!(value["workspaces"][1]["last_snapshot"], json!(null));

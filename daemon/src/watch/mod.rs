@@ -272,6 +272,11 @@ impl Watch {
         let mut fired = None;
         for p in paths {
             h.events.received.fetch_add(1, Ordering::Relaxed);
+            if p.starts_with(BARRIER_PREFIX) {
+                // Every event before this one is in `pending` now.
+                h.barrier_seen(p);
+                continue;
+            }
             if is_own_temp(&p) {
                 continue;
             }
@@ -391,8 +396,10 @@ impl Watch {
     }
 }
 
-/// Restore's staged temporary files.
+/// chkpt's own short-lived files.
 fn is_own_temp(rel: &[u8]) -> bool {
-    let name = crate::workspace::rules::split_last(rel).1;
-    name.starts_with(b".chkpt-") && name.ends_with(b".tmp")
+    crate::workspace::rules::is_own_temp(crate::workspace::rules::split_last(rel).1)
 }
+
+/// The prefix of event-barrier files (see [`Engine::sync_events`](crate::engine::Engine)).
+pub const BARRIER_PREFIX: &[u8] = b".chkpt-sync-";

@@ -2,7 +2,8 @@
 //!
 //! Every exclusion is one the user can see and change:
 //! 1. `.git` (a directory, or the file of a worktree or submodule): version control's own data.
-//! 2. The chkpt data directory, when it lies inside the workspace.
+//! 2. The chkpt data directory, when it lies inside the workspace, and chkpt's own short-lived
+//!    `.chkpt-*.tmp` files (restore staging, event barriers).
 //! 3. Paths matched by `.gitignore`, `.ignore` or `.chkptignore` files inside the workspace (in
 //!    rising precedence), whether or not the folder is a git repository. Files above the
 //!    workspace root and global git excludes are not read.
@@ -42,6 +43,13 @@ pub enum Exclusion {
     Ignored,
     /// A dependency or build folder; the text names the evidence.
     Dependency(&'static str),
+    /// chkpt's own short-lived files (`.chkpt-*.tmp`: restore staging, event barriers).
+    Own,
+}
+
+/// Whether a file name is one of chkpt's own short-lived files in a workspace.
+pub fn is_own_temp(name: &[u8]) -> bool {
+    name.starts_with(b".chkpt-") && name.ends_with(b".tmp")
 }
 
 impl Exclusion {
@@ -50,6 +58,7 @@ impl Exclusion {
         match self {
             Exclusion::Git => "git metadata".to_owned(),
             Exclusion::Store => "chkpt data directory".to_owned(),
+            Exclusion::Own => "chkpt's own temporary file".to_owned(),
             Exclusion::Ignored => "ignore file pattern".to_owned(),
             Exclusion::Dependency(why) => {
                 format!("dependency/build folder ({why}); watch with --include-deps to keep it")
@@ -167,6 +176,9 @@ impl Rules {
     /// files of its ancestors (cached) and, for a directory, looks for dependency evidence.
     pub fn check_last(&self, rel: &[u8], is_dir: bool) -> Option<Exclusion> {
         let (mut parent, name) = split_last(rel);
+        if is_own_temp(name) {
+            return Some(Exclusion::Own);
+        }
         if name == b".git" {
             return Some(Exclusion::Git);
         }
