@@ -319,7 +319,14 @@ impl Engine {
             let snap = self.save_now(&h, Trigger::Auto, "", false, true)?.snapshot;
             return Ok((record, snap));
         }
-        let ws = Workspace::open(&self.store, record.clone())?;
+        let mut ws = Workspace::open(&self.store, record.clone())?;
+        let recovered = match ws.finish_interrupted_restore(&self.store) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(workspace = %ws.root().display(), error = %e, "could not finish an interrupted restore");
+                None
+            }
+        };
         let handle = Arc::new(WsHandle {
             id: record.id,
             root: ws.root().to_path_buf(),
@@ -338,6 +345,17 @@ impl Engine {
             barriers: Mutex::new(HashSet::new()),
             barrier_cv: Condvar::new(),
         });
+        if let Some(summary) = recovered {
+            let msg = format!(
+                "finished restoring snapshot {:016x}, which a crash had interrupted ({} files written, {} removed); `chkptctl undo` goes back",
+                summary.snapshot,
+                summary.added + summary.modified,
+                summary.deleted
+            );
+            handle.warn(msg.clone());
+            self.emit(EngineEvent::Warning(handle.id, msg));
+            self.emit(EngineEvent::RestoreDone(handle.id, summary));
+        }
         // Watch first, then walk: a change during the baseline walk is caught either way.
         crate::watch::start(self, &handle);
         self.workspaces

@@ -56,9 +56,11 @@ impl Error {
     /// Wraps an I/O error with its path, recognising a full disk.
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
-        if source.raw_os_error() == Some(libc::ENOSPC)
-            || source.raw_os_error() == Some(libc::EDQUOT)
-        {
+        // EFBIG too: a file-size limit (RLIMIT_FSIZE, a per-file quota) is a full disk for us.
+        if matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+        ) {
             Error::DiskFull { path }
         } else {
             Error::Io { path, source }

@@ -570,3 +570,101 @@ fn save_interrupted_before_catalog_commit_leaves_a_clean_store_and_gc_reclaims_t
         b"acknowledged content"
     );
 }
+
+/// Runs in a child process: restores the first snapshot in place (the parent kills it).
+#[test]
+fn restore_child() {
+    let Some(dir) = std::env::var_os("CHKPT_RESTORE_CHILD") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let store = Store::open(dir.join("store")).unwrap();
+    let mut ws = open(&store, &dir.join("ws"));
+    let ws_id = store.catalog().workspaces().unwrap()[0].id;
+    let first = store
+        .catalog()
+        .snapshots_of(ws_id, None, 10)
+        .unwrap()
+        .pop()
+        .unwrap();
+    restore(&mut ws, &store, &first, RestoreOptions::default());
+    // Reaching here means the parent was too slow to kill us: that run proves nothing.
+    std::process::exit(3);
+}
+
+#[test]
+fn a_restore_killed_midway_is_finished_when_the_workspace_is_next_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws_dir = dir.path().join("ws");
+    for d in 0..40 {
+        fs::create_dir_all(ws_dir.join(format!("d{d}"))).unwrap();
+        for f in 0..50 {
+            fs::write(
+                ws_dir.join(format!("d{d}/f{f}")),
+                data(4000, (d * 100 + f) as u64, false),
+            )
+            .unwrap();
+        }
+    }
+    let expected = listing(&ws_dir);
+    {
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let mut ws = open(&store, &ws_dir);
+        save(&mut ws, &store, Changes::Full);
+        for d in 0..40 {
+            for f in 0..50 {
+                fs::write(ws_dir.join(format!("d{d}/f{f}")), b"edited").unwrap();
+            }
+        }
+        save(&mut ws, &store, Changes::Full);
+    }
+    let journal = dir.path().join("store/journal");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "restore_child", "--nocapture"])
+        .env("CHKPT_RESTORE_CHILD", dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it the moment its journal exists: mid-restore.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let has_journal = || {
+        fs::read_dir(&journal)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "restore"))
+            })
+            .unwrap_or(false)
+    };
+    while !has_journal() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never started restoring"
+        );
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_ne!(
+        status.code(),
+        Some(3),
+        "the restore finished before it could be interrupted"
+    );
+
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let mut ws = open(&store, &ws_dir);
+    let done = ws
+        .finish_interrupted_restore(&store)
+        .unwrap()
+        .expect("a journal to finish");
+    assert!(done.pre_restore_snapshot.is_some());
+    assert_eq!(
+        listing(&ws_dir),
+        expected,
+        "the interrupted restore was finished exactly"
+    );
+    assert!(
+        ws.finish_interrupted_restore(&store).unwrap().is_none(),
+        "the journal is gone"
+    );
+    assert!(store.verify(None).unwrap().problems.is_empty());
+}

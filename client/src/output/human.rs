@@ -330,8 +330,13 @@ pub fn restore_text(palette: Palette, r: &v1::RestoreSummary, dry_run: bool) -> 
         counts(r.added, r.modified, r.deleted),
         r.unchanged
     );
-    for path in &r.changed_paths {
+    // A dry run lists every path; a real restore the first few (the rest is in --json).
+    let shown = if dry_run { r.changed_paths.len() } else { 20 };
+    for path in r.changed_paths.iter().take(shown) {
         out.push_str(&format!("  {}\n", path_text(path)));
+    }
+    if r.changed_paths.len() > shown {
+        out.push_str(&format!("  … and {} more\n", r.changed_paths.len() - shown));
     }
     if !r.pre_restore_snapshot.is_empty() {
         out.push_str(&format!(

@@ -319,6 +319,7 @@ impl Chkpt for Service {
                 paths: r.paths,
                 dry_run: r.dry_run,
                 to: (!r.to.is_empty()).then(|| PathBuf::from(&r.to)),
+                skip_checkpoint: false,
             };
             let mut last = Instant::now();
             let progress_tx = tx.clone();

@@ -824,6 +824,15 @@ fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Opti
         if !same(&before, &after) || data.len() as u64 != after.size {
             return Ok(None);
         }
+        // Written within the racy window, a write during our read can leave the metadata as it
+        // was (same tick): read once more; two reads that agree are a state the file had.
+        if after.mtime_ns >= now_ns() - RACY_WINDOW_NS {
+            let mut again = Vec::with_capacity(data.len() + 1);
+            File::open(path)?.read_to_end(&mut again)?;
+            if again != data {
+                return Ok(None);
+            }
+        }
         let (id, _) = batch.put(&data, false).map_err(store_err)?;
         return Ok(Some((after, id)));
     }

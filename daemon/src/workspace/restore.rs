@@ -40,6 +40,65 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Write into this directory instead of the workspace (nothing there is deleted).
     pub to: Option<PathBuf>,
+    /// Do not checkpoint the current state first (finishing an interrupted restore, whose
+    /// checkpoint exists already).
+    pub skip_checkpoint: bool,
+}
+
+/// A restore in progress: written (and fsynced) before the workspace is touched, removed when
+/// the restore ends. Finding one at start-up means the daemon died mid-restore; the restore is
+/// then finished (see [`Workspace::finish_interrupted_restore`]).
+#[derive(Debug, Clone, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
+pub struct Journal {
+    /// The snapshot being restored.
+    pub snapshot: u64,
+    /// The checkpoint taken before it.
+    pub pre_restore: Option<u64>,
+    /// The paths restored (all when empty).
+    pub paths: Vec<Vec<u8>>,
+    /// Directories where staged temporary files may be left.
+    pub dirs: Vec<Vec<u8>>,
+}
+
+fn journal_path(store: &Store, ws: u64) -> PathBuf {
+    store
+        .dir()
+        .join("journal")
+        .join(format!("{ws:016x}.restore"))
+}
+
+fn write_journal(store: &Store, ws: u64, j: &Journal) -> Result<()> {
+    let path = journal_path(store, ws);
+    let dir = store.dir().join("journal");
+    fs::create_dir_all(&dir).at(&dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).at(&tmp)?;
+    f.write_all(&bitcode::encode(j)).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    fs::rename(&tmp, &path).at(&path)?;
+    fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+    Ok(())
+}
+
+fn remove_journal(store: &Store, ws: u64) {
+    let path = journal_path(store, ws);
+    if let Err(e) = fs::remove_file(&path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(journal = %path.display(), error = %e, "could not remove the restore journal");
+    }
+}
+
+/// The journal of an interrupted restore of workspace `ws`, if any.
+pub fn read_journal(store: &Store, ws: u64) -> Result<Option<Journal>> {
+    let path = journal_path(store, ws);
+    match fs::read(&path) {
+        Ok(bytes) => bitcode::decode(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("restore journal {}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
 }
 
 /// What a restore did (or, dry, would do).
@@ -430,14 +489,33 @@ impl Workspace {
             batch.finish()?;
             return Ok(summary);
         }
-        let latest = store.cat.latest(self.record.id)?;
-        let mut pre_opts = SaveOptions::new(Trigger::PreRestore, Changes::Paths(Vec::new()));
-        pre_opts.message = format!("before restoring {}", snapshot.hex_id());
-        let pre =
-            self.record_snapshot(store, &batch, current, latest.as_ref(), &pre_opts, warnings)?;
-        batch.finish()?;
-        summary.pre_restore_snapshot = Some(pre.id);
+        if opts.skip_checkpoint {
+            batch.commit_objects()?;
+            self.persist_index(store)?;
+            batch.finish()?;
+        } else {
+            let latest = store.cat.latest(self.record.id)?;
+            let mut pre_opts = SaveOptions::new(Trigger::PreRestore, Changes::Paths(Vec::new()));
+            pre_opts.message = format!("before restoring {}", snapshot.hex_id());
+            let pre =
+                self.record_snapshot(store, &batch, current, latest.as_ref(), &pre_opts, warnings)?;
+            batch.finish()?;
+            summary.pre_restore_snapshot = Some(pre.id);
+        }
         tracing::info!(workspace = %self.root.display(), snapshot = %snapshot.hex_id(), changes = plan.len(), "restoring");
+        let mut dirs: Vec<Vec<u8>> = plan
+            .iter()
+            .map(|e| split_last(&e.path).0.to_vec())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let journal = Journal {
+            snapshot: snapshot.id,
+            pre_restore: summary.pre_restore_snapshot,
+            paths: opts.paths.clone(),
+            dirs,
+        };
+        write_journal(store, self.record.id, &journal)?;
 
         let applied = apply_plan(store, &self.root, &plan, true, progress);
         // Whatever happened, bring the index back in line with the disk for the paths touched.
@@ -454,8 +532,53 @@ impl Workspace {
         self.persist_index(store)?;
         batch.finish()?;
         self.baseline = Some(root);
+        // Ended, well or not: a failure was reported to the caller, and the pre-restore
+        // checkpoint is the way back.
+        remove_journal(store, self.record.id);
         applied?;
         Ok(summary)
+    }
+
+    /// Finishes a restore the daemon died in (its journal is still there): removes staged
+    /// temporary files it left and restores the snapshot again, which writes only what is still
+    /// missing. Returns what it did, or `None` when no restore was interrupted.
+    pub fn finish_interrupted_restore(&mut self, store: &Store) -> Result<Option<RestoreSummary>> {
+        let Some(journal) = read_journal(store, self.record.id)? else {
+            return Ok(None);
+        };
+        for dir in &journal.dirs {
+            let path = abs(&self.root, dir);
+            let Ok(entries) = fs::read_dir(&path) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if super::rules::is_own_temp(e.file_name().as_bytes()) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let Some(snapshot) = store.cat.snapshot(journal.snapshot)? else {
+            tracing::warn!(workspace = %self.root.display(), "an interrupted restore's snapshot is gone; nothing to finish");
+            remove_journal(store, self.record.id);
+            return Ok(None);
+        };
+        tracing::warn!(workspace = %self.root.display(), snapshot = %snapshot.hex_id(), "finishing a restore interrupted by a crash");
+        let opts = RestoreOptions {
+            paths: journal.paths.clone(),
+            skip_checkpoint: true,
+            ..Default::default()
+        };
+        let mut summary = self.restore(
+            store,
+            &snapshot,
+            &opts,
+            &Changes::Full,
+            &mut |_, _, _, _| {},
+        )?;
+        // Also when nothing was left to write (the restore had got through).
+        remove_journal(store, self.record.id);
+        summary.pre_restore_snapshot = journal.pre_restore;
+        Ok(Some(summary))
     }
 
     /// Seeds the index with what a restore wrote, so the refresh after it hashes nothing: the
