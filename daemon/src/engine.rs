@@ -136,6 +136,9 @@ pub struct WsHandle {
     pub thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Event barriers the watcher has seen (see [`Engine::sync_events`]).
     barriers: Mutex<HashSet<Vec<u8>>>,
+    /// Set while a restore's own writes may still be arriving as events: they are changes,
+    /// but not a mass change by the user.
+    pub restoring: AtomicBool,
     barrier_cv: Condvar,
 }
 
@@ -320,6 +323,7 @@ impl Engine {
             return Ok((record, snap));
         }
         let mut ws = Workspace::open(&self.store, record.clone())?;
+        remove_stale_barriers(ws.root());
         let recovered = match ws.finish_interrupted_restore(&self.store) {
             Ok(r) => r,
             Err(e) => {
@@ -343,6 +347,7 @@ impl Engine {
             wake: Mutex::new(None),
             thread: Mutex::new(None),
             barriers: Mutex::new(HashSet::new()),
+            restoring: AtomicBool::new(false),
             barrier_cv: Condvar::new(),
         });
         if let Some(summary) = recovered {
@@ -567,8 +572,6 @@ impl Engine {
         pin: bool,
         full: bool,
     ) -> Result<SaveOutcome> {
-        // The pre-restore snapshot must hold every edit made before the restore was asked for.
-        self.sync_events(h);
         let mut ws = h.workspace();
         let (changes, rescan) = h.pending().take();
         let changes = if full { Changes::Full } else { changes };
@@ -897,9 +900,21 @@ impl Engine {
         if opts.paths.iter().any(|p| p.is_empty()) {
             opts.paths.clear();
         }
+        // The pre-restore snapshot must hold every edit made before the restore was asked for.
+        self.sync_events(&h);
+        let in_place = !opts.dry_run && opts.to.is_none();
+        if in_place {
+            h.restoring.store(true, Ordering::SeqCst);
+        }
         let mut ws = h.workspace();
         let (changes, rescan) = h.pending().take();
         let res = ws.restore(&self.store, &snap, &opts, &changes, progress);
+        drop(ws);
+        if in_place {
+            // Once the watcher has seen past the restore's own writes, it may judge bursts again.
+            self.sync_events(&h);
+            h.restoring.store(false, Ordering::SeqCst);
+        }
         match &res {
             Ok(summary) => {
                 if !opts.dry_run && opts.to.is_none() {
@@ -977,6 +992,23 @@ impl Engine {
             0
         };
         Ok((decisions, reclaimed))
+    }
+}
+
+/// Removes event-barrier files a crash left in a workspace's root.
+fn remove_stale_barriers(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.as_bytes();
+        if name.starts_with(crate::watch::BARRIER_PREFIX)
+            && crate::workspace::rules::is_own_temp(name)
+        {
+            tracing::debug!(path = %e.path().display(), "removing a stale event barrier");
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

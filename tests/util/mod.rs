@@ -18,11 +18,17 @@ pub struct Daemon {
     pub data: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    prefix: Vec<String>,
 }
 
 impl Daemon {
     /// Starts `chkptd` with a fresh data dir and socket; `args` are extra flags.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with_prefix(&[], args)
+    }
+
+    /// Starts `chkptd` through a command prefix (e.g. `setpriv …`).
+    pub fn start_with_prefix(prefix: &[&str], args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run/chkptd.sock");
         let data = dir.path().join("data");
@@ -32,14 +38,27 @@ impl Daemon {
             data,
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("chkptd.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_chkptd"))
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("chkptd.log"))
+            .expect("log file");
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_chkptd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_chkptd")),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&self.socket)
             .arg("--data-dir")
@@ -61,6 +80,13 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and waits.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// The daemon's log so far.

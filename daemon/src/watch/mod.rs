@@ -302,6 +302,11 @@ impl Watch {
                     .flatten()
                     .map_or(0, |s| s.files)
             };
+            let change = if h.restoring.load(Ordering::SeqCst) {
+                PathChange::Other
+            } else {
+                change
+            };
             if let Some(f) = self.tripwire.observe(now, &p, change, latest, total) {
                 fired = Some(f);
             }

@@ -316,7 +316,15 @@ fn apply_plan(
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
                 Err(err) if err.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                    tracing::warn!(path = %path.display(), "directory kept: it holds ignored or excluded files");
+                    let held: Vec<String> = fs::read_dir(&path)
+                        .map(|d| {
+                            d.flatten()
+                                .take(3)
+                                .map(|e| e.file_name().to_string_lossy().into_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    tracing::warn!(path = %path.display(), ?held, "directory kept: it holds ignored or excluded files");
                 }
                 Err(err) => return Err(Error::io(&path, err)),
             }
