@@ -540,3 +540,47 @@ async fn a_save_right_after_a_write_contains_it() {
         assert_eq!(String::from_utf8_lossy(&got), content, "round {round}");
     }
 }
+
+/// Regression: with a symlink to a directory in the workspace, edits in that directory were
+/// reported under the link's path, and the link became a directory in the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_to_a_directory_stays_a_symlink() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    fs::create_dir_all(ws.path().join("arch/dts/marvell")).unwrap();
+    fs::write(ws.path().join("arch/dts/marvell/board.dtsi"), b"v1").unwrap();
+    fs::create_dir_all(ws.path().join("scripts/prefixes")).unwrap();
+    std::os::unix::fs::symlink("../../arch/dts", ws.path().join("scripts/prefixes/arm64")).unwrap();
+    let mut c = d.client().await;
+    watch(&mut c, ws.path(), 300, 5000).await;
+    fs::write(ws.path().join("arch/dts/marvell/board.dtsi"), b"v2 edited").unwrap();
+    fs::write(ws.path().join("arch/dts/marvell/new.dts"), b"new").unwrap();
+    let ws_path = ws.path().to_path_buf();
+    let snap = wait_for(20, "the auto snapshot of the edit", || {
+        let mut c = c.clone();
+        let ws_path = ws_path.clone();
+        async move {
+            snapshots(&mut c, &ws_path)
+                .await
+                .into_iter()
+                .find(|s| s.files == 3)
+        }
+    })
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    restore_to(&mut c, ws.path(), &snap.id, out.path()).await;
+    let link = out.path().join("scripts/prefixes/arm64");
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link became a directory"
+    );
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new("../../arch/dts"));
+    assert_eq!(
+        fs::read(out.path().join("arch/dts/marvell/board.dtsi")).unwrap(),
+        b"v2 edited"
+    );
+    assert_eq!(snap.files, 3, "the link, and the two files once");
+}

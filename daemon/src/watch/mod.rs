@@ -110,7 +110,7 @@ fn classify(kind: &EventKind) -> Option<PathChange> {
 /// Builds the notify watcher; its callback only converts and forwards.
 fn make_watcher(root: &Path, tx: SyncSender<Msg>) -> notify::Result<RecommendedWatcher> {
     let root_b = root.as_os_str().as_bytes().to_vec();
-    let mut w = notify::recommended_watcher(move |res: notify::Result<Event>| {
+    let handler = move |res: notify::Result<Event>| {
         let msg = match res {
             Ok(ev) if ev.need_rescan() => Msg::Rescan("the kernel's event queue overflowed".into()),
             Ok(ev) => {
@@ -139,7 +139,11 @@ fn make_watcher(root: &Path, tx: SyncSender<Msg>) -> notify::Result<RecommendedW
             // Cannot block here; the thread notices the overflow flag on its next wake-up.
             OVERFLOW.store(true, Ordering::SeqCst);
         }
-    })?;
+    };
+    // Symlinks are saved as links, never followed: a watched link to a directory would report
+    // that directory's events under the link's path.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut w = RecommendedWatcher::new(handler, config)?;
     w.watch(root, RecursiveMode::Recursive)?;
     Ok(w)
 }

@@ -371,12 +371,21 @@ impl Workspace {
         let mut out = Vec::new();
         let mut queue: BTreeSet<Vec<u8>> = paths.iter().cloned().collect();
         let mut done: HashSet<Vec<u8>> = HashSet::new();
+        let mut real_dirs: HashSet<Vec<u8>> = HashSet::new();
         while let Some(rel) = queue.pop_first() {
             if !done.insert(rel.clone()) {
                 continue;
             }
             if Rules::is_rule_file(&rel) {
                 self.rules.invalidate(rules::split_last(&rel).0);
+            }
+            // A path through a symlink is not inside the saved tree (links are never followed):
+            // look at the link itself instead.
+            if let Some(link) = self.non_dir_ancestor(&rel, &mut real_dirs) {
+                if !done.contains(&link) {
+                    queue.insert(link);
+                }
+                continue;
             }
             let path = abs(&self.root, &rel);
             self.counters.paths_stated.fetch_add(1, Ordering::Relaxed);
@@ -481,6 +490,32 @@ impl Workspace {
             out.push((rel, Some(stat)));
         }
         out
+    }
+
+    /// The first ancestor of `rel` that is not a real directory (a symlink, a file), if any.
+    /// `real_dirs` caches ancestors found to be directories during one refresh.
+    fn non_dir_ancestor(&self, rel: &[u8], real_dirs: &mut HashSet<Vec<u8>>) -> Option<Vec<u8>> {
+        let mut end = 0;
+        while let Some(i) = rel[end..].iter().position(|&b| b == b'/') {
+            end += i;
+            let prefix = &rel[..end];
+            end += 1;
+            if real_dirs.contains(prefix) {
+                continue;
+            }
+            let is_dir = match self.index.get(prefix) {
+                Some(Node::Dir(_)) => true,
+                Some(Node::Leaf(_)) => false,
+                None => std::fs::symlink_metadata(abs(&self.root, prefix))
+                    .map(|m| m.is_dir())
+                    .unwrap_or(true),
+            };
+            if !is_dir {
+                return Some(prefix.to_vec());
+            }
+            real_dirs.insert(prefix.to_vec());
+        }
+        None
     }
 
     /// Applies stats to the index: reads what changed (in parallel), removes what is gone.
