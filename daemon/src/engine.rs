@@ -583,6 +583,12 @@ impl Engine {
             h.set_state(WatchState::Rescanning);
         }
         let res = ws.save(&self.store, &opts);
+        if res
+            .as_ref()
+            .is_ok_and(|o| o.created && o.snapshot.new_bytes > HEAVY_BYTES)
+        {
+            self.store.release_memory();
+        }
         let recheck = ws.take_new_dirs();
         drop(ws);
         if !recheck.is_empty()
@@ -909,6 +915,7 @@ impl Engine {
         let mut ws = h.workspace();
         let (changes, rescan) = h.pending().take();
         let res = ws.restore(&self.store, &snap, &opts, &changes, progress);
+        self.store.release_memory();
         drop(ws);
         if in_place {
             // Once the watcher has seen past the restore's own writes, it may judge bursts again.
@@ -994,6 +1001,9 @@ impl Engine {
         Ok((decisions, reclaimed))
     }
 }
+
+/// A save that added more than this gives memory back afterwards.
+const HEAVY_BYTES: u64 = 64 << 20;
 
 /// Removes event-barrier files a crash left in a workspace's root.
 fn remove_stale_barriers(root: &Path) {

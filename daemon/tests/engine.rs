@@ -351,12 +351,17 @@ fn gitignore_and_dependency_folders_by_evidence() {
         .map(|e| String::from_utf8_lossy(&e.path).into_owned())
         .collect();
     assert_eq!(paths, vec![".gitignore", "drivers/target/core.c"]);
-    assert_eq!(
-        ws.excluded().len(),
-        1,
-        "the excluded target/ is listed for the user"
-    );
-    assert_eq!(ws.excluded()[0].0, b"target".to_vec());
+    // Both exclusions are listed for the user, with their reasons; .git is not news.
+    let excluded: Vec<(String, String)> = ws
+        .excluded()
+        .iter()
+        .map(|(p, why)| (String::from_utf8_lossy(p).into_owned(), why.describe()))
+        .collect();
+    assert_eq!(excluded.len(), 2, "{excluded:?}");
+    assert_eq!(excluded[0].0, "main.o");
+    assert!(excluded[0].1.contains("ignore file"));
+    assert_eq!(excluded[1].0, "target");
+    assert!(excluded[1].1.contains("CACHEDIR.TAG"));
 }
 
 #[test]

@@ -46,8 +46,17 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
                 baseline.files,
                 output::human_bytes(baseline.bytes)
             );
-            for e in &ws.excluded {
+            for e in ws.excluded.iter().take(10) {
                 text.push_str(&format!("excluding {} ({})\n", output::path_text(&e.path), e.reason));
+            }
+            if ws.excluded.len() > 10 {
+                text.push_str(&format!(
+                    "… and {} more excluded paths (`chkptctl --json workspaces` lists them)\n",
+                    ws.excluded.len() - 10
+                ));
+            }
+            if baseline.files == 0 && !ws.excluded.is_empty() {
+                text.push_str("warning: the snapshot holds no file: the ignore files above exclude everything\n");
             }
             text
         },

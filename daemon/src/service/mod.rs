@@ -75,6 +75,7 @@ fn snap(engine: &Engine, s: &crate::store::catalog::SnapshotRecord) -> Result<pb
 fn excluded_of(ws: &crate::workspace::Workspace) -> Vec<(Vec<u8>, String)> {
     ws.excluded()
         .iter()
+        .take(1000)
         .map(|(p, why)| (p.clone(), why.describe()))
         .collect()
 }

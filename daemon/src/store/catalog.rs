@@ -411,15 +411,17 @@ impl Catalog {
 
     /// Applies changes to a workspace's persisted warm index.
     pub fn update_files(&self, ws: u64, changes: &[(Vec<u8>, Option<FileMeta>)]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (path, meta) in changes {
-            let key = Self::file_key(ws, path);
-            match meta {
-                Some(m) => batch.insert(key, encode(m)),
-                None => batch.remove(key),
+        for chunk in changes.chunks(super::CATALOG_CHUNK) {
+            let mut batch = sled::Batch::default();
+            for (path, meta) in chunk {
+                let key = Self::file_key(ws, path);
+                match meta {
+                    Some(m) => batch.insert(key, encode(m)),
+                    None => batch.remove(key),
+                }
             }
+            self.files.apply_batch(batch)?;
         }
-        self.files.apply_batch(batch)?;
         Ok(())
     }
 

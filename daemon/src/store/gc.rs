@@ -140,6 +140,7 @@ impl Store {
             }
         }
         tracing::info!(?report, "garbage collection done");
+        self.release_memory();
         Ok(report)
     }
 
@@ -237,6 +238,7 @@ impl Store {
                 }
             }
         }
+        self.release_memory();
         for (id, problem) in &bad {
             if !reachable.contains(id) && report.problems.len() < MAX_PROBLEMS {
                 report.problems.push(Problem {

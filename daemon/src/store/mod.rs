@@ -39,6 +39,8 @@ use crate::error::{Error, IoContext, Result};
 
 /// Blobs at most this large are compressed in memory; larger ones are streamed.
 pub const IN_MEMORY_LIMIT: u64 = 8 << 20;
+/// Catalog entries written per sled batch.
+pub(crate) const CATALOG_CHUNK: usize = 4096;
 /// sled's page cache: small, the daemon must stay lean while it watches large trees.
 const CATALOG_CACHE_BYTES: u64 = 32 << 20;
 
@@ -321,6 +323,18 @@ impl Store {
         Tree::decode(&bytes).map_err(|e| Error::Corrupt(format!("tree {id}: {e}")))
     }
 
+    /// Gives memory back after a heavy operation: unmaps the packs (their pages count as the
+    /// daemon's resident memory while mapped; the next read maps them again) and returns
+    /// freed heap to the system.
+    pub fn release_memory(&self) {
+        self.maps.write().unwrap_or_else(|p| p.into_inner()).clear();
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory of the allocator.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
     /// Flushes the catalog to disk.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
@@ -566,11 +580,14 @@ impl Batch<'_> {
             *e = (*e).max(loc.end());
         }
         self.store.sync_packs(&ends.keys().copied().collect())?;
-        let mut blobs = sled::Batch::default();
-        for (id, loc) in &new {
-            blobs.insert(&id.0, &loc.encode());
+        // In chunks: one huge sled batch (a cold save) keeps a lot of memory alive.
+        for chunk in new.chunks(CATALOG_CHUNK) {
+            let mut blobs = sled::Batch::default();
+            for (id, loc) in chunk {
+                blobs.insert(&id.0, &loc.encode());
+            }
+            self.store.cat.blobs.apply_batch(blobs)?;
         }
-        self.store.cat.blobs.apply_batch(blobs)?;
         self.store.cat.raise_pack_lengths(&ends)?;
         let mut pending = lock_poisoned(&self.store.pending);
         for (id, loc) in &new {

@@ -105,7 +105,7 @@ impl Stat {
 pub struct ScanResult {
     /// Every saved entry below the start (not the start itself), relative to the workspace root.
     pub entries: Vec<(Vec<u8>, Stat)>,
-    /// Dependency folders left out, with the reason.
+    /// Dependency folders and ignore-file matches left out (topmost paths), with the reason.
     pub excluded: Vec<(Vec<u8>, Exclusion)>,
     /// Entries that could not be read (a directory without permission, …).
     pub warnings: Vec<String>,
@@ -144,7 +144,9 @@ pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> Sc
                 match rules.check_last(&rel_of(e.path()), is_dir) {
                     None => true,
                     Some(why) => {
-                        if matches!(why, Exclusion::Dependency(_)) {
+                        // What the user's rules leave out is shown to them (the topmost path of
+                        // each excluded subtree); git's and chkpt's own files are not news.
+                        if matches!(why, Exclusion::Dependency(_) | Exclusion::Ignored) {
                             excluded
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
