@@ -655,8 +655,9 @@ impl Engine {
             let n: usize = n.parse().map_err(|_| {
                 Error::InvalidArgument(format!("{sel:?}: expected latest~N with N a number"))
             })?;
-            let mut list = self.store.cat.snapshots_of(ws, None, n + 1)?;
-            return if list.len() == n + 1 {
+            let want = n.saturating_add(1);
+            let mut list = self.store.cat.snapshots_of(ws, None, want)?;
+            return if list.len() == want {
                 list.pop().ok_or_else(|| not_found(sel.into()))
             } else {
                 Err(not_found(format!(
@@ -1034,15 +1035,17 @@ pub fn parse_when(when: &str) -> Result<u64> {
         && when.len() > 1
     {
         let n: u64 = when[..when.len() - 1].parse().map_err(|_| bad())?;
-        let secs = match unit {
-            's' => n,
-            'm' => n * 60,
-            'h' => n * 3600,
-            'd' => n * 86_400,
-            'w' => n * 604_800,
+        let unit_secs: u64 = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
             _ => return Err(bad()),
         };
-        return Ok(now_us().saturating_sub(secs * 1_000_000));
+        // Further back than the epoch simply means "before everything".
+        let back_us = n.saturating_mul(unit_secs).saturating_mul(1_000_000);
+        return Ok(now_us().saturating_sub(back_us));
     }
     // YYYY-MM-DDTHH:MM[:SS], local time.
     let (date, time) = when.split_once(['T', ' ']).ok_or_else(bad)?;
@@ -1071,5 +1074,7 @@ pub fn parse_when(when: &str) -> Result<u64> {
     if secs < 0 {
         return Err(bad());
     }
-    Ok(secs as u64 * 1_000_000 + 999_999)
+    Ok((secs as u64)
+        .saturating_mul(1_000_000)
+        .saturating_add(999_999))
 }

@@ -9,9 +9,22 @@ use crate::store::catalog::{SnapshotRecord, Trigger, TripwireRecord, WorkspaceRe
 use crate::workspace::diff::{Change, DiffEntry, Side};
 use crate::workspace::restore::RestoreSummary;
 
+/// Longest status message sent.
+const MAX_MESSAGE: usize = 2048;
+
 /// The one place engine errors become gRPC statuses.
 pub fn status(e: Error) -> tonic::Status {
-    let msg = e.to_string();
+    let mut msg = e.to_string();
+    // Messages quote what was asked; a huge field must not make a status too large for
+    // HTTP/2's headers (the client's connection would be reset).
+    if msg.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push_str("… (truncated)");
+    }
     match e {
         Error::NotFound(_) => tonic::Status::not_found(msg),
         Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),

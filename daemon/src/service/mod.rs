@@ -169,6 +169,13 @@ impl Chkpt for Service {
                         .map(convert::policy_from_wire)
                         .unwrap_or(e.defaults.retention),
                 };
+                // Bounded so the debouncer's deadlines stay representable.
+                const DAY_MS: u64 = 86_400_000;
+                if r.idle_ms > DAY_MS || r.max_delay_ms > 7 * DAY_MS {
+                    return Err(Error::InvalidArgument(
+                        "idle may be at most a day and max_delay at most a week".into(),
+                    ));
+                }
                 if r.path.is_empty() || r.path.as_bytes().contains(&0) {
                     return Err(Error::InvalidArgument(
                         "watch needs the absolute path of a folder".into(),
@@ -315,7 +322,8 @@ impl Chkpt for Service {
         let r = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || {
+        let panic_tx = tx.clone();
+        let worker = tokio::task::spawn_blocking(move || {
             let opts = RestoreOptions {
                 paths: r.paths,
                 dry_run: r.dry_run,
@@ -345,6 +353,16 @@ impl Chkpt for Service {
                 ))),
             });
             let _ = tx.blocking_send(msg.map_err(status));
+        });
+        tokio::spawn(async move {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "the restore worker failed");
+                let _ = panic_tx
+                    .send(Err(Status::internal(
+                        "the restore stopped unexpectedly; see the daemon's log",
+                    )))
+                    .await;
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -94,7 +94,10 @@ impl Store {
             .mode(0o700)
             .create(&packs_dir)
             .at(&packs_dir)?;
+        // No background flush timer (it woke the idle daemon twice a second): every write path
+        // flushes explicitly before it acknowledges.
         let config = sled::Config::new()
+            .flush_every_ms(None)
             .path(dir.join("catalog"))
             .cache_capacity(CATALOG_CACHE_BYTES);
         // We hold the data directory's lock, so sled's own lock can only be held by a handle

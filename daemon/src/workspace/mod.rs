@@ -156,6 +156,16 @@ pub fn canonical_root(path: &Path) -> Result<PathBuf> {
     }
     let root = path.canonicalize().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Error::NotFound(format!("{} does not exist", path.display())),
+        _ if matches!(
+            e.raw_os_error(),
+            Some(libc::ENAMETOOLONG | libc::ENOTDIR | libc::ELOOP | libc::EINVAL)
+        ) =>
+        {
+            Error::InvalidArgument(format!(
+                "{} is not a usable folder path: {e}",
+                path.display()
+            ))
+        }
         _ => Error::io(path, e),
     })?;
     if !root.is_dir() {
@@ -335,7 +345,14 @@ impl Workspace {
     fn full_stats(&mut self, warnings: &mut Vec<String>) -> Vec<(Vec<u8>, Option<Stat>)> {
         self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
         self.rules.invalidate_all();
+        let walk_started = std::time::Instant::now();
         let scan = scan::scan(&self.root, b"", &self.rules, self.threads);
+        tracing::debug!(
+            workspace = %self.root.display(),
+            entries = scan.entries.len(),
+            walk_ms = walk_started.elapsed().as_millis() as u64,
+            "full stat-walk"
+        );
         self.counters
             .paths_stated
             .fetch_add(scan.entries.len() as u64, Ordering::Relaxed);
@@ -643,10 +660,18 @@ impl Workspace {
     /// Takes a snapshot. An auto save that finds the tree unchanged since the last snapshot or
     /// restore records nothing and returns the latest snapshot.
     pub fn save(&mut self, store: &Store, opts: &SaveOptions) -> Result<SaveOutcome> {
+        let started = std::time::Instant::now();
         let batch = store.batch();
         let warnings = self.refresh(&batch, &opts.changes)?;
+        let refreshed = started.elapsed();
         let root = self.index.root_tree(&batch)?;
         let latest = store.cat.latest(self.record.id)?;
+        tracing::debug!(
+            workspace = %self.root.display(),
+            refresh_ms = refreshed.as_millis() as u64,
+            trees_ms = (started.elapsed() - refreshed).as_millis() as u64,
+            "save: index up to date"
+        );
         if opts.trigger == Trigger::Auto
             && let Some(latest) = &latest
             && (self.baseline == Some(root) || latest.root == root)
@@ -660,9 +685,16 @@ impl Workspace {
                 created: false,
             });
         }
+        let before_commit = started.elapsed();
         let snapshot =
             self.record_snapshot(store, &batch, root, latest.as_ref(), opts, warnings)?;
         batch.finish()?;
+        tracing::debug!(
+            workspace = %self.root.display(),
+            commit_ms = (started.elapsed() - before_commit).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "save: committed"
+        );
         Ok(SaveOutcome {
             snapshot,
             created: true,

@@ -628,8 +628,19 @@ impl Workspace {
         if to.as_os_str().as_bytes().contains(&0) {
             return Err(Error::InvalidArgument("--to contains a NUL byte".into()));
         }
+        if fs::symlink_metadata(to).is_ok_and(|m| !m.is_dir()) {
+            return Err(Error::InvalidArgument(format!(
+                "--to {} exists and is not a directory",
+                to.display()
+            )));
+        }
         if !opts.dry_run {
-            fs::create_dir_all(to).at(to)?;
+            fs::create_dir_all(to).map_err(|e| match e.raw_os_error() {
+                Some(libc::EEXIST | libc::ENOTDIR | libc::ENAMETOOLONG) => {
+                    Error::InvalidArgument(format!("--to {}: {e}", to.display()))
+                }
+                _ => Error::io(to, e),
+            })?;
         }
         let target = if opts.dry_run && !to.exists() {
             to.to_path_buf()

@@ -1,0 +1,240 @@
+//! The benchmark of issue 6: `chkptd` against the `chkpt` 0.3.0 CLI (the peer), with
+//! `tar | lz4` and `git` as baselines, on one tree in one run.
+//!
+//! ```sh
+//! cargo test --test bench                      # smoke run (what CI runs): ~2,000 files
+//! cargo test --release --test bench -- --full  # the kernel source, median of 3 repetitions
+//! ```
+//!
+//! `--corpus generated|kernel` picks the corpus, `--reps N` the repetitions. The table goes to
+//! stdout and to `target/bench-results.md` (`target/bench-results-smoke.md` for smoke runs, so CI
+//! never overwrites a full run's table). Every restore is checked against the expected tree; the
+//! process exits 1 when one of ours fails (a failed peer or baseline check is reported in the
+//! table, not turned into a red CI).
+//!
+//! # Layout
+//! - `bench/tree.rs`: the corpus, page-cache warming, edits, manifests and restore checks
+//! - `bench/ours.rs`: a fresh `chkptd` per repetition, driven over gRPC
+//! - `bench/others.rs`: the peer and the baselines
+//! - `bench/report.rs`: statistics, targets and the table
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+#[path = "bench/others.rs"]
+mod others;
+#[path = "bench/ours.rs"]
+mod ours;
+#[path = "bench/report.rs"]
+mod report;
+#[path = "bench/tree.rs"]
+mod tree;
+mod util;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use others::Peer;
+use report::{Results, Tool};
+
+/// What one run measures, and on which tree.
+#[derive(Debug)]
+pub struct Run {
+    /// Repetitions of every step.
+    pub reps: usize,
+    /// Auto-snapshot latency samples per repetition.
+    pub auto_reps: usize,
+    /// Window for the daemon's idle CPU.
+    pub idle_cpu: Duration,
+    /// Snapshots in the store for the list step.
+    pub list_n: usize,
+    /// The corpus.
+    pub tree: PathBuf,
+    /// 15 files every tool saves: 0..5 get appended to, 5..10 modified, 10..15 deleted.
+    pub picks: Vec<PathBuf>,
+    /// Files `git` considers ignored, which chkptd leaves out too.
+    pub gitignored: BTreeSet<PathBuf>,
+}
+
+impl Run {
+    /// Whether chkptd leaves `rel` out of its snapshots.
+    pub fn skip_ours(&self, rel: &Path) -> bool {
+        self.gitignored.contains(rel)
+    }
+}
+
+/// The value after `flag` on the command line.
+fn arg_value(args: &[String], flag: &str) -> Option<String> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
+}
+
+/// `target/`, found from this test binary's path (`target/<profile>/deps/bench-…`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .nth(3)
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+}
+
+/// Makes the corpus under `scratch`; returns its root and a description.
+fn corpus(full: bool, kind: Option<&str>, scratch: &Path) -> (PathBuf, String) {
+    let kernel = match kind {
+        Some("generated") => false,
+        Some("kernel") => true,
+        _ => full && Path::new(tree::KERNEL_TARBALL).exists(),
+    };
+    if kernel {
+        eprintln!("bench: unpacking {}", tree::KERNEL_TARBALL);
+        match tree::unpack_kernel(scratch) {
+            Ok(root) => {
+                return (
+                    root,
+                    format!("the Linux source from {}", tree::KERNEL_TARBALL),
+                );
+            }
+            Err(e) => eprintln!("bench: {e}; using a generated corpus"),
+        }
+    }
+    let spec = if full {
+        tree::Spec {
+            small: 49_960,
+            small_max: 14_000,
+            big: vec![5 << 20; 20],
+            random: vec![1 << 20; 20],
+        }
+    } else {
+        tree::Spec {
+            small: 1_990,
+            small_max: 4_000,
+            big: vec![2 << 20, 5 << 20],
+            random: vec![256 << 10, 768 << 10, 1 << 20],
+        }
+    };
+    let root = scratch.join("corpus");
+    tree::generate(&root, &spec);
+    (root, "a generated corpus".into())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        // `cargo test -- --list`: a harness-less bench has no tests to list.
+        return ExitCode::SUCCESS;
+    }
+    let started = Instant::now();
+    let full = args.iter().any(|a| a == "--full");
+    let reps = arg_value(&args, "--reps")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if full { 3 } else { 1 });
+    let target = target_dir();
+    let scratch = tempfile::tempdir().unwrap();
+    let (root, what) = corpus(
+        full,
+        arg_value(&args, "--corpus").as_deref(),
+        scratch.path(),
+    );
+    let (files, bytes) = tree::warm(&root);
+    let peer = Peer::find(&target, full);
+    let manifest = tree::manifest(&root);
+    let gitignored = tree::gitignored(&root, scratch.path());
+    let picks = tree::pick(&manifest, 15, &|p| {
+        gitignored.contains(p) || others::peer_skips(p)
+    });
+    assert_eq!(picks.len(), 15, "the corpus has too few plain files");
+    let run = Run {
+        reps,
+        auto_reps: if full { 3 } else { 1 },
+        idle_cpu: Duration::from_secs(if full { 60 } else { 3 }),
+        list_n: if full { 1000 } else { 100 },
+        tree: root,
+        picks,
+        gitignored,
+    };
+    let mut res = Results::new(
+        run.idle_cpu.as_secs(),
+        run.list_n,
+        tree::lz4_size(&run.tree, &run.picks[..5]),
+    );
+    res.note(format!(
+        "Corpus: {what}, {files} files, {:.0} MiB; {} repetition(s), tools alternating, page cache warmed before each step.",
+        bytes as f64 / 1048576.0,
+        run.reps
+    ));
+    if !run.gitignored.is_empty() {
+        res.note(format!(
+            "chkptd leaves out the {} files git ignores; the peer leaves out every `target` folder.",
+            run.gitignored.len()
+        ));
+    }
+    if peer.is_none() {
+        res.note("The peer (chkpt-cli 0.3.0) is not installed: `-- --full` installs it.".into());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench(&run, peer.as_ref(), &mut res));
+
+    let machine = report::machine();
+    let table = res.table();
+    println!("\n{table}\n{machine}");
+    println!("Took {:.0} s.", started.elapsed().as_secs_f64());
+    let file = target.join(if full {
+        "bench-results.md"
+    } else {
+        "bench-results-smoke.md"
+    });
+    let doc = format!("# chkpt benchmark\n\n{machine}\n\n{table}");
+    if let Err(e) = std::fs::write(&file, doc) {
+        eprintln!("bench: could not write {}: {e}", file.display());
+    }
+    if res.ours_failed() {
+        eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// All repetitions of all steps, ours and the peer alternating who goes first.
+async fn bench(run: &Run, peer: Option<&Peer>, res: &mut Results) {
+    for rep in 0..run.reps {
+        eprintln!("bench: repetition {} of {}", rep + 1, run.reps);
+        let ours_first = rep % 2 == 0;
+        if ours_first {
+            ours::rep(run, res, rep).await;
+        }
+        if let Some(p) = peer {
+            others::peer_rep(p, run, res, rep);
+        }
+        if !ours_first {
+            ours::rep(run, res, rep).await;
+        }
+        others::baselines_rep(run, res);
+    }
+    eprintln!("bench: {} saves per tool for the list step", run.list_n);
+    let mut lister = match ours::lister(run.list_n).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            res.add(report::Step::List, Tool::Ours, Err(e));
+            None
+        }
+    };
+    let peer_lister = peer.map(|p| others::peer_lister(p, run.list_n));
+    for rep in 0..run.reps {
+        let ours_first = rep % 2 == 0;
+        for ours in [ours_first, !ours_first] {
+            if ours && let Some(l) = lister.as_mut() {
+                res.add(report::Step::List, Tool::Ours, ours::time_list(l).await);
+            }
+            if !ours && let Some((p, l)) = peer.zip(peer_lister.as_ref()) {
+                let s = l
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|l| others::time_list(p, l));
+                res.add(report::Step::List, Tool::Peer, s);
+            }
+        }
+    }
+}
