@@ -498,3 +498,52 @@ fn list_shows_git_branch_and_head() {
     assert_eq!(snaps[0]["git_branch"].as_str(), Some("trunk"));
     assert_eq!(snaps[0]["git_head"].as_str(), Some(head.as_str()));
 }
+
+#[test]
+fn completions_and_daemon_start_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/chkptd.sock");
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chkptctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("CHKPT_DATA_DIR", dir.path().join("data"))
+            .env_remove("CHKPT_SOCKET")
+            .output()
+            .unwrap()
+    };
+    let bash = ctl(&["completions", "bash"]);
+    assert_eq!(bash.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("chkptctl"));
+    assert_eq!(
+        ctl(&["completions", "tcsh"]).status.code(),
+        Some(2),
+        "unknown shell is a usage error"
+    );
+
+    assert_eq!(ctl(&["status"]).status.code(), Some(1), "no daemon yet");
+    let started = ctl(&["daemon", "start"]);
+    assert_eq!(
+        started.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert_eq!(ctl(&["status"]).status.code(), Some(0));
+    assert_eq!(
+        ctl(&["daemon", "start"]).status.code(),
+        Some(0),
+        "already running is fine"
+    );
+    let stopped = ctl(&["daemon", "stop"]);
+    assert_eq!(
+        stopped.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let after = ctl(&["status"]);
+    assert_eq!(after.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&after.stderr).contains("chkptctl daemon start"));
+}

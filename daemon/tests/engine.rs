@@ -673,3 +673,74 @@ fn a_restore_killed_midway_is_finished_when_the_workspace_is_next_opened() {
     );
     assert!(store.verify(None).unwrap().problems.is_empty());
 }
+
+#[test]
+fn a_crafted_snapshot_with_hostile_names_cannot_write_outside_its_target() {
+    use chkpt_daemon::store::{Entry, Kind, Tree};
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(ws_dir.path().join("a"), b"a").unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    let honest = save(&mut ws, &store, Changes::Full);
+    let escape = outside.path().join("pwned").display().to_string();
+    for name in [
+        "..".to_string(),
+        "../pwned".to_string(),
+        escape,
+        "a\0b".to_string(),
+    ] {
+        // Encoding does not check names; a hand-made tree can hold anything.
+        let b = store.batch();
+        let (blob, _) = b.put(b"evil", false).unwrap();
+        let entry = Entry {
+            name: name.clone().into_bytes(),
+            kind: Kind::File,
+            mode: 0o644,
+            size: 4,
+            id: blob,
+        };
+        let (tree, _) = b
+            .put(
+                &Tree {
+                    entries: vec![entry],
+                }
+                .encode(),
+                true,
+            )
+            .unwrap();
+        b.finish().unwrap();
+        let mut crafted = honest.clone();
+        crafted.id ^= 0xdead_beef;
+        crafted.root = tree;
+        store.catalog().put_snapshot(&crafted).unwrap();
+        let to = tempfile::tempdir().unwrap();
+        for opts in [
+            RestoreOptions::default(),
+            RestoreOptions {
+                to: Some(to.path().to_path_buf()),
+                ..Default::default()
+            },
+        ] {
+            let res = ws.restore(
+                &store,
+                &crafted,
+                &opts,
+                &Changes::Full,
+                &mut |_, _, _, _| {},
+            );
+            assert!(matches!(res, Err(Error::Corrupt(_))), "{name:?}: {res:?}");
+        }
+        assert!(
+            fs::read_dir(outside.path()).unwrap().next().is_none(),
+            "{name:?} wrote outside"
+        );
+        assert!(
+            fs::read_dir(to.path()).unwrap().next().is_none(),
+            "{name:?} wrote into --to"
+        );
+        assert_eq!(fs::read(ws_dir.path().join("a")).unwrap(), b"a");
+        store.catalog().remove_snapshot(&crafted).unwrap();
+    }
+}

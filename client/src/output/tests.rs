@@ -233,3 +233,17 @@ fn details_list_every_field_and_the_warnings() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
 }
+
+#[test]
+fn list_marks_rescans_pins_and_git_state() {
+    let mut s = snapshot();
+    s.rescan = true;
+    s.git_branch = "main".into();
+    s.git_head = "0123456789abcdef0123".into();
+    let text = snapshot_table(PLAIN, 2_000_000, &[s], false);
+    assert!(text.contains("[pinned]"), "{text}");
+    assert!(text.contains("[rescan]"), "{text}");
+    assert!(text.contains("[main 01234567]"), "{text}");
+    let json = snapshot_json(&snapshot());
+    assert_eq!(json["rescan"], serde_json::json!(false));
+}
