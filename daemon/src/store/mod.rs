@@ -582,7 +582,9 @@ impl Batch<'_> {
             let e = ends.entry(loc.pack).or_default();
             *e = (*e).max(loc.end());
         }
+        let t = std::time::Instant::now();
         self.store.sync_packs(&ends.keys().copied().collect())?;
+        let sync_ms = t.elapsed().as_millis() as u64;
         // In chunks: one huge sled batch (a cold save) keeps a lot of memory alive.
         for chunk in new.chunks(CATALOG_CHUNK) {
             let mut blobs = sled::Batch::default();
@@ -591,6 +593,12 @@ impl Batch<'_> {
             }
             self.store.cat.blobs.apply_batch(blobs)?;
         }
+        tracing::debug!(
+            objects = new.len(),
+            sync_ms,
+            index_ms = t.elapsed().as_millis() as u64 - sync_ms,
+            "objects committed"
+        );
         self.store.cat.raise_pack_lengths(&ends)?;
         let mut pending = lock_poisoned(&self.store.pending);
         for (id, loc) in &new {
@@ -604,7 +612,10 @@ impl Batch<'_> {
     /// Commits what is left and flushes the catalog: everything written in the batch is durable.
     pub fn finish(self) -> Result<()> {
         self.commit_objects()?;
-        self.store.flush()
+        let t = std::time::Instant::now();
+        self.store.flush()?;
+        tracing::debug!(flush_ms = t.elapsed().as_millis() as u64, "catalog flushed");
+        Ok(())
     }
 }
 

@@ -716,6 +716,7 @@ impl Workspace {
             Some(dir) => git::head(&dir),
             None => (String::new(), String::new()),
         };
+        let t = std::time::Instant::now();
         let counts = diff::count(store, latest.map(|l| l.root), Some(root))?;
         let (new_blobs, new_bytes) = batch.written();
         let (files, bytes) = self.index.totals();
@@ -742,9 +743,16 @@ impl Workspace {
             git_branch,
             git_head,
         };
+        let count_ms = t.elapsed().as_millis() as u64;
         batch.commit_objects()?;
         store.cat.put_snapshot(&snapshot)?;
+        let t = std::time::Instant::now();
         self.persist_index(store)?;
+        tracing::debug!(
+            count_ms,
+            persist_ms = t.elapsed().as_millis() as u64,
+            "snapshot recorded"
+        );
         self.baseline = Some(root);
         tracing::info!(
             workspace = %self.root.display(),
