@@ -584,3 +584,82 @@ async fn a_symlink_to_a_directory_stays_a_symlink() {
     );
     assert_eq!(snap.files, 3, "the link, and the two files once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_is_applied_after_auto_snapshots() {
+    let mut d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    fs::write(ws.path().join("f.txt"), b"0").unwrap();
+    let mut c = d.client().await;
+    let policy = pb::RetentionPolicy {
+        keep_last: 2,
+        ..Default::default()
+    };
+    let req = pb::WatchRequest {
+        path: ws.path().display().to_string(),
+        idle_ms: 300,
+        max_delay_ms: 5000,
+        include_dependency_dirs: false,
+        retention: Some(policy),
+    };
+    c.watch(req).await.unwrap();
+    let ws_path = ws.path().to_path_buf();
+    // Auto snapshots one by one; `expect` is how many exist before retention thins them.
+    let auto_save = |content: &'static str, expect: usize| {
+        fs::write(ws.path().join("f.txt"), content).unwrap();
+        let ws_path = ws_path.clone();
+        let c = c.clone();
+        async move {
+            wait_for(20, "an auto snapshot", || {
+                let mut c = c.clone();
+                let ws_path = ws_path.clone();
+                async move {
+                    let s = snapshots(&mut c, &ws_path).await;
+                    (s.len() == expect && s[0].files == 1).then_some(s)
+                }
+            })
+            .await
+        }
+    };
+    auto_save("1", 2).await; // retention ran after it: baseline + 1 kept (2 = keep-last)
+    auto_save("2", 3).await; // throttled: nothing removed yet
+    d.restart(); // a restarted daemon applies retention after its next auto snapshot
+    let mut c2 = d.client().await;
+    wait_for(20, "the workspace to be re-watched", || {
+        let mut c = c2.clone();
+        async move {
+            let st = c.status(pb::StatusRequest {}).await.ok()?.into_inner();
+            (st.workspaces.first()?.state() == pb::WorkspaceState::Watching).then_some(())
+        }
+    })
+    .await;
+    fs::write(ws.path().join("f.txt"), b"3").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let kept = loop {
+        let s = snapshots(&mut c2, &ws_path).await;
+        if s.len() == 2 && s[0].files == 1 && s[0].bytes == 1 && s[0].message.is_empty() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let brief: Vec<_> = s.iter().map(|s| (&s.id, &s.message, s.trigger)).collect();
+            panic!(
+                "retention did not keep the newest two: {brief:?}\n{}",
+                d.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = tempfile::tempdir().unwrap();
+    restore_to(&mut c2, ws.path(), &kept[0].id, out.path()).await;
+    assert_eq!(fs::read(out.path().join("f.txt")).unwrap(), b"3");
+    let v = c2
+        .verify(pb::VerifyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        v.ok,
+        "GC after retention left the store clean: {:?}",
+        v.problems
+    );
+}

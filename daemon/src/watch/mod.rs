@@ -225,7 +225,10 @@ impl Watch {
             Ok(watcher) => {
                 self.watcher = Some(watcher);
                 self.poll = None;
-                h.set_state(WatchState::Watching);
+                // A workspace being (re)watched stays "rescanning" until its first walk is done.
+                if h.state() != WatchState::Rescanning {
+                    h.set_state(WatchState::Watching);
+                }
             }
             Err(e) if is_out_of_watches(&e) => {
                 let msg = format!(
