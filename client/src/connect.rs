@@ -6,7 +6,6 @@
 
 use std::{
     error::Error as StdError,
-    ffi::OsString,
     fmt, io,
     path::{Path, PathBuf},
 };
@@ -165,22 +164,8 @@ fn one_line(text: &str) -> String {
         .join("; ")
 }
 
-/// The socket path used when neither `--socket` nor `CHKPT_SOCKET` is given:
-/// `$XDG_RUNTIME_DIR/chkpt/chkptd.sock`, else `/tmp/chkpt-<uid>/chkptd.sock`.
-pub fn default_socket_path() -> PathBuf {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    socket_path_from(std::env::var_os("XDG_RUNTIME_DIR"), uid)
-}
-
-/// [`default_socket_path`] with its inputs passed in. A relative or empty
-/// `XDG_RUNTIME_DIR` is ignored, as the XDG base directory spec requires.
-pub fn socket_path_from(runtime_dir: Option<OsString>, uid: u32) -> PathBuf {
-    match runtime_dir.map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir.join("chkpt").join("chkptd.sock"),
-        _ => PathBuf::from(format!("/tmp/chkpt-{uid}")).join("chkptd.sock"),
-    }
-}
+/// Where the daemon's socket is by default: part of the contract, so it lives in `chkpt-proto`.
+pub use chkpt_proto::{default_socket_path, socket_path_from};
 
 /// A connection to `chkptd`.
 #[derive(Debug, Clone)]

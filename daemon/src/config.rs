@@ -67,7 +67,9 @@ impl Config {
 
     /// The socket path to use.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(default_socket)
+        self.socket
+            .clone()
+            .unwrap_or_else(chkpt_proto::default_socket_path)
     }
 
     /// The data directory to use.
@@ -79,17 +81,6 @@ impl Config {
                 .ok_or_else(|| {
                     io::Error::other("no home directory: pass --data-dir or set CHKPT_DATA_DIR")
                 }),
-        }
-    }
-}
-
-/// `$XDG_RUNTIME_DIR/chkpt/chkptd.sock`, or `/tmp/chkpt-$UID/chkptd.sock`.
-pub fn default_socket() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| Path::new(v).is_absolute()) {
-        Some(dir) => PathBuf::from(dir).join("chkpt").join("chkptd.sock"),
-        // SAFETY: getuid cannot fail.
-        None => {
-            PathBuf::from(format!("/tmp/chkpt-{}", unsafe { libc::getuid() })).join("chkptd.sock")
         }
     }
 }

@@ -252,6 +252,15 @@ impl Engine {
         v
     }
 
+    /// The path of a watched workspace, from memory (no catalog read).
+    pub fn watched_path(&self, id: u64) -> Option<String> {
+        self.workspaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|h| h.root.display().to_string())
+    }
+
     /// The watched workspace containing `path` (the deepest one), for requests that name any
     /// path inside a workspace.
     pub fn handle_for(&self, path: &str) -> Result<Arc<WsHandle>> {
@@ -609,9 +618,7 @@ impl Engine {
                 if out.created {
                     h.events.snapshots.fetch_add(1, Ordering::Relaxed);
                     self.emit(EngineEvent::SnapshotTaken(out.snapshot.clone()));
-                }
-                for w in &out.snapshot.warnings {
-                    if out.created {
+                    for w in &out.snapshot.warnings {
                         h.warn(w.clone());
                     }
                 }

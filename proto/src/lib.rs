@@ -39,3 +39,21 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chkp
 /// The protocol version described by this crate; reported by the daemon in
 /// `StatusResponse.protocol`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The socket path used when neither `--socket` nor `CHKPT_SOCKET` is given:
+/// `$XDG_RUNTIME_DIR/chkpt/chkptd.sock`, else `/tmp/chkpt-<uid>/chkptd.sock`. The daemon and
+/// every client agree on it through this one function.
+pub fn default_socket_path() -> std::path::PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    socket_path_from(std::env::var_os("XDG_RUNTIME_DIR"), uid)
+}
+
+/// [`default_socket_path`] with its inputs passed in. A relative or empty `XDG_RUNTIME_DIR` is
+/// ignored, as the XDG base directory spec requires.
+pub fn socket_path_from(runtime_dir: Option<std::ffi::OsString>, uid: u32) -> std::path::PathBuf {
+    match runtime_dir.map(std::path::PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join("chkpt").join("chkptd.sock"),
+        _ => std::path::PathBuf::from(format!("/tmp/chkpt-{uid}")).join("chkptd.sock"),
+    }
+}

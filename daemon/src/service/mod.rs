@@ -72,6 +72,25 @@ fn snap(engine: &Engine, s: &crate::store::catalog::SnapshotRecord) -> Result<pb
     Ok(convert::snapshot(s, &path))
 }
 
+/// A workspace's record and the paths left out of it, with their reasons.
+type WorkspaceView = (
+    crate::store::catalog::WorkspaceRecord,
+    Vec<(Vec<u8>, String)>,
+);
+
+/// A watched workspace's record (from the catalog: it also holds the tripwire) and the paths
+/// its last full scan left out. While a save holds the workspace, the list is not waited for.
+fn workspace_view(e: &Engine, h: &crate::engine::WsHandle) -> Result<Option<WorkspaceView>> {
+    let Some(record) = e.store.cat.workspace(h.id)? else {
+        return Ok(None);
+    };
+    let excluded =
+        h.ws.try_lock()
+            .map(|ws| excluded_of(&ws))
+            .unwrap_or_default();
+    Ok(Some((record, excluded)))
+}
+
 fn excluded_of(ws: &crate::workspace::Workspace) -> Vec<(Vec<u8>, String)> {
     ws.excluded()
         .iter()
@@ -96,16 +115,8 @@ impl Chkpt for Service {
             .blocking(|e| {
                 let mut workspaces = Vec::new();
                 for h in e.handles() {
-                    let (record, excluded) = match h.ws.try_lock() {
-                        Ok(ws) => (ws.record().clone(), excluded_of(&ws)),
-                        // A save is running: answer from the catalog rather than wait.
-                        Err(_) => (
-                            e.store
-                                .cat
-                                .workspace(h.id)?
-                                .unwrap_or_else(|| unreachable_record(h.id)),
-                            Vec::new(),
-                        ),
+                    let Some((record, excluded)) = workspace_view(e, &h)? else {
+                        continue;
                     };
                     let (state, detail) = match h.state() {
                         WatchState::Watching => (pb::WorkspaceState::Watching, String::new()),
@@ -115,9 +126,8 @@ impl Chkpt for Service {
                     };
                     let last = e.store.cat.latest(h.id)?;
                     let path = String::from_utf8_lossy(&record.path).into_owned();
-                    let tripwire = e.store.cat.workspace(h.id)?.and_then(|w| w.tripwire);
                     let mut st = pb::WorkspaceStatus {
-                        tripwire: tripwire.as_ref().map(convert::tripwire),
+                        tripwire: record.tripwire.as_ref().map(convert::tripwire),
                         workspace: Some(convert::workspace(&record, &excluded)),
                         state: 0,
                         state_detail: detail,
@@ -219,18 +229,12 @@ impl Chkpt for Service {
     ) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
         let resp = self
             .blocking(|e| {
-                let workspaces = e
-                    .handles()
-                    .iter()
-                    .map(|h| match h.ws.try_lock() {
-                        Ok(ws) => convert::workspace(ws.record(), &excluded_of(&ws)),
-                        Err(_) => pb::Workspace {
-                            path: h.root.display().to_string(),
-                            id: h.id,
-                            ..Default::default()
-                        },
-                    })
-                    .collect();
+                let mut workspaces = Vec::new();
+                for h in e.handles() {
+                    if let Some((record, excluded)) = workspace_view(e, &h)? {
+                        workspaces.push(convert::workspace(&record, &excluded));
+                    }
+                }
                 Ok(pb::ListWorkspacesResponse { workspaces })
             })
             .await?;
@@ -562,41 +566,39 @@ impl Chkpt for Service {
         let stream = tokio_stream::StreamExt::filter_map(
             BroadcastStream::new(self.engine.subscribe()),
             move |item| {
+                // Runs on the async runtime: no catalog reads here, the paths of watched
+                // workspaces are in memory.
                 let ev = item.ok()?;
-                let (ws, kind) = match ev {
-                    EngineEvent::SnapshotTaken(s) => (
-                        s.workspace,
-                        pb::event::Kind::SnapshotTaken(pb::SnapshotTaken {
-                            snapshot: snap(&engine, &s).ok(),
-                        }),
-                    ),
-                    EngineEvent::RestoreDone(w, s) => (
-                        w,
-                        pb::event::Kind::RestoreDone(pb::RestoreDone {
-                            summary: Some(convert::restore_summary(&s)),
-                        }),
-                    ),
-                    EngineEvent::Rescan(w, reason) => {
-                        (w, pb::event::Kind::Rescan(pb::Rescan { reason }))
-                    }
-                    EngineEvent::Warning(w, message) => {
-                        (w, pb::event::Kind::Warning(pb::Warning { message }))
-                    }
-                    EngineEvent::Tripwire(w, t) => {
-                        (w, pb::event::Kind::Tripwire(convert::tripwire(&t)))
-                    }
+                let ws = match &ev {
+                    EngineEvent::SnapshotTaken(s) => s.workspace,
+                    EngineEvent::RestoreDone(w, _)
+                    | EngineEvent::Rescan(w, _)
+                    | EngineEvent::Warning(w, _)
+                    | EngineEvent::Tripwire(w, _) => *w,
                 };
                 if filter.is_some_and(|f| f != ws) {
                     return None;
                 }
-                let workspace = engine
-                    .store
-                    .cat
-                    .workspace(ws)
-                    .ok()
-                    .flatten()
-                    .map(|w| String::from_utf8_lossy(&w.path).into_owned())
-                    .unwrap_or_default();
+                let workspace = engine.watched_path(ws).unwrap_or_default();
+                let kind = match ev {
+                    EngineEvent::SnapshotTaken(s) => {
+                        pb::event::Kind::SnapshotTaken(pb::SnapshotTaken {
+                            snapshot: Some(convert::snapshot(&s, &workspace)),
+                        })
+                    }
+                    EngineEvent::RestoreDone(_, s) => {
+                        pb::event::Kind::RestoreDone(pb::RestoreDone {
+                            summary: Some(convert::restore_summary(&s)),
+                        })
+                    }
+                    EngineEvent::Rescan(_, reason) => {
+                        pb::event::Kind::Rescan(pb::Rescan { reason })
+                    }
+                    EngineEvent::Warning(_, message) => {
+                        pb::event::Kind::Warning(pb::Warning { message })
+                    }
+                    EngineEvent::Tripwire(_, t) => pb::event::Kind::Tripwire(convert::tripwire(&t)),
+                };
                 Some(Ok(pb::Event {
                     unix_ms: crate::workspace::now_us() / 1000,
                     workspace,
@@ -605,20 +607,6 @@ impl Chkpt for Service {
             },
         );
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-fn unreachable_record(id: u64) -> crate::store::catalog::WorkspaceRecord {
-    crate::store::catalog::WorkspaceRecord {
-        id,
-        path: Vec::new(),
-        idle_ms: 0,
-        max_delay_ms: 0,
-        include_dependency_dirs: false,
-        created_us: 0,
-        watched: true,
-        retention: crate::retention::Policy::default(),
-        tripwire: None,
     }
 }
 

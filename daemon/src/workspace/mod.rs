@@ -818,7 +818,6 @@ fn read_object(
                 Err(e) => return Ok(ReadOutcome::Skipped(format!("{}: {e}", path.display()))),
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Gone),
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Err(Error::io(path, e)),
             Err(e) => match e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<StoreFailure>())
