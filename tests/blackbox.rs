@@ -11,25 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
-use util::{Daemon, listing, restore_to, snapshots, wait_for};
-
-async fn watch(
-    c: &mut chkpt_proto::v1::chkpt_client::ChkptClient<tonic::transport::Channel>,
-    dir: &Path,
-    idle_ms: u64,
-    max_delay_ms: u64,
-) -> pb::WatchResponse {
-    c.watch(pb::WatchRequest {
-        path: dir.display().to_string(),
-        idle_ms,
-        max_delay_ms,
-        include_dependency_dirs: false,
-        retention: None,
-    })
-    .await
-    .expect("watch")
-    .into_inner()
-}
+use util::{Daemon, listing, restore_to, snapshots, wait_for, watch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_snapshot_after_idle_equals_the_folder() {

@@ -28,13 +28,11 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn watch(c: &mut ChkptClient<Channel>, dir: &Path) -> pb::Snapshot {
-    let req = pb::WatchRequest {
-        path: dir.display().to_string(),
-        idle_ms: 3_600_000,
-        max_delay_ms: 3_600_000,
-        ..Default::default()
-    };
-    c.watch(req).await.unwrap().into_inner().baseline.unwrap()
+    // Quiet periods of an hour: only the tests' own saves make snapshots.
+    util::watch(c, dir, 3_600_000, 3_600_000)
+        .await
+        .baseline
+        .unwrap()
 }
 
 async fn save(c: &mut ChkptClient<Channel>, dir: &Path) -> Result<pb::Snapshot, tonic::Status> {

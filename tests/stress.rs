@@ -30,7 +30,7 @@ use proptest::strategy::Union;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tonic::Code;
 use tonic::transport::Channel;
-use util::{Daemon, restore_to, snapshots};
+use util::{Daemon, restore_to, snapshots, watch};
 
 type Client = ChkptClient<Channel>;
 
@@ -48,19 +48,6 @@ fn now_ms() -> u64 {
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-async fn watch(c: &mut Client, dir: &Path, idle_ms: u64, max_delay_ms: u64) -> pb::WatchResponse {
-    c.watch(pb::WatchRequest {
-        path: s(dir),
-        idle_ms,
-        max_delay_ms,
-        include_dependency_dirs: false,
-        retention: None,
-    })
-    .await
-    .expect("watch")
-    .into_inner()
 }
 
 /// Runs a Restore to its end: the summary, or the first error (at the call or in the stream).

@@ -172,6 +172,25 @@ where
     }
 }
 
+/// Watches `dir` with these timings (the daemon's default retention).
+pub async fn watch(
+    c: &mut ChkptClient<Channel>,
+    dir: &Path,
+    idle_ms: u64,
+    max_delay_ms: u64,
+) -> pb::WatchResponse {
+    c.watch(pb::WatchRequest {
+        path: dir.display().to_string(),
+        idle_ms,
+        max_delay_ms,
+        include_dependency_dirs: false,
+        retention: None,
+    })
+    .await
+    .expect("watch")
+    .into_inner()
+}
+
 /// The workspace's snapshots, newest first.
 pub async fn snapshots(c: &mut ChkptClient<Channel>, ws: &Path) -> Vec<pb::Snapshot> {
     c.list(pb::ListRequest {
