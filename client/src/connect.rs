@@ -422,6 +422,22 @@ fn connect_error(socket: &Path, error: &tonic::transport::Error) -> Error {
         Some(io) if nobody_listening(io.kind()) => Error::NotRunning {
             socket: socket.to_path_buf(),
         },
+        // The daemon accepted and then hung up (it is shutting down): the connection was lost,
+        // the socket itself is fine.
+        Some(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Error::ConnectionLost {
+                socket: socket.to_path_buf(),
+                reason: io.to_string(),
+            }
+        }
         Some(io) => Error::Connect {
             socket: socket.to_path_buf(),
             reason: io.to_string(),
