@@ -645,3 +645,55 @@ async fn retention_is_applied_after_auto_snapshots() {
         v.problems
     );
 }
+
+/// Regression: the watch subscribed to open events, so a build or an indexer reading every
+/// file overflowed the kernel's event queue (16,384 by default) and forced a rescan; the next
+/// save waited behind the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_every_file_does_not_overflow_the_watch() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    for dir in 0..20 {
+        let dir_path = ws.path().join(format!("d{dir}"));
+        fs::create_dir(&dir_path).unwrap();
+        for file in 0..1000 {
+            fs::write(dir_path.join(format!("f{file}")), format!("{dir}/{file}")).unwrap();
+        }
+    }
+    let mut c = d.client().await;
+    watch(&mut c, ws.path(), 3_600_000, 3_600_000).await;
+    let mut read = 0;
+    for _ in 0..2 {
+        for entry in walk(ws.path()) {
+            read += fs::read(entry).unwrap().len();
+        }
+    }
+    assert!(read > 0);
+    fs::write(ws.path().join("d7/f7"), b"changed").unwrap();
+    let snap = c
+        .save(pb::SaveRequest {
+            workspace: ws.path().display().to_string(),
+            message: String::new(),
+            pin: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(snap.modified, 1, "{snap:?}");
+    assert!(!snap.rescan, "40,000 opens forced a rescan:\n{}", d.log());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

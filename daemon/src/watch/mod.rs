@@ -141,8 +141,11 @@ fn make_watcher(root: &Path, tx: SyncSender<Msg>) -> notify::Result<RecommendedW
         }
     };
     // Symlinks are saved as links, never followed: a watched link to a directory would report
-    // that directory's events under the link's path.
-    let config = notify::Config::default().with_follow_symlinks(false);
+    // that directory's events under the link's path. Only changes are subscribed to: a build or
+    // an indexer opening every file would otherwise flood the kernel queue with open events.
+    let config = notify::Config::default()
+        .with_follow_symlinks(false)
+        .with_event_kinds(notify::EventKindMask::CORE);
     let mut w = RecommendedWatcher::new(handler, config)?;
     w.watch(root, RecursiveMode::Recursive)?;
     Ok(w)
