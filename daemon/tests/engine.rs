@@ -744,3 +744,73 @@ fn a_crafted_snapshot_with_hostile_names_cannot_write_outside_its_target() {
         store.catalog().remove_snapshot(&crafted).unwrap();
     }
 }
+
+/// The warm index is persisted as a base plus journal segments; reopened at each stage (journal
+/// appended, journal folded into a new base) it equals the live index and re-reads nothing.
+#[test]
+fn the_persisted_warm_index_survives_journal_appends_and_base_rewrites() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let path = |i: usize| format!("d{}/f{i}", i % 30);
+    for i in 0..3000 {
+        fs::create_dir_all(ws_dir.path().join(format!("d{}", i % 30))).unwrap();
+        fs::write(ws_dir.path().join(path(i)), format!("file {i}")).unwrap();
+    }
+    let rels = |range: std::ops::Range<usize>| -> Vec<Vec<u8>> {
+        range.map(|i| path(i).into_bytes()).collect()
+    };
+    let (ws_id, mut expected) = {
+        let store = Store::open(store_dir.path()).unwrap();
+        let mut ws = open(&store, ws_dir.path());
+        save(&mut ws, &store, Changes::Full);
+        (ws.record().id, ws.index().entries())
+    };
+    // (what, files touched, deleted rather than rewritten, left in the journal)
+    let stages = [
+        ("400 files modified", 0..400, false, true),
+        ("100 files deleted", 2900..3000, true, true),
+        ("1,500 files modified", 1000..2500, false, false),
+    ];
+    for (what, touched, delete, journaled) in stages {
+        let store = Store::open(store_dir.path()).unwrap();
+        let rec = store.catalog().workspace(ws_id).unwrap().unwrap();
+        let mut ws = Workspace::open(&store, rec).unwrap();
+        assert_eq!(ws.index().entries(), expected, "reopened before: {what}");
+        for i in touched.clone() {
+            let file = ws_dir.path().join(path(i));
+            if delete {
+                fs::remove_file(file).unwrap();
+            } else {
+                fs::write(file, format!("{what} {i}")).unwrap();
+            }
+        }
+        save(&mut ws, &store, Changes::Paths(rels(touched)));
+        expected = ws.index().entries();
+        let (persisted, journal) = store.catalog().load_index(ws_id).unwrap();
+        assert_eq!(
+            journal > 0,
+            journaled,
+            "{what}: journal of {journal} entries"
+        );
+        let persisted: BTreeMap<_, _> = persisted.into_iter().map(|(p, m)| (p, Some(m))).collect();
+        let live: BTreeMap<_, _> = expected.iter().cloned().collect();
+        assert_eq!(persisted, live, "persisted after: {what}");
+    }
+    // Once past the racy window, a full save re-reads the racy files for the last time; after
+    // a reopen, a full stat-walk re-reads nothing.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    {
+        let store = Store::open(store_dir.path()).unwrap();
+        let rec = store.catalog().workspace(ws_id).unwrap().unwrap();
+        let mut ws = Workspace::open(&store, rec).unwrap();
+        save(&mut ws, &store, Changes::Full);
+        expected = ws.index().entries();
+    }
+    let store = Store::open(store_dir.path()).unwrap();
+    let rec = store.catalog().workspace(ws_id).unwrap().unwrap();
+    let mut ws = Workspace::open(&store, rec).unwrap();
+    let b = store.batch();
+    ws.refresh(&b, &Changes::Full).unwrap();
+    assert_eq!(ws.counters.files_hashed.load(Ordering::Relaxed), 0);
+    assert_eq!(ws.index().entries(), expected);
+}

@@ -2,19 +2,31 @@
 //! indexes.
 //!
 //! # Format
-//! 1. `blobs`: 16-byte id → [`Loc`](super::Loc) (29 bytes).
+//! 1. `blob_segments`: sequence number (8 bytes big-endian) → a version byte, then entries of
+//!    a 16-byte id followed by its 29-byte [`Loc`]. One segment per committed chunk of objects;
+//!    a later segment's entry for an id wins. The whole index is loaded into memory when the
+//!    store opens: looking an id up never touches sled, and a cold save writes a few large
+//!    values instead of one sled entry per object.
 //! 2. `packs`: pack number (4 bytes big-endian) → committed length (8 bytes little-endian).
+//!    Blob index entries that reach past their pack's committed length are the remains of an
+//!    interrupted commit and are ignored.
 //! 3. `workspaces`: workspace id (8 bytes BE) → bitcode [`WorkspaceRecord`]; `ws_paths`: the
 //!    workspace's absolute path bytes → its id.
 //! 4. `snapshots`: snapshot id (8 bytes BE) → bitcode [`SnapshotRecord`]; `ws_snaps`: workspace
 //!    id, creation time in µs and snapshot id (8 bytes BE each) → empty, so a workspace's
 //!    snapshots list in time order by a prefix scan.
-//! 5. `files`: workspace id (8 bytes BE) then the relative path bytes → bitcode [`FileMeta`]:
-//!    the persisted warm index.
+//! 5. `index_segments`: workspace id (8 bytes BE), a sequence number (8 bytes BE) → bitcode
+//!    list of (relative path, [`FileMeta`] or none for a removed path): the persisted warm
+//!    index, as a base of whole-index segments followed by journal segments, each applied in
+//!    order. When the journal outgrows a quarter of the base, it is folded into a new base.
 //! 6. Records start with a one-byte format version ([`RECORD_VERSION`]).
+//! 7. Stores written before segments existed keep one `blobs` entry per object and one `files`
+//!    entry per path; opening such a store moves them into segments once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::pack::Loc;
 use super::{Id, Kind};
 use crate::error::{Error, Result};
 
@@ -188,34 +200,153 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
         .unwrap_or_default()
 }
 
+/// Objects per blob index segment, and index entries per warm-index segment.
+const SEGMENT_ENTRIES: usize = 8192;
+/// Bytes of one blob index entry: id and [`Loc`].
+const BLOB_ENTRY: usize = 16 + Loc::ENCODED;
+
+/// A warm-index change: a path's new entry, or none when it is gone.
+pub type IndexChange = (Vec<u8>, Option<FileMeta>);
+/// A persisted warm index: (relative path, entry) in path order, and the number of journal
+/// entries it was rebuilt from on top of its base.
+pub type LoadedIndex = (Vec<(Vec<u8>, FileMeta)>, usize);
+
 /// The catalog's trees.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Catalog {
     db: sled::Db,
-    /// id → Loc.
-    pub blobs: sled::Tree,
+    blob_segments: sled::Tree,
+    next_blob_segment: AtomicU64,
     packs: sled::Tree,
     workspaces: sled::Tree,
     ws_paths: sled::Tree,
     snapshots: sled::Tree,
     ws_snaps: sled::Tree,
-    /// Warm file indexes.
-    pub files: sled::Tree,
+    index_segments: sled::Tree,
 }
 
 impl Catalog {
-    /// Opens the trees.
+    /// Opens the trees, moving a store of the per-entry format into segments (format rule 7).
     pub fn open(db: &sled::Db) -> Result<Catalog> {
-        Ok(Catalog {
+        let blob_segments = db.open_tree("blob_segments")?;
+        let next = blob_segments
+            .last()?
+            .map(|(k, _)| u64_at(&k, 0) + 1)
+            .unwrap_or(0);
+        let cat = Catalog {
             db: db.clone(),
-            blobs: db.open_tree("blobs")?,
+            blob_segments,
+            next_blob_segment: AtomicU64::new(next),
             packs: db.open_tree("packs")?,
             workspaces: db.open_tree("workspaces")?,
             ws_paths: db.open_tree("ws_paths")?,
             snapshots: db.open_tree("snapshots")?,
             ws_snaps: db.open_tree("ws_snaps")?,
-            files: db.open_tree("files")?,
-        })
+            index_segments: db.open_tree("index_segments")?,
+        };
+        cat.migrate_per_entry_trees()?;
+        Ok(cat)
+    }
+
+    fn migrate_per_entry_trees(&self) -> Result<()> {
+        let names = self.db.tree_names();
+        if names.iter().any(|n| n.as_ref() == b"blobs") {
+            let old = self.db.open_tree("blobs")?;
+            let mut entries = Vec::new();
+            for kv in old.iter() {
+                let (k, v) = kv?;
+                if let (Ok(raw), Some(loc)) = (<[u8; 16]>::try_from(k.as_ref()), Loc::decode(&v)) {
+                    entries.push((Id(raw), loc));
+                }
+            }
+            tracing::info!(
+                objects = entries.len(),
+                "moving the blob index into segments"
+            );
+            self.append_blob_segments(&entries)?;
+            self.db.flush()?;
+            self.db.drop_tree("blobs")?;
+        }
+        if names.iter().any(|n| n.as_ref() == b"files") {
+            let old = self.db.open_tree("files")?;
+            let mut per_ws: HashMap<u64, Vec<IndexChange>> = HashMap::new();
+            for kv in old.iter() {
+                let (k, v) = kv?;
+                if k.len() >= 8 {
+                    let meta: FileMeta = decode("file", &v)?;
+                    per_ws
+                        .entry(u64_at(&k, 0))
+                        .or_default()
+                        .push((k[8..].to_vec(), Some(meta)));
+                }
+            }
+            for (ws, entries) in per_ws {
+                self.write_index_base(ws, &entries)?;
+            }
+            self.db.flush()?;
+            self.db.drop_tree("files")?;
+        }
+        Ok(())
+    }
+
+    // ---- blob index
+
+    /// The committed blob index, without entries that reach past their pack's committed
+    /// length (format rule 2).
+    pub fn load_blob_index(&self) -> Result<HashMap<Id, Loc>> {
+        let lengths: HashMap<u32, u64> = self.pack_lengths()?.into_iter().collect();
+        let mut index = HashMap::new();
+        let mut ignored = 0u64;
+        for kv in self.blob_segments.iter() {
+            let (_, v) = kv?;
+            let body = match v.split_first() {
+                Some((&RECORD_VERSION, body)) if body.len() % BLOB_ENTRY == 0 => body,
+                _ => return Err(Error::Corrupt("a blob index segment is malformed".into())),
+            };
+            for entry in body.chunks_exact(BLOB_ENTRY) {
+                let (id, loc) = entry.split_at(16);
+                let (Ok(id), Some(loc)) = (<[u8; 16]>::try_from(id), Loc::decode(loc)) else {
+                    return Err(Error::Corrupt("a blob index entry is malformed".into()));
+                };
+                if lengths.get(&loc.pack).is_some_and(|&len| loc.end() <= len) {
+                    index.insert(Id(id), loc);
+                } else {
+                    ignored += 1;
+                }
+            }
+        }
+        if ignored > 0 {
+            tracing::info!(
+                ignored,
+                "blob index entries of an interrupted commit ignored"
+            );
+        }
+        Ok(index)
+    }
+
+    /// Appends entries to the blob index (visible once their packs' lengths are raised).
+    pub fn append_blob_segments(&self, entries: &[(Id, Loc)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for chunk in entries.chunks(SEGMENT_ENTRIES) {
+            let seq = self.next_blob_segment.fetch_add(1, Ordering::SeqCst);
+            batch.insert(&be(seq), blob_segment(chunk));
+        }
+        self.blob_segments.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Replaces the whole blob index by `entries`, atomically.
+    pub fn rewrite_blob_index(&self, entries: &[(Id, Loc)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for k in self.blob_segments.iter().keys() {
+            batch.remove(k?);
+        }
+        for chunk in entries.chunks(SEGMENT_ENTRIES) {
+            let seq = self.next_blob_segment.fetch_add(1, Ordering::SeqCst);
+            batch.insert(&be(seq), blob_segment(chunk));
+        }
+        self.blob_segments.apply_batch(batch)?;
+        Ok(())
     }
 
     // ---- packs
@@ -394,44 +525,120 @@ impl Catalog {
 
     // ---- warm file index
 
-    fn file_key(ws: u64, path: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(8 + path.len());
-        k.extend_from_slice(&be(ws));
-        k.extend_from_slice(path);
+    fn index_key(ws: u64, seq: u64) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&be(ws));
+        k[8..].copy_from_slice(&be(seq));
         k
     }
 
-    /// The persisted warm index of a workspace: (relative path, meta), in path order.
-    pub fn files_of(&self, ws: u64) -> impl Iterator<Item = Result<(Vec<u8>, FileMeta)>> + '_ {
-        self.files.scan_prefix(be(ws)).map(|kv| {
-            let (k, v) = kv?;
-            Ok((k[8..].to_vec(), decode("file", &v)?))
-        })
+    /// The persisted warm index of a workspace in path order, and the number of journal
+    /// entries on top of its base.
+    pub fn load_index(&self, ws: u64) -> Result<LoadedIndex> {
+        let mut map: std::collections::BTreeMap<Vec<u8>, FileMeta> = Default::default();
+        let mut journal = 0;
+        for kv in self.index_segments.scan_prefix(be(ws)) {
+            let (_, v) = kv?;
+            let (base, changes) = decode_index_segment(&v)?;
+            if !base {
+                journal += changes.len();
+            }
+            for (path, meta) in changes {
+                match meta {
+                    Some(m) => map.insert(path, m),
+                    None => map.remove(&path),
+                };
+            }
+        }
+        Ok((map.into_iter().collect(), journal))
     }
 
-    /// Applies changes to a workspace's persisted warm index.
-    pub fn update_files(&self, ws: u64, changes: &[(Vec<u8>, Option<FileMeta>)]) -> Result<()> {
-        for chunk in changes.chunks(super::CATALOG_CHUNK) {
-            let mut batch = sled::Batch::default();
-            for (path, meta) in chunk {
-                let key = Self::file_key(ws, path);
-                match meta {
-                    Some(m) => batch.insert(key, encode(m)),
-                    None => batch.remove(key),
-                }
-            }
-            self.files.apply_batch(batch)?;
+    /// Appends changes to a workspace's persisted warm index.
+    pub fn append_index(&self, ws: u64, changes: &[IndexChange]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let seqs = self.next_index_seq(ws)?..;
+        for (seq, chunk) in seqs.zip(changes.chunks(SEGMENT_ENTRIES)) {
+            batch.insert(&Self::index_key(ws, seq), index_segment(false, chunk));
         }
+        self.index_segments.apply_batch(batch)?;
         Ok(())
     }
 
-    /// Removes a workspace's persisted warm index.
-    pub fn clear_files(&self, ws: u64) -> Result<()> {
+    /// Replaces a workspace's persisted warm index by `entries`, atomically.
+    pub fn write_index_base(&self, ws: u64, entries: &[IndexChange]) -> Result<()> {
         let mut batch = sled::Batch::default();
-        for k in self.files.scan_prefix(be(ws)).keys() {
+        for k in self.index_segments.scan_prefix(be(ws)).keys() {
             batch.remove(k?);
         }
-        self.files.apply_batch(batch)?;
+        let seqs = self.next_index_seq(ws)?..;
+        for (seq, chunk) in seqs.zip(entries.chunks(SEGMENT_ENTRIES)) {
+            batch.insert(&Self::index_key(ws, seq), index_segment(true, chunk));
+        }
+        self.index_segments.apply_batch(batch)?;
         Ok(())
+    }
+
+    fn next_index_seq(&self, ws: u64) -> Result<u64> {
+        Ok(self
+            .index_segments
+            .scan_prefix(be(ws))
+            .keys()
+            .next_back()
+            .transpose()?
+            .map(|k| u64_at(&k, 8) + 1)
+            .unwrap_or(0))
+    }
+
+    /// Content ids named by the persisted warm indexes (kept by garbage collection). Entries
+    /// a later segment replaced name nothing.
+    pub fn index_ids(&self) -> Result<HashSet<Id>> {
+        let mut out = HashSet::new();
+        let mut ws = None;
+        let mut current: HashMap<Vec<u8>, Id> = HashMap::new();
+        for kv in self.index_segments.iter() {
+            let (k, v) = kv?;
+            let seg_ws = u64_at(&k, 0);
+            if ws != Some(seg_ws) {
+                out.extend(current.drain().map(|(_, id)| id));
+                ws = Some(seg_ws);
+            }
+            let (_, changes) = decode_index_segment(&v)?;
+            for (path, meta) in changes {
+                match meta.filter(|m| m.kind != Kind::Dir) {
+                    Some(m) => current.insert(path, m.id),
+                    None => current.remove(&path),
+                };
+            }
+        }
+        out.extend(current.into_values());
+        Ok(out)
+    }
+}
+
+fn blob_segment(entries: &[(Id, Loc)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + entries.len() * BLOB_ENTRY);
+    out.push(RECORD_VERSION);
+    for (id, loc) in entries {
+        out.extend_from_slice(&id.0);
+        out.extend_from_slice(&loc.encode());
+    }
+    out
+}
+
+/// A warm-index segment: the version byte, 1 for a base segment (0 for journal), the changes.
+fn index_segment(base: bool, changes: &[IndexChange]) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION, u8::from(base)];
+    out.extend_from_slice(&bitcode::encode(changes));
+    out
+}
+
+fn decode_index_segment(bytes: &[u8]) -> Result<(bool, Vec<IndexChange>)> {
+    match bytes {
+        [RECORD_VERSION, base @ (0 | 1), rest @ ..] => bitcode::decode(rest)
+            .map(|changes| (*base == 1, changes))
+            .map_err(|e| Error::Corrupt(format!("catalog warm index segment: {e}"))),
+        _ => Err(Error::Corrupt(
+            "catalog warm index segment has an unknown format version".into(),
+        )),
     }
 }

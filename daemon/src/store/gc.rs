@@ -75,15 +75,7 @@ impl Store {
                 }
             }
         }
-        for kv in self.cat.files.iter() {
-            let (_, v) = kv?;
-            if let Some((&super::catalog::RECORD_VERSION, rest)) = v.split_first()
-                && let Ok(meta) = bitcode::decode::<super::catalog::FileMeta>(rest)
-                && meta.kind != Kind::Dir
-            {
-                live.insert(meta.id);
-            }
-        }
+        live.extend(self.cat.index_ids()?);
         Ok(live)
     }
 
@@ -96,27 +88,20 @@ impl Store {
         let mut report = GcReport::default();
         let mut live_bytes: HashMap<u32, u64> = HashMap::new();
         let mut live_in: HashMap<u32, Vec<(Id, Loc)>> = HashMap::new();
-        let mut drop_batch = sled::Batch::default();
-        for kv in self.cat.blobs.iter() {
-            let (k, v) = kv?;
-            let id = Id(k
-                .as_ref()
-                .try_into()
-                .map_err(|_| Error::Corrupt("blob index key".into()))?);
-            let Some(loc) = Loc::decode(&v) else {
-                drop_batch.remove(k);
-                continue;
-            };
+        let mut kept = Vec::new();
+        for (id, loc) in self.objects() {
             if live.contains(&id) {
                 *live_bytes.entry(loc.pack).or_default() += loc.record_len();
                 live_in.entry(loc.pack).or_default().push((id, loc));
+                kept.push((id, loc));
             } else {
-                drop_batch.remove(k);
                 report.objects_removed += 1;
             }
         }
-        self.cat.blobs.apply_batch(drop_batch)?;
+        // Rewritten even when nothing is dropped: it folds the segments of many saves into few.
+        self.cat.rewrite_blob_index(&kept)?;
         self.flush()?;
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = kept.into_iter().collect();
         self.gc_epoch
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 
@@ -177,13 +162,13 @@ impl Store {
         }
         let path = pack::pack_path(&self.packs_dir, new_no);
         w.file.sync_all().at(&path)?;
-        let mut batch = sled::Batch::default();
-        for (id, loc) in &moved {
-            batch.insert(&id.0, &loc.encode());
-        }
+        self.cat.append_blob_segments(&moved)?;
         self.cat.set_pack_length(new_no, w.len)?;
-        self.cat.blobs.apply_batch(batch)?;
         self.flush()?;
+        self.index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(moved.iter().copied());
         self.delete_pack(no, report)?;
         // delete_pack counted the old pack's whole size; the live part lives on in the new one.
         report.bytes_reclaimed = report.bytes_reclaimed.saturating_sub(w.len);
@@ -196,16 +181,7 @@ impl Store {
     pub fn verify(&self, only_workspace: Option<u64>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let mut bad: HashMap<Id, String> = HashMap::new();
-        for kv in self.cat.blobs.iter() {
-            let (k, v) = kv?;
-            let Ok(raw) = <[u8; 16]>::try_from(k.as_ref()) else {
-                continue;
-            };
-            let id = Id(raw);
-            let Some(loc) = Loc::decode(&v) else {
-                bad.insert(id, "malformed index entry".into());
-                continue;
-            };
+        for (id, loc) in self.objects() {
             report.objects_checked += 1;
             match self.read_loc_into(&id, &loc, &mut io::sink()) {
                 Ok(n) => report.bytes_checked += n,
@@ -290,7 +266,7 @@ impl Store {
                         }
                     } else if let Some(problem) = bad.get(&e.id) {
                         out.push((e.name.clone(), e.id, problem.clone()));
-                    } else if !self.cat.blobs.contains_key(e.id.0).unwrap_or(false) {
+                    } else if self.committed(&e.id).is_none() {
                         out.push((e.name.clone(), e.id, "missing from the store".into()));
                     }
                 }

@@ -4,9 +4,9 @@
 //! A data directory holds:
 //! 1. `lock`: an exclusively locked file with the holder's pid; one daemon per data directory.
 //! 2. `packs/`: pack files (see [`pack`] for their format).
-//! 3. `catalog/`: the sled database with the trees `blobs` (id → [`Loc`]), `packs` (pack number →
-//!    committed length), `workspaces`, `ws_paths`, `snapshots`, `ws_snaps` and `files` (see
-//!    [`catalog`]).
+//! 3. `catalog/`: the sled database with the trees `blob_segments` (id → [`Loc`], loaded into
+//!    memory when the store opens), `packs` (pack number → committed length), `workspaces`,
+//!    `ws_paths`, `snapshots`, `ws_snaps` and `index_segments` (see [`catalog`]).
 //!
 //! # Writing
 //! Objects are written through a [`Batch`]: they are appended to packs at once, and become
@@ -39,8 +39,6 @@ use crate::error::{Error, IoContext, Result};
 
 /// Blobs at most this large are compressed in memory; larger ones are streamed.
 pub const IN_MEMORY_LIMIT: u64 = 8 << 20;
-/// Catalog entries written per sled batch.
-pub(crate) const CATALOG_CHUNK: usize = 4096;
 /// sled's page cache: small, the daemon must stay lean while it watches large trees.
 const CATALOG_CACHE_BYTES: u64 = 32 << 20;
 
@@ -64,6 +62,8 @@ pub struct Store {
     open_packs: Mutex<HashMap<u32, Arc<File>>>,
     next_pack: AtomicU32,
     pending: Mutex<HashMap<Id, Loc>>,
+    /// The committed blob index (catalog format rule 1).
+    index: RwLock<HashMap<Id, Loc>>,
     maps: RwLock<HashMap<u32, Arc<Mmap>>>,
     gc_lock: RwLock<()>,
     gc_epoch: AtomicU64,
@@ -125,6 +125,7 @@ impl Store {
             open_packs: Mutex::new(HashMap::new()),
             next_pack: AtomicU32::new(0),
             pending: Mutex::new(HashMap::new()),
+            index: RwLock::new(HashMap::new()),
             maps: RwLock::new(HashMap::new()),
             gc_lock: RwLock::new(()),
             gc_epoch: AtomicU64::new(0),
@@ -132,6 +133,7 @@ impl Store {
             _lock: lock,
         };
         store.recover_packs()?;
+        *store.index.write().unwrap_or_else(|p| p.into_inner()) = store.cat.load_blob_index()?;
         Ok(store)
     }
 
@@ -202,7 +204,22 @@ impl Store {
         if lock_poisoned(&self.pending).contains_key(id) {
             return Ok(true);
         }
-        Ok(self.cat.blobs.contains_key(id.0)?)
+        Ok(self.committed(id).is_some())
+    }
+
+    /// Where a committed object is.
+    pub(crate) fn committed(&self, id: &Id) -> Option<Loc> {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// Every committed object and where it is.
+    pub fn objects(&self) -> Vec<(Id, Loc)> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index.iter().map(|(id, loc)| (*id, *loc)).collect()
     }
 
     /// Where an object is.
@@ -210,12 +227,7 @@ impl Store {
         if let Some(loc) = lock_poisoned(&self.pending).get(id) {
             return Ok(Some(*loc));
         }
-        match self.cat.blobs.get(id.0)? {
-            Some(v) => Loc::decode(&v)
-                .map(Some)
-                .ok_or_else(|| Error::Corrupt(format!("blob index entry of {id} is malformed"))),
-            None => Ok(None),
-        }
+        Ok(self.committed(id))
     }
 
     fn map(&self, pack: u32, need: u64) -> Result<Arc<Mmap>> {
@@ -331,6 +343,12 @@ impl Store {
     /// freed heap to the system.
     pub fn release_memory(&self) {
         self.maps.write().unwrap_or_else(|p| p.into_inner()).clear();
+        // mimalloc keeps a thread's freed pages until that thread allocates again: the rayon
+        // workers that read a cold save would hold hundreds of MiB while the daemon idles.
+        // SAFETY: mi_collect only returns free memory of the calling thread's heap.
+        rayon::broadcast(|_| unsafe { libmimalloc_sys::mi_collect(true) });
+        // SAFETY: as above.
+        unsafe { libmimalloc_sys::mi_collect(true) };
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only releases free memory of the allocator.
         unsafe {
@@ -543,7 +561,7 @@ impl Batch<'_> {
             lock_poisoned(&self.new).push((*id, loc));
             return Ok(true);
         }
-        Ok(self.store.cat.blobs.contains_key(id.0)?)
+        Ok(self.store.committed(id).is_some())
     }
 
     fn record(&self, id: Id, loc: Loc) {
@@ -585,14 +603,7 @@ impl Batch<'_> {
         let t = std::time::Instant::now();
         self.store.sync_packs(&ends.keys().copied().collect())?;
         let sync_ms = t.elapsed().as_millis() as u64;
-        // In chunks: one huge sled batch (a cold save) keeps a lot of memory alive.
-        for chunk in new.chunks(CATALOG_CHUNK) {
-            let mut blobs = sled::Batch::default();
-            for (id, loc) in chunk {
-                blobs.insert(&id.0, &loc.encode());
-            }
-            self.store.cat.blobs.apply_batch(blobs)?;
-        }
+        self.store.cat.append_blob_segments(&new)?;
         tracing::debug!(
             objects = new.len(),
             sync_ms,
@@ -600,6 +611,10 @@ impl Batch<'_> {
             "objects committed"
         );
         self.store.cat.raise_pack_lengths(&ends)?;
+        {
+            let mut index = self.store.index.write().unwrap_or_else(|p| p.into_inner());
+            index.extend(new.iter().copied());
+        }
         let mut pending = lock_poisoned(&self.store.pending);
         for (id, loc) in &new {
             if pending.get(id) == Some(loc) {
@@ -726,5 +741,94 @@ mod tests {
                 .len(),
             committed
         );
+    }
+
+    /// A crash after the blob index segment was written but before the pack's committed length
+    /// was raised: the entries past that length are ignored.
+    #[test]
+    fn index_entries_past_a_committed_length_are_ignored_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let lost = Id::of(b"lost");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let b = store.batch();
+            b.put(b"kept", false).unwrap();
+            b.finish().unwrap();
+            let (no, committed) = store.cat.pack_lengths().unwrap()[0];
+            let past = Loc {
+                pack: no,
+                offset: committed + pack::RECORD_HEADER,
+                len: 4,
+                raw_len: 4,
+                flags: 0,
+            };
+            store.cat.append_blob_segments(&[(lost, past)]).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.contains(&Id::of(b"kept")).unwrap());
+        assert!(!store.contains(&lost).unwrap());
+        assert_eq!(store.objects().len(), 1);
+    }
+
+    /// A store written with one sled entry per object and per path opens with everything in
+    /// place (catalog format rule 7).
+    #[test]
+    fn a_per_entry_catalog_is_moved_into_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = random(100_000, 9);
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let b = store.batch();
+            let (id, _) = b.put(&data, false).unwrap();
+            b.finish().unwrap();
+            let old = store.db.open_tree("blobs").unwrap();
+            for (id, loc) in store.objects() {
+                old.insert(id.0, &loc.encode()).unwrap();
+            }
+            store.db.drop_tree("blob_segments").unwrap();
+            let meta = catalog::FileMeta {
+                kind: Kind::File,
+                mode: 0o644,
+                size: data.len() as u64,
+                mtime_ns: 1,
+                ctime_ns: 2,
+                ino: 3,
+                dev: 4,
+                id,
+                racy: false,
+            };
+            let mut key = 7u64.to_be_bytes().to_vec();
+            key.extend_from_slice(b"src/a.bin");
+            let mut value = vec![catalog::RECORD_VERSION];
+            value.extend_from_slice(&bitcode::encode(&meta));
+            store
+                .db
+                .open_tree("files")
+                .unwrap()
+                .insert(key, value)
+                .unwrap();
+            store.flush().unwrap();
+            id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.read_vec(&id).unwrap(), data);
+        let (entries, _) = store.cat.load_index(7).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].0.as_slice(), entries[0].1.id),
+            (&b"src/a.bin"[..], id)
+        );
+        let names = store.db.tree_names();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.as_ref() == b"blobs" || n.as_ref() == b"files")
+        );
+        drop(store);
+        // Once moved, a second open finds the same.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.read_vec(&id).unwrap(), data);
+        assert_eq!(store.cat.load_index(7).unwrap().0.len(), 1);
     }
 }

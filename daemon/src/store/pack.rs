@@ -47,7 +47,7 @@ pub struct Loc {
 }
 
 impl Loc {
-    const ENCODED: usize = 4 + 8 + 8 + 8 + 1;
+    pub(crate) const ENCODED: usize = 4 + 8 + 8 + 8 + 1;
 
     /// The fixed 29-byte index value.
     pub fn encode(&self) -> [u8; Self::ENCODED] {

@@ -261,6 +261,13 @@ impl Index {
         rec(&mut Vec::new(), &self.root, &mut f);
     }
 
+    /// Every entry, the root's first, as changes that rebuild the index from nothing.
+    pub fn entries(&self) -> Vec<(Vec<u8>, Option<FileMeta>)> {
+        let mut out = vec![(Vec::new(), Some(self.root.meta))];
+        self.walk(|path, meta| out.push((path.to_vec(), Some(*meta))));
+        out
+    }
+
     /// Drops every cached tree id (their objects may have been garbage collected).
     pub fn invalidate_trees(&mut self) {
         fn rec(dir: &mut DirNode) {

@@ -35,6 +35,8 @@ use crate::store::{Batch, IN_MEMORY_LIMIT, Id, Kind, Store, Streamed};
 const RACY_WINDOW_NS: i64 = 1_000_000_000;
 /// Attempts at reading a file that keeps changing before its previous version is kept.
 const READ_ATTEMPTS: usize = 4;
+/// Journal entries persisted beyond a quarter of the base before the base is rewritten.
+const JOURNAL_SLACK: usize = 1024;
 
 /// What changed since the index was last brought up to date.
 #[derive(Debug, Clone)]
@@ -114,6 +116,9 @@ pub struct Workspace {
     /// Directories the last refreshes found new: their contents may have been created before
     /// the kernel watched them, so the daemon lists them once more after the save.
     new_dirs: Vec<Vec<u8>>,
+    /// Entries in the persisted warm index's base, and journal entries persisted on top.
+    persisted_base: usize,
+    persisted_journal: usize,
 }
 
 /// µs since the epoch.
@@ -259,8 +264,8 @@ impl Workspace {
             store.dir(),
             record.include_dependency_dirs,
         ));
-        let entries: Vec<(Vec<u8>, FileMeta)> =
-            store.cat.files_of(record.id).collect::<Result<_>>()?;
+        let (entries, persisted_journal) = store.cat.load_index(record.id)?;
+        let persisted_base = entries.len();
         let index = Index::load(entries);
         let baseline = store.cat.latest(record.id)?.map(|s| s.root);
         Ok(Workspace {
@@ -276,6 +281,8 @@ impl Workspace {
                 .map(|n| n.get())
                 .unwrap_or(2),
             new_dirs: Vec::new(),
+            persisted_base,
+            persisted_journal,
         })
     }
 
@@ -631,11 +638,21 @@ impl Workspace {
         Ok(())
     }
 
-    /// Persists the index journal (after the objects it names are committed).
+    /// Persists the index journal (after the objects it names are committed). A journal grown
+    /// past a quarter of the persisted base is folded into a new base.
     fn persist_index(&mut self, store: &Store) -> Result<()> {
         let journal = self.index.take_journal();
-        if !journal.is_empty() {
-            store.cat.update_files(self.record.id, &journal)?;
+        if journal.is_empty() {
+            return Ok(());
+        }
+        if self.persisted_journal + journal.len() > self.persisted_base / 4 + JOURNAL_SLACK {
+            let entries = self.index.entries();
+            store.cat.write_index_base(self.record.id, &entries)?;
+            self.persisted_base = entries.len();
+            self.persisted_journal = 0;
+        } else {
+            store.cat.append_index(self.record.id, &journal)?;
+            self.persisted_journal += journal.len();
         }
         Ok(())
     }
