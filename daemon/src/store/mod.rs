@@ -27,18 +27,22 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, mpsc};
 
 use memmap2::Mmap;
 
 pub use self::id::{Hasher, Id};
 pub use self::pack::Loc;
-use self::pack::{FLAG_LZ4, FLAG_TREE, PACK_TARGET_SIZE, PackWriter};
+use self::pack::{FLAG_LZ4, FLAG_LZ4_BLOCK, FLAG_TREE, PACK_TARGET_SIZE, PackWriter};
 pub use self::tree::{Entry, Kind, Tree};
 use crate::error::{Error, IoContext, Result};
 
 /// Blobs at most this large are compressed in memory; larger ones are streamed.
 pub const IN_MEMORY_LIMIT: u64 = 8 << 20;
+/// A pack being filled is fsynced in the background every this many bytes: fsync's cost grows
+/// with what was written since the last one (the disk's cache is flushed too), and a large
+/// save's final fsync then has little left.
+const EARLY_SYNC_EVERY: u64 = 64 << 20;
 /// sled's page cache: small, the daemon must stay lean while it watches large trees.
 const CATALOG_CACHE_BYTES: u64 = 32 << 20;
 
@@ -65,6 +69,8 @@ pub struct Store {
     /// The committed blob index (catalog format rule 1).
     index: RwLock<HashMap<Id, Loc>>,
     maps: RwLock<HashMap<u32, Arc<Mmap>>>,
+    /// Requests to the background fsync thread (see [`EARLY_SYNC_EVERY`]).
+    early_sync: Mutex<mpsc::SyncSender<Arc<File>>>,
     gc_lock: RwLock<()>,
     gc_epoch: AtomicU64,
     /// Work counters.
@@ -116,6 +122,19 @@ impl Store {
             }
         };
         let cat = catalog::Catalog::open(&db)?;
+        let (early_sync, requests) = mpsc::sync_channel::<Arc<File>>(4);
+        std::thread::Builder::new()
+            .name("chkpt-sync".into())
+            .spawn(move || {
+                // Ends when the store (the sender) is dropped. A failure here is met again by
+                // the commit's own fsync, which reports it.
+                for file in requests {
+                    if let Err(e) = file.sync_data() {
+                        tracing::debug!(error = %e, "background pack fsync failed");
+                    }
+                }
+            })
+            .map_err(|e| Error::io(&dir, e))?;
         let store = Store {
             dir,
             packs_dir,
@@ -127,6 +146,7 @@ impl Store {
             pending: Mutex::new(HashMap::new()),
             index: RwLock::new(HashMap::new()),
             maps: RwLock::new(HashMap::new()),
+            early_sync: Mutex::new(early_sync),
             gc_lock: RwLock::new(()),
             gc_epoch: AtomicU64::new(0),
             counters: StoreCounters::default(),
@@ -294,7 +314,18 @@ impl Store {
             inner: sink,
             hasher: Hasher::default(),
         };
-        let res = if loc.flags & FLAG_LZ4 != 0 {
+        let res = if loc.flags & FLAG_LZ4_BLOCK != 0 {
+            if loc.raw_len > IN_MEMORY_LIMIT {
+                return Err(Error::Corrupt(format!(
+                    "object {id} in pack {} claims an impossible length",
+                    loc.pack
+                )));
+            }
+            match lz4_flex::block::decompress(stored, loc.raw_len as usize) {
+                Ok(raw) => hashing.write_all(&raw),
+                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        } else if loc.flags & FLAG_LZ4 != 0 {
             io::copy(
                 &mut lz4_flex::frame::FrameDecoder::new(stored),
                 &mut hashing,
@@ -373,7 +404,12 @@ impl Store {
         Ok(w)
     }
 
-    fn return_writer(&self, w: PackWriter) {
+    fn return_writer(&self, mut w: PackWriter) {
+        if w.len - w.early_synced >= EARLY_SYNC_EVERY || w.len >= PACK_TARGET_SIZE {
+            w.early_synced = w.len;
+            // When the thread is busy, this request is dropped: the next one covers it.
+            let _ = lock_poisoned(&self.early_sync).try_send(w.file.clone());
+        }
         if w.len < PACK_TARGET_SIZE {
             lock_poisoned(&self.writers).push(w);
         }
@@ -441,15 +477,35 @@ impl Write for HashingWriter<'_> {
     }
 }
 
-/// Whether LZ4 pays for `data`: the frame is kept only when it is smaller.
-fn compress(data: &[u8]) -> Option<Vec<u8>> {
+thread_local! {
+    /// Each thread's LZ4 output buffer, reused from one object to the next.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A thread keeps at most this much scratch space between objects.
+const SCRATCH_KEPT: usize = 1 << 20;
+
+/// Calls `f` with `data` as one LZ4 block, or with none when compressing does not pay (the
+/// block must save at least 1/32).
+fn with_compressed<T>(data: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> T {
     if data.len() < 64 {
-        return None;
+        return f(None);
     }
-    let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
-    enc.write_all(data).ok()?;
-    let out = enc.finish().ok()?;
-    (out.len() < data.len() - data.len() / 32).then_some(out)
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let need = lz4_flex::block::get_maximum_output_size(data.len());
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        let n = lz4_flex::block::compress_into(data, &mut buf[..need]).ok();
+        let res = f(n
+            .filter(|&n| n < data.len() - data.len() / 32)
+            .map(|n| &buf[..n]));
+        if buf.len() > SCRATCH_KEPT {
+            *buf = Vec::new();
+        }
+        res
+    })
 }
 
 /// Copies `reader` to `out`, returning the id and length of what passed.
@@ -503,13 +559,18 @@ impl Batch<'_> {
         if self.adopt(&id)? {
             return Ok((id, false));
         }
-        let compressed = compress(data);
-        let flags =
-            if tree { FLAG_TREE } else { 0 } | if compressed.is_some() { FLAG_LZ4 } else { 0 };
-        let stored = compressed.as_deref().unwrap_or(data);
-        let mut w = self.store.take_writer()?;
-        let res = w.append(id, flags, data.len() as u64, stored);
-        self.store.return_writer(w);
+        let res = with_compressed(data, |compressed| {
+            let flags = if tree { FLAG_TREE } else { 0 }
+                | if compressed.is_some() {
+                    FLAG_LZ4_BLOCK
+                } else {
+                    0
+                };
+            let mut w = self.store.take_writer()?;
+            let res = w.append(id, flags, data.len() as u64, compressed.unwrap_or(data));
+            self.store.return_writer(w);
+            res
+        });
         self.record(id, res?);
         Ok((id, true))
     }

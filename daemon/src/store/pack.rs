@@ -2,9 +2,12 @@
 //!
 //! # Format
 //! 1. A pack is `packs/<number, 8 hex digits>.pack` and starts with the 8 bytes `CHKPACK1`.
-//! 2. Then records, each: the object's 16-byte id, one flags byte ([`FLAG_LZ4`], [`FLAG_TREE`]),
-//!    the stored length as 8 bytes little-endian, then the stored bytes: an LZ4 frame when
-//!    `FLAG_LZ4` is set, else the raw content.
+//! 2. Then records, each: the object's 16-byte id, one flags byte ([`FLAG_LZ4`],
+//!    [`FLAG_LZ4_BLOCK`], [`FLAG_TREE`]), the stored length as 8 bytes little-endian, then the
+//!    stored bytes: an LZ4 frame when `FLAG_LZ4` is set (objects streamed through), one LZ4
+//!    block of the raw length when `FLAG_LZ4_BLOCK` is set (objects of at most
+//!    [`IN_MEMORY_LIMIT`](super::IN_MEMORY_LIMIT) bytes, compressed in memory), else the raw
+//!    content.
 //! 3. Packs only grow while open for writing. The catalog records for each pack the length up to
 //!    which its data is fsynced and referenced; bytes past it are the remains of an interrupted
 //!    save and are cut off when the store opens.
@@ -28,6 +31,8 @@ pub const RECORD_HEADER: u64 = 16 + 1 + 8;
 pub const FLAG_LZ4: u8 = 1;
 /// The object is a tree.
 pub const FLAG_TREE: u8 = 2;
+/// The stored bytes are one LZ4 block; the raw length is the index's.
+pub const FLAG_LZ4_BLOCK: u8 = 4;
 /// A pack stops taking new records once it is this large.
 pub const PACK_TARGET_SIZE: u64 = 256 << 20;
 
@@ -42,7 +47,7 @@ pub struct Loc {
     pub len: u64,
     /// Uncompressed length.
     pub raw_len: u64,
-    /// [`FLAG_LZ4`] | [`FLAG_TREE`].
+    /// [`FLAG_LZ4`] | [`FLAG_LZ4_BLOCK`] | [`FLAG_TREE`].
     pub flags: u8,
 }
 
@@ -116,6 +121,8 @@ pub struct PackWriter {
     pub len: u64,
     /// Bytes up to which writeback was started.
     flushed: u64,
+    /// Length at the last background fsync request.
+    pub early_synced: u64,
 }
 
 /// Start writeback every this many bytes, so the fsync at commit finds little left to do.
@@ -138,6 +145,7 @@ impl PackWriter {
             path,
             len: MAGIC.len() as u64,
             flushed: 0,
+            early_synced: 0,
         })
     }
 

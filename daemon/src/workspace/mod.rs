@@ -897,6 +897,48 @@ fn read_symlink(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<O
     )))
 }
 
+thread_local! {
+    /// Each reading thread's buffer, reused from one file to the next.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A thread keeps at most this much read buffer between files.
+const READ_BUF_KEPT: usize = 1 << 20;
+
+/// Whether two looks at a file saw the same version.
+fn same_version(a: &Stat, b: &Stat) -> bool {
+    a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns
+}
+
+/// Reads a file small enough for memory into `data` and stores it; none when it changed while
+/// read.
+fn read_small(
+    batch: &Batch<'_>,
+    file: &mut File,
+    path: &Path,
+    before: &Stat,
+    data: &mut Vec<u8>,
+) -> io::Result<Option<(Stat, Id)>> {
+    data.reserve(before.size as usize + 1);
+    file.read_to_end(data)?;
+    let after =
+        Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
+    if !same_version(before, &after) || data.len() as u64 != after.size {
+        return Ok(None);
+    }
+    // Written within the racy window, a write during our read can leave the metadata as it was
+    // (same tick): read once more; two reads that agree are a state the file had.
+    if after.mtime_ns >= now_ns() - RACY_WINDOW_NS {
+        let mut again = Vec::with_capacity(data.len() + 1);
+        File::open(path)?.read_to_end(&mut again)?;
+        if again != *data {
+            return Ok(None);
+        }
+    }
+    let (id, _) = batch.put(data, false).map_err(store_err)?;
+    Ok(Some((after, id)))
+}
+
 fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Option<(Stat, Id)>> {
     let mut file = open_nofollow(path)?;
     let before =
@@ -904,34 +946,22 @@ fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Opti
     if before.kind != Kind::File || before.ino != expected.ino {
         return Ok(None);
     }
-    let same = |a: &Stat, b: &Stat| {
-        a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns
-    };
     if before.size <= IN_MEMORY_LIMIT {
-        let mut data = Vec::with_capacity(before.size as usize + 1);
-        file.read_to_end(&mut data)?;
-        let after = Stat::from_meta(&file.metadata()?)
-            .ok_or_else(|| io::Error::other("not a regular file"))?;
-        if !same(&before, &after) || data.len() as u64 != after.size {
-            return Ok(None);
-        }
-        // Written within the racy window, a write during our read can leave the metadata as it
-        // was (same tick): read once more; two reads that agree are a state the file had.
-        if after.mtime_ns >= now_ns() - RACY_WINDOW_NS {
-            let mut again = Vec::with_capacity(data.len() + 1);
-            File::open(path)?.read_to_end(&mut again)?;
-            if again != data {
-                return Ok(None);
+        return READ_BUF.with(|buf| {
+            let mut data = buf.borrow_mut();
+            data.clear();
+            let res = read_small(batch, &mut file, path, &before, &mut data);
+            if data.capacity() > READ_BUF_KEPT {
+                *data = Vec::new();
             }
-        }
-        let (id, _) = batch.put(&data, false).map_err(store_err)?;
-        return Ok(Some((after, id)));
+            res
+        });
     }
     // Large: hash in a first pass; store in a second only if the content is new.
     let (id, len) = Id::of_reader(&mut file)?;
     let after =
         Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
-    if !same(&before, &after) || len != after.size {
+    if !same_version(&before, &after) || len != after.size {
         return Ok(None);
     }
     if batch.store().contains(&id).map_err(store_err)? {
@@ -947,7 +977,7 @@ fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Opti
         Streamed::Stored { .. } => {
             let last = Stat::from_meta(&file.metadata()?)
                 .ok_or_else(|| io::Error::other("not a regular file"))?;
-            if same(&after, &last) {
+            if same_version(&after, &last) {
                 Ok(Some((last, id)))
             } else {
                 Ok(None)
