@@ -184,7 +184,7 @@ fn peer_steps(
         ));
     }
     res.add(Step::RestoreFull, Tool::Peer, checked.map(|_| dt));
-    fs::remove_dir_all(t).unwrap();
+    run.bury(t);
     fs::rename(&aside, t).unwrap();
     Ok(())
 }
@@ -223,6 +223,7 @@ pub fn baselines_rep(run: &Run, res: &mut Results) {
         let checked =
             r.and_then(|_| tree::check(&expected, &tree::manifest(out.path()), &|_| false));
         res.add(Step::RestoreFull, Tool::Tar, checked.map(|_| dt));
+        run.bury(&out.keep());
     }
     if have("git") {
         let r = git_steps(run, res, scratch.path());
@@ -230,6 +231,8 @@ pub fn baselines_rep(run: &Run, res: &mut Results) {
             res.add(step, Tool::Git, Err(e));
         }
     }
+    // git's repository holds a loose object per file.
+    run.bury(&scratch.keep());
 }
 
 fn git_steps(run: &Run, res: &mut Results, scratch: &Path) -> Result<(), (Step, String)> {
@@ -277,6 +280,7 @@ fn git_steps(run: &Run, res: &mut Results, scratch: &Path) -> Result<(), (Step, 
     let dt = secs(t0);
     let checked = r.and_then(|_| tree::check(&expected, &tree::manifest(out.path()), &|_| false));
     res.add(Step::RestoreFull, Tool::Git, checked.map(|_| dt));
+    run.bury(&out.keep());
     Ok(())
 }
 

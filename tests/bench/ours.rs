@@ -233,7 +233,7 @@ async fn steps(
         ));
     }
     res.add(Step::RestoreFull, Tool::Ours, checked.map(|_| dt));
-    drop(out);
+    run.bury(&out.keep());
 
     // 2b. Auto snapshot latency: last write → snapshot acknowledged, minus the idle setting.
     let auto = auto_latency(run, c, &ws, &tag).await;

@@ -25,8 +25,8 @@ pub struct DirNode {
 pub enum Node {
     /// A file or symlink.
     Leaf(FileMeta),
-    /// A directory.
-    Dir(DirNode),
+    /// A directory (boxed: a leaf, by far the most common node, stays small).
+    Dir(Box<DirNode>),
 }
 
 impl Node {
@@ -151,11 +151,11 @@ impl Index {
                 journal.insert(prefix.clone(), Some(meta));
                 dir.children.insert(
                     c.to_vec(),
-                    Node::Dir(DirNode {
+                    Node::Dir(Box::new(DirNode {
                         meta,
                         children: BTreeMap::new(),
                         tree: None,
-                    }),
+                    })),
                 );
             }
             let Some(Node::Dir(d)) = dir.children.get_mut(c) else {
@@ -204,11 +204,11 @@ impl Index {
                     }
                 }
                 if kind == Kind::Dir {
-                    Node::Dir(DirNode {
+                    Node::Dir(Box::new(DirNode {
                         meta,
                         children: BTreeMap::new(),
                         tree: None,
-                    })
+                    }))
                 } else {
                     f += 1;
                     b += meta.size;
