@@ -437,6 +437,36 @@ fn verify_names_the_path_hurt_by_a_flipped_byte_and_restore_refuses_before_writi
     );
     let leftovers: Vec<_> = fs::read_dir(ws_dir.path().join("src")).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "staged temp files were cleaned up");
+
+    // Into an empty directory files are written under their final names: a failure still
+    // leaves the directory as it was, and so it does for a directory that holds files.
+    for existing in [false, true] {
+        let to = tempfile::tempdir().unwrap();
+        if existing {
+            fs::write(to.path().join("keep.txt"), b"mine").unwrap();
+        }
+        let res = ws.restore(
+            &store,
+            &snap,
+            &RestoreOptions {
+                to: Some(to.path().to_path_buf()),
+                ..Default::default()
+            },
+            &Changes::Full,
+            &mut |_, _, _, _| {},
+        );
+        assert!(matches!(res, Err(Error::Corrupt(_))), "{res:?}");
+        let expected: Listing = if existing {
+            BTreeMap::from([(b"keep.txt".to_vec(), ('f', 0o644, b"mine".to_vec()))])
+        } else {
+            BTreeMap::new()
+        };
+        let mut got = listing(to.path());
+        for (_, (_, mode, _)) in got.iter_mut() {
+            *mode &= 0o644;
+        }
+        assert_eq!(got, expected, "restore --to left changes behind");
+    }
 }
 
 #[test]

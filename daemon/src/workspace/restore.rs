@@ -226,13 +226,24 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Restores the entries of `plan` under `base`: stage, then apply. Deletions only when
-/// `delete` (in place).
+/// How [`apply_plan`] writes into the target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    /// The workspace itself: stage, then delete what goes and rename into place.
+    InPlace,
+    /// Another directory that may hold files: stage, then rename into place.
+    Existing,
+    /// A directory that was empty: files are written under their final names (created, never
+    /// replaced); a failure removes everything the restore created.
+    Empty,
+}
+
+/// Restores the entries of `plan` under `base`: stage, then apply.
 fn apply_plan(
     store: &Store,
     base: &Path,
     plan: &[DiffEntry],
-    delete: bool,
+    into: Destination,
     progress: &mut ProgressFn<'_>,
 ) -> Result<()> {
     let total = plan.len() as u64;
@@ -273,7 +284,11 @@ fn apply_plan(
         .par_iter()
         .map(|(e, after)| {
             let target = abs(base, &e.path);
-            let tmp = tmp_name(&target);
+            let tmp = if into == Destination::Empty {
+                target.clone()
+            } else {
+                tmp_name(&target)
+            };
             write_tmp(store, after, &tmp)?;
             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
             let b = done_bytes.fetch_add(after.size, Ordering::Relaxed) + after.size;
@@ -297,7 +312,7 @@ fn apply_plan(
     }
     let (mut done, mut done_bytes) = (done.into_inner(), done_bytes.into_inner());
     // Phase 2: remove what goes (deepest first), create directories, rename files into place.
-    if delete {
+    if into == Destination::InPlace {
         let mut removals: Vec<&DiffEntry> = plan
             .iter()
             .filter(|e| {
@@ -340,9 +355,11 @@ fn apply_plan(
     for e in &dirs {
         ensure_dirs(base, &e.path, &mut verified, &mut stage.created_dirs)?;
     }
-    for s in &stage.staged {
-        fs::rename(&s.tmp, &s.target).at(&s.target)?;
-    }
+    stage
+        .staged
+        .par_iter()
+        .filter(|s| s.tmp != s.target)
+        .try_for_each(|s| fs::rename(&s.tmp, &s.target).at(&s.target))?;
     stage.done = true;
     for e in deferred {
         let Some(after) = e.after.as_ref() else {
@@ -525,7 +542,7 @@ impl Workspace {
         };
         write_journal(store, self.record.id, &journal)?;
 
-        let applied = apply_plan(store, &self.root, &plan, true, progress);
+        let applied = apply_plan(store, &self.root, &plan, Destination::InPlace, progress);
         // Whatever happened, bring the index back in line with the disk for the paths touched.
         let noted = self.note_restored(&plan);
         let touched: Vec<Vec<u8>> = plan
@@ -658,7 +675,11 @@ impl Workspace {
         if opts.dry_run {
             return Ok(summary);
         }
-        apply_plan(store, &target, &plan, false, progress)?;
+        let into = match fs::read_dir(&target).at(&target)?.next() {
+            None => Destination::Empty,
+            Some(_) => Destination::Existing,
+        };
+        apply_plan(store, &target, &plan, into, progress)?;
         Ok(summary)
     }
 }
