@@ -592,9 +592,12 @@ impl Engine {
             h.set_state(WatchState::Rescanning);
         }
         let res = ws.save(&self.store, &opts);
-        if res
-            .as_ref()
-            .is_ok_and(|o| o.created && o.snapshot.new_bytes > HEAVY_BYTES)
+        // A stat-walk (restart, re-watch, rescan) or a large save leaves much freed memory.
+        let full = matches!(opts.changes, Changes::Full);
+        if full
+            || res
+                .as_ref()
+                .is_ok_and(|o| o.created && o.snapshot.new_bytes > HEAVY_BYTES)
         {
             self.store.release_memory();
         }

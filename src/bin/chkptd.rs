@@ -5,8 +5,30 @@ use std::io::IsTerminal;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+/// glibc gives each thread that allocates concurrently its own arena, up to 8 per core, and
+/// memory freed in one arena is not reused by another: a daemon whose work moves between
+/// tokio, rayon and watcher threads then keeps growing (measured on the Linux tree: +3 to
+/// +12 MiB resident per re-watch, ~150 MiB in all). One arena per core keeps it near 80 MiB
+/// and flat. Must run before any thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let config = chkpt_daemon::config::Config::parse();
     // Past a file-size limit, writes must fail with EFBIG (reported as a full disk), not kill
     // the daemon mid-save.
