@@ -1004,17 +1004,7 @@ async fn escaping_paths_are_refused_and_nothing_is_written_outside() {
     // A later snapshot where `sub` is a symlink to the outside.
     fs::rename(ws.join("sub"), sb.join("sub-was")).unwrap();
     std::os::unix::fs::symlink(&outside, ws.join("sub")).unwrap();
-    let later = c
-        .save(pb::SaveRequest {
-            workspace: wss.clone(),
-            message: "sub is a link now".into(),
-            pin: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
+    let later = util::save(&mut c, &ws, "sub is a link now").await;
 
     const REFUSED: [Code; 3] = [
         Code::InvalidArgument,

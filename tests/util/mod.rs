@@ -204,6 +204,20 @@ pub async fn snapshots(c: &mut ChkptClient<Channel>, ws: &Path) -> Vec<pb::Snaps
     .snapshots
 }
 
+/// Takes a snapshot of the workspace at `ws` through `Save` and returns it.
+pub async fn save(c: &mut ChkptClient<Channel>, ws: &Path, message: &str) -> pb::Snapshot {
+    c.save(pb::SaveRequest {
+        workspace: ws.display().to_string(),
+        message: message.to_owned(),
+        pin: false,
+    })
+    .await
+    .expect("save")
+    .into_inner()
+    .snapshot
+    .expect("a snapshot")
+}
+
 /// Restores `snap` into `to` and returns the summary.
 pub async fn restore_to(
     c: &mut ChkptClient<Channel>,
