@@ -195,6 +195,8 @@ pub struct Engine {
     /// The store.
     pub store: Store,
     workspaces: RwLock<HashMap<u64, Arc<WsHandle>>>,
+    /// Held through `watch`: two calls for one folder must not both open its workspace.
+    watch_lock: Mutex<()>,
     events: broadcast::Sender<EngineEvent>,
     /// When the daemon started.
     pub started: Instant,
@@ -220,6 +222,7 @@ impl Engine {
         Arc::new(Engine {
             store,
             workspaces: RwLock::new(HashMap::new()),
+            watch_lock: Mutex::new(()),
             events,
             started: Instant::now(),
             defaults,
@@ -316,6 +319,7 @@ impl Engine {
         path: &Path,
         opts: WatchOptions,
     ) -> Result<(WorkspaceRecord, SnapshotRecord)> {
+        let _one_at_a_time = lock(&self.watch_lock);
         let record = crate::workspace::register(&self.store, path, opts)?;
         if let Some(h) = self
             .workspaces

@@ -438,8 +438,7 @@ fn verify_names_the_path_hurt_by_a_flipped_byte_and_restore_refuses_before_writi
     let leftovers: Vec<_> = fs::read_dir(ws_dir.path().join("src")).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "staged temp files were cleaned up");
 
-    // Into an empty directory files are written under their final names: a failure still
-    // leaves the directory as it was, and so it does for a directory that holds files.
+    // Restores elsewhere (--to) leave an empty directory, or one that holds files, as it was.
     for existing in [false, true] {
         let to = tempfile::tempdir().unwrap();
         if existing {

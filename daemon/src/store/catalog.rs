@@ -272,12 +272,13 @@ impl Catalog {
             let mut per_ws: HashMap<u64, Vec<IndexChange>> = HashMap::new();
             for kv in old.iter() {
                 let (k, v) = kv?;
-                if k.len() >= 8 {
-                    let meta: FileMeta = decode("file", &v)?;
-                    per_ws
+                // A bad record only costs that file a re-read.
+                match decode::<FileMeta>("file", &v) {
+                    Ok(meta) if k.len() >= 8 => per_ws
                         .entry(u64_at(&k, 0))
                         .or_default()
-                        .push((k[8..].to_vec(), Some(meta)));
+                        .push((k[8..].to_vec(), Some(meta))),
+                    _ => tracing::warn!("skipping a malformed warm index record"),
                 }
             }
             for (ws, entries) in per_ws {
@@ -292,8 +293,8 @@ impl Catalog {
     // ---- blob index
 
     /// The committed blob index, without entries that reach past their pack's committed
-    /// length (format rule 2).
-    pub fn load_blob_index(&self) -> Result<HashMap<Id, Loc>> {
+    /// length (format rule 2), and how many such entries were left out.
+    pub fn load_blob_index(&self) -> Result<(HashMap<Id, Loc>, u64)> {
         let lengths: HashMap<u32, u64> = self.pack_lengths()?.into_iter().collect();
         let mut index = HashMap::new();
         let mut ignored = 0u64;
@@ -321,7 +322,7 @@ impl Catalog {
                 "blob index entries of an interrupted commit ignored"
             );
         }
-        Ok(index)
+        Ok((index, ignored))
     }
 
     /// Appends entries to the blob index (visible once their packs' lengths are raised).

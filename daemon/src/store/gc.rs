@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::pack::{self, Loc, PackWriter};
-use super::{Id, Kind, Store, lock_poisoned};
+use super::{Id, Kind, Store, loc_bytes, lock_poisoned};
 use crate::error::{Error, IoContext, Result};
 
 /// Packs whose dead fraction passes this are rewritten.
@@ -99,9 +99,11 @@ impl Store {
             }
         }
         // Rewritten even when nothing is dropped: it folds the segments of many saves into few.
+        // Memory forgets the dropped objects before the flush: were the flush to fail, the
+        // rewrite may still reach the disk later, and a save must then not count on them.
         self.cat.rewrite_blob_index(&kept)?;
-        self.flush()?;
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = kept.into_iter().collect();
+        self.flush()?;
         self.gc_epoch
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 
@@ -157,7 +159,7 @@ impl Store {
         let mut moved = Vec::with_capacity(live.len());
         for (id, loc) in live {
             let map = self.map(loc.pack, loc.end())?;
-            let stored = &map[loc.offset as usize..loc.end() as usize];
+            let stored = loc_bytes(&map, &id, &loc)?;
             moved.push((id, w.append(id, loc.flags, loc.raw_len, stored)?));
         }
         let path = pack::pack_path(&self.packs_dir, new_no);

@@ -71,7 +71,10 @@ pub struct Store {
     index: RwLock<HashMap<Id, Loc>>,
     maps: RwLock<HashMap<u32, Arc<Mmap>>>,
     /// Requests to the background fsync thread (see [`EARLY_SYNC_EVERY`]).
-    early_sync: Mutex<mpsc::SyncSender<Arc<File>>>,
+    early_sync: Mutex<mpsc::SyncSender<(u32, Arc<File>)>>,
+    /// Packs whose background fsync failed, with the error. Linux reports a writeback error
+    /// to one fsync only: the commit must learn of it here, not from its own fsync.
+    sync_failures: Arc<Mutex<HashMap<u32, String>>>,
     gc_lock: RwLock<()>,
     gc_epoch: AtomicU64,
     /// Work counters.
@@ -123,15 +126,17 @@ impl Store {
             }
         };
         let cat = catalog::Catalog::open(&db)?;
-        let (early_sync, requests) = mpsc::sync_channel::<Arc<File>>(4);
+        let (early_sync, requests) = mpsc::sync_channel::<(u32, Arc<File>)>(4);
+        let sync_failures: Arc<Mutex<HashMap<u32, String>>> = Arc::default();
+        let failures = sync_failures.clone();
         std::thread::Builder::new()
             .name("chkpt-sync".into())
             .spawn(move || {
-                // Ends when the store (the sender) is dropped. A failure here is met again by
-                // the commit's own fsync, which reports it.
-                for file in requests {
+                // Ends when the store (the sender) is dropped.
+                for (no, file) in requests {
                     if let Err(e) = file.sync_data() {
-                        tracing::debug!(error = %e, "background pack fsync failed");
+                        tracing::warn!(pack = no, error = %e, "background pack fsync failed");
+                        lock_poisoned(&failures).insert(no, e.to_string());
                     }
                 }
             })
@@ -148,13 +153,21 @@ impl Store {
             index: RwLock::new(HashMap::new()),
             maps: RwLock::new(HashMap::new()),
             early_sync: Mutex::new(early_sync),
+            sync_failures,
             gc_lock: RwLock::new(()),
             gc_epoch: AtomicU64::new(0),
             counters: StoreCounters::default(),
             _lock: lock,
         };
         store.recover_packs()?;
-        *store.index.write().unwrap_or_else(|p| p.into_inner()) = store.cat.load_blob_index()?;
+        let (index, ignored) = store.cat.load_blob_index()?;
+        if ignored > 0 {
+            // Entries of an interrupted commit go, before a reused pack number revives them.
+            let entries: Vec<(Id, Loc)> = index.iter().map(|(id, loc)| (*id, *loc)).collect();
+            store.cat.rewrite_blob_index(&entries)?;
+            store.flush()?;
+        }
+        *store.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         Ok(store)
     }
 
@@ -297,20 +310,7 @@ impl Store {
 
     fn read_loc_into(&self, id: &Id, loc: &Loc, sink: &mut dyn Write) -> Result<u64> {
         let map = self.map(loc.pack, loc.end())?;
-        let header_at = loc
-            .offset
-            .checked_sub(pack::RECORD_HEADER)
-            .map(|o| o as usize);
-        let header = header_at
-            .and_then(|h| map.get(h..loc.offset as usize))
-            .and_then(pack::parse_header);
-        if header.map(|(hid, _, len)| (hid, len)) != Some((*id, loc.len)) {
-            return Err(Error::Corrupt(format!(
-                "record header of object {id} in pack {} is damaged",
-                loc.pack
-            )));
-        }
-        let stored = &map[loc.offset as usize..loc.end() as usize];
+        let stored = loc_bytes(&map, id, loc)?;
         let mut hashing = HashingWriter {
             inner: sink,
             hasher: Hasher::default(),
@@ -406,7 +406,7 @@ impl Store {
         if w.len - w.early_synced >= EARLY_SYNC_EVERY || w.len >= PACK_TARGET_SIZE {
             w.early_synced = w.len;
             // When the thread is busy, this request is dropped: the next one covers it.
-            let _ = lock_poisoned(&self.early_sync).try_send(w.file.clone());
+            let _ = lock_poisoned(&self.early_sync).try_send((w.no, w.file.clone()));
         }
         if w.len < PACK_TARGET_SIZE {
             lock_poisoned(&self.writers).push(w);
@@ -420,11 +420,22 @@ impl Store {
 
     fn sync_packs(&self, packs: &HashSet<u32>) -> Result<()> {
         for no in packs {
-            let file = lock_poisoned(&self.open_packs).get(no).cloned();
             let path = pack::pack_path(&self.packs_dir, *no);
-            match file {
-                Some(f) => f.sync_data().at(&path)?,
-                None => File::open(&path).and_then(|f| f.sync_data()).at(&path)?,
+            if let Some(e) = lock_poisoned(&self.sync_failures).get(no).cloned() {
+                // What was written to it may never have reached the disk: no more appends.
+                lock_poisoned(&self.writers).retain(|w| w.no != *no);
+                return Err(Error::io(&path, io::Error::other(e)));
+            }
+            let file = lock_poisoned(&self.open_packs).get(no).cloned();
+            let synced = match file {
+                Some(f) => f.sync_data(),
+                None => File::open(&path).and_then(|f| f.sync_data()),
+            };
+            if let Err(e) = synced {
+                // A second fsync would report success over the same lost writes.
+                lock_poisoned(&self.sync_failures).insert(*no, e.to_string());
+                lock_poisoned(&self.writers).retain(|w| w.no != *no);
+                return Err(Error::io(&path, e));
             }
         }
         Ok(())
@@ -475,6 +486,23 @@ impl Write for HashingWriter<'_> {
     }
 }
 
+/// An object's stored bytes in its mapped pack, once its record header says it is there.
+pub(crate) fn loc_bytes<'m>(map: &'m [u8], id: &Id, loc: &Loc) -> Result<&'m [u8]> {
+    let header = loc
+        .offset
+        .checked_sub(pack::RECORD_HEADER)
+        .and_then(|h| map.get(h as usize..loc.offset as usize))
+        .and_then(pack::parse_header);
+    let stored = map.get(loc.offset as usize..loc.end() as usize);
+    match (header, stored) {
+        (Some((hid, _, len)), Some(stored)) if (hid, len) == (*id, loc.len) => Ok(stored),
+        _ => Err(Error::Corrupt(format!(
+            "record header of object {id} in pack {} is damaged",
+            loc.pack
+        ))),
+    }
+}
+
 thread_local! {
     /// Each thread's LZ4 output buffer, reused from one object to the next.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -484,9 +512,10 @@ thread_local! {
 const SCRATCH_KEPT: usize = 1 << 20;
 
 /// Calls `f` with `data` as one LZ4 block, or with none when compressing does not pay (the
-/// block must save at least 1/32).
+/// block must save at least 1/32) or `data` is larger than a block object may be
+/// ([`IN_MEMORY_LIMIT`]: a tree of a directory with ~150,000 entries; stored raw).
 fn with_compressed<T>(data: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> T {
-    if data.len() < 64 {
+    if data.len() < 64 || data.len() as u64 > IN_MEMORY_LIMIT {
         return f(None);
     }
     SCRATCH.with(|scratch| {
@@ -650,26 +679,39 @@ impl Batch<'_> {
     /// packs, then records them and the packs' committed lengths in the catalog. Catalog records
     /// that refer to them may be written after this returns; [`Batch::finish`] flushes.
     pub fn commit_objects(&self) -> Result<()> {
-        let new = std::mem::take(&mut *lock_poisoned(&self.new));
+        let mut new = std::mem::take(&mut *lock_poisoned(&self.new));
         if new.is_empty() {
             return Ok(());
         }
+        // An object adopted many times (identical files) is indexed once.
+        new.sort_unstable_by_key(|(id, _)| id.0);
+        new.dedup_by_key(|(id, _)| id.0);
         let mut ends: HashMap<u32, u64> = HashMap::new();
         for (_, loc) in &new {
             let e = ends.entry(loc.pack).or_default();
             *e = (*e).max(loc.end());
         }
         let t = std::time::Instant::now();
-        self.store.sync_packs(&ends.keys().copied().collect())?;
-        let sync_ms = t.elapsed().as_millis() as u64;
-        self.store.cat.append_blob_segments(&new)?;
+        let durable = self
+            .store
+            .sync_packs(&ends.keys().copied().collect())
+            .and_then(|()| self.store.cat.append_blob_segments(&new))
+            .and_then(|()| self.store.cat.raise_pack_lengths(&ends));
+        if let Err(e) = durable {
+            // Not committed: no other batch may count on these objects any more.
+            let mut pending = lock_poisoned(&self.store.pending);
+            for (id, loc) in &new {
+                if pending.get(id) == Some(loc) {
+                    pending.remove(id);
+                }
+            }
+            return Err(e);
+        }
         tracing::debug!(
             objects = new.len(),
-            sync_ms,
-            index_ms = t.elapsed().as_millis() as u64 - sync_ms,
+            ms = t.elapsed().as_millis() as u64,
             "objects committed"
         );
-        self.store.cat.raise_pack_lengths(&ends)?;
         {
             let mut index = self.store.index.write().unwrap_or_else(|p| p.into_inner());
             index.extend(new.iter().copied());
@@ -832,6 +874,42 @@ mod tests {
         assert!(store.contains(&Id::of(b"kept")).unwrap());
         assert!(!store.contains(&lost).unwrap());
         assert_eq!(store.objects().len(), 1);
+        // They are dropped from the catalog too: a reused pack number cannot revive them.
+        assert_eq!(store.cat.load_blob_index().unwrap().1, 0);
+    }
+
+    /// Larger than a block object may be (a tree of a huge directory): stored and read back.
+    #[test]
+    fn an_object_past_the_in_memory_limit_round_trips_through_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..IN_MEMORY_LIMIT + 4096)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let b = store.batch();
+        let (id, new) = b.put(&data, true).unwrap();
+        assert!(new);
+        b.finish().unwrap();
+        assert_eq!(store.read_vec(&id).unwrap(), data);
+    }
+
+    /// Linux reports a writeback error to one fsync only: when the background fsync got it,
+    /// the commit fails and the pack takes no more objects.
+    #[test]
+    fn a_failed_background_fsync_fails_the_commit_and_retires_the_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let b = store.batch();
+        let (first, _) = b.put(&random(10_000, 1), false).unwrap();
+        let pack = b.store.locate(&first).unwrap().unwrap().pack;
+        lock_poisoned(&store.sync_failures).insert(pack, "Input/output error".into());
+        assert!(matches!(b.finish(), Err(Error::Io { .. })));
+        assert!(!store.contains(&first).unwrap());
+        let b = store.batch();
+        let (again, _) = b.put(&random(10_000, 1), false).unwrap();
+        assert_ne!(store.locate(&again).unwrap().unwrap().pack, pack);
+        b.finish().unwrap();
+        assert_eq!(store.read_vec(&again).unwrap(), random(10_000, 1));
     }
 
     /// A store written with one sled entry per object and per path opens with everything in

@@ -86,7 +86,8 @@ impl Loc {
 
     /// The end of the record in its pack.
     pub fn end(&self) -> u64 {
-        self.offset + self.len
+        // Saturating: a corrupt entry must fail the length checks, not wrap around them.
+        self.offset.saturating_add(self.len)
     }
 
     /// Bytes the record takes in its pack, header included.
@@ -139,6 +140,9 @@ impl PackWriter {
             .open(&path)
             .at(&path)?;
         file.write_all_at(MAGIC, 0).at(&path)?;
+        // The new name must outlive a power loss as surely as the data later fsynced into it:
+        // a vanished pack's number would be reused (and the catalog's notes on it misread).
+        File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
         Ok(PackWriter {
             no,
             file: Arc::new(file),

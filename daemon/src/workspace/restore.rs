@@ -226,24 +226,13 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How [`apply_plan`] writes into the target.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Destination {
-    /// The workspace itself: stage, then delete what goes and rename into place.
-    InPlace,
-    /// Another directory that may hold files: stage, then rename into place.
-    Existing,
-    /// A directory that was empty: files are written under their final names (created, never
-    /// replaced); a failure removes everything the restore created.
-    Empty,
-}
-
-/// Restores the entries of `plan` under `base`: stage, then apply.
+/// Restores the entries of `plan` under `base`: stage, then apply. Deletions only when
+/// `delete` (in place).
 fn apply_plan(
     store: &Store,
     base: &Path,
     plan: &[DiffEntry],
-    into: Destination,
+    delete: bool,
     progress: &mut ProgressFn<'_>,
 ) -> Result<()> {
     let total = plan.len() as u64;
@@ -284,11 +273,7 @@ fn apply_plan(
         .par_iter()
         .map(|(e, after)| {
             let target = abs(base, &e.path);
-            let tmp = if into == Destination::Empty {
-                target.clone()
-            } else {
-                tmp_name(&target)
-            };
+            let tmp = tmp_name(&target);
             write_tmp(store, after, &tmp)?;
             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
             let b = done_bytes.fetch_add(after.size, Ordering::Relaxed) + after.size;
@@ -312,7 +297,7 @@ fn apply_plan(
     }
     let (mut done, mut done_bytes) = (done.into_inner(), done_bytes.into_inner());
     // Phase 2: remove what goes (deepest first), create directories, rename files into place.
-    if into == Destination::InPlace {
+    if delete {
         let mut removals: Vec<&DiffEntry> = plan
             .iter()
             .filter(|e| {
@@ -358,7 +343,6 @@ fn apply_plan(
     stage
         .staged
         .par_iter()
-        .filter(|s| s.tmp != s.target)
         .try_for_each(|s| fs::rename(&s.tmp, &s.target).at(&s.target))?;
     stage.done = true;
     for e in deferred {
@@ -542,7 +526,7 @@ impl Workspace {
         };
         write_journal(store, self.record.id, &journal)?;
 
-        let applied = apply_plan(store, &self.root, &plan, Destination::InPlace, progress);
+        let applied = apply_plan(store, &self.root, &plan, true, progress);
         // Whatever happened, bring the index back in line with the disk for the paths touched.
         let noted = self.note_restored(&plan);
         let touched: Vec<Vec<u8>> = plan
@@ -675,11 +659,7 @@ impl Workspace {
         if opts.dry_run {
             return Ok(summary);
         }
-        let into = match fs::read_dir(&target).at(&target)?.next() {
-            None => Destination::Empty,
-            Some(_) => Destination::Existing,
-        };
-        apply_plan(store, &target, &plan, into, progress)?;
+        apply_plan(store, &target, &plan, false, progress)?;
         Ok(summary)
     }
 }
