@@ -843,3 +843,51 @@ fn the_persisted_warm_index_survives_journal_appends_and_base_rewrites() {
     assert_eq!(ws.counters.files_hashed.load(Ordering::Relaxed), 0);
     assert_eq!(ws.index().entries(), expected);
 }
+
+/// `--to` restores, into an empty directory (written in a private staging directory, moved
+/// out at the end) and into one that holds files, with overlapping paths.
+#[test]
+fn restore_to_an_empty_or_a_used_directory_with_overlapping_paths() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(ws_dir.path().join("src/deep")).unwrap();
+    fs::write(ws_dir.path().join("src/a.txt"), b"a").unwrap();
+    fs::write(ws_dir.path().join("src/deep/b.txt"), b"b").unwrap();
+    fs::write(ws_dir.path().join("top.txt"), b"top").unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    let snap = save(&mut ws, &store, Changes::Full);
+    let expected = listing(ws_dir.path());
+    for (paths, used) in [
+        (vec![], false),
+        (vec![b"src".to_vec(), b"src/a.txt".to_vec()], false),
+        (vec![], true),
+    ] {
+        let to = tempfile::tempdir().unwrap();
+        if used {
+            fs::write(to.path().join("mine.txt"), b"mine").unwrap();
+        }
+        restore(
+            &mut ws,
+            &store,
+            &snap,
+            RestoreOptions {
+                to: Some(to.path().to_path_buf()),
+                paths: paths.clone(),
+                ..Default::default()
+            },
+        );
+        let mut want = expected.clone();
+        if !paths.is_empty() {
+            want.retain(|p, _| p.starts_with(b"src"));
+        }
+        if used {
+            let mine = fs::symlink_metadata(to.path().join("mine.txt")).unwrap();
+            want.insert(
+                b"mine.txt".to_vec(),
+                ('f', mine.permissions().mode() & 0o7777, b"mine".to_vec()),
+            );
+        }
+        assert_eq!(listing(to.path()), want, "paths {paths:?}, used {used}");
+    }
+}

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::diff::{Change, DiffEntry, Differ, Side, lookup, normalise, validate_rel};
@@ -226,13 +226,25 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Restores the entries of `plan` under `base`: stage, then apply. Deletions only when
-/// `delete` (in place).
+/// How [`apply_plan`] writes under its base directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The workspace: files are staged as temp files, then what goes is deleted and the
+    /// rest renamed into place.
+    InPlace,
+    /// A directory that may hold files: staged, then renamed into place.
+    Staged,
+    /// A directory this restore created for itself: files are written under their final
+    /// names (created, never replaced).
+    Direct,
+}
+
+/// Restores the entries of `plan` under `base`: stage, then apply.
 fn apply_plan(
     store: &Store,
     base: &Path,
     plan: &[DiffEntry],
-    delete: bool,
+    mode: Mode,
     progress: &mut ProgressFn<'_>,
 ) -> Result<()> {
     let total = plan.len() as u64;
@@ -273,7 +285,11 @@ fn apply_plan(
         .par_iter()
         .map(|(e, after)| {
             let target = abs(base, &e.path);
-            let tmp = tmp_name(&target);
+            let tmp = if mode == Mode::Direct {
+                target.clone()
+            } else {
+                tmp_name(&target)
+            };
             write_tmp(store, after, &tmp)?;
             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
             let b = done_bytes.fetch_add(after.size, Ordering::Relaxed) + after.size;
@@ -297,7 +313,7 @@ fn apply_plan(
     }
     let (mut done, mut done_bytes) = (done.into_inner(), done_bytes.into_inner());
     // Phase 2: remove what goes (deepest first), create directories, rename files into place.
-    if delete {
+    if mode == Mode::InPlace {
         let mut removals: Vec<&DiffEntry> = plan
             .iter()
             .filter(|e| {
@@ -343,6 +359,7 @@ fn apply_plan(
     stage
         .staged
         .par_iter()
+        .filter(|s| s.tmp != s.target)
         .try_for_each(|s| fs::rename(&s.tmp, &s.target).at(&s.target))?;
     stage.done = true;
     for e in deferred {
@@ -384,6 +401,7 @@ fn plan_for(
     let mut d = Differ::new(store, true);
     if paths.is_empty() {
         d.trees(b"", current, Some(target))?;
+        Ok(d.finish())
     } else {
         let mut seen = HashSet::new();
         for p in paths {
@@ -405,8 +423,46 @@ fn plan_for(
             }
             d.entries(&p, old.as_ref(), new.as_ref())?;
         }
+        // Overlapping paths (`src` and `src/a`) list entries twice.
+        let mut plan = d.finish();
+        plan.sort_by(|a, b| a.path.cmp(&b.path));
+        plan.dedup_by(|a, b| a.path == b.path);
+        Ok(plan)
     }
-    Ok(d.finish())
+}
+
+/// Moves every entry of `from` into `to`, never replacing anything there.
+fn move_children(from: &Path, to: &Path) -> Result<()> {
+    for entry in fs::read_dir(from).at(from)? {
+        let name = entry.at(from)?.file_name();
+        let (src, dst) = (from.join(&name), to.join(&name));
+        rename_noreplace(&src, &dst).at(&dst)?;
+    }
+    Ok(())
+}
+
+/// `rename` that fails with `EEXIST` instead of replacing an existing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
+    };
+    let (from, to) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn summarise(
@@ -526,7 +582,7 @@ impl Workspace {
         };
         write_journal(store, self.record.id, &journal)?;
 
-        let applied = apply_plan(store, &self.root, &plan, true, progress);
+        let applied = apply_plan(store, &self.root, &plan, Mode::InPlace, progress);
         // Whatever happened, bring the index back in line with the disk for the paths touched.
         let noted = self.note_restored(&plan);
         let touched: Vec<Vec<u8>> = plan
@@ -659,7 +715,25 @@ impl Workspace {
         if opts.dry_run {
             return Ok(summary);
         }
-        apply_plan(store, &target, &plan, false, progress)?;
+        if fs::read_dir(&target).at(&target)?.next().is_some() {
+            apply_plan(store, &target, &plan, Mode::Staged, progress)?;
+            return Ok(summary);
+        }
+        // Into an empty directory: everything is written under its final name inside a
+        // private staging directory, whose top-level entries are then moved out (a handful of
+        // renames instead of one per file). A failure, or a kill, leaves only that directory.
+        let staging = tmp_name(&target.join("restore"));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .at(&staging)?;
+        let res = apply_plan(store, &staging, &plan, Mode::Direct, progress)
+            .and_then(|()| move_children(&staging, &target));
+        if res.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        res?;
+        fs::remove_dir(&staging).at(&staging)?;
         Ok(summary)
     }
 }
