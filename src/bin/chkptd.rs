@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
 /// and flat. Must run before any thread starts.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.

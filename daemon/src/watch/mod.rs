@@ -224,8 +224,14 @@ impl Watch {
 
     fn connect(&mut self) {
         let h = &self.h;
+        let started = Instant::now();
         match make_watcher(&h.root, self.tx.clone()) {
             Ok(watcher) => {
+                tracing::debug!(
+                    workspace = %h.root.display(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "watching"
+                );
                 self.watcher = Some(watcher);
                 self.poll = None;
                 // A workspace being (re)watched stays "rescanning" until its first walk is done.
