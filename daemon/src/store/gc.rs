@@ -163,6 +163,7 @@ impl Store {
             moved.push((id, w.append(id, loc.flags, loc.raw_len, stored)?));
         }
         let path = pack::pack_path(&self.packs_dir, new_no);
+        w.flush()?;
         w.file.sync_all().at(&path)?;
         self.cat.append_blob_segments(&moved)?;
         self.cat.set_pack_length(new_no, w.len)?;

@@ -27,7 +27,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, mpsc};
 
 use memmap2::Mmap;
 
@@ -63,7 +63,9 @@ pub struct Store {
     packs_dir: PathBuf,
     db: sled::Db,
     pub(crate) cat: catalog::Catalog,
-    writers: Mutex<Vec<PackWriter>>,
+    writers: Mutex<Writers>,
+    /// Signalled whenever a writer is returned (see [`Store::ensure_written`]).
+    writer_returned: Condvar,
     open_packs: Mutex<HashMap<u32, Arc<File>>>,
     next_pack: AtomicU32,
     pending: Mutex<HashMap<Id, Loc>>,
@@ -80,6 +82,13 @@ pub struct Store {
     /// Work counters.
     pub counters: StoreCounters,
     _lock: File,
+}
+
+/// The pack writers: idle ones, and the packs whose writer a thread is using.
+#[derive(Debug, Default)]
+struct Writers {
+    pool: Vec<PackWriter>,
+    out: HashSet<u32>,
 }
 
 pub(crate) fn lock_poisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,7 +155,8 @@ impl Store {
             packs_dir,
             db,
             cat,
-            writers: Mutex::new(Vec::new()),
+            writers: Mutex::default(),
+            writer_returned: Condvar::new(),
             open_packs: Mutex::new(HashMap::new()),
             next_pack: AtomicU32::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -274,6 +284,8 @@ impl Store {
         {
             return Ok(m.clone());
         }
+        // An object just written may still be in its writer's buffer.
+        self.ensure_written(pack, need)?;
         let path = pack::pack_path(&self.packs_dir, pack);
         let file = File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -375,6 +387,9 @@ impl Store {
     /// freed heap to the system.
     pub fn release_memory(&self) {
         self.maps.write().unwrap_or_else(|p| p.into_inner()).clear();
+        for w in &mut lock_poisoned(&self.writers).pool {
+            w.shrink();
+        }
         // glibc keeps freed memory in per-thread arenas; malloc_trim returns what is free in
         // every arena (after a cold save of the Linux tree: ~130 MiB resident, against ~155 MiB
         // with mimalloc and its own collection).
@@ -392,49 +407,101 @@ impl Store {
     }
 
     fn take_writer(&self) -> Result<PackWriter> {
-        if let Some(w) = lock_poisoned(&self.writers).pop() {
+        let mut writers = lock_poisoned(&self.writers);
+        if let Some(w) = writers.pool.pop() {
+            writers.out.insert(w.no);
             return Ok(w);
         }
         let no = self.next_pack.fetch_add(1, Ordering::SeqCst);
         let w = PackWriter::create(&self.packs_dir, no)?;
+        writers.out.insert(no);
+        drop(writers);
         lock_poisoned(&self.open_packs).insert(no, w.file.clone());
         tracing::debug!(pack = no, "new pack");
         Ok(w)
     }
 
     fn return_writer(&self, mut w: PackWriter) {
-        if w.len - w.early_synced >= EARLY_SYNC_EVERY || w.len >= PACK_TARGET_SIZE {
-            w.early_synced = w.len;
+        let full = w.len >= PACK_TARGET_SIZE;
+        if full {
+            // Retired: what it buffered goes to the file now (a failure marks it failed).
+            let _ = w.flush();
+        }
+        if w.failed.is_none()
+            && (w.written() - w.early_synced >= EARLY_SYNC_EVERY
+                || (full && w.len > w.early_synced))
+        {
+            w.early_synced = w.written();
             // When the thread is busy, this request is dropped: the next one covers it.
             let _ = lock_poisoned(&self.early_sync).try_send((w.no, w.file.clone()));
         }
-        if w.len < PACK_TARGET_SIZE {
-            lock_poisoned(&self.writers).push(w);
+        let mut writers = lock_poisoned(&self.writers);
+        writers.out.remove(&w.no);
+        if let Some(e) = w.failed.take() {
+            // Records it buffered are lost: no commit may count on this pack any more.
+            lock_poisoned(&self.sync_failures).insert(w.no, e);
+        } else if !full {
+            writers.pool.push(w);
+        }
+        drop(writers);
+        self.writer_returned.notify_all();
+    }
+
+    /// Makes sure pack `no` holds its first `end` bytes in the file, not only in its writer's
+    /// buffer: writes the buffer out, waiting first for a thread using the writer to return it.
+    fn ensure_written(&self, no: u32, end: u64) -> Result<()> {
+        let mut writers = lock_poisoned(&self.writers);
+        loop {
+            if let Some(i) = writers.pool.iter().position(|w| w.no == no) {
+                let w = &mut writers.pool[i];
+                if w.written() >= end {
+                    return Ok(());
+                }
+                return match w.flush() {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let w = writers.pool.swap_remove(i);
+                        lock_poisoned(&self.sync_failures)
+                            .insert(no, w.failed.unwrap_or_else(|| e.to_string()));
+                        Err(e)
+                    }
+                };
+            }
+            if !writers.out.contains(&no) {
+                // No writer (retired, or never opened by this process): all of it is written.
+                return Ok(());
+            }
+            writers = self
+                .writer_returned
+                .wait(writers)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// Stops appending to the open packs: the next write starts a new pack.
+    /// Stops appending to the open packs: the next write starts a new pack. Only while no
+    /// batch is open (what they buffered is not committed, and goes).
     pub fn close_writers(&self) {
-        lock_poisoned(&self.writers).clear();
+        lock_poisoned(&self.writers).pool.clear();
     }
 
-    fn sync_packs(&self, packs: &HashSet<u32>) -> Result<()> {
-        for no in packs {
-            let path = pack::pack_path(&self.packs_dir, *no);
-            if let Some(e) = lock_poisoned(&self.sync_failures).get(no).cloned() {
+    fn sync_packs(&self, ends: &HashMap<u32, u64>) -> Result<()> {
+        for (&no, &end) in ends {
+            let path = pack::pack_path(&self.packs_dir, no);
+            if let Some(e) = lock_poisoned(&self.sync_failures).get(&no).cloned() {
                 // What was written to it may never have reached the disk: no more appends.
-                lock_poisoned(&self.writers).retain(|w| w.no != *no);
+                lock_poisoned(&self.writers).pool.retain(|w| w.no != no);
                 return Err(Error::io(&path, io::Error::other(e)));
             }
-            let file = lock_poisoned(&self.open_packs).get(no).cloned();
+            self.ensure_written(no, end)?;
+            let file = lock_poisoned(&self.open_packs).get(&no).cloned();
             let synced = match file {
                 Some(f) => f.sync_data(),
                 None => File::open(&path).and_then(|f| f.sync_data()),
             };
             if let Err(e) = synced {
                 // A second fsync would report success over the same lost writes.
-                lock_poisoned(&self.sync_failures).insert(*no, e.to_string());
-                lock_poisoned(&self.writers).retain(|w| w.no != *no);
+                lock_poisoned(&self.sync_failures).insert(no, e.to_string());
+                lock_poisoned(&self.writers).pool.retain(|w| w.no != no);
                 return Err(Error::io(&path, e));
             }
         }
@@ -694,7 +761,7 @@ impl Batch<'_> {
         let t = std::time::Instant::now();
         let durable = self
             .store
-            .sync_packs(&ends.keys().copied().collect())
+            .sync_packs(&ends)
             .and_then(|()| self.store.cat.append_blob_segments(&new))
             .and_then(|()| self.store.cat.raise_pack_lengths(&ends));
         if let Err(e) = durable {
@@ -785,6 +852,39 @@ mod tests {
         let loc = store.locate(&n).unwrap().unwrap();
         assert_eq!(loc.len, noise.len() as u64, "random data is stored raw");
         assert!(store.locate(&a).unwrap().unwrap().len < 1000);
+    }
+
+    #[test]
+    fn objects_still_in_a_write_buffer_are_readable_and_a_commit_writes_them_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = {
+            let store = Store::open(dir.path()).unwrap();
+            let b = store.batch();
+            let objects: Vec<Vec<u8>> = (0..50u64).map(|i| random(3000, i + 1)).collect();
+            let ids: Vec<Id> = objects.iter().map(|o| b.put(o, false).unwrap().0).collect();
+            let pack = store.locate(&ids[0]).unwrap().unwrap().pack;
+            let on_disk = fs::metadata(pack::pack_path(&store.packs_dir, pack))
+                .unwrap()
+                .len();
+            assert!(
+                on_disk < 50 * 3000,
+                "small records are gathered in memory before they are written"
+            );
+            // Reading one before the commit writes the buffer out first.
+            assert_eq!(store.read_vec(&ids[49]).unwrap(), objects[49]);
+            let b2 = store.batch();
+            let more = random(3000, 99);
+            let (late, _) = b2.put(&more, false).unwrap();
+            b.finish().unwrap();
+            b2.finish().unwrap();
+            assert_eq!(store.read_vec(&late).unwrap(), more);
+            ids
+        };
+        // What the commits acknowledged is in the pack files.
+        let store = Store::open(dir.path()).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(store.read_vec(id).unwrap(), random(3000, i as u64 + 1));
+        }
     }
 
     #[test]

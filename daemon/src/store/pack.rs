@@ -111,6 +111,11 @@ pub fn parse_pack_name(name: &str) -> Option<u32> {
 }
 
 /// An open pack that takes new records at its end. One thread uses a writer at a time.
+///
+/// Records are gathered in memory and written [`WRITE_BUFFER`] bytes at a time: ext4's cost per
+/// write call, not the copy, dominated appending thousands of small records. Bytes past
+/// [`PackWriter::written`] are not in the file yet: the store writes them out before it
+/// fsyncs the pack or maps that part of it.
 #[derive(Debug)]
 pub struct PackWriter {
     /// Pack number.
@@ -118,16 +123,23 @@ pub struct PackWriter {
     /// Shared so a commit can fsync it while another thread appends.
     pub file: Arc<File>,
     path: PathBuf,
-    /// Current length.
+    /// Current length, buffered records included.
     pub len: u64,
+    /// Records not written to the file yet; they start at `len - buf.len()`.
+    buf: Vec<u8>,
     /// Bytes up to which writeback was started.
-    flushed: u64,
+    writeback: u64,
     /// Length at the last background fsync request.
     pub early_synced: u64,
+    /// Why the pack lost buffered records (a failed write): nothing more may be appended, and
+    /// no commit may count on it.
+    pub failed: Option<String>,
 }
 
 /// Start writeback every this many bytes, so the fsync at commit finds little left to do.
 const WRITEBACK_EVERY: u64 = 16 << 20;
+/// Records are written to the file in pieces of at most this size (larger ones directly).
+pub const WRITE_BUFFER: usize = 1 << 20;
 
 impl PackWriter {
     /// Creates pack `no`.
@@ -148,15 +160,48 @@ impl PackWriter {
             file: Arc::new(file),
             path,
             len: MAGIC.len() as u64,
-            flushed: 0,
+            buf: Vec::new(),
+            writeback: 0,
             early_synced: 0,
+            failed: None,
         })
     }
 
-    /// Starts writing back what was appended since the last call, without waiting, once enough
-    /// accumulated: the fsync at commit then has little left to do.
+    /// Bytes of the pack that are in the file (the rest is buffered).
+    pub fn written(&self) -> u64 {
+        self.len - self.buf.len() as u64
+    }
+
+    /// Writes the buffered records to the file. A failure loses them: the writer is marked
+    /// failed and must not be used again.
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(Error::io(&self.path, io::Error::other(e.clone())));
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all_at(&self.buf, self.written()) {
+            self.failed = Some(e.to_string());
+            return Err(Error::io(&self.path, e));
+        }
+        self.buf.clear();
+        self.start_writeback();
+        Ok(())
+    }
+
+    /// Frees the write buffer's memory (when nothing is buffered).
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Starts writing back what reached the file since the last call, without waiting, once
+    /// enough accumulated: the fsync at commit then has little left to do.
     fn start_writeback(&mut self) {
-        if self.len - self.flushed < WRITEBACK_EVERY {
+        let written = self.written();
+        if written - self.writeback < WRITEBACK_EVERY {
             return;
         }
         #[cfg(target_os = "linux")]
@@ -166,29 +211,47 @@ impl PackWriter {
             unsafe {
                 libc::sync_file_range(
                     self.file.as_raw_fd(),
-                    self.flushed as libc::off64_t,
-                    (self.len - self.flushed) as libc::off64_t,
+                    self.writeback as libc::off64_t,
+                    (written - self.writeback) as libc::off64_t,
                     libc::SYNC_FILE_RANGE_WRITE,
                 );
             }
         }
-        self.flushed = self.len;
+        self.writeback = written;
     }
 
     /// Appends one record of `data` (already in stored form).
     pub fn append(&mut self, id: Id, flags: u8, raw_len: u64, data: &[u8]) -> Result<Loc> {
-        let start = self.len;
-        let res = (|| {
-            self.file
-                .write_all_at(&header(id, flags, data.len() as u64), start)?;
-            self.file.write_all_at(data, start + RECORD_HEADER)
-        })();
-        if let Err(e) = res {
-            self.rollback(start);
-            return Err(Error::io(&self.path, e));
+        let record = RECORD_HEADER as usize + data.len();
+        if self.buf.len() + record > WRITE_BUFFER {
+            self.flush()?;
         }
-        self.len = start + RECORD_HEADER + data.len() as u64;
-        self.start_writeback();
+        if let Some(e) = &self.failed {
+            return Err(Error::io(&self.path, io::Error::other(e.clone())));
+        }
+        let start = self.len;
+        if record > WRITE_BUFFER {
+            // Too large to gather: straight to the file (nothing is buffered now).
+            let res = self
+                .file
+                .write_all_at(&header(id, flags, data.len() as u64), start)
+                .and_then(|()| self.file.write_all_at(data, start + RECORD_HEADER));
+            if let Err(e) = res {
+                self.rollback(start);
+                return Err(Error::io(&self.path, e));
+            }
+        } else {
+            if self.buf.capacity() < WRITE_BUFFER {
+                self.buf.reserve_exact(WRITE_BUFFER - self.buf.len());
+            }
+            self.buf
+                .extend_from_slice(&header(id, flags, data.len() as u64));
+            self.buf.extend_from_slice(data);
+        }
+        self.len = start + record as u64;
+        if record > WRITE_BUFFER {
+            self.start_writeback();
+        }
         Ok(Loc {
             pack: self.no,
             offset: start + RECORD_HEADER,
@@ -207,6 +270,7 @@ impl PackWriter {
         raw_len: u64,
         fill: impl FnOnce(&mut dyn Write) -> io::Result<Option<Id>>,
     ) -> Result<Option<Loc>> {
+        self.flush()?;
         let start = self.len;
         let mut sink = AtWriter {
             file: &self.file,
@@ -239,12 +303,13 @@ impl PackWriter {
         }))
     }
 
+    /// Cuts off a record written straight to the file (nothing is buffered then).
     fn rollback(&mut self, start: u64) {
         if let Err(e) = self.file.set_len(start) {
             tracing::warn!(pack = %self.path.display(), error = %e, "could not cut off an abandoned record");
         }
         self.len = start;
-        self.flushed = self.flushed.min(start);
+        self.writeback = self.writeback.min(start);
     }
 }
 
