@@ -320,6 +320,7 @@ impl Engine {
         opts: WatchOptions,
     ) -> Result<(WorkspaceRecord, SnapshotRecord)> {
         let _one_at_a_time = lock(&self.watch_lock);
+        let t0 = Instant::now();
         let record = crate::workspace::register(&self.store, path, opts)?;
         if let Some(h) = self
             .workspaces
@@ -336,6 +337,10 @@ impl Engine {
             return Ok((record, snap));
         }
         let mut ws = Workspace::open(&self.store, record.clone())?;
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "watch: registered and opened"
+        );
         remove_stale_barriers(ws.root());
         let recovered = match ws.finish_interrupted_restore(&self.store) {
             Ok(r) => r,
@@ -386,6 +391,10 @@ impl Engine {
             handle.pending().rescan_reason =
                 Some("changes made while chkptd was not watching".into());
         }
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "watch: watcher started"
+        );
         let outcome = self.save_now(
             &handle,
             Trigger::Auto,
@@ -393,6 +402,10 @@ impl Engine {
             false,
             true,
         )?;
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "watch: baseline saved"
+        );
         Ok((record, outcome.snapshot))
     }
 

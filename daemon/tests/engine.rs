@@ -303,6 +303,57 @@ fn save_of_one_change_in_20k_files_costs_the_change_only() {
 }
 
 #[test]
+fn what_a_full_save_saw_before_the_watch_was_in_place_is_looked_at_again() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let root = ws_dir.path();
+    fs::create_dir(root.join("sub")).unwrap();
+    for name in ["a.txt", "sub/b.txt", "sub/c.txt"] {
+        fs::write(root.join(name), format!("first version of {name}\n")).unwrap();
+    }
+    // Past the racy window: only a changed stat can make the save look again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, root);
+    let placed = std::sync::Arc::new(std::sync::OnceLock::new());
+    ws.set_watching(placed.clone());
+    let counters = ws.counters.clone();
+    let snap = std::thread::scope(|s| {
+        let saving = s.spawn(|| save(&mut ws, &store, Changes::Full));
+        // Every file was read: the walk saw them all, and the watch is not there yet, so these
+        // changes reach neither the walk nor a watcher.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while counters.files_hashed.load(Ordering::SeqCst) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the walk never read the files"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        fs::write(root.join("a.txt"), b"second, longer version of a.txt\n").unwrap();
+        fs::write(root.join("sub/new.txt"), b"created during the save\n").unwrap();
+        fs::remove_file(root.join("sub/c.txt")).unwrap();
+        placed.set(std::time::Instant::now()).unwrap();
+        saving.join().unwrap()
+    });
+    let read = |path: &[u8]| {
+        chkpt_daemon::workspace::diff::lookup(&store, snap.root, path)
+            .unwrap()
+            .map(|e| store.read_vec(&e.id).unwrap())
+    };
+    assert_eq!(
+        read(b"a.txt").as_deref(),
+        Some(&b"second, longer version of a.txt\n"[..])
+    );
+    assert_eq!(
+        read(b"sub/new.txt").as_deref(),
+        Some(&b"created during the save\n"[..])
+    );
+    assert_eq!(read(b"sub/c.txt"), None);
+    assert_eq!(snap.files, 3);
+}
+
+#[test]
 fn racy_same_size_rewrite_in_the_same_tick_is_captured() {
     let ws_dir = tempfile::tempdir().unwrap();
     let store_dir = tempfile::tempdir().unwrap();

@@ -15,9 +15,9 @@ pub mod tripwire;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use notify::event::{ModifyKind, RenameMode};
@@ -51,14 +51,18 @@ const AFTER_BURST_QUIET: Duration = Duration::from_secs(1);
 /// Retention runs after an auto snapshot at most this often.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
-/// Starts watching `h`: the kernel watch is in place when this returns (so a walk started
-/// afterwards cannot miss a change), then a thread debounces and saves. The caller must not
-/// hold the workspace's lock.
+/// Starts watching `h` in a new thread, which places the kernel watch and then debounces and
+/// saves. Placing the watch on a large tree takes a while (notify walks it), so it runs beside
+/// the stat-walk that usually follows: the workspace is told when the watch is in place, and a
+/// full refresh checks again what it looked at before then (see `Workspace::refresh`). The
+/// caller must not hold the workspace's lock.
 pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) {
     let (tx, rx) = mpsc::sync_channel::<Msg>(CHANNEL);
     *h.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+    let placed = Placed(Arc::default());
     let (idle, max_delay, rules) = {
-        let ws = h.workspace();
+        let mut ws = h.workspace();
+        ws.set_watching(placed.0.clone());
         let r = ws.record();
         (
             Duration::from_millis(r.idle_ms),
@@ -83,15 +87,28 @@ pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) {
         after_burst: None,
         last_retention: None,
     };
-    w.connect();
     let thread = std::thread::Builder::new()
         .name(format!("watch-{}", h.id))
-        .spawn(move || w.run(rx));
+        .spawn(move || {
+            w.connect();
+            drop(placed);
+            w.run(rx)
+        });
     match thread {
         Ok(t) => *h.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
         Err(e) => h.set_state(WatchState::Failed(format!(
             "could not start the watcher thread: {e}"
         ))),
+    }
+}
+
+/// Signals that the kernel watch is in place, or could not be placed, when dropped: after
+/// `connect`, or when the thread panics or never starts. Waiting for it always ends.
+struct Placed(Arc<OnceLock<Instant>>);
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        let _ = self.0.set(Instant::now());
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
+
 use super::rules::split_last;
 use crate::error::Result;
 use crate::store::catalog::FileMeta;
@@ -64,7 +66,8 @@ pub struct Index {
     root: DirNode,
     files: u64,
     bytes: u64,
-    journal: BTreeMap<Vec<u8>, Option<FileMeta>>,
+    /// Changes not yet persisted, in the order they were made.
+    journal: Vec<(Vec<u8>, Option<FileMeta>)>,
 }
 
 impl Default for Index {
@@ -77,7 +80,7 @@ impl Default for Index {
             },
             files: 0,
             bytes: 0,
-            journal: BTreeMap::new(),
+            journal: Vec::new(),
         }
     }
 }
@@ -86,13 +89,15 @@ impl Index {
     /// Builds an index from persisted entries (path order), without journaling them.
     pub fn load(entries: impl IntoIterator<Item = (Vec<u8>, FileMeta)>) -> Index {
         let mut index = Index::default();
+        let mut rest = Vec::new();
         for (path, meta) in entries {
             if path.is_empty() {
                 index.root.meta = meta;
             } else {
-                index.insert(&path, meta);
+                rest.push((path, meta));
             }
         }
+        index.insert_many(rest);
         index.journal.clear();
         index
     }
@@ -125,102 +130,52 @@ impl Index {
         &self.root
     }
 
-    /// The directory at `path`, created (with its parents) if missing or not a directory,
-    /// with every cached tree id on the way invalidated.
-    fn dir_mut(&mut self, path: &[u8]) -> &mut DirNode {
-        let mut prefix: Vec<u8> = Vec::new();
-        let Index {
-            root,
-            files,
-            bytes,
-            journal,
-        } = self;
-        let mut dir = root;
-        dir.tree = None;
-        for c in components(path) {
-            if !prefix.is_empty() {
-                prefix.push(b'/');
-            }
-            prefix.extend_from_slice(c);
-            let replace = !matches!(dir.children.get(c), Some(Node::Dir(_)));
-            if replace {
-                if let Some(old) = dir.children.remove(c) {
-                    forget(&prefix, &old, files, bytes, journal);
-                }
-                let meta = dir_meta(0o755);
-                journal.insert(prefix.clone(), Some(meta));
-                dir.children.insert(
-                    c.to_vec(),
-                    Node::Dir(Box::new(DirNode {
-                        meta,
-                        children: BTreeMap::new(),
-                        tree: None,
-                    })),
-                );
-            }
-            let Some(Node::Dir(d)) = dir.children.get_mut(c) else {
-                unreachable!("just ensured a directory")
-            };
-            dir = d;
-            dir.tree = None;
-        }
-        dir
-    }
-
     /// Inserts or replaces the entry at `path`. A directory keeps its children when its
     /// metadata changes.
     pub fn insert(&mut self, path: &[u8], meta: FileMeta) {
         if path.is_empty() {
             self.root.meta = meta;
             self.root.tree = None;
-            self.journal.insert(Vec::new(), Some(meta));
+            self.journal.push((Vec::new(), Some(meta)));
             return;
         }
         let (parent, name) = split_last(path);
-        let Index { files, bytes, .. } = self;
-        let (mut f, mut b) = (*files, *bytes);
-        let dir = self.dir_mut(parent);
-        let old = dir.children.remove(name);
-        let node = match (meta.kind, old) {
-            (Kind::Dir, Some(Node::Dir(mut d))) => {
-                d.meta = meta;
-                d.tree = None;
-                Node::Dir(d)
+        let Index {
+            root,
+            files,
+            bytes,
+            journal,
+        } = self;
+        let dir = dir_mut(root, parent, files, bytes, journal);
+        put(dir, path, name, meta, files, bytes, journal);
+    }
+
+    /// Inserts or replaces many entries (none of them the root): like [`Index::insert`] for
+    /// each, but the way to each parent directory is walked once for all its entries.
+    pub fn insert_many(&mut self, mut entries: Vec<(Vec<u8>, FileMeta)>) {
+        entries.retain(|(p, _)| !p.is_empty());
+        // Siblings next to each other; a parent's own entry (a path shorter than its
+        // children's parent) may come in any order, as `dir_mut` makes parents when needed.
+        entries.sort_by(|a, b| split_last(&a.0).cmp(&split_last(&b.0)));
+        let Index {
+            root,
+            files,
+            bytes,
+            journal,
+        } = self;
+        let mut i = 0;
+        while i < entries.len() {
+            let parent = split_last(&entries[i].0).0;
+            let end = i + entries[i..]
+                .iter()
+                .position(|(p, _)| split_last(p).0 != parent)
+                .unwrap_or(entries.len() - i);
+            let dir = dir_mut(root, parent, files, bytes, journal);
+            for (path, meta) in &entries[i..end] {
+                put(dir, path, split_last(path).1, *meta, files, bytes, journal);
             }
-            (kind, old) => {
-                if let Some(old) = &old {
-                    let (of, ob) = count(old);
-                    f -= of;
-                    b -= ob;
-                    if !matches!(old, Node::Leaf(_)) || kind == Kind::Dir {
-                        // Children of a replaced directory leave the persisted index too.
-                        let mut gone = Vec::new();
-                        collect_paths(path, old, &mut gone);
-                        for p in gone {
-                            if p != path {
-                                self.journal.insert(p, None);
-                            }
-                        }
-                    }
-                }
-                if kind == Kind::Dir {
-                    Node::Dir(Box::new(DirNode {
-                        meta,
-                        children: BTreeMap::new(),
-                        tree: None,
-                    }))
-                } else {
-                    f += 1;
-                    b += meta.size;
-                    Node::Leaf(meta)
-                }
-            }
-        };
-        let dir = self.dir_mut(parent);
-        dir.children.insert(name.to_vec(), node);
-        self.files = f;
-        self.bytes = b;
-        self.journal.insert(path.to_vec(), Some(meta));
+            i = end;
+        }
     }
 
     /// Removes the entry at `path` and everything below it.
@@ -229,16 +184,16 @@ impl Index {
             return;
         }
         let (parent, name) = split_last(path);
-        let dir = self.dir_mut(parent);
-        let Some(old) = dir.children.remove(name) else {
-            return;
-        };
         let Index {
+            root,
             files,
             bytes,
             journal,
-            ..
         } = self;
+        let dir = dir_mut(root, parent, files, bytes, journal);
+        let Some(old) = dir.children.remove(name) else {
+            return;
+        };
         forget(path, &old, files, bytes, journal);
     }
 
@@ -282,13 +237,31 @@ impl Index {
     }
 
     /// The root tree's id, encoding and storing only directories whose cached id is gone.
+    /// Sibling directories are encoded in parallel (a cold save has thousands).
     pub fn root_tree(&mut self, batch: &Batch<'_>) -> Result<Id> {
         fn rec(dir: &mut DirNode, batch: &Batch<'_>) -> Result<Id> {
             if let Some(id) = dir.tree {
                 return Ok(id);
             }
+            let mut stale: Vec<&mut DirNode> = dir
+                .children
+                .values_mut()
+                .filter_map(|n| match n {
+                    Node::Dir(d) if d.tree.is_none() => Some(&mut **d),
+                    _ => None,
+                })
+                .collect();
+            match stale.len() {
+                0 => {}
+                1 => {
+                    rec(stale[0], batch)?;
+                }
+                _ => stale
+                    .par_iter_mut()
+                    .try_for_each(|d| rec(d, batch).map(|_| ()))?,
+            }
             let mut entries = Vec::with_capacity(dir.children.len());
-            for (name, node) in dir.children.iter_mut() {
+            for (name, node) in &dir.children {
                 let entry = match node {
                     Node::Leaf(m) => Entry {
                         name: name.clone(),
@@ -297,16 +270,13 @@ impl Index {
                         size: m.size,
                         id: m.id,
                     },
-                    Node::Dir(d) => {
-                        let id = rec(d, batch)?;
-                        Entry {
-                            name: name.clone(),
-                            kind: Kind::Dir,
-                            mode: d.meta.mode,
-                            size: d.children.len() as u64,
-                            id,
-                        }
-                    }
+                    Node::Dir(d) => Entry {
+                        name: name.clone(),
+                        kind: Kind::Dir,
+                        mode: d.meta.mode,
+                        size: d.children.len() as u64,
+                        id: d.tree.unwrap_or_default(),
+                    },
                 };
                 entries.push(entry);
             }
@@ -317,9 +287,29 @@ impl Index {
         rec(&mut self.root, batch)
     }
 
-    /// Takes the changes to persist.
+    /// Changes recorded since the journal was last taken (a path changed twice counts twice).
+    pub fn journal_len(&self) -> usize {
+        self.journal.len()
+    }
+
+    /// Forgets the changes recorded (a new persisted base holds them all).
+    pub fn clear_journal(&mut self) {
+        self.journal = Vec::new();
+    }
+
+    /// Takes the changes to persist: the last change of each path, in path order.
     pub fn take_journal(&mut self) -> Vec<(Vec<u8>, Option<FileMeta>)> {
-        std::mem::take(&mut self.journal).into_iter().collect()
+        let mut journal = std::mem::take(&mut self.journal);
+        // A stable sort keeps each path's changes in the order they were made; the last wins.
+        journal.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Vec<u8>, Option<FileMeta>)> = Vec::with_capacity(journal.len());
+        for change in journal {
+            match out.last_mut() {
+                Some(last) if last.0 == change.0 => *last = change,
+                _ => out.push(change),
+            }
+        }
+        out
     }
 }
 
@@ -346,21 +336,113 @@ fn collect_paths(path: &[u8], node: &Node, out: &mut Vec<Vec<u8>>) {
     }
 }
 
-fn forget(
-    path: &[u8],
-    node: &Node,
-    files: &mut u64,
-    bytes: &mut u64,
-    journal: &mut BTreeMap<Vec<u8>, Option<FileMeta>>,
-) {
+fn forget(path: &[u8], node: &Node, files: &mut u64, bytes: &mut u64, journal: &mut Journal) {
     let (f, b) = count(node);
     *files -= f;
     *bytes -= b;
     let mut gone = Vec::new();
     collect_paths(path, node, &mut gone);
-    for p in gone {
-        journal.insert(p, None);
+    journal.extend(gone.into_iter().map(|p| (p, None)));
+}
+
+type Journal = Vec<(Vec<u8>, Option<FileMeta>)>;
+
+fn new_dir(meta: FileMeta) -> Node {
+    Node::Dir(Box::new(DirNode {
+        meta,
+        children: BTreeMap::new(),
+        tree: None,
+    }))
+}
+
+/// Puts `meta` as the entry `name` of `dir` (which is at the parent of `path`).
+fn put(
+    dir: &mut DirNode,
+    path: &[u8],
+    name: &[u8],
+    meta: FileMeta,
+    files: &mut u64,
+    bytes: &mut u64,
+    journal: &mut Journal,
+) {
+    dir.tree = None;
+    match (meta.kind, dir.children.get_mut(name)) {
+        (Kind::Dir, Some(Node::Dir(d))) => {
+            d.meta = meta;
+            d.tree = None;
+        }
+        (Kind::Dir, None) => {
+            dir.children.insert(name.to_vec(), new_dir(meta));
+        }
+        (_, None) => {
+            *files += 1;
+            *bytes += meta.size;
+            dir.children.insert(name.to_vec(), Node::Leaf(meta));
+        }
+        (_, Some(Node::Leaf(old))) if meta.kind != Kind::Dir => {
+            *bytes = *bytes - old.size + meta.size;
+            *old = meta;
+        }
+        (kind, Some(old)) => {
+            // A file becomes a directory or the other way round: what was below a replaced
+            // directory leaves the persisted index too.
+            let new = if kind == Kind::Dir {
+                new_dir(meta)
+            } else {
+                *files += 1;
+                *bytes += meta.size;
+                Node::Leaf(meta)
+            };
+            let old = std::mem::replace(old, new);
+            let (of, ob) = count(&old);
+            *files -= of;
+            *bytes -= ob;
+            let mut gone = Vec::new();
+            collect_paths(path, &old, &mut gone);
+            journal.extend(gone.into_iter().filter(|p| p != path).map(|p| (p, None)));
+        }
     }
+    journal.push((path.to_vec(), Some(meta)));
+}
+
+/// The directory at `path` below `root`, created (with its parents) if missing or not a
+/// directory, with every cached tree id on the way invalidated.
+fn dir_mut<'a>(
+    root: &'a mut DirNode,
+    path: &[u8],
+    files: &mut u64,
+    bytes: &mut u64,
+    journal: &mut Journal,
+) -> &'a mut DirNode {
+    let mut dir = root;
+    dir.tree = None;
+    let mut start = 0;
+    while start < path.len() {
+        let end = path[start..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(path.len(), |i| start + i);
+        let c = &path[start..end];
+        let prefix = &path[..end];
+        start = end + 1;
+        if c.is_empty() {
+            continue;
+        }
+        if !matches!(dir.children.get(c), Some(Node::Dir(_))) {
+            if let Some(old) = dir.children.remove(c) {
+                forget(prefix, &old, files, bytes, journal);
+            }
+            let meta = dir_meta(0o755);
+            journal.push((prefix.to_vec(), Some(meta)));
+            dir.children.insert(c.to_vec(), new_dir(meta));
+        }
+        let Some(Node::Dir(d)) = dir.children.get_mut(c) else {
+            unreachable!("just ensured a directory")
+        };
+        dir = d;
+        dir.tree = None;
+    }
+    dir
 }
 
 #[cfg(test)]
@@ -373,6 +455,37 @@ mod tests {
             size,
             ..dir_meta(0o644)
         }
+    }
+
+    #[test]
+    fn insert_many_is_insert_for_each() {
+        let mut one = Index::default();
+        one.insert(b"a/d", file(9));
+        one.insert(b"x", file(1));
+        one.take_journal();
+        let mut many = one.clone();
+        let entries: Vec<(Vec<u8>, FileMeta)> = vec![
+            (b"a/b/c".to_vec(), file(3)),
+            (b"a/d".to_vec(), dir_meta(0o700)),
+            (b"a/d/e".to_vec(), file(5)),
+            (b"z/y".to_vec(), file(2)),
+            (b"a/b".to_vec(), dir_meta(0o750)),
+            (b"x".to_vec(), file(4)),
+            (b"a-b".to_vec(), file(6)),
+        ];
+        for (p, m) in &entries {
+            one.insert(p, *m);
+        }
+        many.insert_many(entries);
+        let paths = |ix: &Index| {
+            let mut out = Vec::new();
+            ix.walk(|p, m| out.push((p.to_vec(), *m)));
+            out
+        };
+        assert_eq!(paths(&one), paths(&many));
+        assert_eq!(one.totals(), many.totals());
+        assert_eq!(one.totals(), (5, 20));
+        assert_eq!(one.take_journal(), many.take_journal());
     }
 
     #[test]

@@ -8,33 +8,27 @@
 pub mod diff;
 pub mod git;
 pub mod index;
+mod refresh;
 pub mod restore;
 pub mod rules;
 pub mod scan;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use rayon::prelude::*;
-
-use self::index::{Index, Node};
-use self::rules::{Exclusion, Rules, abs};
-use self::scan::Stat;
+use self::index::Index;
+use self::rules::{Exclusion, Rules};
 use crate::error::{Error, Result};
-use crate::store::catalog::{FileMeta, SnapshotRecord, Trigger, WorkspaceRecord};
-use crate::store::{Batch, IN_MEMORY_LIMIT, Id, Kind, Store, Streamed};
+use crate::store::catalog::{SnapshotRecord, Trigger, WorkspaceRecord};
+use crate::store::{Batch, Id, Store};
 
 /// A file read within this long of its last modification is re-read next time (a write in the
 /// same timestamp tick would not change its metadata).
 const RACY_WINDOW_NS: i64 = 1_000_000_000;
-/// Attempts at reading a file that keeps changing before its previous version is kept.
-const READ_ATTEMPTS: usize = 4;
 /// Journal entries persisted beyond a quarter of the base before the base is rewritten.
 const JOURNAL_SLACK: usize = 1024;
 
@@ -119,6 +113,8 @@ pub struct Workspace {
     /// Entries in the persisted warm index's base, and journal entries persisted on top.
     persisted_base: usize,
     persisted_journal: usize,
+    /// Set once the watcher's kernel watch is in place (see [`Workspace::set_watching`]).
+    watching: Option<Arc<OnceLock<Instant>>>,
 }
 
 /// µs since the epoch.
@@ -248,13 +244,6 @@ pub fn register(store: &Store, path: &Path, opts: WatchOptions) -> Result<Worksp
     Ok(record)
 }
 
-/// How one path's content was read.
-enum ReadOutcome {
-    Stored(FileMeta),
-    Gone,
-    Skipped(String),
-}
-
 impl Workspace {
     /// Opens a workspace from its record, loading the persisted warm index.
     pub fn open(store: &Store, record: WorkspaceRecord) -> Result<Workspace> {
@@ -283,7 +272,15 @@ impl Workspace {
             new_dirs: Vec::new(),
             persisted_base,
             persisted_journal,
+            watching: None,
         })
+    }
+
+    /// Tells the workspace that a watcher is being started, and will set `placed` once its
+    /// kernel watch is in place: until then a full refresh notes what it looked at, and checks
+    /// it again once the watch is there (a change in between would reach neither).
+    pub fn set_watching(&mut self, placed: Arc<OnceLock<Instant>>) {
+        self.watching = Some(placed);
     }
 
     /// The workspace's record.
@@ -326,331 +323,23 @@ impl Workspace {
         &self.index
     }
 
-    /// Brings the index up to date with the disk for `changes`, storing new content in `batch`.
-    /// Returns warnings about paths that could not be read.
-    pub fn refresh(&mut self, batch: &Batch<'_>, changes: &Changes) -> Result<Vec<String>> {
-        if !self.root.is_dir() {
-            return Err(Error::FailedPrecondition(format!(
-                "the workspace folder {} is gone; recreate it or unwatch it",
-                self.root.display()
-            )));
-        }
-        if batch.store().gc_epoch() != self.gc_epoch {
-            self.index.invalidate_trees();
-            self.gc_epoch = batch.store().gc_epoch();
-        }
-        let mut warnings = Vec::new();
-        let stats = match changes {
-            Changes::Full => self.full_stats(&mut warnings),
-            Changes::Paths(paths) => self.dirty_stats(paths, &mut warnings),
-        };
-        self.apply(batch, stats, &mut warnings)?;
-        Ok(warnings)
-    }
-
-    /// A stat-walk of the whole tree, as a list of every path and what it is now.
-    fn full_stats(&mut self, warnings: &mut Vec<String>) -> Vec<(Vec<u8>, Option<Stat>)> {
-        self.counters.full_scans.fetch_add(1, Ordering::Relaxed);
-        self.rules.invalidate_all();
-        let walk_started = std::time::Instant::now();
-        let scan = scan::scan(&self.root, b"", &self.rules, self.threads);
-        tracing::debug!(
-            workspace = %self.root.display(),
-            entries = scan.entries.len(),
-            walk_ms = walk_started.elapsed().as_millis() as u64,
-            "full stat-walk"
-        );
-        self.counters
-            .paths_stated
-            .fetch_add(scan.entries.len() as u64, Ordering::Relaxed);
-        warnings.extend(scan.warnings);
-        self.excluded = scan.excluded;
-        self.excluded.sort_by(|a, b| a.0.cmp(&b.0));
-        let seen: HashSet<&[u8]> = scan.entries.iter().map(|(p, _)| p.as_slice()).collect();
-        let mut gone = Vec::new();
-        self.index.walk(|p, _| {
-            if !seen.contains(p) {
-                gone.push((p.to_vec(), None));
-            }
-        });
-        drop(seen);
-        let mut out: Vec<(Vec<u8>, Option<Stat>)> = scan
-            .entries
-            .into_iter()
-            .map(|(p, s)| (p, Some(s)))
-            .collect();
-        out.extend(gone);
-        if let Ok(Some(Some(st))) = Stat::lstat(&self.root) {
-            out.push((Vec::new(), Some(st)));
-        }
-        out
-    }
-
-    /// Stats of the dirty paths and, for directories that appeared, everything below them.
-    fn dirty_stats(
-        &mut self,
-        paths: &[Vec<u8>],
-        warnings: &mut Vec<String>,
-    ) -> Vec<(Vec<u8>, Option<Stat>)> {
-        let mut out = Vec::new();
-        let mut queue: BTreeSet<Vec<u8>> = paths.iter().cloned().collect();
-        let mut done: HashSet<Vec<u8>> = HashSet::new();
-        let mut real_dirs: HashSet<Vec<u8>> = HashSet::new();
-        while let Some(rel) = queue.pop_first() {
-            if !done.insert(rel.clone()) {
-                continue;
-            }
-            if Rules::is_rule_file(&rel) {
-                self.rules.invalidate(rules::split_last(&rel).0);
-            }
-            // A path through a symlink is not inside the saved tree (links are never followed):
-            // look at the link itself instead.
-            if let Some(link) = self.non_dir_ancestor(&rel, &mut real_dirs) {
-                if !done.contains(&link) {
-                    queue.insert(link);
-                }
-                continue;
-            }
-            let path = abs(&self.root, &rel);
-            self.counters.paths_stated.fetch_add(1, Ordering::Relaxed);
-            let stat = match Stat::lstat(&path) {
-                Ok(Some(Some(st))) => st,
-                Ok(Some(None)) => {
-                    tracing::debug!(path = %path.display(), "not a file, link or directory: skipped");
-                    out.push((rel, None));
-                    continue;
-                }
-                Ok(None) => {
-                    out.push((rel, None));
-                    continue;
-                }
-                Err(e) => {
-                    warnings.push(format!("{}: {e}", path.display()));
-                    continue;
-                }
-            };
-            let is_dir = stat.kind == Kind::Dir;
-            if !rel.is_empty() && self.rules.check_path(&rel, is_dir).is_some() {
-                // Left out now; if the index had it, the rules changed under it.
-                if self.index.get(&rel).is_some() {
-                    out.push((rel, None));
-                }
-                continue;
-            }
-            // Parents the index does not know yet (their own events may come later).
-            let mut parent = rules::split_last(&rel).0;
-            while !parent.is_empty() && !matches!(self.index.get(parent), Some(Node::Dir(_))) {
-                if !done.contains(parent) {
-                    queue.insert(parent.to_vec());
-                }
-                parent = rules::split_last(parent).0;
-            }
-            if is_dir {
-                match self.index.get(&rel).filter(|_| !rel.is_empty()) {
-                    Some(Node::Dir(d)) => {
-                        // Known directory: reconcile its direct children.
-                        let mut listed: HashSet<Vec<u8>> = HashSet::new();
-                        match std::fs::read_dir(&path) {
-                            Ok(rd) => {
-                                for e in rd.flatten() {
-                                    listed.insert(e.file_name().as_bytes().to_vec());
-                                }
-                            }
-                            Err(e) => warnings.push(format!("{}: {e}", path.display())),
-                        }
-                        for name in d.children.keys() {
-                            if !listed.contains(name) {
-                                out.push((join(&rel, name), None));
-                            }
-                        }
-                        for name in listed {
-                            if !d.children.contains_key(&name) {
-                                queue.insert(join(&rel, &name));
-                            }
-                        }
-                    }
-                    _ if rel.is_empty() => {
-                        // The root itself: reconcile its direct children.
-                        let known: Vec<Vec<u8>> =
-                            self.index.root().children.keys().cloned().collect();
-                        if let Ok(rd) = std::fs::read_dir(&path) {
-                            let listed: HashSet<Vec<u8>> = rd
-                                .flatten()
-                                .map(|e| e.file_name().as_bytes().to_vec())
-                                .collect();
-                            for name in &known {
-                                if !listed.contains(name) {
-                                    out.push((name.clone(), None));
-                                }
-                            }
-                            for name in listed {
-                                if !known.contains(&name) {
-                                    queue.insert(name);
-                                }
-                            }
-                        }
-                    }
-                    _ => {
-                        // A new directory (created, moved in, or replacing a file): walk it.
-                        let sub = scan::scan(&self.root, &rel, &self.rules, self.threads);
-                        self.new_dirs.push(rel.clone());
-                        self.new_dirs.extend(
-                            sub.entries
-                                .iter()
-                                .filter(|(_, s)| s.kind == Kind::Dir)
-                                .map(|(p, _)| p.clone()),
-                        );
-                        self.counters
-                            .paths_stated
-                            .fetch_add(sub.entries.len() as u64, Ordering::Relaxed);
-                        warnings.extend(sub.warnings);
-                        for (p, _) in &sub.entries {
-                            done.insert(p.clone());
-                        }
-                        out.extend(sub.entries.into_iter().map(|(p, s)| (p, Some(s))));
-                    }
-                }
-            }
-            out.push((rel, Some(stat)));
-        }
-        out
-    }
-
-    /// The first ancestor of `rel` that is not a real directory (a symlink, a file), if any.
-    /// `real_dirs` caches ancestors found to be directories during one refresh.
-    fn non_dir_ancestor(&self, rel: &[u8], real_dirs: &mut HashSet<Vec<u8>>) -> Option<Vec<u8>> {
-        let mut end = 0;
-        while let Some(i) = rel[end..].iter().position(|&b| b == b'/') {
-            end += i;
-            let prefix = &rel[..end];
-            end += 1;
-            if real_dirs.contains(prefix) {
-                continue;
-            }
-            let is_dir = match self.index.get(prefix) {
-                Some(Node::Dir(_)) => true,
-                Some(Node::Leaf(_)) => false,
-                None => std::fs::symlink_metadata(abs(&self.root, prefix))
-                    .map(|m| m.is_dir())
-                    .unwrap_or(true),
-            };
-            if !is_dir {
-                return Some(prefix.to_vec());
-            }
-            real_dirs.insert(prefix.to_vec());
-        }
-        None
-    }
-
-    /// Applies stats to the index: reads what changed (in parallel), removes what is gone.
-    fn apply(
-        &mut self,
-        batch: &Batch<'_>,
-        mut stats: Vec<(Vec<u8>, Option<Stat>)>,
-        warnings: &mut Vec<String>,
-    ) -> Result<()> {
-        stats.sort_by(|a, b| a.0.cmp(&b.0));
-        stats.dedup_by(|a, b| a.0 == b.0);
-        let mut to_read: Vec<(Vec<u8>, Stat, Option<FileMeta>)> = Vec::new();
-        for (rel, stat) in stats {
-            match stat {
-                None => self.index.remove(&rel),
-                Some(st) if st.kind == Kind::Dir => {
-                    let unchanged = match (rel.is_empty(), self.index.get(&rel)) {
-                        (true, _) => self.index.root().meta.mode == st.mode,
-                        (false, Some(Node::Dir(d))) => d.meta.mode == st.mode,
-                        _ => false,
-                    };
-                    if !unchanged {
-                        self.index.insert(&rel, st.to_meta(Id::default(), false));
-                    }
-                }
-                Some(st) => {
-                    let old = match self.index.get(&rel) {
-                        Some(Node::Leaf(m)) => Some(*m),
-                        _ => None,
-                    };
-                    if old.is_some_and(|m| st.matches(&m) && !m.racy) {
-                        continue;
-                    }
-                    to_read.push((rel, st, old));
-                }
-            }
-        }
-        if to_read.is_empty() {
-            return Ok(());
-        }
-        // Hard links: read each inode once.
-        let mut by_inode: HashMap<(u64, u64), usize> = HashMap::new();
-        let mut link_of: Vec<Option<usize>> = vec![None; to_read.len()];
-        for (i, (_, st, _)) in to_read.iter().enumerate() {
-            if st.kind == Kind::File && st.nlink > 1 {
-                match by_inode.get(&(st.dev, st.ino)) {
-                    Some(&first) => link_of[i] = Some(first),
-                    None => {
-                        by_inode.insert((st.dev, st.ino), i);
-                    }
-                }
-            }
-        }
-        let root = &self.root;
-        let counters = &self.counters;
-        let results: Vec<Result<ReadOutcome>> = to_read
-            .par_iter()
-            .enumerate()
-            .map(|(i, (rel, st, _))| {
-                if link_of[i].is_some() {
-                    return Ok(ReadOutcome::Gone); // filled in from the first link below
-                }
-                read_object(batch, counters, &abs(root, rel), st)
-            })
-            .collect();
-        let mut outcomes = Vec::with_capacity(results.len());
-        for r in results {
-            outcomes.push(r?);
-        }
-        for i in 0..to_read.len() {
-            let (rel, st, old) = &to_read[i];
-            let outcome = match link_of[i] {
-                Some(first) => match &outcomes[first] {
-                    ReadOutcome::Stored(m) => ReadOutcome::Stored(FileMeta {
-                        mode: st.mode,
-                        ..*m
-                    }),
-                    ReadOutcome::Gone => ReadOutcome::Gone,
-                    ReadOutcome::Skipped(w) => ReadOutcome::Skipped(w.clone()),
-                },
-                None => std::mem::replace(&mut outcomes[i], ReadOutcome::Gone),
-            };
-            match outcome {
-                ReadOutcome::Stored(meta) => self.index.insert(rel, meta),
-                ReadOutcome::Gone => self.index.remove(rel),
-                ReadOutcome::Skipped(why) => {
-                    let kept = if old.is_some() {
-                        "; its previous version is kept"
-                    } else {
-                        "; not saved"
-                    };
-                    warnings.push(format!("{why}{kept}"));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Persists the index journal (after the objects it names are committed). A journal grown
     /// past a quarter of the persisted base is folded into a new base.
     fn persist_index(&mut self, store: &Store) -> Result<()> {
-        let journal = self.index.take_journal();
-        if journal.is_empty() {
+        let pending = self.index.journal_len();
+        if pending == 0 {
             return Ok(());
         }
-        if self.persisted_journal + journal.len() > self.persisted_base / 4 + JOURNAL_SLACK {
+        // Counted before merging repeated changes of a path: a new base a little early is
+        // harmless, and a journal the base replaces need not be sorted.
+        if self.persisted_journal + pending > self.persisted_base / 4 + JOURNAL_SLACK {
             let entries = self.index.entries();
             store.cat.write_index_base(self.record.id, &entries)?;
+            self.index.clear_journal();
             self.persisted_base = entries.len();
             self.persisted_journal = 0;
         } else {
+            let journal = self.index.take_journal();
             store.cat.append_index(self.record.id, &journal)?;
             self.persisted_journal += journal.len();
         }
@@ -677,7 +366,7 @@ impl Workspace {
     /// Takes a snapshot. An auto save that finds the tree unchanged since the last snapshot or
     /// restore records nothing and returns the latest snapshot.
     pub fn save(&mut self, store: &Store, opts: &SaveOptions) -> Result<SaveOutcome> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let batch = store.batch();
         let warnings = self.refresh(&batch, &opts.changes)?;
         let refreshed = started.elapsed();
@@ -733,8 +422,15 @@ impl Workspace {
             Some(dir) => git::head(&dir),
             None => (String::new(), String::new()),
         };
-        let t = std::time::Instant::now();
-        let counts = diff::count(store, latest.map(|l| l.root), Some(root))?;
+        let t = Instant::now();
+        let counts = match latest {
+            Some(l) => diff::count(store, Some(l.root), Some(root))?,
+            // The first snapshot adds every file: no need to read back the trees just stored.
+            None => diff::Counts {
+                added: self.index.totals().0,
+                ..Default::default()
+            },
+        };
         let (new_blobs, new_bytes) = batch.written();
         let (files, bytes) = self.index.totals();
         let created_us = unique_now_us();
@@ -763,7 +459,7 @@ impl Workspace {
         let count_ms = t.elapsed().as_millis() as u64;
         batch.commit_objects()?;
         store.cat.put_snapshot(&snapshot)?;
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         self.persist_index(store)?;
         tracing::debug!(
             count_ms,
@@ -803,213 +499,6 @@ fn snapshot_id(ws: u64, created_us: u64, root: &Id) -> u64 {
     seed.extend_from_slice(&root.0);
     seed.extend_from_slice(&now_ns().to_le_bytes());
     xxhash_rust::xxh3::xxh3_64(&seed)
-}
-
-/// Reads one file or symlink and stores its content, making sure what is stored is a state the
-/// file really had: the metadata is checked before and after reading, and the read repeated
-/// when it changed.
-fn read_object(
-    batch: &Batch<'_>,
-    counters: &WorkspaceCounters,
-    path: &Path,
-    first: &Stat,
-) -> Result<ReadOutcome> {
-    let mut expected = *first;
-    for _ in 0..READ_ATTEMPTS {
-        let started = now_ns();
-        let attempt = match expected.kind {
-            Kind::Symlink => read_symlink(batch, path, &expected),
-            _ => read_file(batch, path, &expected),
-        };
-        match attempt {
-            Ok(Some((st, id))) => {
-                counters.files_hashed.fetch_add(1, Ordering::Relaxed);
-                counters.bytes_hashed.fetch_add(st.size, Ordering::Relaxed);
-                let racy = st.mtime_ns >= started - RACY_WINDOW_NS;
-                return Ok(ReadOutcome::Stored(st.to_meta(id, racy)));
-            }
-            Ok(None) => match Stat::lstat(path) {
-                // Changed while being read: try again with what it is now.
-                Ok(Some(Some(st))) if st.kind != Kind::Dir => expected = st,
-                Ok(Some(_)) | Ok(None) => return Ok(ReadOutcome::Gone),
-                Err(e) => return Ok(ReadOutcome::Skipped(format!("{}: {e}", path.display()))),
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Gone),
-            Err(e) => match e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<StoreFailure>())
-            {
-                Some(_) => {
-                    let inner = e
-                        .into_inner()
-                        .and_then(|b| b.downcast::<StoreFailure>().ok());
-                    return Err(inner
-                        .map(|b| b.0)
-                        .unwrap_or(Error::Corrupt("store write failed".into())));
-                }
-                None => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read; skipped");
-                    return Ok(ReadOutcome::Skipped(format!("{}: {e}", path.display())));
-                }
-            },
-        }
-    }
-    Ok(ReadOutcome::Skipped(format!(
-        "{}: kept changing while being read",
-        path.display()
-    )))
-}
-
-/// A store error carried through an `io::Error` so read failures and store failures stay apart.
-#[derive(Debug)]
-struct StoreFailure(Error);
-
-impl std::fmt::Display for StoreFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for StoreFailure {}
-
-fn store_err(e: Error) -> io::Error {
-    io::Error::other(StoreFailure(e))
-}
-
-fn read_symlink(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Option<(Stat, Id)>> {
-    let target = std::fs::read_link(path)?;
-    let after = std::fs::symlink_metadata(path)?;
-    let Some(st) = Stat::from_meta(&after) else {
-        return Ok(None);
-    };
-    if st.kind != Kind::Symlink || st.mtime_ns != expected.mtime_ns || st.ino != expected.ino {
-        return Ok(None);
-    }
-    let (id, _) = batch
-        .put(target.as_os_str().as_bytes(), false)
-        .map_err(store_err)?;
-    Ok(Some((
-        Stat {
-            size: target.as_os_str().len() as u64,
-            ..st
-        },
-        id,
-    )))
-}
-
-thread_local! {
-    /// Each reading thread's buffer, reused from one file to the next.
-    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A thread keeps at most this much read buffer between files.
-const READ_BUF_KEPT: usize = 1 << 20;
-
-/// Whether two looks at a file saw the same version.
-fn same_version(a: &Stat, b: &Stat) -> bool {
-    a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns
-}
-
-/// Reads a file small enough for memory into `data` and stores it; none when it changed while
-/// read.
-fn read_small(
-    batch: &Batch<'_>,
-    file: &mut File,
-    path: &Path,
-    before: &Stat,
-    data: &mut Vec<u8>,
-) -> io::Result<Option<(Stat, Id)>> {
-    data.reserve(before.size as usize + 1);
-    file.read_to_end(data)?;
-    let after =
-        Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
-    if !same_version(before, &after) || data.len() as u64 != after.size {
-        return Ok(None);
-    }
-    // Written within the racy window, a write during our read can leave the metadata as it was
-    // (same tick): read once more; two reads that agree are a state the file had.
-    if after.mtime_ns >= now_ns() - RACY_WINDOW_NS {
-        let mut again = Vec::with_capacity(data.len() + 1);
-        File::open(path)?.read_to_end(&mut again)?;
-        if again != *data {
-            return Ok(None);
-        }
-    }
-    let (id, _) = batch.put(data, false).map_err(store_err)?;
-    Ok(Some((after, id)))
-}
-
-fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Option<(Stat, Id)>> {
-    let mut file = open_nofollow(path)?;
-    let before =
-        Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
-    if before.kind != Kind::File || before.ino != expected.ino {
-        return Ok(None);
-    }
-    if before.size <= IN_MEMORY_LIMIT {
-        return READ_BUF.with(|buf| {
-            let mut data = buf.borrow_mut();
-            data.clear();
-            let res = read_small(batch, &mut file, path, &before, &mut data);
-            if data.capacity() > READ_BUF_KEPT {
-                *data = Vec::new();
-            }
-            res
-        });
-    }
-    // Large: hash in a first pass; store in a second only if the content is new.
-    let (id, len) = Id::of_reader(&mut file)?;
-    let after =
-        Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
-    if !same_version(&before, &after) || len != after.size {
-        return Ok(None);
-    }
-    if batch.store().contains(&id).map_err(store_err)? {
-        // Adopt through a zero-cost put path: the store already has it.
-        return Ok(Some((after, id)));
-    }
-    let compress = worth_compressing(&mut file)?;
-    let mut file = open_nofollow(path)?;
-    match batch
-        .put_stream(id, len, &mut file, compress)
-        .map_err(store_err)?
-    {
-        Streamed::Stored { .. } => {
-            let last = Stat::from_meta(&file.metadata()?)
-                .ok_or_else(|| io::Error::other("not a regular file"))?;
-            if same_version(&after, &last) {
-                Ok(Some((last, id)))
-            } else {
-                Ok(None)
-            }
-        }
-        Streamed::Changed => Ok(None),
-    }
-}
-
-/// Compresses a 1 MiB sample from the start of a large file to decide whether LZ4 pays.
-fn worth_compressing(file: &mut File) -> io::Result<bool> {
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0))?;
-    let mut sample = vec![0u8; 1 << 20];
-    let mut n = 0;
-    while n < sample.len() {
-        match file.read(&mut sample[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    sample.truncate(n);
-    let compressed = lz4_flex::block::compress(&sample);
-    Ok(compressed.len() < n - n / 10)
-}
-
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
 }
 
 /// The metadata of `path` relative to the workspace, as a string for messages.

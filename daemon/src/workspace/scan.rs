@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ignore::{WalkBuilder, WalkState};
 
@@ -101,10 +102,11 @@ impl Stat {
 }
 
 /// What a walk found.
-#[derive(Debug, Default)]
-pub struct ScanResult {
-    /// Every saved entry below the start (not the start itself), relative to the workspace root.
-    pub entries: Vec<(Vec<u8>, Stat)>,
+#[derive(Debug)]
+pub struct ScanResult<T = ()> {
+    /// Every saved entry below the start (not the start itself), relative to the workspace root,
+    /// with what the walk's visitor made of it.
+    pub entries: Vec<(Vec<u8>, Stat, T)>,
     /// Dependency folders and ignore-file matches left out (topmost paths), with the reason.
     pub excluded: Vec<(Vec<u8>, Exclusion)>,
     /// Entries that could not be read (a directory without permission, …).
@@ -117,6 +119,19 @@ type Excluded = Vec<(Vec<u8>, Exclusion)>;
 /// Walks `start` (relative to `root`, empty for the whole workspace) in parallel, applying
 /// `rules` to every entry below it.
 pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> ScanResult {
+    scan_with(root, start, rules, threads, &|_, _, _| ())
+}
+
+/// Walks like [`scan`], calling `visit` on every saved entry in the thread that found it, so
+/// work on an entry (reading a changed file) runs in parallel with the rest of the walk. The
+/// visitor is also told when the entry's `lstat` began.
+pub fn scan_with<T: Send>(
+    root: &Path,
+    start: &[u8],
+    rules: &Arc<Rules>,
+    threads: usize,
+    visit: &(dyn Fn(&[u8], &Stat, Instant) -> T + Sync),
+) -> ScanResult<T> {
     let root_len = root.as_os_str().len();
     let rel_of = move |p: &Path| -> Vec<u8> {
         let b = p.as_os_str().as_bytes();
@@ -157,20 +172,27 @@ pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> Sc
                 }
             });
     }
-    let found: Mutex<Vec<(Vec<u8>, Stat)>> = Mutex::default();
+    let found: Mutex<Vec<(Vec<u8>, Stat, T)>> = Mutex::default();
     let warnings: Mutex<Vec<String>> = Mutex::default();
     builder.build_parallel().run(|| {
-        let mut local = Buffer { buf: Vec::with_capacity(1024), into: &found };
+        let mut local = Buffer {
+            buf: Vec::with_capacity(BUFFERED),
+            into: &found,
+        };
         let warnings = &warnings;
         Box::new(move |res| {
             match res {
-                Ok(e) if e.depth() > 0 => match fs::symlink_metadata(e.path()) {
-                    Ok(m) => match Stat::from_meta(&m) {
-                        Some(st) => local.buf.push((rel_of(e.path()), st)),
+                Ok(e) if e.depth() > 0 => match (Instant::now(), fs::symlink_metadata(e.path())) {
+                    (at, Ok(m)) => match Stat::from_meta(&m) {
+                        Some(st) => {
+                            let rel = rel_of(e.path());
+                            let seen = visit(&rel, &st, at);
+                            local.buf.push((rel, st, seen));
+                        }
                         None => tracing::debug!(path = %e.path().display(), "not a file, link or directory: skipped"),
                     },
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => warnings.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {err}", e.path().display())),
+                    (_, Err(err)) if err.kind() == io::ErrorKind::NotFound => {}
+                    (_, Err(err)) => warnings.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {err}", e.path().display())),
                 },
                 Ok(_) => {}
                 Err(err) => {
@@ -180,7 +202,7 @@ pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> Sc
                     }
                 }
             }
-            if local.buf.len() >= 1024 {
+            if local.buf.len() >= BUFFERED {
                 local.flush();
             }
             WalkState::Continue
@@ -195,13 +217,16 @@ pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> Sc
     }
 }
 
+/// Entries a walker thread collects before moving them into the shared list.
+const BUFFERED: usize = 1024;
+
 /// A walker thread's batch of entries, moved into the shared list when full and when dropped.
-struct Buffer<'a> {
-    buf: Vec<(Vec<u8>, Stat)>,
-    into: &'a Mutex<Vec<(Vec<u8>, Stat)>>,
+struct Buffer<'a, T> {
+    buf: Vec<(Vec<u8>, Stat, T)>,
+    into: &'a Mutex<Vec<(Vec<u8>, Stat, T)>>,
 }
 
-impl Buffer<'_> {
+impl<T> Buffer<'_, T> {
     fn flush(&mut self) {
         self.into
             .lock()
@@ -210,7 +235,7 @@ impl Buffer<'_> {
     }
 }
 
-impl Drop for Buffer<'_> {
+impl<T> Drop for Buffer<'_, T> {
     fn drop(&mut self) {
         self.flush();
     }
