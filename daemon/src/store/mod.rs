@@ -575,8 +575,23 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A thread keeps at most this much scratch space between objects.
-const SCRATCH_KEPT: usize = 1 << 20;
+/// Frees this thread's compression buffer. Threads of a walk end with it; a long-lived thread
+/// (rayon's) calls this after a save, so a large file read once does not stay in memory.
+pub fn release_thread_buffers() {
+    SCRATCH.with(|s| *s.borrow_mut() = Vec::new());
+}
+
+/// `data` compressed as one LZ4 block into `out` (resized as needed); its length, or none when
+/// compressing does not save at least 1/32.
+pub fn lz4_block(data: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let need = lz4::block::compress_bound(data.len()).ok()?;
+    if out.len() < need {
+        out.resize(need, 0);
+    }
+    lz4::block::compress_to_buffer(data, None, false, &mut out[..need])
+        .ok()
+        .filter(|&n| n < data.len() - data.len() / 32)
+}
 
 /// Calls `f` with `data` as one LZ4 block, or with none when compressing does not pay (the
 /// block must save at least 1/32) or `data` is larger than a block object may be
@@ -587,18 +602,8 @@ fn with_compressed<T>(data: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> T {
     }
     SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
-        let need = lz4_flex::block::get_maximum_output_size(data.len());
-        if buf.len() < need {
-            buf.resize(need, 0);
-        }
-        let n = lz4_flex::block::compress_into(data, &mut buf[..need]).ok();
-        let res = f(n
-            .filter(|&n| n < data.len() - data.len() / 32)
-            .map(|n| &buf[..n]));
-        if buf.len() > SCRATCH_KEPT {
-            *buf = Vec::new();
-        }
-        res
+        let n = lz4_block(data, &mut buf);
+        f(n.map(|n| &buf[..n]))
     })
 }
 

@@ -64,10 +64,16 @@ fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[derive(Debug, Clone)]
 pub struct Index {
     root: DirNode,
+    log: Log,
+}
+
+/// What every change to the index updates besides the tree: the totals and the journal.
+#[derive(Debug, Clone, Default)]
+struct Log {
     files: u64,
     bytes: u64,
     /// Changes not yet persisted, in the order they were made.
-    journal: Vec<(Vec<u8>, Option<FileMeta>)>,
+    journal: Journal,
 }
 
 impl Default for Index {
@@ -78,9 +84,7 @@ impl Default for Index {
                 children: BTreeMap::new(),
                 tree: None,
             },
-            files: 0,
-            bytes: 0,
-            journal: Vec::new(),
+            log: Log::default(),
         }
     }
 }
@@ -98,13 +102,13 @@ impl Index {
             }
         }
         index.insert_many(rest);
-        index.journal.clear();
+        index.log.journal.clear();
         index
     }
 
     /// Files and symlinks in the index, and their total size.
     pub fn totals(&self) -> (u64, u64) {
-        (self.files, self.bytes)
+        (self.log.files, self.log.bytes)
     }
 
     /// The node at `path` (the root for an empty path).
@@ -136,33 +140,19 @@ impl Index {
         if path.is_empty() {
             self.root.meta = meta;
             self.root.tree = None;
-            self.journal.push((Vec::new(), Some(meta)));
+            self.log.journal.push((Vec::new(), Some(meta)));
             return;
         }
         let (parent, name) = split_last(path);
-        let Index {
-            root,
-            files,
-            bytes,
-            journal,
-        } = self;
-        let dir = dir_mut(root, parent, files, bytes, journal);
-        put(dir, path, name, meta, files, bytes, journal);
+        let dir = dir_mut(&mut self.root, parent, &mut self.log);
+        put(dir, path, name, meta, &mut self.log);
     }
 
     /// Inserts or replaces many entries (none of them the root): like [`Index::insert`] for
-    /// each, but the way to each parent directory is walked once for all its entries.
+    /// each, but the way to a parent directory is walked once for a run of its entries (in path
+    /// order, a directory's entries come in few runs).
     pub fn insert_many(&mut self, mut entries: Vec<(Vec<u8>, FileMeta)>) {
         entries.retain(|(p, _)| !p.is_empty());
-        // Siblings next to each other; a parent's own entry (a path shorter than its
-        // children's parent) may come in any order, as `dir_mut` makes parents when needed.
-        entries.sort_by(|a, b| split_last(&a.0).cmp(&split_last(&b.0)));
-        let Index {
-            root,
-            files,
-            bytes,
-            journal,
-        } = self;
         let mut i = 0;
         while i < entries.len() {
             let parent = split_last(&entries[i].0).0;
@@ -170,9 +160,9 @@ impl Index {
                 .iter()
                 .position(|(p, _)| split_last(p).0 != parent)
                 .unwrap_or(entries.len() - i);
-            let dir = dir_mut(root, parent, files, bytes, journal);
+            let dir = dir_mut(&mut self.root, parent, &mut self.log);
             for (path, meta) in &entries[i..end] {
-                put(dir, path, split_last(path).1, *meta, files, bytes, journal);
+                put(dir, path, split_last(path).1, *meta, &mut self.log);
             }
             i = end;
         }
@@ -184,17 +174,10 @@ impl Index {
             return;
         }
         let (parent, name) = split_last(path);
-        let Index {
-            root,
-            files,
-            bytes,
-            journal,
-        } = self;
-        let dir = dir_mut(root, parent, files, bytes, journal);
-        let Some(old) = dir.children.remove(name) else {
-            return;
-        };
-        forget(path, &old, files, bytes, journal);
+        let dir = dir_mut(&mut self.root, parent, &mut self.log);
+        if let Some(old) = dir.children.remove(name) {
+            forget(path, &old, &mut self.log);
+        }
     }
 
     /// Every path below `path` (inclusive), with its metadata.
@@ -289,17 +272,17 @@ impl Index {
 
     /// Changes recorded since the journal was last taken (a path changed twice counts twice).
     pub fn journal_len(&self) -> usize {
-        self.journal.len()
+        self.log.journal.len()
     }
 
     /// Forgets the changes recorded (a new persisted base holds them all).
     pub fn clear_journal(&mut self) {
-        self.journal = Vec::new();
+        self.log.journal = Vec::new();
     }
 
     /// Takes the changes to persist: the last change of each path, in path order.
     pub fn take_journal(&mut self) -> Vec<(Vec<u8>, Option<FileMeta>)> {
-        let mut journal = std::mem::take(&mut self.journal);
+        let mut journal = std::mem::take(&mut self.log.journal);
         // A stable sort keeps each path's changes in the order they were made; the last wins.
         journal.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out: Vec<(Vec<u8>, Option<FileMeta>)> = Vec::with_capacity(journal.len());
@@ -336,13 +319,13 @@ fn collect_paths(path: &[u8], node: &Node, out: &mut Vec<Vec<u8>>) {
     }
 }
 
-fn forget(path: &[u8], node: &Node, files: &mut u64, bytes: &mut u64, journal: &mut Journal) {
+fn forget(path: &[u8], node: &Node, log: &mut Log) {
     let (f, b) = count(node);
-    *files -= f;
-    *bytes -= b;
+    log.files -= f;
+    log.bytes -= b;
     let mut gone = Vec::new();
     collect_paths(path, node, &mut gone);
-    journal.extend(gone.into_iter().map(|p| (p, None)));
+    log.journal.extend(gone.into_iter().map(|p| (p, None)));
 }
 
 type Journal = Vec<(Vec<u8>, Option<FileMeta>)>;
@@ -356,15 +339,7 @@ fn new_dir(meta: FileMeta) -> Node {
 }
 
 /// Puts `meta` as the entry `name` of `dir` (which is at the parent of `path`).
-fn put(
-    dir: &mut DirNode,
-    path: &[u8],
-    name: &[u8],
-    meta: FileMeta,
-    files: &mut u64,
-    bytes: &mut u64,
-    journal: &mut Journal,
-) {
+fn put(dir: &mut DirNode, path: &[u8], name: &[u8], meta: FileMeta, log: &mut Log) {
     dir.tree = None;
     match (meta.kind, dir.children.get_mut(name)) {
         (Kind::Dir, Some(Node::Dir(d))) => {
@@ -375,12 +350,12 @@ fn put(
             dir.children.insert(name.to_vec(), new_dir(meta));
         }
         (_, None) => {
-            *files += 1;
-            *bytes += meta.size;
+            log.files += 1;
+            log.bytes += meta.size;
             dir.children.insert(name.to_vec(), Node::Leaf(meta));
         }
         (_, Some(Node::Leaf(old))) if meta.kind != Kind::Dir => {
-            *bytes = *bytes - old.size + meta.size;
+            log.bytes = log.bytes - old.size + meta.size;
             *old = meta;
         }
         (kind, Some(old)) => {
@@ -389,31 +364,26 @@ fn put(
             let new = if kind == Kind::Dir {
                 new_dir(meta)
             } else {
-                *files += 1;
-                *bytes += meta.size;
+                log.files += 1;
+                log.bytes += meta.size;
                 Node::Leaf(meta)
             };
             let old = std::mem::replace(old, new);
             let (of, ob) = count(&old);
-            *files -= of;
-            *bytes -= ob;
+            log.files -= of;
+            log.bytes -= ob;
             let mut gone = Vec::new();
             collect_paths(path, &old, &mut gone);
-            journal.extend(gone.into_iter().filter(|p| p != path).map(|p| (p, None)));
+            log.journal
+                .extend(gone.into_iter().filter(|p| p != path).map(|p| (p, None)));
         }
     }
-    journal.push((path.to_vec(), Some(meta)));
+    log.journal.push((path.to_vec(), Some(meta)));
 }
 
 /// The directory at `path` below `root`, created (with its parents) if missing or not a
 /// directory, with every cached tree id on the way invalidated.
-fn dir_mut<'a>(
-    root: &'a mut DirNode,
-    path: &[u8],
-    files: &mut u64,
-    bytes: &mut u64,
-    journal: &mut Journal,
-) -> &'a mut DirNode {
+fn dir_mut<'a>(root: &'a mut DirNode, path: &[u8], log: &mut Log) -> &'a mut DirNode {
     let mut dir = root;
     dir.tree = None;
     let mut start = 0;
@@ -430,10 +400,10 @@ fn dir_mut<'a>(
         }
         if !matches!(dir.children.get(c), Some(Node::Dir(_))) {
             if let Some(old) = dir.children.remove(c) {
-                forget(prefix, &old, files, bytes, journal);
+                forget(prefix, &old, log);
             }
             let meta = dir_meta(0o755);
-            journal.push((prefix.to_vec(), Some(meta)));
+            log.journal.push((prefix.to_vec(), Some(meta)));
             dir.children.insert(c.to_vec(), new_dir(meta));
         }
         let Some(Node::Dir(d)) = dir.children.get_mut(c) else {

@@ -9,6 +9,8 @@ pub mod diff;
 pub mod git;
 pub mod index;
 mod refresh;
+
+pub use self::refresh::release_thread_buffers;
 pub mod restore;
 pub mod rules;
 pub mod scan;

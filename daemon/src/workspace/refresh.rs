@@ -507,6 +507,13 @@ impl Workspace {
                 read_object(batch, counters, &abs(root, rel), st).map(Some)
             })
             .collect();
+        if !to_read.is_empty() {
+            // rayon's threads outlive the save: they keep no large buffers.
+            rayon::broadcast(|_| {
+                release_thread_buffers();
+                crate::store::release_thread_buffers();
+            });
+        }
         let mut followers = Vec::new();
         for (i, ((rel, st, had), outcome)) in to_read.into_iter().zip(outcomes).enumerate() {
             match outcome? {
@@ -667,12 +674,15 @@ fn read_symlink(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<O
 }
 
 thread_local! {
-    /// Each reading thread's buffer, reused from one file to the next.
+    /// Each reading thread's buffer, reused from one file to the next (fresh memory for every
+    /// large file cost a page fault per 4 KiB).
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A thread keeps at most this much read buffer between files.
-const READ_BUF_KEPT: usize = 1 << 20;
+/// Frees this thread's read buffer (see [`crate::store::release_thread_buffers`]).
+pub fn release_thread_buffers() {
+    READ_BUF.with(|b| *b.borrow_mut() = Vec::new());
+}
 
 /// Whether two looks at a file saw the same version.
 fn same_version(a: &Stat, b: &Stat) -> bool {
@@ -727,11 +737,7 @@ fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Opti
         return READ_BUF.with(|buf| {
             let mut data = buf.borrow_mut();
             data.clear();
-            let res = read_small(batch, &mut file, path, &before, &mut data);
-            if data.capacity() > READ_BUF_KEPT {
-                *data = Vec::new();
-            }
-            res
+            read_small(batch, &mut file, path, &before, &mut data)
         });
     }
     // Large: hash in a first pass; store in a second only if the content is new.
@@ -777,8 +783,8 @@ fn worth_compressing(file: &mut File) -> io::Result<bool> {
         }
     }
     sample.truncate(n);
-    let compressed = lz4_flex::block::compress(&sample);
-    Ok(compressed.len() < n - n / 10)
+    let mut out = Vec::new();
+    Ok(crate::store::lz4_block(&sample, &mut out).is_some_and(|c| c < n - n / 10))
 }
 
 fn open_nofollow(path: &Path) -> io::Result<File> {
