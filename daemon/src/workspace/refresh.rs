@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::index::Node;
 use super::rules::{self, Rules, abs};
-use super::scan::{self, ScanResult, Stat};
+use super::scan::{self, Found, ScanResult, Stat};
 use super::{Changes, RACY_WINDOW_NS, Workspace, WorkspaceCounters, join, now_ns};
 use crate::error::{Error, Result};
 use crate::store::catalog::FileMeta;
@@ -178,7 +178,7 @@ impl Workspace {
         let claimed: Mutex<HashSet<(u64, u64)>> = Mutex::default();
         let failure: Mutex<Option<Error>> = Mutex::default();
         let failed = AtomicBool::new(false);
-        let read = |rel: &[u8], st: &Stat| {
+        let read = |rel: &[u8], path: &Path, st: &Stat, opened: Option<File>| {
             if st.kind == Kind::Dir {
                 return Walked::Nothing;
             }
@@ -197,7 +197,7 @@ impl Workspace {
             {
                 return Walked::Link;
             }
-            match read_object(batch, counters, &abs(root, rel), st) {
+            match read_object(batch, counters, path, st, opened) {
                 Ok(outcome) => Walked::Read(outcome, had),
                 Err(e) => {
                     failed.store(true, Ordering::Relaxed);
@@ -209,9 +209,29 @@ impl Workspace {
                 }
             }
         };
-        let visit = |rel: &[u8], st: &Stat, stat_at: Instant| {
+        let visit = |f: &Found<'_>| -> io::Result<Option<(Stat, (Walked, bool))>> {
+            let stat_at = Instant::now();
             let early = placed.is_some_and(|p| p.get().is_none_or(|&at| at > stat_at));
-            (read(rel, st), early)
+            // A regular file the index has never seen is opened at once: its `fstat` is the
+            // walk's look at it and the read's first one (a cold save stats each file once).
+            if f.file_type.is_some_and(|t| t.is_file()) && index.get(f.rel).is_none() {
+                match open_nofollow(f.path) {
+                    Ok(file) => {
+                        let Some(st) = Stat::from_meta(&file.metadata()?) else {
+                            return Ok(None);
+                        };
+                        let opened = (st.kind == Kind::File).then_some(file);
+                        return Ok(Some((st, (read(f.rel, f.path, &st, opened), early))));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+                    // Replaced by a link, unreadable, …: look at it as at any other entry.
+                    Err(_) => {}
+                }
+            }
+            let Some(st) = f.lstat()? else {
+                return Ok(None);
+            };
+            Ok(Some((st, (read(f.rel, f.path, &st, None), early))))
         };
         let found = scan::scan_with(root, start, &self.rules, self.threads, &visit);
         if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -504,7 +524,7 @@ impl Workspace {
                 if link_of[i].is_some() {
                     return Ok(None); // a link of an inode read at another path
                 }
-                read_object(batch, counters, &abs(root, rel), st).map(Some)
+                read_object(batch, counters, &abs(root, rel), st, None).map(Some)
             })
             .collect();
         if !to_read.is_empty() {
@@ -543,7 +563,7 @@ impl Workspace {
                     ..*m
                 }),
                 None => {
-                    let o = read_object(batch, counters, &abs(root, &rel), &st)?;
+                    let o = read_object(batch, counters, &abs(root, &rel), &st, None)?;
                     if let ReadOutcome::Stored(m) = &o {
                         stored.insert((st.dev, st.ino), *m);
                     }
@@ -584,17 +604,20 @@ impl Workspace {
 /// Reads one file or symlink and stores its content, making sure what is stored is a state the
 /// file really had: the metadata is checked before and after reading, and the read repeated
 /// when it changed.
+/// `opened` is the file already open, when `first` is its `fstat`.
 fn read_object(
     batch: &Batch<'_>,
     counters: &WorkspaceCounters,
     path: &Path,
     first: &Stat,
+    mut opened: Option<File>,
 ) -> Result<ReadOutcome> {
     let mut expected = *first;
     for _ in 0..READ_ATTEMPTS {
         let started = now_ns();
-        let attempt = match expected.kind {
-            Kind::Symlink => read_symlink(batch, path, &expected),
+        let attempt = match (expected.kind, opened.take()) {
+            (Kind::File, Some(file)) => read_open(batch, file, path, &expected),
+            (Kind::Symlink, _) => read_symlink(batch, path, &expected),
             _ => read_file(batch, path, &expected),
         };
         match attempt {
@@ -727,12 +750,24 @@ fn read_expected(file: &mut File, size: usize, data: &mut Vec<u8>) -> io::Result
 }
 
 fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Option<(Stat, Id)>> {
-    let mut file = open_nofollow(path)?;
+    let file = open_nofollow(path)?;
     let before =
         Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
     if before.kind != Kind::File || before.ino != expected.ino {
         return Ok(None);
     }
+    read_open(batch, file, path, &before)
+}
+
+/// Reads and stores the open regular file whose `fstat` is `before`; none when it changed
+/// while read.
+fn read_open(
+    batch: &Batch<'_>,
+    mut file: File,
+    path: &Path,
+    before: &Stat,
+) -> io::Result<Option<(Stat, Id)>> {
+    let before = *before;
     if before.size <= IN_MEMORY_LIMIT {
         return READ_BUF.with(|buf| {
             let mut data = buf.borrow_mut();

@@ -6,7 +6,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use ignore::{WalkBuilder, WalkState};
 
@@ -119,18 +118,42 @@ type Excluded = Vec<(Vec<u8>, Exclusion)>;
 /// Walks `start` (relative to `root`, empty for the whole workspace) in parallel, applying
 /// `rules` to every entry below it.
 pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> ScanResult {
-    scan_with(root, start, rules, threads, &|_, _, _| ())
+    scan_with(root, start, rules, threads, &|f| {
+        Ok(f.lstat()?.map(|st| (st, ())))
+    })
 }
 
-/// Walks like [`scan`], calling `visit` on every saved entry in the thread that found it, so
-/// work on an entry (reading a changed file) runs in parallel with the rest of the walk. The
-/// visitor is also told when the entry's `lstat` began.
+/// An entry a walk found, of which nothing but its directory listing was looked at yet.
+#[derive(Debug)]
+pub struct Found<'a> {
+    /// Relative to the workspace root.
+    pub rel: &'a [u8],
+    /// Absolute.
+    pub path: &'a Path,
+    /// What the listing says it is, when it says.
+    pub file_type: Option<fs::FileType>,
+}
+
+impl Found<'_> {
+    /// `lstat`; `None` for a kind that is not saved.
+    pub fn lstat(&self) -> io::Result<Option<Stat>> {
+        Ok(Stat::from_meta(&fs::symlink_metadata(self.path)?))
+    }
+}
+
+/// What [`scan_with`] calls on each entry: its metadata and what the visitor made of it, `None`
+/// for a kind that is not saved; a `NotFound` error means the entry vanished.
+pub type Visitor<'v, T> = dyn Fn(&Found<'_>) -> io::Result<Option<(Stat, T)>> + Sync + 'v;
+
+/// Walks like [`scan`], calling `visit` on every entry that passes the rules, in the thread that
+/// found it, so work on an entry (reading a changed file) runs in parallel with the rest of the
+/// walk. The visitor looks at the entry itself (usually [`Found::lstat`]).
 pub fn scan_with<T: Send>(
     root: &Path,
     start: &[u8],
     rules: &Arc<Rules>,
     threads: usize,
-    visit: &(dyn Fn(&[u8], &Stat, Instant) -> T + Sync),
+    visit: &Visitor<'_, T>,
 ) -> ScanResult<T> {
     let root_len = root.as_os_str().len();
     let rel_of = move |p: &Path| -> Vec<u8> {
@@ -182,18 +205,20 @@ pub fn scan_with<T: Send>(
         let warnings = &warnings;
         Box::new(move |res| {
             match res {
-                Ok(e) if e.depth() > 0 => match (Instant::now(), fs::symlink_metadata(e.path())) {
-                    (at, Ok(m)) => match Stat::from_meta(&m) {
-                        Some(st) => {
-                            let rel = rel_of(e.path());
-                            let seen = visit(&rel, &st, at);
-                            local.buf.push((rel, st, seen));
-                        }
-                        None => tracing::debug!(path = %e.path().display(), "not a file, link or directory: skipped"),
-                    },
-                    (_, Err(err)) if err.kind() == io::ErrorKind::NotFound => {}
-                    (_, Err(err)) => warnings.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {err}", e.path().display())),
-                },
+                Ok(e) if e.depth() > 0 => {
+                    let rel = rel_of(e.path());
+                    let found = Found {
+                        rel: &rel,
+                        path: e.path(),
+                        file_type: e.file_type(),
+                    };
+                    match visit(&found) {
+                        Ok(Some((st, seen))) => local.buf.push((rel, st, seen)),
+                        Ok(None) => tracing::debug!(path = %e.path().display(), "not a file, link or directory: skipped"),
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                        Err(err) => warnings.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {err}", e.path().display())),
+                    }
+                }
                 Ok(_) => {}
                 Err(err) => {
                     let text = err.to_string();
