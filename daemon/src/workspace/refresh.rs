@@ -213,7 +213,7 @@ impl Workspace {
             let stat_at = Instant::now();
             let early = placed.is_some_and(|p| p.get().is_none_or(|&at| at > stat_at));
             // A regular file the index has never seen is opened at once: its `fstat` is the
-            // walk's look at it and the read's first one (a cold save stats each file once).
+            // walk's look at it and the read's first one (a cold save never `lstat`s a file).
             if f.file_type.is_some_and(|t| t.is_file()) && index.get(f.rel).is_none() {
                 match open_nofollow(f.path) {
                     Ok(file) => {
