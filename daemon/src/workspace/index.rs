@@ -74,6 +74,25 @@ struct Log {
     bytes: u64,
     /// Changes not yet persisted, in the order they were made.
     journal: Journal,
+    /// Changes past this many are not recorded: the index will be persisted whole.
+    journal_limit: Option<usize>,
+    /// More changes were made than the limit allows.
+    overflowed: bool,
+}
+
+impl Log {
+    /// Records a change of `path` (unless the journal overflowed).
+    fn record(&mut self, path: &[u8], meta: Option<FileMeta>) {
+        if self.overflowed {
+            return;
+        }
+        if self.journal_limit.is_some_and(|l| self.journal.len() >= l) {
+            self.overflowed = true;
+            self.journal = Vec::new();
+            return;
+        }
+        self.journal.push((path.to_vec(), meta));
+    }
 }
 
 impl Default for Index {
@@ -101,8 +120,14 @@ impl Index {
                 rest.push((path, meta));
             }
         }
+        // Nothing loaded is journaled.
+        index.log.journal_limit = Some(0);
         index.insert_many(rest);
-        index.log.journal.clear();
+        index.log = Log {
+            files: index.log.files,
+            bytes: index.log.bytes,
+            ..Log::default()
+        };
         index
     }
 
@@ -140,7 +165,7 @@ impl Index {
         if path.is_empty() {
             self.root.meta = meta;
             self.root.tree = None;
-            self.log.journal.push((Vec::new(), Some(meta)));
+            self.log.record(b"", Some(meta));
             return;
         }
         let (parent, name) = split_last(path);
@@ -270,14 +295,27 @@ impl Index {
         rec(&mut self.root, batch)
     }
 
-    /// Changes recorded since the journal was last taken (a path changed twice counts twice).
+    /// Changes recorded since the journal was last taken (a path changed twice counts twice);
+    /// `usize::MAX` when more were made than the journal's limit.
     pub fn journal_len(&self) -> usize {
-        self.log.journal.len()
+        if self.log.overflowed {
+            usize::MAX
+        } else {
+            self.log.journal.len()
+        }
+    }
+
+    /// Stops recording changes past `limit` (see [`Index::journal_len`]): when a journal that
+    /// long would be replaced by the whole index anyway, a large change need not copy every
+    /// path into it.
+    pub fn limit_journal(&mut self, limit: usize) {
+        self.log.journal_limit = Some(limit);
     }
 
     /// Forgets the changes recorded (a new persisted base holds them all).
     pub fn clear_journal(&mut self) {
         self.log.journal = Vec::new();
+        self.log.overflowed = false;
     }
 
     /// Takes the changes to persist: the last change of each path, in path order.
@@ -325,7 +363,9 @@ fn forget(path: &[u8], node: &Node, log: &mut Log) {
     log.bytes -= b;
     let mut gone = Vec::new();
     collect_paths(path, node, &mut gone);
-    log.journal.extend(gone.into_iter().map(|p| (p, None)));
+    for p in gone {
+        log.record(&p, None);
+    }
 }
 
 type Journal = Vec<(Vec<u8>, Option<FileMeta>)>;
@@ -374,11 +414,12 @@ fn put(dir: &mut DirNode, path: &[u8], name: &[u8], meta: FileMeta, log: &mut Lo
             log.bytes -= ob;
             let mut gone = Vec::new();
             collect_paths(path, &old, &mut gone);
-            log.journal
-                .extend(gone.into_iter().filter(|p| p != path).map(|p| (p, None)));
+            for p in gone.iter().filter(|p| p.as_slice() != path) {
+                log.record(p, None);
+            }
         }
     }
-    log.journal.push((path.to_vec(), Some(meta)));
+    log.record(path, Some(meta));
 }
 
 /// The directory at `path` below `root`, created (with its parents) if missing or not a
@@ -403,7 +444,7 @@ fn dir_mut<'a>(root: &'a mut DirNode, path: &[u8], log: &mut Log) -> &'a mut Dir
                 forget(prefix, &old, log);
             }
             let meta = dir_meta(0o755);
-            log.journal.push((prefix.to_vec(), Some(meta)));
+            log.record(prefix, Some(meta));
             dir.children.insert(c.to_vec(), new_dir(meta));
         }
         let Some(Node::Dir(d)) = dir.children.get_mut(c) else {
@@ -456,6 +497,27 @@ mod tests {
         assert_eq!(one.totals(), many.totals());
         assert_eq!(one.totals(), (5, 20));
         assert_eq!(one.take_journal(), many.take_journal());
+    }
+
+    #[test]
+    fn a_journal_past_its_limit_asks_for_the_whole_index() {
+        let mut ix = Index::load(vec![(b"a".to_vec(), file(1)), (b"b/c".to_vec(), file(2))]);
+        assert_eq!(
+            (ix.journal_len(), ix.totals()),
+            (0, (2, 3)),
+            "loading journals nothing"
+        );
+        ix.limit_journal(3);
+        ix.insert(b"x", file(1));
+        ix.insert(b"y", file(1));
+        assert_eq!(ix.journal_len(), 2);
+        ix.insert(b"d/z", file(1));
+        ix.insert(b"w", file(1));
+        assert_eq!(ix.journal_len(), usize::MAX);
+        assert_eq!(ix.totals(), (6, 7));
+        ix.clear_journal();
+        ix.insert(b"v", file(1));
+        assert_eq!(ix.take_journal(), vec![(b"v".to_vec(), Some(file(1)))]);
     }
 
     #[test]

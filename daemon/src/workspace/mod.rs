@@ -259,7 +259,7 @@ impl Workspace {
         let persisted_base = entries.len();
         let index = Index::load(entries);
         let baseline = store.cat.latest(record.id)?.map(|s| s.root);
-        Ok(Workspace {
+        let mut ws = Workspace {
             record,
             root,
             rules,
@@ -275,7 +275,9 @@ impl Workspace {
             persisted_base,
             persisted_journal,
             watching: None,
-        })
+        };
+        ws.limit_journal();
+        Ok(ws)
     }
 
     /// Tells the workspace that a watcher is being started, and will set `placed` once its
@@ -327,6 +329,17 @@ impl Workspace {
 
     /// Persists the index journal (after the objects it names are committed). A journal grown
     /// past a quarter of the persisted base is folded into a new base.
+    /// Journal entries the persisted index may take on top of its base before it is rewritten.
+    fn journal_budget(&self) -> usize {
+        self.persisted_base / 4 + JOURNAL_SLACK
+    }
+
+    /// Tells the index how many changes are worth journaling: past them, a new base is written.
+    fn limit_journal(&mut self) {
+        let left = self.journal_budget().saturating_sub(self.persisted_journal);
+        self.index.limit_journal(left + 1);
+    }
+
     fn persist_index(&mut self, store: &Store) -> Result<()> {
         let pending = self.index.journal_len();
         if pending == 0 {
@@ -334,7 +347,7 @@ impl Workspace {
         }
         // Counted before merging repeated changes of a path: a new base a little early is
         // harmless, and a journal the base replaces need not be sorted.
-        if self.persisted_journal + pending > self.persisted_base / 4 + JOURNAL_SLACK {
+        if self.persisted_journal.saturating_add(pending) > self.journal_budget() {
             let entries = self.index.entries();
             store.cat.write_index_base(self.record.id, &entries)?;
             self.index.clear_journal();
@@ -345,6 +358,7 @@ impl Workspace {
             store.cat.append_index(self.record.id, &journal)?;
             self.persisted_journal += journal.len();
         }
+        self.limit_journal();
         Ok(())
     }
 

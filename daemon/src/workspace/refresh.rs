@@ -47,6 +47,15 @@ enum Walked {
     Abandoned,
 }
 
+/// How the looks a refresh settles come.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Each path once (a full walk): applied as they come.
+    Unique,
+    /// Possibly repeated: sorted, the first look at a path kept.
+    Any,
+}
+
 /// What a refresh found at one path.
 enum Look {
     /// Gone, or no longer saved.
@@ -87,12 +96,24 @@ impl Workspace {
             Changes::Full => {
                 let walk_started_ns = now_ns();
                 let (looks, early) = self.full_looks(batch, &mut warnings)?;
-                self.settle(batch, looks, &mut warnings)?;
-                self.look_again(batch, early, walk_started_ns, &mut warnings)?;
+                // What the walk stored is made durable (fsync, blob index) while the index is
+                // brought up to date: committing early only lets nothing wait.
+                std::thread::scope(|s| {
+                    let committing = s.spawn(|| batch.commit_objects());
+                    let settled = self
+                        .settle(batch, looks, Order::Unique, &mut warnings)
+                        .and_then(|()| {
+                            self.look_again(batch, early, walk_started_ns, &mut warnings)
+                        });
+                    let committed = committing
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    settled.and(committed)
+                })?;
             }
             Changes::Paths(paths) => {
                 let looks = self.dirty_looks(batch, paths, &mut warnings)?;
-                self.settle(batch, looks, &mut warnings)?;
+                self.settle(batch, looks, Order::Any, &mut warnings)?;
             }
         }
         Ok(warnings)
@@ -149,7 +170,7 @@ impl Workspace {
         let changed = dirty.len();
         if !dirty.is_empty() {
             let looks = self.dirty_looks(batch, &dirty, warnings)?;
-            self.settle(batch, looks, warnings)?;
+            self.settle(batch, looks, Order::Any, warnings)?;
         }
         tracing::debug!(
             workspace = %self.root.display(),
@@ -459,11 +480,14 @@ impl Workspace {
         &mut self,
         batch: &Batch<'_>,
         mut looks: Vec<(Vec<u8>, Look)>,
+        order: Order,
         warnings: &mut Vec<String>,
     ) -> Result<()> {
         let started = Instant::now();
-        looks.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        looks.dedup_by(|a, b| a.0 == b.0);
+        if order == Order::Any {
+            looks.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            looks.dedup_by(|a, b| a.0 == b.0);
+        }
         // (path, stat, whether the index had an entry, what reading it gave)
         let mut read: Vec<(Vec<u8>, Stat, bool, ReadOutcome)> = Vec::new();
         let mut to_read: Vec<(Vec<u8>, Stat, bool)> = Vec::new();
