@@ -6,7 +6,8 @@
 //! cargo test --release --test bench -- --full  # the kernel source, median of 3 repetitions
 //! ```
 //!
-//! `--corpus generated|kernel` picks the corpus, `--reps N` the repetitions. The table goes to
+//! `--corpus generated|kernel` picks the corpus, `--reps N` the repetitions (a full run takes at
+//! least 5 samples of the cold save, the noisiest step, still alternating). The table goes to
 //! stdout and to `target/bench-results.md` (`target/bench-results-smoke.md` for smoke runs, so CI
 //! never overwrites a full run's table). Every restore is checked against the expected tree; the
 //! process exits 1 when one of ours fails (a failed peer or baseline check is reported in the
@@ -43,6 +44,8 @@ use report::{Results, Tool};
 pub struct Run {
     /// Repetitions of every step.
     pub reps: usize,
+    /// Cold saves per tool in all: the noisiest step gets samples beyond `reps`.
+    pub cold_reps: usize,
     /// Auto-snapshot latency samples per repetition.
     pub auto_reps: usize,
     /// Window for the daemon's idle CPU.
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
     assert_eq!(picks.len(), 15, "the corpus has too few plain files");
     let run = Run {
         reps,
+        cold_reps: if full { reps.max(5) } else { reps },
         auto_reps: if full { 3 } else { 1 },
         idle_cpu: Duration::from_secs(if full { 60 } else { 3 }),
         list_n: if full { 1000 } else { 100 },
@@ -238,6 +242,18 @@ async fn bench(run: &Run, peer: Option<&Peer>, res: &mut Results) {
             ours::rep(run, res, rep).await;
         }
         others::baselines_rep(run, res);
+    }
+    for i in run.reps..run.cold_reps {
+        eprintln!("bench: cold save {} of {}", i + 1, run.cold_reps);
+        if i % 2 == 0 {
+            ours::cold_sample(run, res).await;
+        }
+        if let Some(p) = peer {
+            others::peer_cold_sample(p, run, res);
+        }
+        if i % 2 == 1 {
+            ours::cold_sample(run, res).await;
+        }
     }
     eprintln!("bench: {} saves per tool for the list step", run.list_n);
     let mut lister = match ours::lister(run.list_n).await {

@@ -107,6 +107,22 @@ impl Peer {
     }
 }
 
+/// Step 1 for the peer: warms the tree and times a save into the empty store under `home`.
+fn peer_cold(peer: &Peer, t: &Path, home: &Path) -> Result<(String, f64), String> {
+    tree::warm(t);
+    let t0 = Instant::now();
+    let out = peer.run(home, t, &["save", "-m", "cold"]);
+    let dt = secs(t0);
+    Ok((out?, dt))
+}
+
+/// One more cold-save sample of the peer, into a fresh store.
+pub fn peer_cold_sample(peer: &Peer, run: &Run, res: &mut Results) {
+    let home = tempfile::tempdir().unwrap();
+    let sample = peer_cold(peer, &run.tree, home.path()).map(|(_, dt)| dt);
+    res.add(Step::ColdSave, Tool::Peer, sample);
+}
+
 /// One repetition of steps 1–5 for the peer, with an empty store.
 pub fn peer_rep(peer: &Peer, run: &Run, res: &mut Results, rep: usize) {
     let home = tempfile::tempdir().unwrap();
@@ -127,11 +143,7 @@ fn peer_steps(
     let at = |step: Step| move |e: String| (step, e);
 
     // 1. Cold save into an empty store.
-    tree::warm(t);
-    let t0 = Instant::now();
-    let out = peer.run(home, t, &["save", "-m", "cold"]);
-    let dt = secs(t0);
-    let out = out.map_err(at(Step::ColdSave))?;
+    let (out, dt) = peer_cold(peer, t, home).map_err(at(Step::ColdSave))?;
     res.add(Step::ColdSave, Tool::Peer, Ok(dt));
     if rep == 0 {
         let files = out.lines().find_map(|l| l.trim().strip_prefix("Files: "));

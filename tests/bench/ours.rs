@@ -158,12 +158,9 @@ async fn steps(
     let at = |step: Step| move |e: String| (step, e);
 
     // 1. Cold save: the baseline snapshot Watch takes, into an empty store.
-    tree::warm(t);
-    let t0 = Instant::now();
-    let w = c.watch(watch_req(&ws, LONG_IDLE_MS)).await;
-    let dt = secs(t0);
-    let base = w.map_err(err).map_err(at(Step::ColdSave))?.into_inner();
-    res.add(Step::ColdSave, Tool::Ours, Ok(dt));
+    let base = cold_save(t, c).await.map_err(at(Step::ColdSave))?;
+    res.add(Step::ColdSave, Tool::Ours, Ok(base.1));
+    let base = base.0;
     let files = base.baseline.map_or(0, |s| s.files);
     if rep == 0 {
         res.note(format!("chkptd's baseline snapshot holds {files} files."));
@@ -274,6 +271,25 @@ async fn steps(
         ));
     }
     Ok(())
+}
+
+/// Step 1: warms the tree and times the `Watch` that takes its baseline snapshot.
+async fn cold_save(t: &Path, c: &mut Client) -> Result<(pb::WatchResponse, f64), String> {
+    tree::warm(t);
+    let t0 = Instant::now();
+    let w = c
+        .watch(watch_req(&t.display().to_string(), LONG_IDLE_MS))
+        .await;
+    let dt = secs(t0);
+    Ok((w.map_err(err)?.into_inner(), dt))
+}
+
+/// One more cold-save sample, on a fresh daemon with an empty store.
+pub async fn cold_sample(run: &Run, res: &mut Results) {
+    let d = Daemon::start(&[]);
+    let mut c = d.client().await;
+    let sample = cold_save(&run.tree, &mut c).await.map(|(_, dt)| dt);
+    res.add(Step::ColdSave, Tool::Ours, sample);
 }
 
 /// Appends to 5 files `run.auto_reps` times and times each auto snapshot from the Events stream.

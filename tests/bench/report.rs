@@ -84,8 +84,9 @@ impl Results {
     }
 
     pub fn add(&mut self, step: Step, tool: Tool, sample: Sample) {
-        if let Err(e) = &sample {
-            eprintln!("bench: {step:?} with {tool:?} FAILED: {e}");
+        match &sample {
+            Err(e) => eprintln!("bench: {step:?} with {tool:?} FAILED: {e}"),
+            Ok(v) => eprintln!("bench: {step:?} with {tool:?}: {}", show(step, *v)),
         }
         self.samples.entry((step, tool)).or_default().push(sample);
     }
