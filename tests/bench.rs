@@ -188,9 +188,10 @@ fn main() -> ExitCode {
         tree::lz4_size(&run.tree, &run.picks[..5]),
     );
     res.note(format!(
-        "Corpus: {what}, {files} files, {:.0} MiB; {} repetition(s), tools alternating, page cache warmed before each step.",
+        "Corpus: {what}, {files} files, {:.0} MiB; {} repetition(s) ({} of the cold save), tools alternating, page cache warmed before each step.",
         bytes as f64 / 1048576.0,
-        run.reps
+        run.reps,
+        run.cold_reps
     ));
     if !run.gitignored.is_empty() {
         res.note(format!(

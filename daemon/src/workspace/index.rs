@@ -11,6 +11,10 @@ use crate::error::Result;
 use crate::store::catalog::FileMeta;
 use crate::store::{Batch, Entry, Id, Kind, Tree};
 
+/// Sibling directories whose trees are encoded in parallel from this many on (an incremental
+/// save re-encodes a few, for which waking rayon's threads costs more than it saves).
+const PARALLEL_TREES: usize = 16;
+
 /// A directory in the index.
 #[derive(Debug, Clone)]
 pub struct DirNode {
@@ -259,14 +263,14 @@ impl Index {
                     _ => None,
                 })
                 .collect();
-            match stale.len() {
-                0 => {}
-                1 => {
-                    rec(stale[0], batch)?;
-                }
-                _ => stale
+            if stale.len() >= PARALLEL_TREES {
+                stale
                     .par_iter_mut()
-                    .try_for_each(|d| rec(d, batch).map(|_| ()))?,
+                    .try_for_each(|d| rec(d, batch).map(|_| ()))?;
+            } else {
+                for d in stale {
+                    rec(d, batch)?;
+                }
             }
             let mut entries = Vec::with_capacity(dir.children.len());
             for (name, node) in &dir.children {

@@ -27,6 +27,11 @@ use crate::store::{Batch, IN_MEMORY_LIMIT, Id, Kind, Streamed};
 /// Attempts at reading a file that keeps changing before its previous version is kept.
 const READ_ATTEMPTS: usize = 4;
 
+/// Looks sorted in parallel past this many (waking rayon's threads costs more for a few).
+const PARALLEL_SORT: usize = 4096;
+/// After reading a file larger than this, rayon's threads free their buffers.
+const KEPT_BUFFER: u64 = 1 << 20;
+
 /// How one path's content was read.
 enum ReadOutcome {
     Stored(FileMeta),
@@ -485,7 +490,11 @@ impl Workspace {
     ) -> Result<()> {
         let started = Instant::now();
         if order == Order::Any {
-            looks.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if looks.len() > PARALLEL_SORT {
+                looks.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            } else {
+                looks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            }
             looks.dedup_by(|a, b| a.0 == b.0);
         }
         // (path, stat, whether the index had an entry, what reading it gave)
@@ -551,7 +560,7 @@ impl Workspace {
                 read_object(batch, counters, &abs(root, rel), st, None).map(Some)
             })
             .collect();
-        if !to_read.is_empty() {
+        if to_read.iter().any(|(_, st, _)| st.size > KEPT_BUFFER) {
             // rayon's threads outlive the save: they keep no large buffers.
             rayon::broadcast(|_| {
                 release_thread_buffers();
