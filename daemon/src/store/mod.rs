@@ -468,7 +468,8 @@ impl Store {
                 };
             }
             if !writers.out.contains(&no) {
-                // No writer (retired, or never opened by this process): all of it is written.
+                // No writer (retired, or never opened by this process): all of it is written,
+                // unless writing it failed (which the caller's `failure_of` reports).
                 return Ok(());
             }
             writers = self
@@ -484,15 +485,30 @@ impl Store {
         lock_poisoned(&self.writers).pool.clear();
     }
 
+    /// The error that made pack `no` unusable, if any: what was written to it may never reach
+    /// the disk, so its writer is retired too.
+    fn failure_of(&self, no: u32) -> Option<Error> {
+        // Cloned out first: the writers' lock is never taken while this one is held.
+        let failed = lock_poisoned(&self.sync_failures).get(&no).cloned();
+        let e = failed?;
+        lock_poisoned(&self.writers).pool.retain(|w| w.no != no);
+        Some(Error::io(
+            pack::pack_path(&self.packs_dir, no),
+            io::Error::other(e),
+        ))
+    }
+
     fn sync_packs(&self, ends: &HashMap<u32, u64>) -> Result<()> {
         for (&no, &end) in ends {
             let path = pack::pack_path(&self.packs_dir, no);
-            if let Some(e) = lock_poisoned(&self.sync_failures).get(&no).cloned() {
-                // What was written to it may never have reached the disk: no more appends.
-                lock_poisoned(&self.writers).pool.retain(|w| w.no != no);
-                return Err(Error::io(&path, io::Error::other(e)));
+            if let Some(e) = self.failure_of(no) {
+                return Err(e);
             }
             self.ensure_written(no, end)?;
+            // Writing out a buffer (here or by the thread that had the writer) may have failed.
+            if let Some(e) = self.failure_of(no) {
+                return Err(e);
+            }
             let file = lock_poisoned(&self.open_packs).get(&no).cloned();
             let synced = match file {
                 Some(f) => f.sync_data(),
@@ -1015,6 +1031,32 @@ mod tests {
         assert_ne!(store.locate(&again).unwrap().unwrap().pack, pack);
         b.finish().unwrap();
         assert_eq!(store.read_vec(&again).unwrap(), random(10_000, 1));
+    }
+
+    #[test]
+    fn a_lost_write_buffer_fails_every_commit_that_counts_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.batch();
+        let (x, _) = a.put(&random(5_000, 3), false).unwrap();
+        let b = store.batch();
+        let (adopted, new) = b.put(&random(5_000, 3), false).unwrap();
+        assert!(
+            adopted == x && !new,
+            "the second batch adopts the first one's object"
+        );
+        // The buffer holding x is lost, as when writing it out fails (a full disk).
+        let mut w = store.take_writer().unwrap();
+        w.failed = Some("No space left on device".into());
+        store.return_writer(w);
+        assert!(matches!(a.finish(), Err(Error::Io { .. })));
+        assert!(matches!(b.finish(), Err(Error::Io { .. })));
+        assert!(!store.contains(&x).unwrap());
+        // The next save writes it again, into a new pack.
+        let c = store.batch();
+        c.put(&random(5_000, 3), false).unwrap();
+        c.finish().unwrap();
+        assert_eq!(store.read_vec(&x).unwrap(), random(5_000, 3));
     }
 
     /// A store written with one sled entry per object and per path opens with everything in
