@@ -102,7 +102,7 @@ impl Stat {
 
 /// What a walk found.
 #[derive(Debug)]
-pub struct ScanResult<T = ()> {
+pub struct ScanResult<T> {
     /// Every saved entry below the start (not the start itself), relative to the workspace root,
     /// with what the walk's visitor made of it.
     pub entries: Vec<(Vec<u8>, Stat, T)>,
@@ -114,14 +114,6 @@ pub struct ScanResult<T = ()> {
 
 /// Dependency folders left out by a walk, with the reason.
 type Excluded = Vec<(Vec<u8>, Exclusion)>;
-
-/// Walks `start` (relative to `root`, empty for the whole workspace) in parallel, applying
-/// `rules` to every entry below it.
-pub fn scan(root: &Path, start: &[u8], rules: &Arc<Rules>, threads: usize) -> ScanResult {
-    scan_with(root, start, rules, threads, &|f| {
-        Ok(f.lstat()?.map(|st| (st, ())))
-    })
-}
 
 /// An entry a walk found, of which nothing but its directory listing was looked at yet.
 #[derive(Debug)]
@@ -145,9 +137,10 @@ impl Found<'_> {
 /// for a kind that is not saved; a `NotFound` error means the entry vanished.
 pub type Visitor<'v, T> = dyn Fn(&Found<'_>) -> io::Result<Option<(Stat, T)>> + Sync + 'v;
 
-/// Walks like [`scan`], calling `visit` on every entry that passes the rules, in the thread that
-/// found it, so work on an entry (reading a changed file) runs in parallel with the rest of the
-/// walk. The visitor looks at the entry itself (usually [`Found::lstat`]).
+/// Walks `start` (relative to `root`, empty for the whole workspace) in parallel, calling
+/// `visit` on every entry below it that passes `rules`, in the thread that found it, so work
+/// on an entry (reading a changed file) runs in parallel with the rest of the walk. The visitor
+/// looks at the entry itself (usually [`Found::lstat`]).
 pub fn scan_with<T: Send>(
     root: &Path,
     start: &[u8],
