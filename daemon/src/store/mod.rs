@@ -84,6 +84,42 @@ pub struct Store {
     _lock: File,
 }
 
+/// A pack writer one thread is using; dropping it returns the writer to the store (marked
+/// failed when the thread panicked while using it), so no one waits for it forever.
+struct Taken<'s> {
+    store: &'s Store,
+    w: Option<PackWriter>,
+}
+
+impl std::ops::Deref for Taken<'_> {
+    type Target = PackWriter;
+    fn deref(&self) -> &PackWriter {
+        self.w
+            .as_ref()
+            .expect("a taken writer is held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Taken<'_> {
+    fn deref_mut(&mut self) -> &mut PackWriter {
+        self.w
+            .as_mut()
+            .expect("a taken writer is held until dropped")
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.w.take() {
+            if std::thread::panicking() {
+                w.failed
+                    .get_or_insert_with(|| "a thread panicked while appending to it".into());
+            }
+            self.store.return_writer(w);
+        }
+    }
+}
+
 /// The pack writers: idle ones, and the packs whose writer a thread is using.
 #[derive(Debug, Default)]
 struct Writers {
@@ -284,8 +320,10 @@ impl Store {
         {
             return Ok(m.clone());
         }
-        // An object just written may still be in its writer's buffer.
-        self.ensure_written(pack, need)?;
+        // An object just written may still be in its writer's buffer; and the map must not
+        // reach a record still being streamed, which may be cut off (the next record's bytes
+        // would then be read from a stale page, or past the end of the file).
+        let stable = self.ensure_written(pack, need)?;
         let path = pack::pack_path(&self.packs_dir, pack);
         let file = File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -294,10 +332,19 @@ impl Store {
                 Error::io(&path, e)
             }
         })?;
-        // SAFETY: packs are only ever appended to while mapped; the one place that shortens a
-        // pack (`recover_packs`) runs before anything is mapped, and repacking deletes whole
-        // files, which leaves existing maps valid.
-        let map = Arc::new(unsafe { Mmap::map(&file) }.at(&path)?);
+        let len = file.metadata().at(&path)?.len().min(stable);
+        if len < need {
+            return Err(Error::Corrupt(format!(
+                "pack {} is shorter than its index says",
+                path.display()
+            )));
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| Error::Corrupt(format!("pack {} is too large to map", path.display())))?;
+        // SAFETY: a map covers only bytes that stay: a pack shortens only to cut off a record
+        // being streamed, past `stable`; `recover_packs` shortens packs before anything is
+        // mapped, and repacking deletes whole files, which leaves existing maps valid.
+        let map = Arc::new(unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.at(&path)?);
         if (map.len() as u64) < need {
             return Err(Error::Corrupt(format!(
                 "pack {} is shorter than its index says",
@@ -406,11 +453,15 @@ impl Store {
         Ok(())
     }
 
-    fn take_writer(&self) -> Result<PackWriter> {
+    /// A writer for this thread alone; it goes back when the [`Taken`] is dropped.
+    fn take_writer(&self) -> Result<Taken<'_>> {
         let mut writers = lock_poisoned(&self.writers);
         if let Some(w) = writers.pool.pop() {
             writers.out.insert(w.no);
-            return Ok(w);
+            return Ok(Taken {
+                store: self,
+                w: Some(w),
+            });
         }
         let no = self.next_pack.fetch_add(1, Ordering::SeqCst);
         let w = PackWriter::create(&self.packs_dir, no)?;
@@ -418,7 +469,10 @@ impl Store {
         drop(writers);
         lock_poisoned(&self.open_packs).insert(no, w.file.clone());
         tracing::debug!(pack = no, "new pack");
-        Ok(w)
+        Ok(Taken {
+            store: self,
+            w: Some(w),
+        })
     }
 
     fn return_writer(&self, mut w: PackWriter) {
@@ -449,16 +503,18 @@ impl Store {
 
     /// Makes sure pack `no` holds its first `end` bytes in the file, not only in its writer's
     /// buffer: writes the buffer out, waiting first for a thread using the writer to return it.
-    fn ensure_written(&self, no: u32, end: u64) -> Result<()> {
+    /// Returns a length, at least `end`, up to which the file's bytes are records that stay:
+    /// past it a thread may be streaming a record it can still cut off again.
+    fn ensure_written(&self, no: u32, end: u64) -> Result<u64> {
         let mut writers = lock_poisoned(&self.writers);
         loop {
             if let Some(i) = writers.pool.iter().position(|w| w.no == no) {
                 let w = &mut writers.pool[i];
                 if w.written() >= end {
-                    return Ok(());
+                    return Ok(w.written());
                 }
                 return match w.flush() {
-                    Ok(()) => Ok(()),
+                    Ok(()) => Ok(w.written()),
                     Err(e) => {
                         let w = writers.pool.swap_remove(i);
                         lock_poisoned(&self.sync_failures)
@@ -470,7 +526,7 @@ impl Store {
             if !writers.out.contains(&no) {
                 // No writer (retired, or never opened by this process): all of it is written,
                 // unless writing it failed (which the caller's `failure_of` reports).
-                return Ok(());
+                return Ok(u64::MAX);
             }
             writers = self
                 .writer_returned
@@ -682,9 +738,7 @@ impl Batch<'_> {
                     0
                 };
             let mut w = self.store.take_writer()?;
-            let res = w.append(id, flags, data.len() as u64, compressed.unwrap_or(data));
-            self.store.return_writer(w);
-            res
+            w.append(id, flags, data.len() as u64, compressed.unwrap_or(data))
         });
         self.record(id, res?);
         Ok((id, true))
@@ -720,7 +774,7 @@ impl Batch<'_> {
             };
             Ok((got == (id, raw_len)).then_some(id))
         });
-        self.store.return_writer(w);
+        drop(w);
         match res? {
             Some(loc) => {
                 self.record(id, loc);
@@ -1048,7 +1102,7 @@ mod tests {
         // The buffer holding x is lost, as when writing it out fails (a full disk).
         let mut w = store.take_writer().unwrap();
         w.failed = Some("No space left on device".into());
-        store.return_writer(w);
+        drop(w);
         assert!(matches!(a.finish(), Err(Error::Io { .. })));
         assert!(matches!(b.finish(), Err(Error::Io { .. })));
         assert!(!store.contains(&x).unwrap());
