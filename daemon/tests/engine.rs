@@ -354,6 +354,41 @@ fn what_a_full_save_saw_before_the_watch_was_in_place_is_looked_at_again() {
 }
 
 #[test]
+fn an_ignore_file_changed_before_the_watch_was_in_place_is_walked_again() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let root = ws_dir.path();
+    fs::write(root.join(".gitignore"), b"secret.txt\nscratch/\n").unwrap();
+    fs::write(root.join("secret.txt"), b"now wanted\n").unwrap();
+    fs::write(root.join("a.txt"), b"a\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, root);
+    let placed = std::sync::Arc::new(std::sync::OnceLock::new());
+    ws.set_watching(placed.clone());
+    let counters = ws.counters.clone();
+    let snap = std::thread::scope(|s| {
+        let saving = s.spawn(|| save(&mut ws, &store, Changes::Full));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while counters.files_hashed.load(Ordering::SeqCst) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the walk never read the files"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // secret.txt is no longer left out; nothing tells the save but its second look.
+        fs::write(root.join(".gitignore"), b"scratch/\n").unwrap();
+        placed.set(std::time::Instant::now()).unwrap();
+        saving.join().unwrap()
+    });
+    let entry = chkpt_daemon::workspace::diff::lookup(&store, snap.root, b"secret.txt")
+        .unwrap()
+        .expect("secret.txt is saved once the ignore file no longer names it");
+    assert_eq!(store.read_vec(&entry.id).unwrap(), b"now wanted\n");
+}
+
+#[test]
 fn racy_same_size_rewrite_in_the_same_tick_is_captured() {
     let ws_dir = tempfile::tempdir().unwrap();
     let store_dir = tempfile::tempdir().unwrap();

@@ -117,6 +117,11 @@ pub struct Workspace {
     persisted_journal: usize,
     /// Set once the watcher's kernel watch is in place (see [`Workspace::set_watching`]).
     watching: Option<Arc<OnceLock<Instant>>>,
+    /// The index changed since it was last persisted: an operation that fails now may leave
+    /// it naming objects that were never committed (see [`Workspace::recover_index`]).
+    unpersisted: bool,
+    /// The index could not be taken back from the catalog: the next refresh walks everything.
+    must_walk: bool,
 }
 
 /// µs since the epoch.
@@ -275,6 +280,8 @@ impl Workspace {
             persisted_base,
             persisted_journal,
             watching: None,
+            unpersisted: false,
+            must_walk: false,
         };
         ws.limit_journal();
         Ok(ws)
@@ -359,7 +366,33 @@ impl Workspace {
             self.persisted_journal += journal.len();
         }
         self.limit_journal();
+        self.unpersisted = false;
         Ok(())
+    }
+
+    /// After an operation failed: an index changed since it was last persisted may name
+    /// objects whose batch never committed (a full disk while the last buffer was written
+    /// out), and a later save that trusts it would record them. The persisted index is what
+    /// the last operation that succeeded left, so it is taken back; the changes the failed
+    /// operation looked at stay pending and are looked at again.
+    pub fn recover_index(&mut self, store: &Store) {
+        if !self.unpersisted {
+            return;
+        }
+        match store.cat.load_index(self.record.id) {
+            Ok((entries, journal)) => {
+                self.persisted_base = entries.len();
+                self.persisted_journal = journal;
+                self.index = Index::load(entries);
+                self.limit_journal();
+            }
+            Err(e) => {
+                tracing::error!(workspace = %self.root.display(), error = %e, "could not reload the warm index; the next save walks the whole tree");
+                self.index = Index::default();
+                self.must_walk = true;
+            }
+        }
+        self.unpersisted = false;
     }
 
     /// Takes the directories found new since the last call (to be listed again once the
@@ -382,6 +415,14 @@ impl Workspace {
     /// Takes a snapshot. An auto save that finds the tree unchanged since the last snapshot or
     /// restore records nothing and returns the latest snapshot.
     pub fn save(&mut self, store: &Store, opts: &SaveOptions) -> Result<SaveOutcome> {
+        let res = self.save_or_fail(store, opts);
+        if res.is_err() {
+            self.recover_index(store);
+        }
+        res
+    }
+
+    fn save_or_fail(&mut self, store: &Store, opts: &SaveOptions) -> Result<SaveOutcome> {
         let started = Instant::now();
         let batch = store.batch();
         let warnings = self.refresh(&batch, &opts.changes)?;

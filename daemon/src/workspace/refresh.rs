@@ -97,6 +97,9 @@ impl Workspace {
             self.gc_epoch = batch.store().gc_epoch();
         }
         let mut warnings = Vec::new();
+        self.unpersisted = true;
+        let full = Changes::Full;
+        let changes = if self.must_walk { &full } else { changes };
         match changes {
             Changes::Full => {
                 let walk_started_ns = now_ns();
@@ -115,6 +118,7 @@ impl Workspace {
                         .unwrap_or_else(|p| std::panic::resume_unwind(p));
                     settled.and(committed)
                 })?;
+                self.must_walk = false;
             }
             Changes::Paths(paths) => {
                 let looks = self.dirty_looks(batch, paths, &mut warnings)?;
@@ -173,7 +177,12 @@ impl Workspace {
             .map(|(rel, _)| rel)
             .collect();
         let changed = dirty.len();
-        if !dirty.is_empty() {
+        if dirty.iter().any(|p| Rules::is_rule_file(p)) {
+            // What is left out may have changed anywhere below: walk again (the watch is in
+            // place now, so nothing needs looking at a third time).
+            let (looks, _) = self.full_looks(batch, warnings)?;
+            self.settle(batch, looks, Order::Unique, warnings)?;
+        } else if !dirty.is_empty() {
             let looks = self.dirty_looks(batch, &dirty, warnings)?;
             self.settle(batch, looks, Order::Any, warnings)?;
         }
@@ -202,6 +211,16 @@ impl Workspace {
         let root = self.root.as_path();
         // Each inode with several links is read once, by the thread that claims it first.
         let claimed: Mutex<HashSet<(u64, u64)>> = Mutex::default();
+        // Directories visited before the watch was in place. ignore lists a directory just
+        // before visiting it, after its parent's visit: a directory's listing may predate the
+        // watch when its parent's visit did, whatever its own visit's time.
+        let early_dirs: Mutex<HashSet<Vec<u8>>> = Mutex::default();
+        if placed.is_some_and(|p| p.get().is_none()) {
+            early_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(start.to_vec());
+        }
         let failure: Mutex<Option<Error>> = Mutex::default();
         let failed = AtomicBool::new(false);
         let read = |rel: &[u8], path: &Path, st: &Stat, opened: Option<File>| {
@@ -238,6 +257,16 @@ impl Workspace {
         let visit = |f: &Found<'_>| -> io::Result<Option<(Stat, (Walked, bool))>> {
             let stat_at = Instant::now();
             let early = placed.is_some_and(|p| p.get().is_none_or(|&at| at > stat_at));
+            let listed_early = |st: &Stat| {
+                if st.kind != Kind::Dir || placed.is_none() {
+                    return early;
+                }
+                let mut dirs = early_dirs.lock().unwrap_or_else(|p| p.into_inner());
+                if early {
+                    dirs.insert(f.rel.to_vec());
+                }
+                early || dirs.contains(rules::split_last(f.rel).0)
+            };
             // A regular file the index has never seen is opened at once: its `fstat` is the
             // walk's look at it and the read's first one (a cold save never `lstat`s a file).
             if f.file_type.is_some_and(|t| t.is_file()) && index.get(f.rel).is_none() {
@@ -247,6 +276,7 @@ impl Workspace {
                             return Ok(None);
                         };
                         let opened = (st.kind == Kind::File).then_some(file);
+                        let early = listed_early(&st);
                         return Ok(Some((st, (read(f.rel, f.path, &st, opened), early))));
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
@@ -257,6 +287,7 @@ impl Workspace {
             let Some(st) = f.lstat()? else {
                 return Ok(None);
             };
+            let early = listed_early(&st);
             Ok(Some((st, (read(f.rel, f.path, &st, None), early))))
         };
         let found = scan::scan_with(root, start, &self.rules, self.threads, &visit);
@@ -773,12 +804,12 @@ fn read_small(
     Ok(Some((after, id)))
 }
 
-/// Reads `file` into `data` until it holds the `size` bytes `fstat` announced or the file
-/// ends. A file that grew in the meantime shows it in the metadata checked afterwards, so the
-/// read that would return 0 at the end is not needed.
+/// Reads `file` into `data` until it ends, or holds one byte more than the `size` `fstat`
+/// announced (a file that grew, or a file system whose sizes are wrong: the caller sees the
+/// difference and does not store it).
 fn read_expected(file: &mut File, size: usize, data: &mut Vec<u8>) -> io::Result<()> {
-    data.reserve(size);
-    file.take(size as u64).read_to_end(data)?;
+    data.reserve(size + 1);
+    file.take(size as u64 + 1).read_to_end(data)?;
     Ok(())
 }
 

@@ -531,6 +531,21 @@ impl Workspace {
         changes: &Changes,
         progress: &mut ProgressFn<'_>,
     ) -> Result<RestoreSummary> {
+        let res = self.restore_or_fail(store, snapshot, opts, changes, progress);
+        if res.is_err() {
+            self.recover_index(store);
+        }
+        res
+    }
+
+    fn restore_or_fail(
+        &mut self,
+        store: &Store,
+        snapshot: &SnapshotRecord,
+        opts: &RestoreOptions,
+        changes: &Changes,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<RestoreSummary> {
         if snapshot.workspace != self.record.id {
             return Err(Error::InvalidArgument(
                 "that snapshot belongs to another workspace".into(),
