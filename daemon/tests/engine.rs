@@ -302,6 +302,34 @@ fn save_of_one_change_in_20k_files_costs_the_change_only() {
     );
 }
 
+/// Runs a full save of `ws` with its watch placed only after `before_watch` has run, once the
+/// walk has read `read` files: what `before_watch` changes reaches neither the walk's first
+/// look nor a watcher.
+fn save_changed_before_watch(
+    ws: &mut Workspace,
+    store: &Store,
+    read: u64,
+    before_watch: impl FnOnce(),
+) -> chkpt_daemon::store::catalog::SnapshotRecord {
+    let placed = std::sync::Arc::new(std::sync::OnceLock::new());
+    ws.set_watching(placed.clone());
+    let counters = ws.counters.clone();
+    std::thread::scope(|s| {
+        let saving = s.spawn(|| save(ws, store, Changes::Full));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while counters.files_hashed.load(Ordering::SeqCst) < read {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the walk never read the files"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        before_watch();
+        placed.set(std::time::Instant::now()).unwrap();
+        saving.join().unwrap()
+    })
+}
+
 #[test]
 fn what_a_full_save_saw_before_the_watch_was_in_place_is_looked_at_again() {
     let ws_dir = tempfile::tempdir().unwrap();
@@ -315,26 +343,11 @@ fn what_a_full_save_saw_before_the_watch_was_in_place_is_looked_at_again() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let store = Store::open(store_dir.path()).unwrap();
     let mut ws = open(&store, root);
-    let placed = std::sync::Arc::new(std::sync::OnceLock::new());
-    ws.set_watching(placed.clone());
-    let counters = ws.counters.clone();
-    let snap = std::thread::scope(|s| {
-        let saving = s.spawn(|| save(&mut ws, &store, Changes::Full));
-        // Every file was read: the walk saw them all, and the watch is not there yet, so these
-        // changes reach neither the walk nor a watcher.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while counters.files_hashed.load(Ordering::SeqCst) < 3 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the walk never read the files"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+    // Every file was read: the walk saw them all before these changes.
+    let snap = save_changed_before_watch(&mut ws, &store, 3, || {
         fs::write(root.join("a.txt"), b"second, longer version of a.txt\n").unwrap();
         fs::write(root.join("sub/new.txt"), b"created during the save\n").unwrap();
         fs::remove_file(root.join("sub/c.txt")).unwrap();
-        placed.set(std::time::Instant::now()).unwrap();
-        saving.join().unwrap()
     });
     let read = |path: &[u8]| {
         chkpt_daemon::workspace::diff::lookup(&store, snap.root, path)
@@ -364,23 +377,9 @@ fn an_ignore_file_changed_before_the_watch_was_in_place_is_walked_again() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let store = Store::open(store_dir.path()).unwrap();
     let mut ws = open(&store, root);
-    let placed = std::sync::Arc::new(std::sync::OnceLock::new());
-    ws.set_watching(placed.clone());
-    let counters = ws.counters.clone();
-    let snap = std::thread::scope(|s| {
-        let saving = s.spawn(|| save(&mut ws, &store, Changes::Full));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while counters.files_hashed.load(Ordering::SeqCst) < 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the walk never read the files"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+    let snap = save_changed_before_watch(&mut ws, &store, 2, || {
         // secret.txt is no longer left out; nothing tells the save but its second look.
         fs::write(root.join(".gitignore"), b"scratch/\n").unwrap();
-        placed.set(std::time::Instant::now()).unwrap();
-        saving.join().unwrap()
     });
     let entry = chkpt_daemon::workspace::diff::lookup(&store, snap.root, b"secret.txt")
         .unwrap()
