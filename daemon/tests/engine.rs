@@ -788,6 +788,43 @@ fn a_restore_killed_midway_is_finished_when_the_workspace_is_next_opened() {
     assert!(store.verify(None).unwrap().problems.is_empty());
 }
 
+/// A restore that fails after it began writing (here the workspace folder is moved away under
+/// it) was reported as failed: the next start must not apply it again over what the user has
+/// done since.
+#[test]
+fn a_failed_restore_is_not_applied_again_at_the_next_start() {
+    let base = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let root = base.path().join("ws");
+    let away = base.path().join("away");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("a.txt"), b"first").unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, &root);
+    let first = save(&mut ws, &store, Changes::Full);
+    fs::write(root.join("a.txt"), b"second").unwrap();
+    let res = ws.restore(
+        &store,
+        &first,
+        &RestoreOptions::default(),
+        &Changes::Full,
+        &mut |done, total, _, _| {
+            if done == total && root.exists() {
+                fs::rename(&root, &away).unwrap();
+            }
+        },
+    );
+    assert!(res.is_err(), "{res:?}");
+    fs::rename(&away, &root).unwrap();
+    fs::write(root.join("a.txt"), b"the user's edit after the failure").unwrap();
+    let mut ws = open(&store, &root);
+    assert!(ws.finish_interrupted_restore(&store).unwrap().is_none());
+    assert_eq!(
+        fs::read(root.join("a.txt")).unwrap(),
+        b"the user's edit after the failure"
+    );
+}
+
 #[test]
 fn a_crafted_snapshot_with_hostile_names_cannot_write_outside_its_target() {
     use chkpt_daemon::store::{Entry, Kind, Tree};

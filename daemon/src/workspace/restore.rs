@@ -605,6 +605,19 @@ impl Workspace {
             .map(|e| e.path.clone())
             .filter(|p| !noted.contains(p))
             .collect();
+        let settled = self.settle_restored(store, touched);
+        // Ended, well or not: a failure is reported to the caller, and the pre-restore
+        // checkpoint is the way back. Left behind, the journal would have the next start
+        // apply the snapshot again over whatever the user did since.
+        remove_journal(store, self.record.id);
+        applied?;
+        settled?;
+        Ok(summary)
+    }
+
+    /// Brings the index, and the baseline auto saves compare with, in line with the disk after
+    /// a restore wrote `touched` (paths the restore could not note itself).
+    fn settle_restored(&mut self, store: &Store, touched: Vec<Vec<u8>>) -> Result<()> {
         let batch = store.batch();
         self.refresh(&batch, &Changes::Paths(touched))?;
         let root = self.index.root_tree(&batch)?;
@@ -612,11 +625,7 @@ impl Workspace {
         self.persist_index(store)?;
         batch.finish()?;
         self.baseline = Some(root);
-        // Ended, well or not: a failure was reported to the caller, and the pre-restore
-        // checkpoint is the way back.
-        remove_journal(store, self.record.id);
-        applied?;
-        Ok(summary)
+        Ok(())
     }
 
     /// Finishes a restore the daemon died in (its journal is still there): removes staged
