@@ -367,6 +367,29 @@ fn what_a_full_save_saw_before_the_watch_was_in_place_is_looked_at_again() {
 }
 
 #[test]
+fn an_ignore_file_created_before_the_watch_was_in_place_is_walked_again() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let root = ws_dir.path();
+    fs::write(root.join(".gitignore"), b"*.log\n").unwrap();
+    fs::create_dir_all(root.join("sub/deep")).unwrap();
+    fs::write(root.join("sub/deep/a.txt"), b"a\n").unwrap();
+    fs::write(root.join("sub/deep/keep.log"), b"wanted after all\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, root);
+    let snap = save_changed_before_watch(&mut ws, &store, 2, || {
+        // sub/ was listed already: only its changed time tells of the new file; neither
+        // sub/deep/ nor keep.log changed.
+        fs::write(root.join("sub/.gitignore"), b"!keep.log\n").unwrap();
+    });
+    let entry = chkpt_daemon::workspace::diff::lookup(&store, snap.root, b"sub/deep/keep.log")
+        .unwrap()
+        .expect("sub/deep/keep.log is saved once a new ignore file takes it back");
+    assert_eq!(store.read_vec(&entry.id).unwrap(), b"wanted after all\n");
+}
+
+#[test]
 fn an_ignore_file_changed_before_the_watch_was_in_place_is_walked_again() {
     let ws_dir = tempfile::tempdir().unwrap();
     let store_dir = tempfile::tempdir().unwrap();

@@ -119,6 +119,9 @@ impl Workspace {
                     settled.and(committed)
                 })?;
                 self.must_walk = false;
+                // A second walk (ignore rules changed under the first) warns of the same paths.
+                let mut seen = HashSet::new();
+                warnings.retain(|w| seen.insert(w.clone()));
             }
             Changes::Paths(paths) => {
                 let looks = self.dirty_looks(batch, paths, &mut warnings)?;
@@ -177,13 +180,21 @@ impl Workspace {
             .map(|(rel, _)| rel)
             .collect();
         let changed = dirty.len();
-        if dirty.iter().any(|p| Rules::is_rule_file(p)) {
+        let mut rules_changed = dirty.iter().any(|p| Rules::is_rule_file(p));
+        let looks = if rules_changed || dirty.is_empty() {
+            Vec::new()
+        } else {
+            self.dirty_looks(batch, &dirty, warnings)?
+        };
+        // An ignore file created in a directory the walk had listed is found only now.
+        rules_changed |= looks.iter().any(|(p, _)| Rules::is_rule_file(p));
+        if rules_changed {
             // What is left out may have changed anywhere below: walk again (the watch is in
             // place now, so nothing needs looking at a third time).
+            self.rules.invalidate_all();
             let (looks, _) = self.full_looks(batch, warnings)?;
             self.settle(batch, looks, Order::Unique, warnings)?;
-        } else if !dirty.is_empty() {
-            let looks = self.dirty_looks(batch, &dirty, warnings)?;
+        } else if !looks.is_empty() {
             self.settle(batch, looks, Order::Any, warnings)?;
         }
         tracing::debug!(
