@@ -316,6 +316,13 @@ impl Index {
         self.log.journal_limit = Some(limit);
     }
 
+    /// Makes the next persist write the whole index as a new base, however few changes are
+    /// recorded (the persisted index is not known to hold the rest).
+    pub fn rewrite_on_persist(&mut self) {
+        self.log.journal = Vec::new();
+        self.log.overflowed = true;
+    }
+
     /// Forgets the changes recorded (a new persisted base holds them all).
     pub fn clear_journal(&mut self) {
         self.log.journal = Vec::new();
@@ -522,6 +529,17 @@ mod tests {
         ix.clear_journal();
         ix.insert(b"v", file(1));
         assert_eq!(ix.take_journal(), vec![(b"v".to_vec(), Some(file(1)))]);
+    }
+
+    #[test]
+    fn an_index_whose_persisted_form_is_unknown_asks_for_the_whole_index() {
+        let mut ix = Index::default();
+        ix.rewrite_on_persist();
+        assert_eq!(ix.journal_len(), usize::MAX, "even with nothing changed");
+        ix.insert(b"a", file(1));
+        assert_eq!(ix.journal_len(), usize::MAX);
+        ix.clear_journal();
+        assert_eq!(ix.journal_len(), 0);
     }
 
     #[test]

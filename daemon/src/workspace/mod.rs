@@ -334,8 +334,6 @@ impl Workspace {
         &self.index
     }
 
-    /// Persists the index journal (after the objects it names are committed). A journal grown
-    /// past a quarter of the persisted base is folded into a new base.
     /// Journal entries the persisted index may take on top of its base before it is rewritten.
     fn journal_budget(&self) -> usize {
         self.persisted_base / 4 + JOURNAL_SLACK
@@ -347,6 +345,8 @@ impl Workspace {
         self.index.limit_journal(left + 1);
     }
 
+    /// Persists the index journal (after the objects it names are committed). A journal grown
+    /// past a quarter of the persisted base is folded into a new base.
     fn persist_index(&mut self, store: &Store) -> Result<()> {
         let pending = self.index.journal_len();
         if pending == 0 {
@@ -388,7 +388,9 @@ impl Workspace {
             }
             Err(e) => {
                 tracing::error!(workspace = %self.root.display(), error = %e, "could not reload the warm index; the next save walks the whole tree");
+                // What is persisted is unknown: the walk's index replaces all of it.
                 self.index = Index::default();
+                self.index.rewrite_on_persist();
                 self.must_walk = true;
             }
         }
