@@ -334,6 +334,10 @@ impl Store {
         })?;
         let len = file.metadata().at(&path)?.len().min(stable);
         if len < need {
+            // Short because writing it out failed (a full disk): that is the error to give.
+            if let Some(e) = self.failure_of(pack) {
+                return Err(e);
+            }
             return Err(Error::Corrupt(format!(
                 "pack {} is shorter than its index says",
                 path.display()
@@ -345,12 +349,6 @@ impl Store {
         // being streamed, past `stable`; `recover_packs` shortens packs before anything is
         // mapped, and repacking deletes whole files, which leaves existing maps valid.
         let map = Arc::new(unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.at(&path)?);
-        if (map.len() as u64) < need {
-            return Err(Error::Corrupt(format!(
-                "pack {} is shorter than its index says",
-                path.display()
-            )));
-        }
         self.maps
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1103,6 +1101,12 @@ mod tests {
         let mut w = store.take_writer().unwrap();
         w.failed = Some("No space left on device".into());
         drop(w);
+        // Reading it names the cause, not a damaged pack.
+        let read = store.read_vec(&x);
+        assert!(
+            matches!(&read, Err(e @ Error::Io { .. }) if e.to_string().contains("No space left")),
+            "{read:?}"
+        );
         assert!(matches!(a.finish(), Err(Error::Io { .. })));
         assert!(matches!(b.finish(), Err(Error::Io { .. })));
         assert!(!store.contains(&x).unwrap());
