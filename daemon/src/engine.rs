@@ -789,19 +789,7 @@ impl Engine {
                 Changes::Paths(p.paths.iter().cloned().collect())
             }
         };
-        let res = (|| {
-            let batch = self.store.batch();
-            ws.refresh(&batch, &changes)?;
-            let root = ws.root_tree(&batch)?;
-            batch.commit_objects()?;
-            ws.persist(&self.store)?;
-            batch.finish()?;
-            Ok(root)
-        })();
-        if res.is_err() {
-            ws.recover_index(&self.store);
-        }
-        res
+        ws.working_tree(&self.store, &changes)
     }
 
     /// Snapshots of a workspace (or all), newest first, after the page token.

@@ -375,7 +375,7 @@ impl Workspace {
     /// out), and a later save that trusts it would record them. The persisted index is what
     /// the last operation that succeeded left, so it is taken back; the changes the failed
     /// operation looked at stay pending and are looked at again.
-    pub fn recover_index(&mut self, store: &Store) {
+    fn recover_index(&mut self, store: &Store) {
         if !self.unpersisted {
             return;
         }
@@ -403,25 +403,42 @@ impl Workspace {
         std::mem::take(&mut self.new_dirs)
     }
 
-    /// Persists index changes made by [`Workspace::refresh`] (after the batch's objects are
-    /// committed).
-    pub fn persist(&mut self, store: &Store) -> Result<()> {
-        self.persist_index(store)
+    /// The working tree's root id with `changes` looked at, what it needs committed and the
+    /// index persisted (a diff against the working tree).
+    pub fn working_tree(&mut self, store: &Store, changes: &Changes) -> Result<Id> {
+        self.recovering(store, |ws| ws.current_tree(store, changes))
     }
 
-    /// The current tree (after [`Workspace::refresh`]).
-    pub fn root_tree(&mut self, batch: &Batch<'_>) -> Result<Id> {
-        self.index.root_tree(batch)
+    /// The current tree after `changes` are looked at: its objects committed, the index
+    /// persisted.
+    fn current_tree(&mut self, store: &Store, changes: &Changes) -> Result<Id> {
+        let batch = store.batch();
+        self.refresh(&batch, changes)?;
+        let root = self.index.root_tree(&batch)?;
+        batch.commit_objects()?;
+        self.persist_index(store)?;
+        batch.finish()?;
+        Ok(root)
+    }
+
+    /// Runs an operation that changes the index; if it fails, the index is taken back (see
+    /// [`Workspace::recover_index`]).
+    fn recovering<T>(
+        &mut self,
+        store: &Store,
+        op: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        let res = op(self);
+        if res.is_err() {
+            self.recover_index(store);
+        }
+        res
     }
 
     /// Takes a snapshot. An auto save that finds the tree unchanged since the last snapshot or
     /// restore records nothing and returns the latest snapshot.
     pub fn save(&mut self, store: &Store, opts: &SaveOptions) -> Result<SaveOutcome> {
-        let res = self.save_or_fail(store, opts);
-        if res.is_err() {
-            self.recover_index(store);
-        }
-        res
+        self.recovering(store, |ws| ws.save_or_fail(store, opts))
     }
 
     fn save_or_fail(&mut self, store: &Store, opts: &SaveOptions) -> Result<SaveOutcome> {

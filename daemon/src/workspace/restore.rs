@@ -531,11 +531,9 @@ impl Workspace {
         changes: &Changes,
         progress: &mut ProgressFn<'_>,
     ) -> Result<RestoreSummary> {
-        let res = self.restore_or_fail(store, snapshot, opts, changes, progress);
-        if res.is_err() {
-            self.recover_index(store);
-        }
-        res
+        self.recovering(store, |ws| {
+            ws.restore_or_fail(store, snapshot, opts, changes, progress)
+        })
     }
 
     fn restore_or_fail(
@@ -618,13 +616,7 @@ impl Workspace {
     /// Brings the index, and the baseline auto saves compare with, in line with the disk after
     /// a restore wrote `touched` (paths the restore could not note itself).
     fn settle_restored(&mut self, store: &Store, touched: Vec<Vec<u8>>) -> Result<()> {
-        let batch = store.batch();
-        self.refresh(&batch, &Changes::Paths(touched))?;
-        let root = self.index.root_tree(&batch)?;
-        batch.commit_objects()?;
-        self.persist_index(store)?;
-        batch.finish()?;
-        self.baseline = Some(root);
+        self.baseline = Some(self.current_tree(store, &Changes::Paths(touched))?);
         Ok(())
     }
 
