@@ -61,6 +61,27 @@ fn set_file_size_limit(pid: i32, limit: u64) {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
+/// Fills the disk, as the daemon sees it: none of its files may grow more than `room` past the
+/// largest of its data files now.
+async fn fill_disk(d: &Daemon, c: &mut ChkptClient<Channel>, room: u64) {
+    let largest = walk_sizes(&d.data).into_iter().max().unwrap_or(0);
+    set_file_size_limit(pid(c).await, largest + room);
+}
+
+/// Frees the space [`fill_disk`] took.
+async fn free_disk(c: &mut ChkptClient<Channel>) {
+    set_file_size_limit(pid(c).await, libc::RLIM_INFINITY);
+}
+
+async fn assert_store_verifies(c: &mut ChkptClient<Channel>) {
+    let v = c
+        .verify(pb::VerifyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{:?}", v.problems);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_the_save_clearly_harms_nothing_and_the_next_save_works() {
     let d = Daemon::start(&[]);
@@ -68,9 +89,8 @@ async fn a_full_disk_fails_the_save_clearly_harms_nothing_and_the_next_save_work
     fs::write(ws.path().join("small.txt"), b"already safe").unwrap();
     let mut c = d.client().await;
     let baseline = watch(&mut c, ws.path()).await;
-    let largest = walk_sizes(&d.data).into_iter().max().unwrap_or(0);
-    // No file of the daemon may grow past this: a 4 MiB incompressible file cannot fit.
-    set_file_size_limit(pid(&mut c).await, largest + 512 * 1024);
+    // A 4 MiB incompressible file cannot fit.
+    fill_disk(&d, &mut c, 512 * 1024).await;
     let big = noise(4 << 20, 7);
     fs::write(ws.path().join("big.bin"), &big).unwrap();
     let err = save(&mut c, ws.path()).await.unwrap_err();
@@ -82,12 +102,7 @@ async fn a_full_disk_fails_the_save_clearly_harms_nothing_and_the_next_save_work
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     assert!(err.message().contains("no space left"), "{}", err.message());
     // Nothing already saved is harmed.
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(v.ok, "{:?}", v.problems);
+    assert_store_verifies(&mut c).await;
     assert_eq!(snapshots(&mut c, ws.path()).await.len(), 1);
     let out = tempfile::tempdir().unwrap();
     restore_to(&mut c, ws.path(), &baseline.id, out.path()).await;
@@ -96,7 +111,7 @@ async fn a_full_disk_fails_the_save_clearly_harms_nothing_and_the_next_save_work
         b"already safe"
     );
     // Space is freed: the next save works and holds the file.
-    set_file_size_limit(pid(&mut c).await, libc::RLIM_INFINITY);
+    free_disk(&mut c).await;
     let snap = save(&mut c, ws.path()).await.unwrap();
     let out = tempfile::tempdir().unwrap();
     restore_to(&mut c, ws.path(), &snap.id, out.path()).await;
@@ -113,8 +128,7 @@ async fn a_disk_full_at_the_commit_loses_nothing_the_next_save_needs() {
     fs::write(ws.path().join("small.txt"), b"already safe").unwrap();
     let mut c = d.client().await;
     watch(&mut c, ws.path()).await;
-    let largest = walk_sizes(&d.data).into_iter().max().unwrap_or(0);
-    set_file_size_limit(pid(&mut c).await, largest + 64 * 1024);
+    fill_disk(&d, &mut c, 64 * 1024).await;
     // 200 incompressible files of 3 KiB: 600 KiB of records, each far below the write buffer.
     let files: Vec<(String, Vec<u8>)> = (0..200u64)
         .map(|i| (format!("f{i:03}.bin"), noise(3 << 10, 100 + i)))
@@ -131,14 +145,9 @@ async fn a_disk_full_at_the_commit_loses_nothing_the_next_save_needs() {
         "{}",
         err.message()
     );
-    set_file_size_limit(pid(&mut c).await, libc::RLIM_INFINITY);
+    free_disk(&mut c).await;
     let snap = save(&mut c, ws.path()).await.unwrap();
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(v.ok, "{:?}", v.problems);
+    assert_store_verifies(&mut c).await;
     let out = tempfile::tempdir().unwrap();
     restore_to(&mut c, ws.path(), &snap.id, out.path()).await;
     for (name, bytes) in &files {
