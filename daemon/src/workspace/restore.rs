@@ -603,7 +603,10 @@ impl Workspace {
             .map(|e| e.path.clone())
             .filter(|p| !noted.contains(p))
             .collect();
-        let settled = self.settle_restored(store, touched);
+        // The index, and the baseline auto saves compare with, in line with the disk.
+        let settled = self
+            .current_tree(store, &Changes::Paths(touched))
+            .map(|root| self.baseline = Some(root));
         // Ended, well or not: a failure is reported to the caller, and the pre-restore
         // checkpoint is the way back. Left behind, the journal would have the next start
         // apply the snapshot again over whatever the user did since.
@@ -611,13 +614,6 @@ impl Workspace {
         applied?;
         settled?;
         Ok(summary)
-    }
-
-    /// Brings the index, and the baseline auto saves compare with, in line with the disk after
-    /// a restore wrote `touched` (paths the restore could not note itself).
-    fn settle_restored(&mut self, store: &Store, touched: Vec<Vec<u8>>) -> Result<()> {
-        self.baseline = Some(self.current_tree(store, &Changes::Paths(touched))?);
-        Ok(())
     }
 
     /// Finishes a restore the daemon died in (its journal is still there): removes staged
