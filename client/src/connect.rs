@@ -112,7 +112,7 @@ impl fmt::Display for Error {
                 } else {
                     message
                 };
-                write!(f, "{message}{}", rpc_hint(status.code(), &message))
+                write!(f, "{message}{}", rpc_hint(status, &message))
             }
             Error::Io { what, source } => write!(f, "cannot {what}: {source}"),
             Error::Usage(message) | Error::Failed(message) => f.write_str(&one_line(message)),
@@ -130,21 +130,34 @@ impl StdError for Error {
     }
 }
 
-/// What to do about a daemon error status, appended to its message.
-fn rpc_hint(code: Code, message: &str) -> &'static str {
+/// The machine-readable reason chkptd gave for a failed call (`google.rpc.ErrorInfo`), such
+/// as `SNAPSHOT_NOT_FOUND`; none for statuses that carry no such detail.
+pub fn error_reason(status: &Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// What to do about a daemon error status, appended to its message. Chosen by the reason the
+/// daemon gives, never by the message's wording.
+fn rpc_hint(status: &Status, message: &str) -> &'static str {
     if message.contains("chkptctl") {
         // The daemon already says what to run.
         return "";
     }
-    let lower = message.to_lowercase();
-    match code {
-        Code::NotFound if lower.contains("snapshot") || !lower.contains("workspace") => {
-            "; run `chkptctl list` to see snapshots"
+    match error_reason(status).as_deref() {
+        Some("SNAPSHOT_NOT_FOUND") => return "; run `chkptctl list` to see snapshots",
+        Some("PATH_NOT_IN_SNAPSHOT") => {
+            return "; `chkptctl log PATH` lists the snapshots that have it, \
+                    `chkptctl diff --name-status` what changed";
         }
-        Code::NotFound => {
-            "; run `chkptctl workspaces` to see watched workspaces, \
-                           or `chkptctl watch` to watch this one"
+        Some("WORKSPACE_NOT_FOUND") => {
+            return "; run `chkptctl workspaces` to see watched workspaces, \
+                    or `chkptctl watch` to watch this one";
         }
+        Some(_) => return "",
+        None => {}
+    }
+    match status.code() {
         Code::DataLoss => "; run `chkptctl verify` to check the store",
         Code::Unavailable => "; try again in a moment",
         Code::Unimplemented => {
@@ -491,9 +504,20 @@ mod tests {
         assert_eq!(socket_path_from(Some("run/user".into()), 1234), fallback);
     }
 
+    fn with_reason(code: Code, message: &str, reason: &str) -> Status {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let details =
+            ErrorDetails::with_error_info(reason, "chkpt.dev", std::collections::HashMap::new());
+        Status::with_error_details(code, message, details)
+    }
+
     #[test]
     fn not_found_snapshot_points_at_list() {
-        let e = Error::Rpc(Status::not_found("no snapshot matches \"abc\""));
+        let e = Error::Rpc(with_reason(
+            Code::NotFound,
+            "no snapshot matches \"abc\"",
+            "SNAPSHOT_NOT_FOUND",
+        ));
         assert_eq!(
             e.to_string(),
             "no snapshot matches \"abc\"; run `chkptctl list` to see snapshots"
@@ -503,8 +527,15 @@ mod tests {
 
     #[test]
     fn not_found_workspace_points_at_workspaces() {
-        let e = Error::Rpc(Status::not_found("no watched workspace contains /x"));
+        let e = Error::Rpc(with_reason(
+            Code::NotFound,
+            "no watched workspace contains /x",
+            "WORKSPACE_NOT_FOUND",
+        ));
         assert!(e.to_string().contains("chkptctl workspaces"), "{e}");
+        // The wording alone means nothing: the reason decides.
+        let e = Error::Rpc(Status::not_found("no watched workspace contains /x"));
+        assert!(!e.to_string().contains("chkptctl"), "{e}");
     }
 
     #[test]

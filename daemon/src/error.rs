@@ -1,5 +1,6 @@
-//! The engine's error type. Each variant carries the path or object it is about; the daemon maps
-//! them to gRPC status codes in one place (`service::status`).
+//! The engine's error type. Each variant says what went wrong with what, in the engine's terms;
+//! the daemon maps them to gRPC status codes, with a machine-readable reason, in one place
+//! (`service::convert::status`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -35,18 +36,78 @@ pub enum Error {
     /// Stored data is damaged: a blob whose bytes no longer match its id, an unreadable tree.
     #[error("store corruption: {0}; run `chkptctl verify` to see which snapshots are affected")]
     Corrupt(String),
-    /// A workspace, snapshot or path that does not exist.
-    #[error("{0}")]
-    NotFound(String),
+    /// A path a request names does not exist on disk.
+    #[error("{} does not exist", path.display())]
+    NoSuchPath {
+        /// The path.
+        path: PathBuf,
+    },
+    /// No workspace contains the path a request names.
+    #[error("{path} is not inside a {}workspace; run `chkptctl watch` there first", if *.watched { "watched " } else { "" })]
+    WorkspaceNotFound {
+        /// The path.
+        path: String,
+        /// Whether only watched workspaces were looked at.
+        watched: bool,
+    },
+    /// A selector that names no snapshot of the workspace.
+    #[error("{detail}")]
+    SnapshotNotFound {
+        /// The selector as given.
+        selector: String,
+        /// What was looked for and not found, in words.
+        detail: String,
+    },
+    /// A snapshot id (or unique prefix) of another workspace.
+    #[error(
+        "snapshot {selector} belongs to the workspace {workspace}, not to {asked}; pass `-w {workspace}`"
+    )]
+    SnapshotOfOtherWorkspace {
+        /// The selector as given.
+        selector: String,
+        /// The workspace it belongs to.
+        workspace: String,
+        /// The workspace the request was about.
+        asked: String,
+    },
+    /// An id prefix that more than one snapshot of the workspace starts with.
+    #[error("{prefix} is ambiguous: {matches} snapshots start with it; type more digits")]
+    AmbiguousPrefix {
+        /// The prefix.
+        prefix: String,
+        /// How many snapshots start with it (counted up to a limit).
+        matches: usize,
+    },
+    /// A snapshot selector that does not parse.
+    #[error("{selector:?} is not a snapshot: {help}")]
+    BadSelector {
+        /// The selector as given.
+        selector: String,
+        /// What would have been accepted.
+        help: String,
+    },
+    /// A path that leaves the workspace.
+    #[error("{path} is outside the workspace {workspace}")]
+    OutsideWorkspace {
+        /// The path as given.
+        path: String,
+        /// The workspace's root.
+        workspace: String,
+    },
+    /// A path the snapshot does not hold.
+    #[error("{path} is not in snapshot {snapshot}")]
+    PathNotInSnapshot {
+        /// The path, relative to the workspace.
+        path: String,
+        /// The snapshot's id.
+        snapshot: String,
+    },
     /// A request that can never succeed as given.
     #[error("{0}")]
     InvalidArgument(String),
     /// A request that cannot succeed in the current state.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// The operation was cancelled because the daemon is shutting down.
-    #[error("the daemon is shutting down; retry once it is back")]
-    ShuttingDown,
 }
 
 /// Shorthand for results of this crate.
@@ -64,6 +125,75 @@ impl Error {
             Error::DiskFull { path }
         } else {
             Error::Io { path, source }
+        }
+    }
+
+    /// Whether this is a file that vanished (or never was) at `path`.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            Error::NoSuchPath { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The machine-readable reason for clients (`google.rpc.ErrorInfo.reason`): stable, part
+    /// of the API contract.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "IO",
+            Error::DiskFull { .. } => "DISK_FULL",
+            Error::Locked { .. } => "DATA_DIR_LOCKED",
+            Error::Catalog(_) => "CATALOG",
+            Error::Corrupt(_) => "STORE_CORRUPT",
+            Error::NoSuchPath { .. } => "NO_SUCH_PATH",
+            Error::WorkspaceNotFound { .. } => "WORKSPACE_NOT_FOUND",
+            Error::SnapshotNotFound { .. } => "SNAPSHOT_NOT_FOUND",
+            Error::SnapshotOfOtherWorkspace { .. } => "SNAPSHOT_OF_OTHER_WORKSPACE",
+            Error::AmbiguousPrefix { .. } => "AMBIGUOUS_PREFIX",
+            Error::BadSelector { .. } => "BAD_SELECTOR",
+            Error::OutsideWorkspace { .. } => "OUTSIDE_WORKSPACE",
+            Error::PathNotInSnapshot { .. } => "PATH_NOT_IN_SNAPSHOT",
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+        }
+    }
+
+    /// What the error is about, as `google.rpc.ErrorInfo.metadata` (key → value).
+    pub fn metadata(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Path| p.display().to_string();
+        match self {
+            Error::Io { path: p, .. }
+            | Error::DiskFull { path: p }
+            | Error::NoSuchPath { path: p } => {
+                vec![("path", path(p))]
+            }
+            Error::Locked { path: p, pid } => vec![("path", path(p)), ("pid", pid.clone())],
+            Error::WorkspaceNotFound { path, .. } => vec![("path", path.clone())],
+            Error::SnapshotNotFound { selector, .. } | Error::BadSelector { selector, .. } => {
+                vec![("selector", selector.clone())]
+            }
+            Error::SnapshotOfOtherWorkspace {
+                selector,
+                workspace,
+                ..
+            } => vec![
+                ("selector", selector.clone()),
+                ("workspace", workspace.clone()),
+            ],
+            Error::AmbiguousPrefix { prefix, matches } => {
+                vec![("prefix", prefix.clone()), ("matches", matches.to_string())]
+            }
+            Error::OutsideWorkspace { path, workspace } => {
+                vec![("path", path.clone()), ("workspace", workspace.clone())]
+            }
+            Error::PathNotInSnapshot { path, snapshot } => {
+                vec![("path", path.clone()), ("snapshot", snapshot.clone())]
+            }
+            Error::Catalog(_)
+            | Error::Corrupt(_)
+            | Error::InvalidArgument(_)
+            | Error::FailedPrecondition(_) => Vec::new(),
         }
     }
 }

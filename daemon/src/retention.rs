@@ -51,8 +51,16 @@ impl Policy {
     }
 }
 
-/// A snapshot, whether it stays, and the rule that keeps it.
-pub type Decision = (SnapshotRecord, bool, String);
+/// What retention decided for one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The snapshot.
+    pub snapshot: SnapshotRecord,
+    /// Whether it stays.
+    pub keep: bool,
+    /// The rule that keeps it, or why it goes.
+    pub reason: String,
+}
 
 /// Decides for each snapshot (any order) whether it stays, and the rule that keeps it.
 /// Pinned and manual snapshots always stay.
@@ -90,25 +98,29 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<De
         bucket(&mut days, secs / 86_400, policy.keep_daily, "daily");
         bucket(&mut weeks, secs / 604_800, policy.keep_weekly, "weekly");
         let keep = reason.is_some();
-        out.push((
-            (*s).clone(),
+        out.push(Decision {
+            snapshot: (*s).clone(),
             keep,
-            reason.unwrap_or_else(|| "no rule keeps it".to_owned()),
-        ));
+            reason: reason.unwrap_or_else(|| "no rule keeps it".to_owned()),
+        });
     }
     // The budget: drop the oldest snapshots a rule (not a pin or a manual save) keeps while
     // the bytes the kept ones added exceed it.
     if policy.max_store_bytes > 0 {
-        let mut used: u64 = out.iter().filter(|d| d.1).map(|d| d.0.new_bytes).sum();
+        let mut used: u64 = out
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.snapshot.new_bytes)
+            .sum();
         // The newest snapshot is the workspace's current state: never dropped.
         for d in out.iter_mut().skip(1).rev() {
             if used <= policy.max_store_bytes {
                 break;
             }
-            if d.1 && !d.0.pinned && d.0.trigger != Trigger::Manual {
-                d.1 = false;
-                d.2 = format!("over the store budget of {} bytes", policy.max_store_bytes);
-                used -= d.0.new_bytes;
+            if d.keep && !d.snapshot.pinned && d.snapshot.trigger != Trigger::Manual {
+                d.keep = false;
+                d.reason = format!("over the store budget of {} bytes", policy.max_store_bytes);
+                used -= d.snapshot.new_bytes;
             }
         }
     }
@@ -162,7 +174,7 @@ mod tests {
             ..Default::default()
         };
         let d = decide(&snaps, &policy, 0);
-        let kept: Vec<u64> = d.iter().filter(|x| x.1).map(|x| x.0.id).collect();
+        let kept: Vec<u64> = d.iter().filter(|x| x.keep).map(|x| x.snapshot.id).collect();
         assert_eq!(kept, vec![1, 3, 5, 6]);
     }
 }

@@ -119,7 +119,8 @@ fn sixty_days_of_snapshots_are_thinned_exactly_and_gc_frees_the_bytes() {
         .map(|s| ids.iter().position(|id| *id == s.id).unwrap() as u64)
         .collect();
     assert_eq!(kept, expected);
-    for (s, keep, reason) in &decisions {
+    for d in &decisions {
+        let (s, keep, reason) = (&d.snapshot, d.keep, &d.reason);
         let i = ids.iter().position(|id| *id == s.id).unwrap();
         match i {
             200 => assert_eq!(reason, "manual snapshot"),
@@ -183,7 +184,7 @@ fn a_store_budget_drops_the_oldest_automatic_snapshots_first() {
         ..Policy::default()
     };
     let (decisions, _) = engine.prune(&path, &policy, false).unwrap();
-    let kept: Vec<bool> = decisions.iter().map(|d| d.1).collect();
+    let kept: Vec<bool> = decisions.iter().map(|d| d.keep).collect();
     assert_eq!(kept, vec![true, true, false, false, false], "{decisions:?}");
 }
 

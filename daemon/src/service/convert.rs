@@ -1,6 +1,9 @@
 //! Conversions from engine types to wire types, and the one mapping of errors to status codes.
 
+use std::collections::HashMap;
+
 use chkpt_proto::v1 as pb;
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::Error;
 use crate::retention::Policy;
@@ -12,33 +15,55 @@ use crate::workspace::restore::RestoreSummary;
 /// Longest status message sent.
 const MAX_MESSAGE: usize = 2048;
 
-/// The one place engine errors become gRPC statuses.
+/// The one place engine errors become gRPC statuses. Each carries a `google.rpc.ErrorInfo`
+/// (reason, domain [`ERROR_DOMAIN`] and what the error is about) in its details, which clients
+/// read instead of the message's text.
 pub fn status(e: Error) -> tonic::Status {
-    let mut msg = e.to_string();
+    use tonic::Code;
+    let code = match &e {
+        Error::NoSuchPath { .. }
+        | Error::WorkspaceNotFound { .. }
+        | Error::SnapshotNotFound { .. }
+        | Error::PathNotInSnapshot { .. } => Code::NotFound,
+        Error::InvalidArgument(_)
+        | Error::BadSelector { .. }
+        | Error::AmbiguousPrefix { .. }
+        | Error::OutsideWorkspace { .. }
+        | Error::SnapshotOfOtherWorkspace { .. } => Code::InvalidArgument,
+        Error::FailedPrecondition(_) | Error::Locked { .. } => Code::FailedPrecondition,
+        Error::Corrupt(_) => Code::DataLoss,
+        Error::DiskFull { .. } => Code::ResourceExhausted,
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            Code::PermissionDenied
+        }
+        Error::Io { .. } | Error::Catalog(_) => Code::Internal,
+    };
     // Messages quote what was asked; a huge field must not make a status too large for
     // HTTP/2's headers (the client's connection would be reset).
-    if msg.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE;
-        while !msg.is_char_boundary(cut) {
+    let metadata: HashMap<String, String> = e
+        .metadata()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), truncate(v, MAX_METADATA)))
+        .collect();
+    let details = ErrorDetails::with_error_info(e.reason(), ERROR_DOMAIN, metadata);
+    tonic::Status::with_error_details(code, truncate(e.to_string(), MAX_MESSAGE), details)
+}
+
+/// The `ErrorInfo` domain of chkptd's errors.
+pub const ERROR_DOMAIN: &str = "chkpt.dev";
+/// Longest metadata value sent.
+const MAX_METADATA: usize = 512;
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        msg.truncate(cut);
-        msg.push_str("… (truncated)");
+        text.truncate(cut);
+        text.push_str("… (truncated)");
     }
-    match e {
-        Error::NotFound(_) => tonic::Status::not_found(msg),
-        Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-        Error::FailedPrecondition(_) | Error::Locked { .. } => {
-            tonic::Status::failed_precondition(msg)
-        }
-        Error::Corrupt(_) => tonic::Status::data_loss(msg),
-        Error::ShuttingDown => tonic::Status::unavailable(msg),
-        Error::DiskFull { .. } => tonic::Status::resource_exhausted(msg),
-        Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            tonic::Status::permission_denied(msg)
-        }
-        Error::Io { .. } | Error::Catalog(_) => tonic::Status::internal(msg),
-    }
+    text
 }
 
 /// RFC 3339 (UTC) from µs since the epoch.

@@ -2,8 +2,8 @@
 //! answer. No logic of their own.
 
 pub mod convert;
+mod stream;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -15,11 +15,11 @@ use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_server::Chkpt;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use self::convert::status;
-use crate::engine::{Engine, EngineEvent, WatchState};
+use crate::engine::{Engine, WatchState};
 use crate::error::{Error, Result};
 use crate::workspace::WatchOptions;
 use crate::workspace::restore::RestoreOptions;
@@ -51,25 +51,8 @@ impl Service {
     }
 }
 
-/// Workspace id → path, for snapshot conversions.
-fn paths(engine: &Engine) -> Result<HashMap<u64, String>> {
-    Ok(engine
-        .store
-        .cat
-        .workspaces()?
-        .into_iter()
-        .map(|w| (w.id, String::from_utf8_lossy(&w.path).into_owned()))
-        .collect())
-}
-
 fn snap(engine: &Engine, s: &crate::store::catalog::SnapshotRecord) -> Result<pb::Snapshot> {
-    let path = engine
-        .store
-        .cat
-        .workspace(s.workspace)?
-        .map(|w| String::from_utf8_lossy(&w.path).into_owned())
-        .unwrap_or_default();
-    Ok(convert::snapshot(s, &path))
+    Ok(convert::snapshot(s, &engine.workspace_path(s.workspace)?))
 }
 
 /// A workspace's record and the paths left out of it, with their reasons.
@@ -81,13 +64,13 @@ type WorkspaceView = (
 /// A watched workspace's record (from the catalog: it also holds the tripwire) and the paths
 /// its last full scan left out. While a save holds the workspace, the list is not waited for.
 fn workspace_view(e: &Engine, h: &crate::engine::WsHandle) -> Result<Option<WorkspaceView>> {
-    let Some(record) = e.store.cat.workspace(h.id)? else {
+    let Some(record) = e.workspace_record(h.id)? else {
         return Ok(None);
     };
-    let excluded =
-        h.ws.try_lock()
-            .map(|ws| excluded_of(&ws))
-            .unwrap_or_default();
+    let excluded = h
+        .try_workspace()
+        .map(|ws| excluded_of(&ws))
+        .unwrap_or_default();
     Ok(Some((record, excluded)))
 }
 
@@ -124,22 +107,22 @@ impl Chkpt for Service {
                         WatchState::Polling(m) => (pb::WorkspaceState::Polling, m),
                         WatchState::Failed(m) => (pb::WorkspaceState::Error, m),
                     };
-                    let last = e.store.cat.latest(h.id)?;
+                    let last = e.latest(h.id)?;
                     let path = String::from_utf8_lossy(&record.path).into_owned();
                     let mut st = pb::WorkspaceStatus {
                         tripwire: record.tripwire.as_ref().map(convert::tripwire),
                         workspace: Some(convert::workspace(&record, &excluded)),
                         state: 0,
                         state_detail: detail,
-                        pending_changes: h.pending().len() as u64,
+                        pending_changes: h.feed.dirty().len() as u64,
                         last_snapshot: last.map(|s| convert::snapshot(&s, &path)),
                         counters: Some(pb::WorkspaceCounters {
-                            snapshots_taken: h.events.snapshots.load(Ordering::Relaxed),
+                            snapshots_taken: h.snapshots_taken.load(Ordering::Relaxed),
                             files_hashed: h.counters.files_hashed.load(Ordering::Relaxed),
                             bytes_hashed: h.counters.bytes_hashed.load(Ordering::Relaxed),
-                            rescans: h.events.rescans.load(Ordering::Relaxed),
-                            events_received: h.events.received.load(Ordering::Relaxed),
-                            events_ignored: h.events.ignored.load(Ordering::Relaxed),
+                            rescans: h.feed.counters.rescans.load(Ordering::Relaxed),
+                            events_received: h.feed.counters.received.load(Ordering::Relaxed),
+                            events_ignored: h.feed.counters.ignored.load(Ordering::Relaxed),
                         }),
                         warnings: h.warnings(),
                     };
@@ -194,7 +177,7 @@ impl Chkpt for Service {
                 let (record, baseline) = engine.watch(&PathBuf::from(&r.path), opts)?;
                 let excluded = e
                     .handle_for(&r.path)
-                    .map(|h| excluded_of(&h.workspace()))
+                    .map(|h| excluded_of(&h.workspace(&e.store)))
                     .unwrap_or_default();
                 let path = String::from_utf8_lossy(&record.path).into_owned();
                 Ok(pb::WatchResponse {
@@ -267,7 +250,7 @@ impl Chkpt for Service {
         let resp = self
             .blocking(move |e| {
                 let (snaps, next) = e.list(&r.workspace, r.all, r.limit as usize, &r.page_token)?;
-                let paths = paths(e)?;
+                let paths = e.workspace_paths()?;
                 let snapshots = snaps
                     .iter()
                     .map(|s| {
@@ -384,16 +367,15 @@ impl Chkpt for Service {
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
-            let mut w = ChunkWriter {
+            let mut w = stream::ChunkWriter {
                 tx: tx.clone(),
-                buf: Vec::with_capacity(CHUNK),
+                buf: Vec::with_capacity(stream::CHUNK),
                 offset: 0,
                 total: entry.size,
                 sent: false,
             };
             let res = engine
-                .store
-                .read_into(&entry.id, &mut w)
+                .read_into(&entry, &mut w)
                 .and_then(|_| w.flush().map_err(|e| Error::io("(stream)", e)));
             if let Err(e) = res {
                 let _ = tx.blocking_send(Err(status(e)));
@@ -476,14 +458,14 @@ impl Chkpt for Service {
                     max_store_bytes: 0,
                 };
                 let (decisions, reclaimed) = e.prune(&r.workspace, &policy, r.dry_run)?;
-                let removed = decisions.iter().filter(|d| !d.1).count() as u32;
+                let removed = decisions.iter().filter(|d| !d.keep).count() as u32;
                 let decisions = decisions
                     .iter()
-                    .map(|(s, keep, reason)| {
+                    .map(|d| {
                         Ok(pb::PruneDecision {
-                            snapshot: Some(snap(e, s)?),
-                            keep: *keep,
-                            reason: reason.clone(),
+                            snapshot: Some(snap(e, &d.snapshot)?),
+                            keep: d.keep,
+                            reason: d.reason.clone(),
                         })
                     })
                     .collect::<Result<_>>()?;
@@ -510,7 +492,7 @@ impl Chkpt for Service {
                 } else {
                     Some(e.record_for(&r.workspace)?.id)
                 };
-                let report = e.store.verify(only)?;
+                let report = e.verify(only)?;
                 Ok(pb::VerifyResponse {
                     blobs_checked: report.objects_checked,
                     trees_checked: report.trees_checked,
@@ -562,92 +544,7 @@ impl Chkpt for Service {
             let path = r.workspace.clone();
             Some(self.blocking(move |e| e.record_for(&path)).await?.id)
         };
-        let engine = self.engine.clone();
-        let stream = tokio_stream::StreamExt::filter_map(
-            BroadcastStream::new(self.engine.subscribe()),
-            move |item| {
-                // Runs on the async runtime: no catalog reads here, the paths of watched
-                // workspaces are in memory.
-                let ev = item.ok()?;
-                let ws = match &ev {
-                    EngineEvent::SnapshotTaken(s) => s.workspace,
-                    EngineEvent::RestoreDone(w, _)
-                    | EngineEvent::Rescan(w, _)
-                    | EngineEvent::Warning(w, _)
-                    | EngineEvent::Tripwire(w, _) => *w,
-                };
-                if filter.is_some_and(|f| f != ws) {
-                    return None;
-                }
-                let workspace = engine.watched_path(ws).unwrap_or_default();
-                let kind = match ev {
-                    EngineEvent::SnapshotTaken(s) => {
-                        pb::event::Kind::SnapshotTaken(pb::SnapshotTaken {
-                            snapshot: Some(convert::snapshot(&s, &workspace)),
-                        })
-                    }
-                    EngineEvent::RestoreDone(_, s) => {
-                        pb::event::Kind::RestoreDone(pb::RestoreDone {
-                            summary: Some(convert::restore_summary(&s)),
-                        })
-                    }
-                    EngineEvent::Rescan(_, reason) => {
-                        pb::event::Kind::Rescan(pb::Rescan { reason })
-                    }
-                    EngineEvent::Warning(_, message) => {
-                        pb::event::Kind::Warning(pb::Warning { message })
-                    }
-                    EngineEvent::Tripwire(_, t) => pb::event::Kind::Tripwire(convert::tripwire(&t)),
-                };
-                Some(Ok(pb::Event {
-                    unix_ms: crate::workspace::now_us() / 1000,
-                    workspace,
-                    kind: Some(kind),
-                }))
-            },
-        );
+        let stream = stream::events(self.engine.clone(), filter);
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-const CHUNK: usize = 64 * 1024;
-
-/// Sends what is written as `FileChunk`s.
-struct ChunkWriter {
-    tx: mpsc::Sender<Result<pb::FileChunk, Status>>,
-    buf: Vec<u8>,
-    offset: u64,
-    total: u64,
-    sent: bool,
-}
-
-impl Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        // An empty file is still one (empty) chunk.
-        if self.buf.is_empty() && self.sent {
-            return Ok(());
-        }
-        self.sent = true;
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        let len = data.len() as u64;
-        self.tx
-            .blocking_send(Ok(pb::FileChunk {
-                data,
-                offset: self.offset,
-                total_size: self.total,
-            }))
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-            })?;
-        self.offset += len;
-        Ok(())
     }
 }

@@ -509,8 +509,31 @@ impl Catalog {
             .collect()
     }
 
-    /// Snapshots whose hex id starts with `prefix` (at most `limit`).
-    pub fn snapshots_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SnapshotRecord>> {
+    /// Snapshots of workspace `ws` whose hex id starts with `prefix` (at most `limit`).
+    pub fn snapshots_with_prefix(
+        &self,
+        ws: u64,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRecord>> {
+        self.prefix_scan(prefix, limit, |s| s.workspace == ws)
+    }
+
+    /// Snapshots of any workspace whose hex id starts with `prefix` (at most `limit`).
+    pub fn snapshots_with_prefix_anywhere(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRecord>> {
+        self.prefix_scan(prefix, limit, |_| true)
+    }
+
+    fn prefix_scan(
+        &self,
+        prefix: &str,
+        limit: usize,
+        keep: impl Fn(&SnapshotRecord) -> bool,
+    ) -> Result<Vec<SnapshotRecord>> {
         if prefix.is_empty() || prefix.len() > 16 || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
         {
             return Ok(Vec::new());
@@ -518,8 +541,14 @@ impl Catalog {
         let lo = u64::from_str_radix(&format!("{prefix:0<16}"), 16).unwrap_or(0);
         let hi = u64::from_str_radix(&format!("{prefix:f<16}"), 16).unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for v in self.snapshots.range(be(lo)..=be(hi)).values().take(limit) {
-            out.push(decode("snapshot", &v?)?);
+        for v in self.snapshots.range(be(lo)..=be(hi)).values() {
+            let s: SnapshotRecord = decode("snapshot", &v?)?;
+            if keep(&s) {
+                out.push(s);
+                if out.len() >= limit {
+                    break;
+                }
+            }
         }
         Ok(out)
     }

@@ -1,114 +1,369 @@
-//! Watching a workspace: notify events become dirty paths, and a per-workspace thread takes an
-//! auto snapshot once they settle.
+//! The event source: for one workspace, places the kernel watch and turns what the kernel says
+//! into dirty paths, rescan requests and barrier sightings. It knows nothing of saving: the
+//! engine's autosave worker consumes what it reports (see `engine::autosave`).
 //!
 //! The notify callback does no I/O: it turns each event into relative paths and `try_send`s
-//! them. A full channel, or notify's rescan flag, marks the workspace for a full stat-walk, so a
-//! lost event is never a lost change. When the kernel cannot watch the tree (out of inotify
-//! watches) the thread falls back to periodic stat-walks and says so in `Status`.
+//! them to the source's intake thread. A full channel, or notify's rescan flag, marks the
+//! workspace for a full stat-walk, so a lost event is never a lost change. The intake thread
+//! filters (ignored paths, chkpt's own files), records dirty paths in the workspace's [`Feed`]
+//! and tells the worker that something changed; it never waits for a save.
 //!
-//! Before an auto snapshot the thread waits while a git operation is half done (bounded by the
-//! workspace's `max_delay`), and it watches for mass changes (see [`tripwire`]). After auto
-//! snapshots it applies the workspace's retention policy, at most every few minutes.
+//! Event barriers (see [`Feed::sync`]): a file written by the engine whose event, delivered in
+//! order with every other, proves that every change made before it is in the feed.
 
-pub mod debounce;
-pub mod tripwire;
-
+use std::collections::{BTreeSet, HashMap};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use notify::event::{ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
-use self::debounce::Debouncer;
-use self::tripwire::{PathChange, Tripwire};
-use crate::engine::{Engine, EngineEvent, WatchState, WsHandle};
-use crate::store::catalog::Trigger;
-use crate::workspace::git;
-use crate::workspace::rules::Rules;
+use crate::workspace::rules::{self, Rules};
 
-/// Messages to a workspace's watcher thread.
+/// The prefix of event-barrier files.
+pub const BARRIER_PREFIX: &[u8] = b".chkpt-sync-";
+
+/// Events buffered between notify's thread and the intake thread.
+const CHANNEL: usize = 16 * 1024;
+
+/// What an event did to a path (the tripwire's view of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathChange {
+    /// Created (a new file is not a loss).
+    Created,
+    /// Removed, renamed away or its content rewritten.
+    Destructive,
+    /// Anything else (metadata, renamed in, …).
+    Other,
+}
+
+/// What the source tells the workspace's autosave worker. Dirty paths themselves are already
+/// in the [`Feed`] when a notice arrives.
 #[derive(Debug)]
-pub enum Msg {
-    /// Paths (relative) that changed, and how.
-    Paths(Vec<Vec<u8>>, PathChange),
-    /// Events were lost: stat-walk everything.
+pub enum Notice {
+    /// These paths changed (already recorded as dirty); `during_restore` is set when a
+    /// restore's own writes may be among them.
+    Changed {
+        /// The paths, and how each changed.
+        paths: Vec<(Vec<u8>, PathChange)>,
+        /// A restore was writing when the events arrived.
+        during_restore: bool,
+    },
+    /// Events were lost or the rules changed: the next save walks everything.
     Rescan(String),
-    /// Stop (after finishing a save in flight).
+    /// The engine asks the worker to stop (after a save in flight).
     Stop,
 }
 
-const CHANNEL: usize = 16 * 1024;
-/// How often a workspace whose folder vanished is checked for its return.
-const GONE_RECHECK: Duration = Duration::from_secs(10);
-/// How often a pending snapshot re-checks whether git is done.
-const GIT_POLL: Duration = Duration::from_millis(200);
-/// Quiet period for the snapshot after a mass change.
-const AFTER_BURST_QUIET: Duration = Duration::from_secs(1);
-/// Retention runs after an auto snapshot at most this often.
-const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// Why a kernel watch could not be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchFailure {
+    /// The kernel has no inotify watches left for this user.
+    OutOfWatches,
+    /// Anything else (the folder vanished, permissions…).
+    Other(String),
+}
 
-/// Starts watching `h` in a new thread, which places the kernel watch and then debounces and
-/// saves. Placing the watch on a large tree takes a while (notify walks it), so it runs beside
-/// the stat-walk that usually follows: the workspace is told when the watch is in place, and a
-/// full refresh checks again what it looked at before then (see `Workspace::refresh`). The
-/// caller must not hold the workspace's lock.
-pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) {
-    let (tx, rx) = mpsc::sync_channel::<Msg>(CHANNEL);
-    *h.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
-    let placed = Placed(Arc::default());
-    let (idle, max_delay, rules) = {
-        let mut ws = h.workspace();
-        ws.set_watching(placed.0.clone());
-        let r = ws.record();
-        (
-            Duration::from_millis(r.idle_ms),
-            Duration::from_millis(r.max_delay_ms),
-            ws.rules().clone(),
-        )
-    };
-    let mut w = Watch {
-        git_dir: git::find_git_dir(&h.root),
-        tripwire: Tripwire::new(engine.tripwire),
-        engine: engine.clone(),
-        h: h.clone(),
-        tx,
-        rules,
-        max_delay,
-        debounce: Debouncer::new(idle, max_delay),
-        watcher: None,
-        poll: None,
-        next_poll: Instant::now(),
-        git_limit: None,
-        git_retry: None,
-        after_burst: None,
-        last_retention: None,
-    };
-    let thread = std::thread::Builder::new()
-        .name(format!("watch-{}", h.id))
-        .spawn(move || {
-            w.connect();
-            drop(placed);
-            w.run(rx)
-        });
-    match thread {
-        Ok(t) => *h.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
-        Err(e) => h.set_state(WatchState::Failed(format!(
-            "could not start the watcher thread: {e}"
-        ))),
+/// Changes the source saw and the engine has not yet consumed, one per workspace.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    /// Dirty paths, relative.
+    pub paths: BTreeSet<Vec<u8>>,
+    /// Events were lost: the next save must stat-walk everything.
+    pub full: bool,
+    /// Why a rescan is needed (recorded on the next snapshot).
+    pub rescan_reason: Option<String>,
+}
+
+impl Dirty {
+    /// How many changes wait.
+    pub fn len(&self) -> usize {
+        self.paths.len() + usize::from(self.full)
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks everything dirty, for `reason` when it is the first one.
+    pub fn rescan(&mut self, reason: impl Into<String>) {
+        self.full = true;
+        self.rescan_reason.get_or_insert_with(|| reason.into());
     }
 }
 
-/// Signals that the kernel watch is in place, or could not be placed, when dropped: after
-/// `connect`, or when the thread panics or never starts. Waiting for it always ends.
-struct Placed(Arc<OnceLock<Instant>>);
+/// Counters of what the source received.
+#[derive(Debug, Default)]
+pub struct FeedCounters {
+    /// Events received.
+    pub received: AtomicU64,
+    /// Events under ignored paths.
+    pub ignored: AtomicU64,
+    /// Full rescans requested.
+    pub rescans: AtomicU64,
+}
 
-impl Drop for Placed {
+/// What a workspace's sources (one at a time; a re-watch starts a new one) have reported: the
+/// dirty set, the barriers seen, and counters. Outlives any one source.
+#[derive(Debug, Default)]
+pub struct Feed {
+    dirty: Mutex<Dirty>,
+    /// Barrier names being waited for, and whether each was seen.
+    barriers: Mutex<HashMap<Vec<u8>, bool>>,
+    barrier_seen: Condvar,
+    /// Set while a restore's own writes may still be arriving as events.
+    restoring: AtomicBool,
+    /// Set while a kernel watch delivers events (a barrier can then be seen).
+    live: AtomicBool,
+    /// Counters.
+    pub counters: FeedCounters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Feed {
+    /// A feed whose first save walks everything.
+    pub fn new_full() -> Feed {
+        let feed = Feed::default();
+        feed.dirty().full = true;
+        feed
+    }
+
+    /// The dirty set.
+    pub fn dirty(&self) -> MutexGuard<'_, Dirty> {
+        lock(&self.dirty)
+    }
+
+    /// Marks a restore's writes as under way (or over): they are changes, but not a mass
+    /// change by the user.
+    pub fn set_restoring(&self, on: bool) {
+        self.restoring.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether a kernel watch is delivering events.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Makes sure every change made in `root` before this call is in the dirty set: writes a
+    /// barrier file and waits until the source reports it (inotify delivers events in order).
+    /// Returns false when that cannot be done (no live watch, a read-only folder, no report
+    /// within `timeout`); the caller must then walk everything.
+    pub fn sync(&self, root: &Path, salt: u64, timeout: Duration) -> bool {
+        if !self.is_live() {
+            return false;
+        }
+        let name = format!(
+            ".chkpt-sync-{:016x}.tmp",
+            xxhash_rust::xxh3::xxh3_64(&crate::workspace::now_us().to_le_bytes()) ^ salt
+        );
+        let path = root.join(&name);
+        let key = name.into_bytes();
+        lock(&self.barriers).insert(key.clone(), false);
+        if let Err(e) = std::fs::write(&path, b"") {
+            tracing::debug!(workspace = %root.display(), error = %e, "no event barrier");
+            lock(&self.barriers).remove(&key);
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut seen = lock(&self.barriers);
+        let synced = loop {
+            if seen.get(&key) == Some(&true) {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            seen = self
+                .barrier_seen
+                .wait_timeout(seen, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        };
+        // Forgotten before the file goes: its delete event then finds nobody waiting.
+        seen.remove(&key);
+        drop(seen);
+        let _ = std::fs::remove_file(&path);
+        if !synced {
+            tracing::warn!(workspace = %root.display(), "the watcher did not report the event barrier");
+        }
+        synced
+    }
+
+    /// Records that a barrier's event arrived (only if someone waits for it).
+    fn barrier_arrived(&self, name: &[u8]) {
+        if let Some(seen) = lock(&self.barriers).get_mut(name) {
+            *seen = true;
+            self.barrier_seen.notify_all();
+        }
+    }
+}
+
+/// Raw events from notify's thread to the intake thread.
+enum Raw {
+    Paths(Vec<Vec<u8>>, PathChange),
+    Rescan(String),
+}
+
+/// A running kernel watch of one workspace and its intake thread. Dropping it stops both.
+#[derive(Debug)]
+pub struct Source {
+    root: PathBuf,
+    feed: Arc<Feed>,
+    rules: Arc<Rules>,
+    notices: Sender<Notice>,
+    watcher: Option<RecommendedWatcher>,
+    intake: Option<std::thread::JoinHandle<()>>,
+    /// Set when the channel from notify was full: events were dropped.
+    overflow: Arc<AtomicBool>,
+}
+
+impl Source {
+    /// A source for `root` reporting into `feed` and `notices`; no watch is placed yet
+    /// ([`Source::connect`]).
+    pub fn new(root: PathBuf, feed: Arc<Feed>, rules: Arc<Rules>, notices: Sender<Notice>) -> Self {
+        Source {
+            root,
+            feed,
+            rules,
+            notices,
+            watcher: None,
+            intake: None,
+            overflow: Arc::default(),
+        }
+    }
+
+    /// Whether a kernel watch is in place.
+    pub fn is_connected(&self) -> bool {
+        self.watcher.is_some()
+    }
+
+    /// Places the kernel watch (again, if it was lost). On a large tree this takes a while:
+    /// notify walks it.
+    pub fn connect(&mut self) -> Result<(), WatchFailure> {
+        self.disconnect();
+        let (tx, rx) = mpsc::sync_channel::<Raw>(CHANNEL);
+        let watcher = make_watcher(&self.root, tx, self.overflow.clone()).map_err(|e| {
+            if is_out_of_watches(&e) {
+                WatchFailure::OutOfWatches
+            } else {
+                WatchFailure::Other(format!("cannot watch {}: {e}", self.root.display()))
+            }
+        })?;
+        let intake = Intake {
+            root: self.root.clone(),
+            feed: self.feed.clone(),
+            rules: self.rules.clone(),
+            notices: self.notices.clone(),
+            overflow: self.overflow.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("chkpt-intake".into())
+            .spawn(move || intake.run(rx))
+            .map_err(|e| WatchFailure::Other(format!("could not start the intake thread: {e}")))?;
+        self.watcher = Some(watcher);
+        self.intake = Some(thread);
+        self.feed.live.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Removes the kernel watch; the intake thread ends once it drained what was sent.
+    pub fn disconnect(&mut self) {
+        self.feed.live.store(false, Ordering::SeqCst);
+        // Dropping the watcher drops the channel's sender: the intake thread then ends.
+        drop(self.watcher.take());
+        if let Some(t) = self.intake.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Source {
     fn drop(&mut self) {
-        let _ = self.0.set(Instant::now());
+        self.disconnect();
+    }
+}
+
+/// The intake thread: filters raw events into the feed.
+struct Intake {
+    root: PathBuf,
+    feed: Arc<Feed>,
+    rules: Arc<Rules>,
+    notices: Sender<Notice>,
+    overflow: Arc<AtomicBool>,
+}
+
+impl Intake {
+    fn run(self, rx: Receiver<Raw>) {
+        for raw in rx {
+            match raw {
+                Raw::Paths(paths, change) => self.on_paths(paths, change),
+                Raw::Rescan(reason) => self.rescan(reason),
+            }
+            if self.overflow.swap(false, Ordering::SeqCst) {
+                self.rescan("events were dropped (channel full)".into());
+            }
+        }
+        tracing::debug!(workspace = %self.root.display(), "intake stopped");
+    }
+
+    fn rescan(&self, reason: String) {
+        tracing::info!(workspace = %self.root.display(), %reason, "full rescan");
+        self.feed.counters.rescans.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut d = self.feed.dirty();
+            d.full = true;
+            d.rescan_reason = Some(reason.clone());
+        }
+        let _ = self.notices.send(Notice::Rescan(reason));
+    }
+
+    fn on_paths(&self, paths: Vec<Vec<u8>>, change: PathChange) {
+        let during_restore = self.feed.restoring.load(Ordering::SeqCst);
+        let mut changed = Vec::new();
+        let mut rules_changed = false;
+        for p in paths {
+            self.feed.counters.received.fetch_add(1, Ordering::Relaxed);
+            if p.starts_with(BARRIER_PREFIX) {
+                // Every event before this one is in the feed already.
+                self.feed.barrier_arrived(&p);
+                continue;
+            }
+            if rules::is_own_temp(rules::split_last(&p).1) {
+                continue;
+            }
+            if Rules::is_rule_file(&p) {
+                rules_changed = true;
+                continue;
+            }
+            if !p.is_empty() && self.rules.check_path(&p, false).is_some() {
+                self.feed.counters.ignored.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            changed.push(p);
+        }
+        if rules_changed {
+            // What is included may have changed anywhere below.
+            self.rules.invalidate_all();
+            self.feed.dirty().full = true;
+        }
+        if changed.is_empty() && !rules_changed {
+            return;
+        }
+        self.feed.dirty().paths.extend(changed.iter().cloned());
+        let paths = changed.into_iter().map(|p| (p, change)).collect();
+        let _ = self.notices.send(Notice::Changed {
+            paths,
+            during_restore,
+        });
     }
 }
 
@@ -125,11 +380,15 @@ fn classify(kind: &EventKind) -> Option<PathChange> {
 }
 
 /// Builds the notify watcher; its callback only converts and forwards.
-fn make_watcher(root: &Path, tx: SyncSender<Msg>) -> notify::Result<RecommendedWatcher> {
+fn make_watcher(
+    root: &Path,
+    tx: SyncSender<Raw>,
+    overflow: Arc<AtomicBool>,
+) -> notify::Result<RecommendedWatcher> {
     let root_b = root.as_os_str().as_bytes().to_vec();
     let handler = move |res: notify::Result<Event>| {
-        let msg = match res {
-            Ok(ev) if ev.need_rescan() => Msg::Rescan("the kernel's event queue overflowed".into()),
+        let raw = match res {
+            Ok(ev) if ev.need_rescan() => Raw::Rescan("the kernel's event queue overflowed".into()),
             Ok(ev) => {
                 let Some(change) = classify(&ev.kind) else {
                     return;
@@ -148,13 +407,14 @@ fn make_watcher(root: &Path, tx: SyncSender<Msg>) -> notify::Result<RecommendedW
                 if paths.is_empty() {
                     return;
                 }
-                Msg::Paths(paths, change)
+                Raw::Paths(paths, change)
             }
-            Err(e) => Msg::Rescan(format!("watch error: {e}")),
+            Err(e) => Raw::Rescan(format!("watch error: {e}")),
         };
-        if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
-            // Cannot block here; the thread notices the overflow flag on its next wake-up.
-            OVERFLOW.store(true, Ordering::SeqCst);
+        if let Err(TrySendError::Full(_)) = tx.try_send(raw) {
+            // Cannot block here; the intake thread sees the flag after its next message (the
+            // channel is full, so there is one).
+            overflow.store(true, Ordering::SeqCst);
         }
     };
     // Symlinks are saved as links, never followed: a watched link to a directory would report
@@ -168,276 +428,7 @@ fn make_watcher(root: &Path, tx: SyncSender<Msg>) -> notify::Result<RecommendedW
     Ok(w)
 }
 
-/// Set when any watcher's channel was full: every workspace rescans (rare and cheap).
-static OVERFLOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 fn is_out_of_watches(e: &notify::Error) -> bool {
     matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
         || matches!(&e.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC))
 }
-
-/// The watcher thread's state.
-struct Watch {
-    engine: Arc<Engine>,
-    h: Arc<WsHandle>,
-    tx: SyncSender<Msg>,
-    rules: Arc<Rules>,
-    max_delay: Duration,
-    debounce: Debouncer,
-    tripwire: Tripwire,
-    watcher: Option<RecommendedWatcher>,
-    poll: Option<Duration>,
-    next_poll: Instant,
-    git_dir: Option<PathBuf>,
-    git_limit: Option<Instant>,
-    git_retry: Option<Instant>,
-    after_burst: Option<u64>,
-    last_retention: Option<Instant>,
-}
-
-impl Watch {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        let w = &mut self;
-        if !w.h.pending().is_empty() {
-            w.debounce.change(Instant::now());
-        }
-        loop {
-            let now = Instant::now();
-            let mut wait = w
-                .debounce
-                .deadline()
-                .map(|d| d.saturating_duration_since(now))
-                .unwrap_or(Duration::from_secs(3600));
-            if let Some(t) = w.git_retry {
-                wait = wait.max(t.saturating_duration_since(now));
-            }
-            if let Some(p) = w.poll {
-                if now >= w.next_poll {
-                    w.next_poll = now + p;
-                    w.on_poll(now);
-                }
-                wait = wait.min(w.next_poll.saturating_duration_since(now));
-            }
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(Msg::Paths(paths, change)) => w.on_paths(paths, change),
-                Ok(Msg::Rescan(reason)) => w.on_rescan(reason),
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            if OVERFLOW.swap(false, Ordering::SeqCst) {
-                w.on_rescan("events were dropped (channel full)".into());
-            }
-            if w.h.stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            let now = Instant::now();
-            if w.debounce.due(now) && w.git_retry.is_none_or(|t| now >= t) {
-                w.on_due(now);
-            }
-        }
-        drop(w.watcher.take());
-        tracing::debug!(workspace = %w.h.root.display(), "watcher stopped");
-    }
-
-    fn connect(&mut self) {
-        let h = &self.h;
-        let started = Instant::now();
-        match make_watcher(&h.root, self.tx.clone()) {
-            Ok(watcher) => {
-                tracing::debug!(
-                    workspace = %h.root.display(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "watching"
-                );
-                self.watcher = Some(watcher);
-                self.poll = None;
-                // A workspace being (re)watched stays "rescanning" until its first walk is done.
-                if h.state() != WatchState::Rescanning {
-                    h.set_state(WatchState::Watching);
-                }
-            }
-            Err(e) if is_out_of_watches(&e) => {
-                let msg = format!(
-                    "out of inotify watches: falling back to a stat-walk every {}s; raise fs.inotify.max_user_watches",
-                    self.engine.poll_interval.as_secs()
-                );
-                tracing::warn!(workspace = %h.root.display(), "{msg}");
-                h.warn(msg.clone());
-                self.engine.emit(EngineEvent::Warning(h.id, msg.clone()));
-                self.poll = Some(self.engine.poll_interval);
-                h.set_state(WatchState::Polling(msg));
-            }
-            Err(e) => {
-                let msg = format!("cannot watch {}: {e}", h.root.display());
-                tracing::warn!("{msg}");
-                h.set_state(WatchState::Failed(msg));
-                self.poll = Some(GONE_RECHECK);
-            }
-        }
-    }
-
-    /// Polling mode (or a vanished folder): stat-walk on a timer.
-    fn on_poll(&mut self, now: Instant) {
-        if !self.h.root.is_dir() {
-            self.h.set_state(WatchState::Failed(format!(
-                "the folder {} is gone",
-                self.h.root.display()
-            )));
-            return;
-        }
-        if self.watcher.is_none() && matches!(self.h.state(), WatchState::Failed(_)) {
-            self.connect();
-        }
-        let mut p = self.h.pending();
-        p.full = true;
-        if self.watcher.is_none() {
-            p.rescan_reason
-                .get_or_insert_with(|| "polling: changes seen only by a stat-walk".into());
-        }
-        drop(p);
-        self.debounce.change(now);
-    }
-
-    fn on_paths(&mut self, paths: Vec<Vec<u8>>, change: PathChange) {
-        let h = self.h.clone();
-        let now = Instant::now();
-        let mut any = false;
-        let mut fired = None;
-        for p in paths {
-            h.events.received.fetch_add(1, Ordering::Relaxed);
-            if p.starts_with(BARRIER_PREFIX) {
-                // Every event before this one is in `pending` now.
-                h.barrier_seen(p);
-                continue;
-            }
-            if is_own_temp(&p) {
-                continue;
-            }
-            if Rules::is_rule_file(&p) {
-                // Ignore rules changed: what is included may have changed anywhere below.
-                self.rules.invalidate_all();
-                h.pending().full = true;
-                any = true;
-                continue;
-            }
-            if !p.is_empty() && self.rules.check_path(&p, false).is_some() {
-                h.events.ignored.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let engine = &self.engine;
-            let latest = || engine.store.cat.latest(h.id).ok().flatten().map(|s| s.id);
-            let total = || {
-                engine
-                    .store
-                    .cat
-                    .latest(h.id)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |s| s.files)
-            };
-            let change = if h.restoring.load(Ordering::SeqCst) {
-                PathChange::Other
-            } else {
-                change
-            };
-            if let Some(f) = self.tripwire.observe(now, &p, change, latest, total) {
-                fired = Some(f);
-            }
-            h.pending().paths.insert(p);
-            any = true;
-        }
-        if let Some((pre_burst, changed)) = fired {
-            match self.engine.fire_tripwire(&h, pre_burst, changed) {
-                Ok(_) => {
-                    self.after_burst = Some(changed);
-                    self.debounce.hurry(AFTER_BURST_QUIET);
-                }
-                Err(e) => {
-                    tracing::error!(workspace = %h.root.display(), error = %e, "could not record the tripwire")
-                }
-            }
-        }
-        if any {
-            self.debounce.change(now);
-        }
-    }
-
-    fn on_rescan(&mut self, reason: String) {
-        let h = &self.h;
-        tracing::info!(workspace = %h.root.display(), %reason, "full rescan");
-        h.events.rescans.fetch_add(1, Ordering::Relaxed);
-        let mut p = h.pending();
-        p.full = true;
-        p.rescan_reason = Some(reason.clone());
-        drop(p);
-        self.engine.emit(EngineEvent::Rescan(h.id, reason));
-        self.debounce.change(Instant::now());
-    }
-
-    /// The quiet period passed: take the auto snapshot, unless git is half way through
-    /// something (then wait, at most `max_delay` longer).
-    fn on_due(&mut self, now: Instant) {
-        let h = self.h.clone();
-        if let Some(why) = self.git_dir.as_deref().and_then(git::busy) {
-            let limit = *self.git_limit.get_or_insert(now + self.max_delay);
-            if now < limit {
-                if self.git_retry.is_none() {
-                    tracing::debug!(workspace = %h.root.display(), why, "auto snapshot waits for git");
-                }
-                self.git_retry = Some(now + GIT_POLL);
-                return;
-            }
-            tracing::warn!(workspace = %h.root.display(), why, "git is still busy; taking the snapshot anyway");
-        }
-        self.git_limit = None;
-        self.git_retry = None;
-        self.debounce.reset();
-        if !h.root.is_dir() {
-            h.set_state(WatchState::Failed(format!(
-                "the folder {} is gone",
-                h.root.display()
-            )));
-            self.watcher = None;
-            self.poll = Some(GONE_RECHECK);
-            self.next_poll = Instant::now() + GONE_RECHECK;
-            return;
-        }
-        let message = match self.after_burst.take() {
-            Some(n) => format!("after a mass change ({n} files deleted or rewritten)"),
-            None => String::new(),
-        };
-        match self
-            .engine
-            .save_now(&h, Trigger::Auto, &message, false, false)
-        {
-            Ok(out) => {
-                if out.created
-                    && self
-                        .last_retention
-                        .is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
-                {
-                    self.last_retention = Some(Instant::now());
-                    if let Err(e) = self.engine.apply_retention(&h) {
-                        tracing::warn!(workspace = %h.root.display(), error = %e, "retention failed");
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(workspace = %h.root.display(), error = %e, "auto snapshot failed");
-                h.warn(format!("auto snapshot failed: {e}"));
-                if self.watcher.is_none() || matches!(h.state(), WatchState::Failed(_)) {
-                    self.watcher = None;
-                    self.poll = Some(GONE_RECHECK);
-                }
-            }
-        }
-    }
-}
-
-/// chkpt's own short-lived files.
-fn is_own_temp(rel: &[u8]) -> bool {
-    crate::workspace::rules::is_own_temp(crate::workspace::rules::split_last(rel).1)
-}
-
-/// The prefix of event-barrier files (see [`Engine::sync_events`](crate::engine::Engine)).
-pub const BARRIER_PREFIX: &[u8] = b".chkpt-sync-";

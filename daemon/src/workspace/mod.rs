@@ -163,7 +163,9 @@ pub fn canonical_root(path: &Path) -> Result<PathBuf> {
         )));
     }
     let root = path.canonicalize().map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound(format!("{} does not exist", path.display())),
+        io::ErrorKind::NotFound => Error::NoSuchPath {
+            path: path.to_path_buf(),
+        },
         _ if matches!(
             e.raw_os_error(),
             Some(libc::ENAMETOOLONG | libc::ENOTDIR | libc::ELOOP | libc::EINVAL)
@@ -395,6 +397,16 @@ impl Workspace {
             }
         }
         self.unpersisted = false;
+    }
+
+    /// After an operation panicked while it held the workspace: the index may be half
+    /// updated (naming objects no batch committed) and the changes it had taken are lost. The
+    /// persisted index is taken back and the next refresh walks the whole tree.
+    pub fn recover_after_panic(&mut self, store: &Store) {
+        self.unpersisted = true;
+        self.recover_index(store);
+        self.must_walk = true;
+        self.new_dirs.clear();
     }
 
     /// Takes the directories found new since the last call (to be listed again once the

@@ -395,9 +395,10 @@ fn apply_plan(
 fn plan_for(
     store: &Store,
     current: Option<crate::store::Id>,
-    target: crate::store::Id,
+    snapshot: &SnapshotRecord,
     paths: &[Vec<u8>],
 ) -> Result<Vec<DiffEntry>> {
+    let target = snapshot.root;
     let mut d = Differ::new(store, true);
     if paths.is_empty() {
         d.trees(b"", current, Some(target))?;
@@ -416,10 +417,10 @@ fn plan_for(
                 None => None,
             };
             if new.is_none() && old.is_none() {
-                return Err(Error::NotFound(format!(
-                    "{} is not in the snapshot (nor in the workspace)",
-                    String::from_utf8_lossy(&p)
-                )));
+                return Err(Error::PathNotInSnapshot {
+                    path: String::from_utf8_lossy(&p).into_owned(),
+                    snapshot: snapshot.hex_id(),
+                });
             }
             d.entries(&p, old.as_ref(), new.as_ref())?;
         }
@@ -559,7 +560,7 @@ impl Workspace {
         let batch = store.batch();
         let warnings = self.refresh(&batch, changes)?;
         let current = self.index.root_tree(&batch)?;
-        let plan = plan_for(store, Some(current), snapshot.root, &opts.paths)?;
+        let plan = plan_for(store, Some(current), snapshot, &opts.paths)?;
         let mut summary = summarise(snapshot, &plan, in_scope, opts.dry_run);
         if opts.dry_run || plan.is_empty() {
             batch.commit_objects()?;
@@ -722,7 +723,7 @@ impl Workspace {
                 to.display()
             )));
         }
-        let plan = plan_for(store, None, snapshot.root, &opts.paths)?;
+        let plan = plan_for(store, None, snapshot, &opts.paths)?;
         let summary = summarise(snapshot, &plan, in_scope, opts.dry_run);
         if opts.dry_run {
             return Ok(summary);

@@ -4,16 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-/// What an event did to a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathChange {
-    /// Created (a new file is not a loss).
-    Created,
-    /// Removed, renamed away or its content rewritten.
-    Destructive,
-    /// Anything else (metadata, renamed in, …).
-    Other,
-}
+pub use crate::watch::PathChange;
 
 /// Thresholds: fire when more than `files` paths, or more than `percent` % of the workspace
 /// (and at least 5 paths), were deleted or rewritten within `window`.

@@ -1,0 +1,331 @@
+//! The autosave worker: one thread per watched workspace that owns its event source, the
+//! debouncer, the mass-change tripwire, the wait for git and the watch state, and asks the
+//! engine for a snapshot once changes settle.
+//!
+//! Dirty paths reach the workspace's feed on the source's own intake thread, so a save in
+//! progress here never delays events or event barriers. When the kernel cannot watch the tree
+//! (out of inotify watches) the worker falls back to periodic stat-walks and says so in
+//! `Status`; when the folder vanishes it waits for it to come back.
+//!
+//! Retention runs on the engine's maintenance worker, never here.
+
+pub mod debounce;
+pub mod tripwire;
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use self::debounce::Debouncer;
+use self::tripwire::Tripwire;
+use super::registry::WsHandle;
+use super::save::{SaveRequest, Walk};
+use super::{Engine, EngineEvent, WatchState};
+use crate::store::catalog::Trigger;
+use crate::watch::{Notice, PathChange, Source, WatchFailure};
+use crate::workspace::git;
+
+/// How often a workspace whose folder vanished is checked for its return.
+const GONE_RECHECK: Duration = Duration::from_secs(10);
+/// How often a pending snapshot re-checks whether git is done.
+const GIT_POLL: Duration = Duration::from_millis(200);
+/// Quiet period for the snapshot after a mass change.
+const AFTER_BURST_QUIET: Duration = Duration::from_secs(1);
+
+/// A running autosave worker; the engine keeps one per watched workspace.
+#[derive(Debug)]
+pub struct Worker {
+    tx: Sender<Notice>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the worker of `h`, which places the kernel watch and then debounces and saves.
+    /// Placing the watch on a large tree takes a while (notify walks it), so it runs beside
+    /// the stat-walk that usually follows: the workspace is told when the watch is in place,
+    /// and a full refresh checks again what it looked at before then (see
+    /// `Workspace::refresh`). The caller must not hold the workspace's lock.
+    pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) -> Worker {
+        let (tx, rx) = mpsc::channel::<Notice>();
+        let placed = Placed(Arc::default());
+        let (idle, max_delay, rules) = {
+            let mut ws = h.workspace(&engine.store);
+            ws.set_watching(placed.0.clone());
+            let r = ws.record();
+            (
+                Duration::from_millis(r.idle_ms),
+                Duration::from_millis(r.max_delay_ms),
+                ws.rules().clone(),
+            )
+        };
+        let source = Source::new(h.root.clone(), h.feed.clone(), rules, tx.clone());
+        let mut w = Autosave {
+            git_dir: git::find_git_dir(&h.root),
+            tripwire: Tripwire::new(engine.tripwire),
+            engine: engine.clone(),
+            h: h.clone(),
+            source,
+            max_delay,
+            debounce: Debouncer::new(idle, max_delay),
+            poll: None,
+            next_poll: Instant::now(),
+            git_limit: None,
+            git_retry: None,
+            after_burst: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("autosave-{}", h.id))
+            .spawn(move || {
+                w.connect();
+                drop(placed);
+                w.run(rx)
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                h.set_state(WatchState::Failed(format!(
+                    "could not start the watcher thread: {e}"
+                )));
+                None
+            }
+        };
+        Worker { tx, thread }
+    }
+
+    /// Tells the worker that `dirs` may hold files created before the kernel watched them:
+    /// they are looked at again on the next save.
+    pub fn recheck(&self, h: &WsHandle, dirs: Vec<Vec<u8>>) {
+        h.feed.dirty().paths.extend(dirs.iter().cloned());
+        let paths = dirs.into_iter().map(|d| (d, PathChange::Other)).collect();
+        let _ = self.tx.send(Notice::Changed {
+            paths,
+            during_restore: false,
+        });
+    }
+
+    /// Stops the worker, finishing a save in flight, and waits for it.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Notice::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Signals that the kernel watch is in place, or could not be placed, when dropped: after
+/// `connect`, or when the thread panics or never starts. Waiting for it always ends.
+struct Placed(Arc<OnceLock<Instant>>);
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        let _ = self.0.set(Instant::now());
+    }
+}
+
+/// The worker thread's state.
+struct Autosave {
+    engine: Arc<Engine>,
+    h: Arc<WsHandle>,
+    source: Source,
+    max_delay: Duration,
+    debounce: Debouncer,
+    tripwire: Tripwire,
+    /// Stat-walk on this timer (polling fallback, or waiting for a vanished folder).
+    poll: Option<Duration>,
+    next_poll: Instant,
+    git_dir: Option<std::path::PathBuf>,
+    git_limit: Option<Instant>,
+    git_retry: Option<Instant>,
+    after_burst: Option<u64>,
+}
+
+impl Autosave {
+    fn run(mut self, rx: Receiver<Notice>) {
+        let w = &mut self;
+        if !w.h.feed.dirty().is_empty() {
+            w.debounce.change(Instant::now());
+        }
+        loop {
+            let now = Instant::now();
+            let mut wait = w
+                .debounce
+                .deadline()
+                .map(|d| d.saturating_duration_since(now))
+                .unwrap_or(Duration::from_secs(3600));
+            if let Some(t) = w.git_retry {
+                wait = wait.max(t.saturating_duration_since(now));
+            }
+            if let Some(p) = w.poll {
+                if now >= w.next_poll {
+                    w.next_poll = now + p;
+                    w.on_poll(now);
+                }
+                wait = wait.min(w.next_poll.saturating_duration_since(now));
+            }
+            match rx.recv_timeout(wait) {
+                Ok(Notice::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Notice::Changed {
+                    paths,
+                    during_restore,
+                }) => w.on_changed(paths, during_restore),
+                Ok(Notice::Rescan(reason)) => w.on_rescan(reason),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if w.debounce.due(now) && w.git_retry.is_none_or(|t| now >= t) {
+                w.on_due(now);
+            }
+        }
+        w.source.disconnect();
+        tracing::debug!(workspace = %w.h.root.display(), "autosave stopped");
+    }
+
+    fn connect(&mut self) {
+        let h = &self.h;
+        let started = Instant::now();
+        match self.source.connect() {
+            Ok(()) => {
+                tracing::debug!(
+                    workspace = %h.root.display(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "watching"
+                );
+                self.poll = None;
+                // A workspace being (re)watched stays "rescanning" until its first walk is done.
+                if h.state() != WatchState::Rescanning {
+                    h.set_state(WatchState::Watching);
+                }
+            }
+            Err(WatchFailure::OutOfWatches) => {
+                let msg = format!(
+                    "out of inotify watches: falling back to a stat-walk every {}s; raise fs.inotify.max_user_watches",
+                    self.engine.poll_interval.as_secs()
+                );
+                tracing::warn!(workspace = %h.root.display(), "{msg}");
+                h.warn(msg.clone());
+                self.engine.emit(EngineEvent::Warning(h.id, msg.clone()));
+                self.poll = Some(self.engine.poll_interval);
+                h.set_state(WatchState::Polling(msg));
+            }
+            Err(WatchFailure::Other(msg)) => {
+                tracing::warn!("{msg}");
+                h.set_state(WatchState::Failed(msg));
+                self.poll = Some(GONE_RECHECK);
+            }
+        }
+    }
+
+    /// Polling mode (or a vanished folder): stat-walk on a timer.
+    fn on_poll(&mut self, now: Instant) {
+        if !self.h.root.is_dir() {
+            self.h.set_state(WatchState::Failed(format!(
+                "the folder {} is gone",
+                self.h.root.display()
+            )));
+            return;
+        }
+        if !self.source.is_connected() && matches!(self.h.state(), WatchState::Failed(_)) {
+            self.connect();
+        }
+        let mut d = self.h.feed.dirty();
+        d.full = true;
+        if !self.source.is_connected() {
+            d.rescan_reason
+                .get_or_insert_with(|| "polling: changes seen only by a stat-walk".into());
+        }
+        drop(d);
+        self.debounce.change(now);
+    }
+
+    fn on_changed(&mut self, paths: Vec<(Vec<u8>, PathChange)>, during_restore: bool) {
+        let h = self.h.clone();
+        let now = Instant::now();
+        let mut fired = None;
+        let store = &self.engine.store;
+        for (p, change) in &paths {
+            let latest = || store.cat.latest(h.id).ok().flatten().map(|s| s.id);
+            let total = || store.cat.latest(h.id).ok().flatten().map_or(0, |s| s.files);
+            // A restore's own writes are changes, but not a mass change by the user.
+            let change = if during_restore {
+                PathChange::Other
+            } else {
+                *change
+            };
+            if let Some(f) = self.tripwire.observe(now, p, change, latest, total) {
+                fired = Some(f);
+            }
+        }
+        if let Some((pre_burst, changed)) = fired {
+            match self.engine.fire_tripwire(&h, pre_burst, changed) {
+                Ok(_) => {
+                    self.after_burst = Some(changed);
+                    self.debounce.hurry(AFTER_BURST_QUIET);
+                }
+                Err(e) => {
+                    tracing::error!(workspace = %h.root.display(), error = %e, "could not record the tripwire")
+                }
+            }
+        }
+        self.debounce.change(now);
+    }
+
+    fn on_rescan(&mut self, reason: String) {
+        self.engine.emit(EngineEvent::Rescan(self.h.id, reason));
+        self.debounce.change(Instant::now());
+    }
+
+    /// The quiet period passed: take the auto snapshot, unless git is half way through
+    /// something (then wait, at most `max_delay` longer).
+    fn on_due(&mut self, now: Instant) {
+        let h = self.h.clone();
+        if let Some(why) = self.git_dir.as_deref().and_then(git::busy) {
+            let limit = *self.git_limit.get_or_insert(now + self.max_delay);
+            if now < limit {
+                if self.git_retry.is_none() {
+                    tracing::debug!(workspace = %h.root.display(), why, "auto snapshot waits for git");
+                }
+                self.git_retry = Some(now + GIT_POLL);
+                return;
+            }
+            tracing::warn!(workspace = %h.root.display(), why, "git is still busy; taking the snapshot anyway");
+        }
+        self.git_limit = None;
+        self.git_retry = None;
+        self.debounce.reset();
+        if !h.root.is_dir() {
+            h.set_state(WatchState::Failed(format!(
+                "the folder {} is gone",
+                h.root.display()
+            )));
+            self.source.disconnect();
+            self.poll = Some(GONE_RECHECK);
+            self.next_poll = Instant::now() + GONE_RECHECK;
+            return;
+        }
+        let message = match self.after_burst.take() {
+            Some(n) => format!("after a mass change ({n} files deleted or rewritten)"),
+            None => String::new(),
+        };
+        let req = SaveRequest {
+            trigger: Trigger::Auto,
+            message,
+            pin: false,
+            walk: Walk::Dirty,
+        };
+        match self.engine.save_now(&h, &req) {
+            Ok(out) => {
+                if out.created {
+                    self.engine.maintenance().retention_due(h.id);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(workspace = %h.root.display(), error = %e, "auto snapshot failed");
+                h.warn(format!("auto snapshot failed: {e}"));
+                if !self.source.is_connected() || matches!(h.state(), WatchState::Failed(_)) {
+                    self.source.disconnect();
+                    self.poll = Some(GONE_RECHECK);
+                }
+            }
+        }
+    }
+}

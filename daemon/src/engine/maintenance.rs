@@ -1,0 +1,86 @@
+//! The store-wide maintenance worker: applies workspaces' retention policies and collects the
+//! garbage, on its own thread, so no workspace's event loop ever waits for it.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use super::registry::lock;
+
+/// Retention runs after a workspace's auto snapshots at most this often.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug)]
+enum Job {
+    /// Workspace `0` took an auto snapshot: apply its retention policy if it is time.
+    RetentionDue(u64),
+    Stop,
+}
+
+/// The handle of the maintenance thread.
+#[derive(Debug)]
+pub struct Maintenance {
+    tx: Mutex<Sender<Job>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Maintenance {
+    /// Starts the worker; it holds the engine weakly and ends when told or when the engine is
+    /// gone.
+    pub(super) fn start(engine: Weak<Engine>) -> Maintenance {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("chkpt-maintenance".into())
+            .spawn(move || run(engine, rx));
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the maintenance thread; retention will not run");
+                None
+            }
+        };
+        Maintenance {
+            tx: Mutex::new(tx),
+            thread: Mutex::new(thread),
+        }
+    }
+
+    /// Workspace `ws` took an auto snapshot.
+    pub fn retention_due(&self, ws: u64) {
+        let _ = lock(&self.tx).send(Job::RetentionDue(ws));
+    }
+
+    /// Stops the worker after the job in progress.
+    pub fn stop(&self) {
+        let _ = lock(&self.tx).send(Job::Stop);
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
+    let mut last_run: HashMap<u64, Instant> = HashMap::new();
+    for job in rx {
+        let ws = match job {
+            Job::Stop => break,
+            Job::RetentionDue(ws) => ws,
+        };
+        if last_run
+            .get(&ws)
+            .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
+        {
+            continue;
+        }
+        let Some(engine) = engine.upgrade() else {
+            break;
+        };
+        last_run.insert(ws, Instant::now());
+        if let Err(e) = engine.apply_retention(ws) {
+            tracing::warn!(workspace = ws, error = %e, "retention failed");
+        }
+    }
+    tracing::debug!("maintenance stopped");
+}

@@ -1,0 +1,199 @@
+//! Changing things: restore, delete, pin, prune and retention, the tripwire.
+
+use super::save::Taken;
+use super::{Engine, EngineEvent};
+use crate::error::{Error, Result};
+use crate::retention::{self, Decision, Policy};
+use crate::store::catalog::{SnapshotRecord, TripwireRecord};
+use crate::workspace::now_us;
+use crate::workspace::restore::{ProgressFn, RestoreOptions, RestoreSummary};
+
+impl Engine {
+    /// Restores a snapshot of the workspace containing `path`.
+    pub fn restore(
+        &self,
+        path: &str,
+        selector: &str,
+        mut opts: RestoreOptions,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<RestoreSummary> {
+        let h = self.handle_for(path)?;
+        let snap = self.resolve(h.id, selector)?;
+        opts.paths = opts
+            .paths
+            .iter()
+            .map(|p| self.rel_path(&h.root, p))
+            .collect::<Result<_>>()?;
+        if opts.paths.iter().any(|p| p.is_empty()) {
+            opts.paths.clear();
+        }
+        // The pre-restore snapshot must hold every edit made before the restore was asked for.
+        self.sync_events(&h);
+        let in_place = !opts.dry_run && opts.to.is_none();
+        if in_place {
+            h.feed.set_restoring(true);
+        }
+        let mut ws = h.workspace(&self.store);
+        let taken = Taken::from(&h);
+        let res = ws.restore(&self.store, &snap, &opts, &taken.changes, progress);
+        self.store.release_memory();
+        drop(ws);
+        if in_place {
+            // Once the watcher has seen past the restore's own writes, it may judge bursts again.
+            self.sync_events(&h);
+            h.feed.set_restoring(false);
+        }
+        match &res {
+            // An in-place restore consumed the changes: the pre-restore snapshot holds them.
+            Ok(summary) if in_place => {
+                if summary.pre_restore_snapshot.is_some() {
+                    h.count_snapshot();
+                }
+                self.emit(EngineEvent::RestoreDone(h.id, summary.clone()));
+            }
+            _ => taken.put_back(&h),
+        }
+        res
+    }
+
+    /// Deletes snapshots, then collects garbage. Returns the snapshots deleted and the bytes
+    /// reclaimed.
+    pub fn delete(&self, path: &str, selectors: &[String]) -> Result<(Vec<SnapshotRecord>, u64)> {
+        if selectors.is_empty() {
+            return Err(Error::InvalidArgument(
+                "name at least one snapshot to delete".into(),
+            ));
+        }
+        let record = self.record_for(path)?;
+        let snaps: Vec<SnapshotRecord> = selectors
+            .iter()
+            .map(|s| self.resolve(record.id, s))
+            .collect::<Result<_>>()?;
+        let reclaimed = self.forget(&snaps)?;
+        Ok((snaps, reclaimed))
+    }
+
+    /// Sets or clears a snapshot's pin.
+    pub fn pin(&self, path: &str, selector: &str, pinned: bool) -> Result<SnapshotRecord> {
+        let record = self.record_for(path)?;
+        let mut s = self.resolve(record.id, selector)?;
+        s.pinned = pinned;
+        self.store.cat.put_snapshot(&s)?;
+        self.store.flush()?;
+        Ok(s)
+    }
+
+    /// Applies a retention policy (or previews it). Returns each decision and bytes reclaimed.
+    pub fn prune(
+        &self,
+        path: &str,
+        policy: &Policy,
+        dry_run: bool,
+    ) -> Result<(Vec<Decision>, u64)> {
+        let record = self.record_for(path)?;
+        // A request that sets no rule means the workspace's own policy.
+        let policy = if *policy == Policy::default() {
+            record.retention
+        } else {
+            *policy
+        };
+        let snaps = self.store.cat.snapshots_of(record.id, None, usize::MAX)?;
+        let decisions = retention::decide(&snaps, &policy, now_us());
+        if dry_run {
+            return Ok((decisions, 0));
+        }
+        let reclaimed = self.forget_dropped(&decisions)?;
+        Ok((decisions, reclaimed))
+    }
+
+    /// Applies workspace `ws`'s retention policy and collects the garbage of what it removed.
+    /// Returns how many snapshots went.
+    pub fn apply_retention(&self, ws: u64) -> Result<usize> {
+        let Some(record) = self.store.cat.workspace(ws)? else {
+            return Ok(0);
+        };
+        let snaps = self.store.cat.snapshots_of(ws, None, usize::MAX)?;
+        let decisions = retention::decide(&snaps, &record.retention, now_us());
+        let removed = decisions.iter().filter(|d| !d.keep).count();
+        let reclaimed = self.forget_dropped(&decisions)?;
+        if removed > 0 {
+            tracing::info!(workspace = %String::from_utf8_lossy(&record.path), removed, reclaimed, "retention applied");
+        }
+        Ok(removed)
+    }
+
+    /// Forgets the snapshots the decisions do not keep.
+    fn forget_dropped(&self, decisions: &[Decision]) -> Result<u64> {
+        let dropped: Vec<SnapshotRecord> = decisions
+            .iter()
+            .filter(|d| !d.keep)
+            .map(|d| d.snapshot.clone())
+            .collect();
+        self.forget(&dropped)
+    }
+
+    /// Removes snapshot records, makes that durable, then collects the garbage they leave.
+    /// Returns the bytes reclaimed. The one way snapshots go (delete, prune, retention).
+    fn forget(&self, snaps: &[SnapshotRecord]) -> Result<u64> {
+        if snaps.is_empty() {
+            return Ok(0);
+        }
+        for s in snaps {
+            self.store.cat.remove_snapshot(s)?;
+        }
+        self.store.flush()?;
+        Ok(self.store.gc()?.bytes_reclaimed)
+    }
+
+    /// A mass change is under way: pins the snapshot from before it, records the tripwire (shown
+    /// by `Status` until acknowledged) and tells subscribers.
+    pub fn fire_tripwire(
+        &self,
+        h: &super::WsHandle,
+        pre_burst: Option<u64>,
+        changed: u64,
+    ) -> Result<TripwireRecord> {
+        let mut pinned = None;
+        if let Some(id) = pre_burst
+            && let Some(mut s) = self.store.cat.snapshot(id)?
+        {
+            s.pinned = true;
+            self.store.cat.put_snapshot(&s)?;
+            pinned = Some(id);
+        }
+        let trip = TripwireRecord {
+            pinned,
+            changed,
+            fired_us: now_us(),
+        };
+        if let Some(mut record) = self.store.cat.workspace(h.id)? {
+            record.tripwire = Some(trip);
+            self.store.cat.put_workspace(&record)?;
+        }
+        self.store.flush()?;
+        let msg = format!(
+            "mass-change tripwire: {changed} files deleted or rewritten in {}; snapshot {} from just before is pinned",
+            h.root.display(),
+            pinned
+                .map(|p| format!("{p:016x}"))
+                .unwrap_or_else(|| "(none)".into())
+        );
+        tracing::warn!("{msg}");
+        self.emit(EngineEvent::Tripwire(h.id, trip));
+        Ok(trip)
+    }
+
+    /// Clears a fired tripwire; returns it.
+    pub fn acknowledge(&self, path: &str) -> Result<Option<TripwireRecord>> {
+        let record = self.record_for(path)?;
+        let Some(mut record) = self.store.cat.workspace(record.id)? else {
+            return Ok(None);
+        };
+        let cleared = record.tripwire.take();
+        if cleared.is_some() {
+            self.store.cat.put_workspace(&record)?;
+            self.store.flush()?;
+        }
+        Ok(cleared)
+    }
+}

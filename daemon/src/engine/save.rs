@@ -1,0 +1,159 @@
+//! Taking snapshots: the event barrier that makes a save see every earlier change, and the
+//! save itself.
+
+use std::time::Duration;
+
+use super::registry::{WsHandle, lock};
+use super::{Engine, EngineEvent, WatchState};
+use crate::error::{Error, Result};
+use crate::store::catalog::Trigger;
+use crate::workspace::{Changes, SaveOptions, SaveOutcome};
+
+/// How long a save waits for the watcher to report its event barrier before walking instead.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A save that added more than this gives memory back afterwards.
+const HEAVY_BYTES: u64 = 64 << 20;
+
+/// What the save looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// The paths the watcher reported (a full walk if it reported lost events).
+    Dirty,
+    /// The whole tree, whatever the watcher said.
+    Full,
+}
+
+/// A snapshot to take.
+#[derive(Debug, Clone)]
+pub struct SaveRequest {
+    /// Why.
+    pub trigger: Trigger,
+    /// The user's message.
+    pub message: String,
+    /// Pin it.
+    pub pin: bool,
+    /// What to look at.
+    pub walk: Walk,
+}
+
+impl Engine {
+    /// Makes sure every change made before this call is in `h`'s dirty set (see
+    /// [`Feed::sync`](crate::watch::Feed::sync)). When that cannot be done (not watching, a
+    /// read-only folder, no answer in time) the dirty set is marked for a full stat-walk
+    /// instead, which is always right.
+    pub fn sync_events(&self, h: &WsHandle) {
+        let watching = h.state() == WatchState::Watching && lock(&h.worker).is_some();
+        if !watching || !h.feed.sync(&h.root, h.id, BARRIER_TIMEOUT) {
+            h.feed.dirty().full = true;
+        }
+    }
+
+    /// Takes a snapshot of `h` with the changes the watcher reported.
+    pub fn save_now(&self, h: &WsHandle, req: &SaveRequest) -> Result<SaveOutcome> {
+        let mut ws = h.workspace(&self.store);
+        let mut taken = Taken::from(h);
+        if req.walk == Walk::Full {
+            taken.changes = Changes::Full;
+        }
+        let mut opts = SaveOptions::new(req.trigger, taken.changes.clone());
+        opts.message = req.message.clone();
+        opts.pin = req.pin;
+        opts.rescan = taken.rescan;
+        let full = matches!(opts.changes, Changes::Full);
+        if full {
+            h.set_state(WatchState::Rescanning);
+        }
+        let res = ws.save(&self.store, &opts);
+        // A stat-walk (restart, re-watch, rescan) or a large save leaves much freed memory.
+        if full
+            || res
+                .as_ref()
+                .is_ok_and(|o| o.created && o.snapshot.new_bytes > HEAVY_BYTES)
+        {
+            self.store.release_memory();
+        }
+        let recheck = ws.take_new_dirs();
+        drop(ws);
+        if !recheck.is_empty()
+            && let Some(w) = lock(&h.worker).as_ref()
+        {
+            // Files created in a new directory before the kernel watched it send no event:
+            // list those directories again on the next save.
+            w.recheck(h, recheck);
+        }
+        match &res {
+            Ok(out) => {
+                if matches!(h.state(), WatchState::Rescanning | WatchState::Failed(_)) {
+                    h.set_state(WatchState::Watching);
+                }
+                if out.created {
+                    h.count_snapshot();
+                    self.emit(EngineEvent::SnapshotTaken(out.snapshot.clone()));
+                    for w in &out.snapshot.warnings {
+                        h.warn(w.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                taken.put_back(h);
+                if let Error::FailedPrecondition(msg) = e {
+                    h.set_state(WatchState::Failed(msg.clone()));
+                } else if matches!(h.state(), WatchState::Rescanning) {
+                    h.set_state(WatchState::Watching);
+                }
+                self.emit(EngineEvent::Warning(h.id, format!("save failed: {e}")));
+            }
+        }
+        res
+    }
+
+    /// A manual save of the workspace containing `path`.
+    pub fn save(&self, path: &str, message: &str, pin: bool) -> Result<SaveOutcome> {
+        let h = self.handle_for(path)?;
+        self.sync_events(&h);
+        let req = SaveRequest {
+            trigger: Trigger::Manual,
+            message: message.to_owned(),
+            pin,
+            walk: Walk::Dirty,
+        };
+        self.save_now(&h, &req)
+    }
+}
+
+/// Changes taken out of a workspace's dirty set for an operation, to be put back if it fails.
+#[derive(Debug)]
+pub(super) struct Taken {
+    /// What may have changed.
+    pub changes: Changes,
+    /// Some of it may have been seen only by a rescan.
+    pub rescan: bool,
+}
+
+impl Taken {
+    /// Takes the dirty set out of `h`'s feed.
+    pub fn from(h: &WsHandle) -> Taken {
+        let mut d = h.feed.dirty();
+        let rescan = d.rescan_reason.take().is_some();
+        let paths = std::mem::take(&mut d.paths);
+        let changes = if std::mem::take(&mut d.full) {
+            Changes::Full
+        } else {
+            Changes::Paths(paths.into_iter().collect())
+        };
+        Taken { changes, rescan }
+    }
+
+    /// Puts the changes back, after the operation that took them failed or did not consume
+    /// them.
+    pub fn put_back(self, h: &WsHandle) {
+        let mut d = h.feed.dirty();
+        match self.changes {
+            Changes::Full => d.full = true,
+            Changes::Paths(p) => d.paths.extend(p),
+        }
+        if self.rescan && d.rescan_reason.is_none() {
+            d.rescan_reason = Some("retry".into());
+        }
+    }
+}

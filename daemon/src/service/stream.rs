@@ -1,0 +1,109 @@
+//! Server streams: the Events stream and the chunks of a file being read.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use chkpt_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tonic::Status;
+
+use super::Stream_;
+use super::convert;
+use crate::engine::{Engine, EngineEvent};
+
+/// The Events stream: the engine's events (of one workspace, or all) as they happen. A
+/// subscriber too slow to keep up is told how many events it missed, never left unaware.
+pub(super) fn events(engine: Arc<Engine>, filter: Option<u64>) -> Stream_<pb::Event> {
+    let stream = BroadcastStream::new(engine.subscribe()).filter_map(move |item| {
+        // Runs on the async runtime: no catalog reads here, the paths of watched workspaces
+        // are in memory.
+        let ev = match item {
+            Ok(ev) => ev,
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                return Some(Ok(pb::Event {
+                    unix_ms: crate::workspace::now_us() / 1000,
+                    workspace: String::new(),
+                    kind: Some(pb::event::Kind::Warning(pb::Warning {
+                        message: format!(
+                            "this subscriber fell behind and missed {missed} events; \
+                             `chkptctl status` and `chkptctl list` show the current state"
+                        ),
+                    })),
+                }));
+            }
+        };
+        let ws = match &ev {
+            EngineEvent::SnapshotTaken(s) => s.workspace,
+            EngineEvent::RestoreDone(w, _)
+            | EngineEvent::Rescan(w, _)
+            | EngineEvent::Warning(w, _)
+            | EngineEvent::Tripwire(w, _) => *w,
+        };
+        if filter.is_some_and(|f| f != ws) {
+            return None;
+        }
+        let workspace = engine.watched_path(ws).unwrap_or_default();
+        let kind = match ev {
+            EngineEvent::SnapshotTaken(s) => pb::event::Kind::SnapshotTaken(pb::SnapshotTaken {
+                snapshot: Some(convert::snapshot(&s, &workspace)),
+            }),
+            EngineEvent::RestoreDone(_, s) => pb::event::Kind::RestoreDone(pb::RestoreDone {
+                summary: Some(convert::restore_summary(&s)),
+            }),
+            EngineEvent::Rescan(_, reason) => pb::event::Kind::Rescan(pb::Rescan { reason }),
+            EngineEvent::Warning(_, message) => pb::event::Kind::Warning(pb::Warning { message }),
+            EngineEvent::Tripwire(_, t) => pb::event::Kind::Tripwire(convert::tripwire(&t)),
+        };
+        Some(Ok(pb::Event {
+            unix_ms: crate::workspace::now_us() / 1000,
+            workspace,
+            kind: Some(kind),
+        }))
+    });
+    Box::pin(stream)
+}
+
+pub(super) const CHUNK: usize = 64 * 1024;
+
+/// Sends what is written as `FileChunk`s.
+pub(super) struct ChunkWriter {
+    pub tx: mpsc::Sender<Result<pb::FileChunk, Status>>,
+    pub buf: Vec<u8>,
+    pub offset: u64,
+    pub total: u64,
+    pub sent: bool,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // An empty file is still one (empty) chunk.
+        if self.buf.is_empty() && self.sent {
+            return Ok(());
+        }
+        self.sent = true;
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let len = data.len() as u64;
+        self.tx
+            .blocking_send(Ok(pb::FileChunk {
+                data,
+                offset: self.offset,
+                total_size: self.total,
+            }))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })?;
+        self.offset += len;
+        Ok(())
+    }
+}
