@@ -157,3 +157,57 @@ impl Taken {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::workspace::WatchOptions;
+    use crate::workspace::test_hooks::panic_after_next_refresh;
+
+    #[test]
+    fn a_save_that_panicked_leaves_no_half_updated_index_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("a.txt"), b"first").unwrap();
+        let store = crate::store::Store::open(dir.path().join("data")).unwrap();
+        let engine = Engine::new(
+            store,
+            WatchOptions::default(),
+            Duration::from_secs(60),
+            dir.path().join("sock"),
+        );
+        engine.watch(&root, WatchOptions::default()).unwrap();
+        let ws = root.display().to_string();
+        // Racy-clean rule: a file read within a second of its write is read again anyway.
+        std::thread::sleep(Duration::from_millis(1100));
+        std::fs::write(root.join("a.txt"), b"second, longer").unwrap();
+        std::fs::write(root.join("b.txt"), b"new file").unwrap();
+        let e = Arc::clone(&engine);
+        let w = ws.clone();
+        let panicked = std::thread::spawn(move || {
+            panic_after_next_refresh();
+            e.save(&w, "panics", false)
+        })
+        .join();
+        assert!(panicked.is_err(), "the injected panic happened");
+        // The panicked save had taken the dirty paths and updated the index with objects no
+        // batch committed; the next save must neither trust that index nor miss the changes.
+        let out = engine.save(&ws, "after the panic", false).unwrap();
+        assert!(out.created);
+        let (_, a) = engine.entry_at(&ws, "latest", b"a.txt").unwrap();
+        let mut got = Vec::new();
+        engine.read_into(&a, &mut got).unwrap();
+        assert_eq!(got, b"second, longer");
+        let (_, b) = engine.entry_at(&ws, "latest", b"b.txt").unwrap();
+        let mut got = Vec::new();
+        engine.read_into(&b, &mut got).unwrap();
+        assert_eq!(got, b"new file");
+        let report = engine.verify(None).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        engine.shutdown();
+    }
+}

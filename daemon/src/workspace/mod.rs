@@ -457,6 +457,8 @@ impl Workspace {
         let started = Instant::now();
         let batch = store.batch();
         let warnings = self.refresh(&batch, &opts.changes)?;
+        #[cfg(test)]
+        test_hooks::maybe_panic_after_refresh();
         let refreshed = started.elapsed();
         let root = self.index.root_tree(&batch)?;
         let latest = store.cat.latest(self.record.id)?;
@@ -566,6 +568,27 @@ impl Workspace {
             "snapshot taken"
         );
         Ok(snapshot)
+    }
+}
+
+/// Faults unit tests inject into a save.
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::cell::Cell;
+
+    thread_local! {
+        static PANIC_AFTER_REFRESH: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The next save on this thread panics once its refresh has updated the index.
+    pub fn panic_after_next_refresh() {
+        PANIC_AFTER_REFRESH.with(|p| p.set(true));
+    }
+
+    pub(super) fn maybe_panic_after_refresh() {
+        if PANIC_AFTER_REFRESH.with(|p| p.replace(false)) {
+            panic!("injected: a save panics after its refresh");
+        }
     }
 }
 
