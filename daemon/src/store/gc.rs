@@ -1,13 +1,13 @@
 //! Garbage collection, repacking and verification.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io;
 use std::sync::Arc;
 
-use super::pack::{self, Loc, PackWriter};
-use super::{Id, Kind, Store, loc_bytes, lock_poisoned};
-use crate::error::{Error, IoContext, Result};
+use super::pack::{self, Loc};
+use super::read::loc_bytes;
+use super::{Id, Kind, Store};
+use crate::error::{IoContext, Result};
 
 /// Packs whose dead fraction passes this are rewritten.
 pub const REPACK_DEAD_FRACTION: f64 = 0.3;
@@ -102,7 +102,7 @@ impl Store {
         // Memory forgets the dropped objects before the flush: were the flush to fail, the
         // rewrite may still reach the disk later, and a save must then not count on them.
         self.cat.rewrite_blob_index(&kept)?;
-        *self.index.write().unwrap_or_else(|p| p.into_inner()) = kept.into_iter().collect();
+        self.index.replace_committed(kept);
         self.flush()?;
         self.gc_epoch
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -121,7 +121,7 @@ impl Store {
         }
         // Pack files the catalog never committed: the remains of a save that died early.
         let known: HashMap<u32, u64> = self.cat.pack_lengths()?.into_iter().collect();
-        for no in self.pack_files()? {
+        for no in self.packs.files()? {
             if !known.contains_key(&no) {
                 self.delete_pack(no, &mut report)?;
             }
@@ -132,46 +132,30 @@ impl Store {
     }
 
     fn delete_pack(&self, no: u32, report: &mut GcReport) -> Result<()> {
-        let path = pack::pack_path(&self.packs_dir, no);
-        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        // Out of the catalog first: a pack file without an entry is an orphan, collected later.
         self.cat.remove_pack(no)?;
         self.flush()?;
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, e)),
-        }
-        self.maps
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&no);
-        lock_poisoned(&self.open_packs).remove(&no);
+        report.bytes_reclaimed += self.packs.delete(no)?;
         report.packs_removed += 1;
-        report.bytes_reclaimed += size;
         Ok(())
     }
 
     fn repack(&self, no: u32, live: Vec<(Id, Loc)>, report: &mut GcReport) -> Result<()> {
-        let new_no = self
-            .next_pack
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut w = PackWriter::create(&self.packs_dir, new_no)?;
+        let mut w = self.packs.create_outside_pool()?;
+        let new_no = w.no;
         let mut moved = Vec::with_capacity(live.len());
         for (id, loc) in live {
-            let map = self.map(loc.pack, loc.end())?;
+            let map = self.packs.map(loc.pack, loc.end())?;
             let stored = loc_bytes(&map, &id, &loc)?;
             moved.push((id, w.append(id, loc.flags, loc.raw_len, stored)?));
         }
-        let path = pack::pack_path(&self.packs_dir, new_no);
+        let path = self.packs.path(new_no);
         w.flush()?;
         w.file.sync_all().at(&path)?;
         self.cat.append_blob_segments(&moved)?;
         self.cat.set_pack_length(new_no, w.len)?;
         self.flush()?;
-        self.index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(moved.iter().copied());
+        self.index.commit(&moved);
         self.delete_pack(no, report)?;
         // delete_pack counted the old pack's whole size; the live part lives on in the new one.
         report.bytes_reclaimed = report.bytes_reclaimed.saturating_sub(w.len);
@@ -269,7 +253,7 @@ impl Store {
                         }
                     } else if let Some(problem) = bad.get(&e.id) {
                         out.push((e.name.clone(), e.id, problem.clone()));
-                    } else if self.committed(&e.id).is_none() {
+                    } else if self.index.committed(&e.id).is_none() {
                         out.push((e.name.clone(), e.id, "missing from the store".into()));
                     }
                 }

@@ -571,27 +571,6 @@ impl Workspace {
     }
 }
 
-/// Faults unit tests inject into a save.
-#[cfg(test)]
-pub(crate) mod test_hooks {
-    use std::cell::Cell;
-
-    thread_local! {
-        static PANIC_AFTER_REFRESH: Cell<bool> = const { Cell::new(false) };
-    }
-
-    /// The next save on this thread panics once its refresh has updated the index.
-    pub fn panic_after_next_refresh() {
-        PANIC_AFTER_REFRESH.with(|p| p.set(true));
-    }
-
-    pub(super) fn maybe_panic_after_refresh() {
-        if PANIC_AFTER_REFRESH.with(|p| p.replace(false)) {
-            panic!("injected: a save panics after its refresh");
-        }
-    }
-}
-
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if dir.is_empty() {
         return name.to_vec();
@@ -615,4 +594,25 @@ fn snapshot_id(ws: u64, created_us: u64, root: &Id) -> u64 {
 /// The metadata of `path` relative to the workspace, as a string for messages.
 pub fn display_rel(rel: &[u8]) -> String {
     String::from_utf8_lossy(rel).into_owned()
+}
+
+/// Faults unit tests inject into a save.
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::cell::Cell;
+
+    thread_local! {
+        static PANIC_AFTER_REFRESH: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The next save on this thread panics once its refresh has updated the index.
+    pub fn panic_after_next_refresh() {
+        PANIC_AFTER_REFRESH.with(|p| p.set(true));
+    }
+
+    pub(super) fn maybe_panic_after_refresh() {
+        if PANIC_AFTER_REFRESH.with(|p| p.replace(false)) {
+            panic!("injected: a save panics after its refresh");
+        }
+    }
 }

@@ -1,0 +1,201 @@
+//! Batches: groups of writes that become durable and visible together (the packer layer,
+//! between the pack files and the blob index).
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLockReadGuard};
+
+use super::compress::{copy_hashing, with_compressed};
+use super::pack::{FLAG_LZ4, FLAG_LZ4_BLOCK, FLAG_TREE, Loc};
+use super::{Id, Store, Tree, lock_poisoned};
+use crate::error::Result;
+
+/// What a streamed write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// Stored (or already present) under the expected id.
+    Stored {
+        /// Whether the bytes were new to the store.
+        new: bool,
+    },
+    /// The source yielded different bytes than expected (it changed while being read); nothing
+    /// was kept.
+    Changed,
+}
+
+/// A group of writes that becomes visible together. Usable from many threads at once.
+#[derive(Debug)]
+pub struct Batch<'s> {
+    store: &'s Store,
+    _guard: RwLockReadGuard<'s, ()>,
+    new: Mutex<Vec<(Id, Loc)>>,
+    new_bytes: AtomicU64,
+}
+
+impl Batch<'_> {
+    /// The store.
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Stores `data` as a blob (or a tree with `tree`), unless already present. Returns its id
+    /// and whether it was new.
+    pub fn put(&self, data: &[u8], tree: bool) -> Result<(Id, bool)> {
+        let id = Id::of(data);
+        if self.adopt(&id)? {
+            return Ok((id, false));
+        }
+        let res = with_compressed(data, |compressed| {
+            let flags = if tree { FLAG_TREE } else { 0 }
+                | if compressed.is_some() {
+                    FLAG_LZ4_BLOCK
+                } else {
+                    0
+                };
+            let mut w = self.store.packs.take_writer()?;
+            w.append(id, flags, data.len() as u64, compressed.unwrap_or(data))
+        });
+        self.record(id, res?);
+        Ok((id, true))
+    }
+
+    /// Stores a tree.
+    pub fn put_tree(&self, tree: &Tree) -> Result<Id> {
+        Ok(self.put(&tree.encode(), true)?.0)
+    }
+
+    /// Stores `raw_len` bytes read from `reader` under `id` (known from an earlier pass), without
+    /// holding them in memory. When the bytes read do not hash to `id`, nothing is kept.
+    pub fn put_stream(
+        &self,
+        id: Id,
+        raw_len: u64,
+        reader: &mut dyn Read,
+        compress: bool,
+    ) -> Result<Streamed> {
+        if self.adopt(&id)? {
+            return Ok(Streamed::Stored { new: false });
+        }
+        let flags = if compress { FLAG_LZ4 } else { 0 };
+        let mut w = self.store.packs.take_writer()?;
+        let res = w.append_with(flags, raw_len, |sink| {
+            let got = if compress {
+                let mut enc = lz4_flex::frame::FrameEncoder::new(sink);
+                let got = copy_hashing(reader, &mut enc)?;
+                enc.finish().map_err(io::Error::other)?;
+                got
+            } else {
+                copy_hashing(reader, sink)?
+            };
+            Ok((got == (id, raw_len)).then_some(id))
+        });
+        drop(w);
+        match res? {
+            Some(loc) => {
+                self.record(id, loc);
+                Ok(Streamed::Stored { new: true })
+            }
+            None => Ok(Streamed::Changed),
+        }
+    }
+
+    /// Whether `id` is already stored; one written by another open batch is adopted, so this
+    /// batch's commit makes it durable too.
+    fn adopt(&self, id: &Id) -> Result<bool> {
+        if let Some(loc) = self.store.index.pending(id) {
+            lock_poisoned(&self.new).push((*id, loc));
+            return Ok(true);
+        }
+        Ok(self.store.index.committed(id).is_some())
+    }
+
+    fn record(&self, id: Id, loc: Loc) {
+        self.store
+            .counters
+            .pack_bytes_written
+            .fetch_add(loc.record_len(), Ordering::Relaxed);
+        self.store
+            .counters
+            .objects_written
+            .fetch_add(1, Ordering::Relaxed);
+        self.new_bytes
+            .fetch_add(loc.record_len(), Ordering::Relaxed);
+        self.store.index.add_pending(id, loc);
+        lock_poisoned(&self.new).push((id, loc));
+    }
+
+    /// Objects this batch wrote or adopted so far, and their stored bytes.
+    pub fn written(&self) -> (u64, u64) {
+        (
+            lock_poisoned(&self.new).len() as u64,
+            self.new_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Makes the objects written so far durable and visible in the blob index: fsyncs their
+    /// packs, then records them and the packs' committed lengths in the catalog. Catalog records
+    /// that refer to them may be written after this returns; [`Batch::finish`] flushes.
+    pub fn commit_objects(&self) -> Result<()> {
+        let mut new = std::mem::take(&mut *lock_poisoned(&self.new));
+        if new.is_empty() {
+            return Ok(());
+        }
+        // An object adopted many times (identical files) is indexed once.
+        new.sort_unstable_by_key(|(id, _)| id.0);
+        new.dedup_by_key(|(id, _)| id.0);
+        let mut ends: HashMap<u32, u64> = HashMap::new();
+        for (_, loc) in &new {
+            let e = ends.entry(loc.pack).or_default();
+            *e = (*e).max(loc.end());
+        }
+        let t = std::time::Instant::now();
+        let durable = self
+            .store
+            .packs
+            .sync(&ends)
+            .and_then(|()| self.store.cat.append_blob_segments(&new))
+            .and_then(|()| self.store.cat.raise_pack_lengths(&ends));
+        if let Err(e) = durable {
+            // Not committed: no other batch may count on these objects any more.
+            self.store.index.forget_pending(&new);
+            return Err(e);
+        }
+        tracing::debug!(
+            objects = new.len(),
+            ms = t.elapsed().as_millis() as u64,
+            "objects committed"
+        );
+        self.store.index.commit(&new);
+        Ok(())
+    }
+
+    /// Commits what is left and flushes the catalog: everything written in the batch is durable.
+    pub fn finish(self) -> Result<()> {
+        self.commit_objects()?;
+        let t = std::time::Instant::now();
+        self.store.flush()?;
+        tracing::debug!(flush_ms = t.elapsed().as_millis() as u64, "catalog flushed");
+        Ok(())
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        // Objects never committed stop being offered to other batches; their bytes are dead.
+        let new = std::mem::take(&mut *lock_poisoned(&self.new));
+        self.store.index.forget_pending(&new);
+    }
+}
+
+impl Store {
+    /// Starts a batch of writes. While any batch is open, garbage collection waits.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            _guard: self.gc_lock.read().unwrap_or_else(|p| p.into_inner()),
+            new: Mutex::new(Vec::new()),
+            new_bytes: AtomicU64::new(0),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The blob index: where every object is. Committed entries (durable: their packs are fsynced
+//! and the catalog holds them, format rule 1 of [`catalog`](super::catalog)) and pending ones
+//! (written by a batch still open), as one type, so the rules between them live in one place.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
+use super::Id;
+use super::lock_poisoned;
+use super::pack::Loc;
+
+/// Where objects are, committed and pending.
+#[derive(Debug, Default)]
+pub(crate) struct BlobIndex {
+    committed: RwLock<HashMap<Id, Loc>>,
+    pending: Mutex<HashMap<Id, Loc>>,
+}
+
+impl BlobIndex {
+    /// An index of these committed objects.
+    pub fn new(committed: HashMap<Id, Loc>) -> BlobIndex {
+        BlobIndex {
+            committed: RwLock::new(committed),
+            pending: Mutex::default(),
+        }
+    }
+
+    /// Where a committed object is.
+    pub fn committed(&self, id: &Id) -> Option<Loc> {
+        self.committed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// Where an object is, committed or pending.
+    pub fn locate(&self, id: &Id) -> Option<Loc> {
+        if let Some(loc) = lock_poisoned(&self.pending).get(id) {
+            return Some(*loc);
+        }
+        self.committed(id)
+    }
+
+    /// Where an object written by a batch still open is.
+    pub fn pending(&self, id: &Id) -> Option<Loc> {
+        lock_poisoned(&self.pending).get(id).copied()
+    }
+
+    /// Every committed object and where it is.
+    pub fn all_committed(&self) -> Vec<(Id, Loc)> {
+        let index = self.committed.read().unwrap_or_else(|p| p.into_inner());
+        index.iter().map(|(id, loc)| (*id, *loc)).collect()
+    }
+
+    /// An open batch wrote `id` at `loc`: other batches may adopt it.
+    pub fn add_pending(&self, id: Id, loc: Loc) {
+        lock_poisoned(&self.pending).insert(id, loc);
+    }
+
+    /// These pending objects will never be committed (their batch failed or was dropped): no
+    /// batch may count on them any more. An entry another batch rewrote since stays.
+    pub fn forget_pending(&self, entries: &[(Id, Loc)]) {
+        let mut pending = lock_poisoned(&self.pending);
+        for (id, loc) in entries {
+            if pending.get(id) == Some(loc) {
+                pending.remove(id);
+            }
+        }
+    }
+
+    /// These objects are durable now: committed, and no longer pending.
+    pub fn commit(&self, entries: &[(Id, Loc)]) {
+        self.committed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(entries.iter().copied());
+        self.forget_pending(entries);
+        let mut pending = lock_poisoned(&self.pending);
+        // A cold save grew it to one entry per object; the idle daemon need not keep that.
+        if pending.is_empty() && pending.capacity() > 4096 {
+            *pending = HashMap::new();
+        }
+    }
+
+    /// Replaces every committed entry (garbage collection kept these).
+    pub fn replace_committed(&self, entries: Vec<(Id, Loc)>) {
+        *self.committed.write().unwrap_or_else(|p| p.into_inner()) = entries.into_iter().collect();
+    }
+}

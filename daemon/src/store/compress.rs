@@ -1,0 +1,59 @@
+//! Compression: LZ4 blocks for objects held in memory (liblz4, with a buffer per thread), and
+//! the hashing copy that streamed objects go through.
+
+use std::io::{self, Read, Write};
+
+use super::{Hasher, IN_MEMORY_LIMIT, Id};
+
+thread_local! {
+    /// Each thread's LZ4 output buffer, reused from one object to the next.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Frees this thread's compression buffer. Threads of a walk end with it; a long-lived thread
+/// (rayon's) calls this after a save, so a large file read once does not stay in memory.
+pub fn release_thread_buffers() {
+    SCRATCH.with(|s| *s.borrow_mut() = Vec::new());
+}
+
+/// `data` compressed as one LZ4 block into `out` (resized as needed); its length, or none when
+/// compressing does not save at least 1/32.
+pub fn lz4_block(data: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let need = lz4::block::compress_bound(data.len()).ok()?;
+    if out.len() < need {
+        out.resize(need, 0);
+    }
+    lz4::block::compress_to_buffer(data, None, false, &mut out[..need])
+        .ok()
+        .filter(|&n| n < data.len() - data.len() / 32)
+}
+
+/// Calls `f` with `data` as one LZ4 block, or with none when compressing does not pay (the
+/// block must save at least 1/32) or `data` is larger than a block object may be
+/// ([`IN_MEMORY_LIMIT`]: a tree of a directory with ~150,000 entries; stored raw).
+pub(crate) fn with_compressed<T>(data: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> T {
+    if data.len() < 64 || data.len() as u64 > IN_MEMORY_LIMIT {
+        return f(None);
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let n = lz4_block(data, &mut buf);
+        f(n.map(|n| &buf[..n]))
+    })
+}
+
+/// Copies `reader` to `out`, returning the id and length of what passed.
+pub(crate) fn copy_hashing(reader: &mut dyn Read, out: &mut dyn Write) -> io::Result<(Id, u64)> {
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(hasher.finish()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+}
