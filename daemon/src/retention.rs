@@ -4,23 +4,7 @@ use std::collections::HashSet;
 
 use crate::store::catalog::{SnapshotRecord, Trigger};
 
-/// A retention policy. All zero means the defaults below.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bitcode::Encode, bitcode::Decode)]
-pub struct Policy {
-    /// Keep the newest N.
-    pub keep_last: u32,
-    /// Keep the newest in each of the last N hours that have one.
-    pub keep_hourly: u32,
-    /// Likewise per day.
-    pub keep_daily: u32,
-    /// Likewise per week.
-    pub keep_weekly: u32,
-    /// Keep everything younger than this, µs (counted from the newest snapshot).
-    pub keep_within_us: u64,
-    /// Then remove the oldest automatic snapshots while the bytes they added exceed this;
-    /// 0 = no budget.
-    pub max_store_bytes: u64,
-}
+pub use crate::store::records::Policy;
 
 impl Policy {
     /// All of the last hour, hourly for 24 h, daily for 14 days, weekly for 8 weeks.

@@ -19,7 +19,8 @@
 //!    list of (relative path, [`FileMeta`] or none for a removed path): the persisted warm
 //!    index, as a base of whole-index segments followed by journal segments, each applied in
 //!    order. When the journal outgrows a quarter of the base, it is folded into a new base.
-//! 6. Records start with a one-byte format version ([`RECORD_VERSION`]).
+//! 6. Workspace and snapshot records are encoded as `records` says (a version byte, then
+//!    the body). Blob and warm-index segments start with [`SEGMENT_VERSION`].
 //! 7. Stores written before segments existed keep one `blobs` entry per object and one `files`
 //!    entry per path; opening such a store moves them into segments once.
 
@@ -27,117 +28,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::pack::Loc;
+use super::records;
 use super::{Id, Kind};
 use crate::error::{Error, Result};
 
-/// The version byte in front of every bitcode record.
-pub const RECORD_VERSION: u8 = 1;
+/// The version byte in front of blob and warm-index segments (format rule 6).
+pub const SEGMENT_VERSION: u8 = 1;
 
-/// Why a snapshot was taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
-pub enum Trigger {
-    /// By the daemon after changes settled.
-    Auto,
-    /// Asked for by a person or a script.
-    Manual,
-    /// The state just before a restore, so the restore can be undone.
-    PreRestore,
-}
-
-impl Trigger {
-    /// The lower-case name used in output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Auto => "auto",
-            Trigger::Manual => "manual",
-            Trigger::PreRestore => "pre-restore",
-        }
-    }
-}
-
-/// A snapshot: a root tree plus metadata.
-#[derive(Clone, Debug, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
-pub struct SnapshotRecord {
-    /// Unique id (shown as 16 hex digits).
-    pub id: u64,
-    /// The workspace it belongs to.
-    pub workspace: u64,
-    /// Creation time, µs since the Unix epoch; unique and increasing within a store.
-    pub created_us: u64,
-    /// The workspace's root tree.
-    pub root: Id,
-    /// The snapshot before it in the same workspace.
-    pub parent: Option<u64>,
-    /// Why it was taken.
-    pub trigger: Trigger,
-    /// A message from the user.
-    pub message: String,
-    /// Pinned snapshots are never removed by retention.
-    pub pinned: bool,
-    /// Files and symlinks in the tree.
-    pub files: u64,
-    /// Their total size.
-    pub bytes: u64,
-    /// Objects this snapshot added to the store.
-    pub new_blobs: u64,
-    /// Stored bytes this snapshot added.
-    pub new_bytes: u64,
-    /// Paths added since the parent.
-    pub added: u64,
-    /// Paths modified since the parent.
-    pub modified: u64,
-    /// Paths deleted since the parent.
-    pub deleted: u64,
-    /// Changes before it may have been seen only by a rescan (events lost, daemon down).
-    pub rescan: bool,
-    /// Problems met while saving (unreadable files skipped, …).
-    pub warnings: Vec<String>,
-    /// The git branch checked out (empty: none or detached).
-    pub git_branch: String,
-    /// The git HEAD commit (empty: not a git repository).
-    pub git_head: String,
-}
-
-impl SnapshotRecord {
-    /// The id as shown to people: 16 lowercase hex digits.
-    pub fn hex_id(&self) -> String {
-        format!("{:016x}", self.id)
-    }
-}
-
-/// A watched (or once watched) folder.
-#[derive(Clone, Debug, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
-pub struct WorkspaceRecord {
-    /// Unique id.
-    pub id: u64,
-    /// Absolute, canonical path bytes.
-    pub path: Vec<u8>,
-    /// Quiet period before an auto snapshot, ms.
-    pub idle_ms: u64,
-    /// Longest wait after the first unsaved change, ms.
-    pub max_delay_ms: u64,
-    /// Whether dependency and build folders are saved too.
-    pub include_dependency_dirs: bool,
-    /// When it was first watched, µs since the epoch.
-    pub created_us: u64,
-    /// Whether the daemon watches it (re-watched after a restart).
-    pub watched: bool,
-    /// Which automatic snapshots are kept.
-    pub retention: crate::retention::Policy,
-    /// A fired mass-change tripwire nobody acknowledged yet.
-    pub tripwire: Option<TripwireRecord>,
-}
-
-/// A fired mass-change tripwire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
-pub struct TripwireRecord {
-    /// The snapshot taken just before the burst (pinned), if there was one.
-    pub pinned: Option<u64>,
-    /// Files deleted or rewritten when it fired.
-    pub changed: u64,
-    /// When it fired, µs since the epoch.
-    pub fired_us: u64,
-}
+pub use super::records::{SnapshotRecord, Trigger, TripwireRecord, WorkspaceRecord};
 
 /// One entry of a workspace's warm index: what a path was when it was last read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
@@ -163,15 +61,10 @@ pub struct FileMeta {
     pub racy: bool,
 }
 
-fn encode<T: bitcode::Encode>(value: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_VERSION];
-    out.extend_from_slice(&bitcode::encode(value));
-    out
-}
-
-fn decode<T: for<'a> bitcode::Decode<'a>>(what: &str, bytes: &[u8]) -> Result<T> {
+/// Decodes a bitcode value of segment version 1 (the per-entry `files` records of rule 7).
+fn decode_v1<T: for<'a> bitcode::Decode<'a>>(what: &str, bytes: &[u8]) -> Result<T> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => {
+        Some((&SEGMENT_VERSION, rest)) => {
             bitcode::decode(rest).map_err(|e| Error::Corrupt(format!("catalog {what} record: {e}")))
         }
         _ => Err(Error::Corrupt(format!(
@@ -273,7 +166,7 @@ impl Catalog {
             for kv in old.iter() {
                 let (k, v) = kv?;
                 // A bad record only costs that file a re-read.
-                match decode::<FileMeta>("file", &v) {
+                match decode_v1::<FileMeta>("file", &v) {
                     Ok(meta) if k.len() >= 8 => per_ws
                         .entry(u64_at(&k, 0))
                         .or_default()
@@ -301,7 +194,7 @@ impl Catalog {
         for kv in self.blob_segments.iter() {
             let (_, v) = kv?;
             let body = match v.split_first() {
-                Some((&RECORD_VERSION, body)) if body.len() % BLOB_ENTRY == 0 => body,
+                Some((&SEGMENT_VERSION, body)) if body.len() % BLOB_ENTRY == 0 => body,
                 _ => return Err(Error::Corrupt("a blob index segment is malformed".into())),
             };
             for entry in body.chunks_exact(BLOB_ENTRY) {
@@ -407,7 +300,7 @@ impl Catalog {
 
     /// Inserts or replaces a workspace.
     pub fn put_workspace(&self, ws: &WorkspaceRecord) -> Result<()> {
-        self.workspaces.insert(be(ws.id), encode(ws))?;
+        self.workspaces.insert(be(ws.id), records::encode(ws))?;
         self.ws_paths.insert(&ws.path, &be(ws.id))?;
         Ok(())
     }
@@ -416,7 +309,7 @@ impl Catalog {
     pub fn workspace(&self, id: u64) -> Result<Option<WorkspaceRecord>> {
         self.workspaces
             .get(be(id))?
-            .map(|v| decode("workspace", &v))
+            .map(|v| records::decode(&v))
             .transpose()
     }
 
@@ -433,7 +326,7 @@ impl Catalog {
         self.workspaces
             .iter()
             .values()
-            .map(|v| decode("workspace", &v?))
+            .map(|v| records::decode(&v?))
             .collect()
     }
 
@@ -441,7 +334,7 @@ impl Catalog {
 
     /// Inserts or replaces a snapshot.
     pub fn put_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
-        self.snapshots.insert(be(s.id), encode(s))?;
+        self.snapshots.insert(be(s.id), records::encode(s))?;
         self.ws_snaps.insert(ws_snap_key(s), &[])?;
         Ok(())
     }
@@ -450,7 +343,7 @@ impl Catalog {
     pub fn snapshot(&self, id: u64) -> Result<Option<SnapshotRecord>> {
         self.snapshots
             .get(be(id))?
-            .map(|v| decode("snapshot", &v))
+            .map(|v| records::decode(&v))
             .transpose()
     }
 
@@ -505,7 +398,7 @@ impl Catalog {
         self.snapshots
             .iter()
             .values()
-            .map(|v| decode("snapshot", &v?))
+            .map(|v| records::decode(&v?))
             .collect()
     }
 
@@ -542,7 +435,7 @@ impl Catalog {
         let hi = u64::from_str_radix(&format!("{prefix:f<16}"), 16).unwrap_or(u64::MAX);
         let mut out = Vec::new();
         for v in self.snapshots.range(be(lo)..=be(hi)).values() {
-            let s: SnapshotRecord = decode("snapshot", &v?)?;
+            let s: SnapshotRecord = records::decode(&v?)?;
             if keep(&s) {
                 out.push(s);
                 if out.len() >= limit {
@@ -647,7 +540,7 @@ impl Catalog {
 
 fn blob_segment(entries: &[(Id, Loc)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + entries.len() * BLOB_ENTRY);
-    out.push(RECORD_VERSION);
+    out.push(SEGMENT_VERSION);
     for (id, loc) in entries {
         out.extend_from_slice(&id.0);
         out.extend_from_slice(&loc.encode());
@@ -657,14 +550,14 @@ fn blob_segment(entries: &[(Id, Loc)]) -> Vec<u8> {
 
 /// A warm-index segment: the version byte, 1 for a base segment (0 for journal), the changes.
 fn index_segment(base: bool, changes: &[IndexChange]) -> Vec<u8> {
-    let mut out = vec![RECORD_VERSION, u8::from(base)];
+    let mut out = vec![SEGMENT_VERSION, u8::from(base)];
     out.extend_from_slice(&bitcode::encode(changes));
     out
 }
 
 fn decode_index_segment(bytes: &[u8]) -> Result<(bool, Vec<IndexChange>)> {
     match bytes {
-        [RECORD_VERSION, base @ (0 | 1), rest @ ..] => bitcode::decode(rest)
+        [SEGMENT_VERSION, base @ (0 | 1), rest @ ..] => bitcode::decode(rest)
             .map(|changes| (*base == 1, changes))
             .map_err(|e| Error::Corrupt(format!("catalog warm index segment: {e}"))),
         _ => Err(Error::Corrupt(

@@ -56,6 +56,21 @@ impl Id {
     }
 }
 
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        let bytes = d.deserialize_byte_buf(super::records::BytesVisitor)?;
+        <[u8; 16]>::try_from(bytes.as_slice())
+            .map(Id)
+            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"16 bytes"))
+    }
+}
+
 impl fmt::Debug for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Id({})", &self.to_hex()[..12])

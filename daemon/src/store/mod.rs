@@ -30,6 +30,7 @@ pub mod gc;
 pub mod id;
 pub mod pack;
 pub mod read;
+pub mod records;
 pub mod tree;
 pub(crate) mod writers;
 
@@ -460,7 +461,7 @@ mod tests {
             };
             let mut key = 7u64.to_be_bytes().to_vec();
             key.extend_from_slice(b"src/a.bin");
-            let mut value = vec![catalog::RECORD_VERSION];
+            let mut value = vec![catalog::SEGMENT_VERSION];
             value.extend_from_slice(&bitcode::encode(&meta));
             store
                 .db

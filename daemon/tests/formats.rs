@@ -1,0 +1,146 @@
+//! Stores written by earlier chkptd versions keep working: a fixture data directory of each
+//! record format (see `store::records`, format rule 4) opens, lists its snapshots, restores
+//! them byte for byte and verifies clean.
+//!
+//! `fixtures/store-format-1.tar.gz` was made by chkptd writing record format 1 (as of commit e2b9a47): a
+//! folder `/tmp/fx/ws` watched (baseline), saved with `-m "first manual" --pin`, then edited
+//! (`src/main.rs` rewritten, `src/deep/x.txt` removed, `new.txt` added) and saved with
+//! `-m second`. `expected/baseline` and `expected/latest` hold the folder at those moments.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use chkpt_daemon::store::Store;
+use chkpt_daemon::store::catalog::Trigger;
+use chkpt_daemon::workspace::Changes;
+use chkpt_daemon::workspace::Workspace;
+use chkpt_daemon::workspace::restore::RestoreOptions;
+
+fn unpack(fixture: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
+    let st = Command::new("tar")
+        .arg("xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar could not unpack {}", archive.display());
+    dir
+}
+
+/// Every entry under `a` and `b`, with content, exec bit and link target, must be equal.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let list = |root: &Path| {
+        let mut v: Vec<_> = walk(root)
+            .into_iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+            .collect();
+        v.sort();
+        v
+    };
+    let (la, lb) = (list(a), list(b));
+    assert_eq!(la, lb, "the same paths");
+    for rel in la {
+        let (pa, pb) = (a.join(&rel), b.join(&rel));
+        let (ma, mb) = (
+            fs::symlink_metadata(&pa).unwrap(),
+            fs::symlink_metadata(&pb).unwrap(),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "{}", rel.display());
+        if ma.file_type().is_symlink() {
+            assert_eq!(fs::read_link(&pa).unwrap(), fs::read_link(&pb).unwrap());
+        } else if ma.is_file() {
+            assert_eq!(
+                fs::read(&pa).unwrap(),
+                fs::read(&pb).unwrap(),
+                "{}",
+                rel.display()
+            );
+            assert_eq!(
+                ma.permissions().mode() & 0o111,
+                mb.permissions().mode() & 0o111,
+                "exec bit of {}",
+                rel.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        out.push(p.clone());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&p));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_store_of_record_format_1_opens_lists_restores_and_verifies() {
+    let dir = unpack("store-format-1.tar.gz");
+    let store = Store::open(dir.path().join("data")).unwrap();
+    let cat = store.catalog();
+    let workspaces = cat.workspaces().unwrap();
+    assert_eq!(workspaces.len(), 1);
+    let record = workspaces[0].clone();
+    assert_eq!(record.path, b"/tmp/fx/ws");
+    assert_eq!((record.idle_ms, record.max_delay_ms), (1000, 2000));
+    let snaps = cat.snapshots_of(record.id, None, 100).unwrap();
+    let brief: Vec<_> = snaps
+        .iter()
+        .map(|s| (s.message.as_str(), s.trigger, s.pinned, s.files))
+        .collect();
+    assert_eq!(
+        brief,
+        vec![
+            ("second", Trigger::Manual, false, 6),
+            ("first manual", Trigger::Manual, true, 6),
+            ("baseline", Trigger::Auto, false, 6),
+        ]
+    );
+    assert_eq!(
+        (snaps[0].added, snaps[0].modified, snaps[0].deleted),
+        (1, 1, 1)
+    );
+    let report = store.verify(None).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.objects_checked >= 8, "{report:?}");
+
+    let mut ws = Workspace::open(&store, record).unwrap();
+    for (snap, expected) in [(&snaps[0], "latest"), (&snaps[2], "baseline")] {
+        let out = tempfile::tempdir().unwrap();
+        let to = out.path().join("restored");
+        let opts = RestoreOptions {
+            paths: vec![],
+            dry_run: false,
+            to: Some(to.clone()),
+            skip_checkpoint: true,
+        };
+        ws.restore(
+            &store,
+            snap,
+            &opts,
+            &Changes::Paths(vec![]),
+            &mut |_, _, _, _| {},
+        )
+        .unwrap();
+        assert_same_tree(&dir.path().join("expected").join(expected), &to);
+    }
+    // A record changed now is written in today's format, and reads back.
+    let mut pinned = snaps[1].clone();
+    pinned.pinned = false;
+    cat.put_snapshot(&pinned).unwrap();
+    assert_eq!(cat.snapshot(pinned.id).unwrap().unwrap(), pinned);
+}
