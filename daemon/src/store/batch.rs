@@ -142,8 +142,8 @@ impl Batch<'_> {
             return Ok(());
         }
         // An object adopted many times (identical files) is indexed once.
-        new.sort_unstable_by_key(|(id, _)| id.0);
-        new.dedup_by_key(|(id, _)| id.0);
+        new.sort_unstable_by_key(|(id, _)| *id);
+        new.dedup_by_key(|(id, _)| *id);
         let mut ends: HashMap<u32, u64> = HashMap::new();
         for (_, loc) in &new {
             let e = ends.entry(loc.pack).or_default();

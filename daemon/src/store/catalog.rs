@@ -149,7 +149,7 @@ impl Catalog {
             for kv in old.iter() {
                 let (k, v) = kv?;
                 if let (Ok(raw), Some(loc)) = (<[u8; 16]>::try_from(k.as_ref()), Loc::decode(&v)) {
-                    entries.push((Id(raw), loc));
+                    entries.push((Id::from_bytes(raw), loc));
                 }
             }
             tracing::info!(
@@ -203,7 +203,7 @@ impl Catalog {
                     return Err(Error::Corrupt("a blob index entry is malformed".into()));
                 };
                 if lengths.get(&loc.pack).is_some_and(|&len| loc.end() <= len) {
-                    index.insert(Id(id), loc);
+                    index.insert(Id::from_bytes(id), loc);
                 } else {
                     ignored += 1;
                 }
@@ -542,7 +542,7 @@ fn blob_segment(entries: &[(Id, Loc)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + entries.len() * BLOB_ENTRY);
     out.push(SEGMENT_VERSION);
     for (id, loc) in entries {
-        out.extend_from_slice(&id.0);
+        out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&loc.encode());
     }
     out

@@ -10,7 +10,7 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 #[derive(
     Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bitcode::Encode, bitcode::Decode,
 )]
-pub struct Id(pub [u8; 16]);
+pub struct Id([u8; 16]);
 
 impl Id {
     /// The id of `data`.
@@ -32,6 +32,16 @@ impl Id {
             hasher.update(&buf[..n]);
         }
         Ok(hasher.finish())
+    }
+
+    /// An id from its 16 bytes (as stored in packs and the catalog).
+    pub const fn from_bytes(bytes: [u8; 16]) -> Id {
+        Id(bytes)
+    }
+
+    /// Its 16 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
     }
 
     /// Lowercase hex, 32 digits.

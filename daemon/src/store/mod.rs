@@ -445,7 +445,7 @@ mod tests {
             b.finish().unwrap();
             let old = store.db.open_tree("blobs").unwrap();
             for (id, loc) in store.objects() {
-                old.insert(id.0, &loc.encode()).unwrap();
+                old.insert(id.as_bytes(), &loc.encode()).unwrap();
             }
             store.db.drop_tree("blob_segments").unwrap();
             let meta = catalog::FileMeta {

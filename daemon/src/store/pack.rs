@@ -315,7 +315,7 @@ impl PackWriter {
 
 fn header(id: Id, flags: u8, len: u64) -> [u8; RECORD_HEADER as usize] {
     let mut h = [0u8; RECORD_HEADER as usize];
-    h[..16].copy_from_slice(&id.0);
+    h[..16].copy_from_slice(id.as_bytes());
     h[16] = flags;
     h[17..25].copy_from_slice(&len.to_le_bytes());
     h
@@ -326,7 +326,7 @@ pub fn parse_header(bytes: &[u8]) -> Option<(Id, u8, u64)> {
     let id: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
     let flags = *bytes.get(16)?;
     let len = u64::from_le_bytes(bytes.get(17..25)?.try_into().ok()?);
-    Some((Id(id), flags, len))
+    Some((Id::from_bytes(id), flags, len))
 }
 
 /// `Write` at increasing offsets of a file, without moving a shared cursor.

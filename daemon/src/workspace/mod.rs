@@ -586,7 +586,7 @@ fn snapshot_id(ws: u64, created_us: u64, root: &Id) -> u64 {
     let mut seed = Vec::with_capacity(40);
     seed.extend_from_slice(&ws.to_le_bytes());
     seed.extend_from_slice(&created_us.to_le_bytes());
-    seed.extend_from_slice(&root.0);
+    seed.extend_from_slice(root.as_bytes());
     seed.extend_from_slice(&now_ns().to_le_bytes());
     xxhash_rust::xxh3::xxh3_64(&seed)
 }
