@@ -235,25 +235,56 @@ impl Index {
         out
     }
 
-    /// Drops every cached tree id (their objects may have been garbage collected).
-    pub fn invalidate_trees(&mut self) {
-        fn rec(dir: &mut DirNode) {
-            dir.tree = None;
+    /// Forgets cached tree ids of directories whose tree is no longer stored (garbage
+    /// collection dropped it), and those of their parents. Directories whose tree is still
+    /// there keep it: a tree's id names its content, so it is still right. Returns how many
+    /// were forgotten.
+    pub fn forget_missing_trees(&mut self, stored: &dyn Fn(&Id) -> bool) -> usize {
+        fn rec(dir: &mut DirNode, stored: &dyn Fn(&Id) -> bool, forgotten: &mut usize) -> bool {
+            let mut valid = true;
             for node in dir.children.values_mut() {
                 if let Node::Dir(d) = node {
-                    rec(d);
+                    valid &= rec(d, stored, forgotten);
                 }
             }
+            match dir.tree {
+                Some(id) if valid && stored(&id) => true,
+                Some(_) => {
+                    dir.tree = None;
+                    *forgotten += 1;
+                    false
+                }
+                None => false,
+            }
         }
-        rec(&mut self.root);
+        let mut forgotten = 0;
+        rec(&mut self.root, stored, &mut forgotten);
+        forgotten
     }
 
-    /// The root tree's id, encoding and storing only directories whose cached id is gone.
-    /// Sibling directories are encoded in parallel (a cold save has thousands).
-    pub fn root_tree(&mut self, batch: &Batch<'_>) -> Result<Id> {
-        fn rec(dir: &mut DirNode, batch: &Batch<'_>) -> Result<Id> {
+    /// How many directories have a cached tree id.
+    pub fn cached_trees(&self) -> usize {
+        fn rec(dir: &DirNode) -> usize {
+            usize::from(dir.tree.is_some())
+                + dir
+                    .children
+                    .values()
+                    .map(|n| match n {
+                        Node::Dir(d) => rec(d),
+                        Node::Leaf(_) => 0,
+                    })
+                    .sum::<usize>()
+        }
+        rec(&self.root)
+    }
+
+    /// The root tree's id, encoding and storing only directories whose cached id is gone, and
+    /// how many trees that encoded. Sibling directories are encoded in parallel (a cold save
+    /// has thousands).
+    pub fn root_tree(&mut self, batch: &Batch<'_>) -> Result<(Id, u64)> {
+        fn rec(dir: &mut DirNode, batch: &Batch<'_>) -> Result<(Id, u64)> {
             if let Some(id) = dir.tree {
-                return Ok(id);
+                return Ok((id, 0));
             }
             let mut stale: Vec<&mut DirNode> = dir
                 .children
@@ -263,15 +294,18 @@ impl Index {
                     _ => None,
                 })
                 .collect();
-            if stale.len() >= PARALLEL_TREES {
+            let below = if stale.len() >= PARALLEL_TREES {
                 stale
                     .par_iter_mut()
-                    .try_for_each(|d| rec(d, batch).map(|_| ()))?;
+                    .map(|d| rec(d, batch).map(|(_, n)| n))
+                    .try_reduce(|| 0, |a, b| Ok(a + b))?
             } else {
+                let mut n = 0;
                 for d in stale {
-                    rec(d, batch)?;
+                    n += rec(d, batch)?.1;
                 }
-            }
+                n
+            };
             let mut entries = Vec::with_capacity(dir.children.len());
             for (name, node) in &dir.children {
                 let entry = match node {
@@ -294,7 +328,7 @@ impl Index {
             }
             let id = batch.put_tree(&Tree { entries })?;
             dir.tree = Some(id);
-            Ok(id)
+            Ok((id, below + 1))
         }
         rec(&mut self.root, batch)
     }
@@ -561,5 +595,38 @@ mod tests {
         ix.insert(b"a/d", file(1));
         assert_eq!(ix.totals(), (1, 1));
         assert!(ix.take_journal().contains(&(b"a/d/e".to_vec(), None)));
+    }
+
+    #[test]
+    fn only_trees_no_longer_stored_are_forgotten_with_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut ix = Index::default();
+        for p in [&b"a/b/c"[..], b"a/d", b"x/y", b"z"] {
+            ix.insert(p, file(1));
+        }
+        let batch = store.batch();
+        let (root, encoded) = ix.root_tree(&batch).unwrap();
+        assert_eq!(encoded, 4);
+        batch.finish().unwrap();
+        // Root, a, a/b, x.
+        assert_eq!(ix.cached_trees(), 4);
+        assert_eq!(ix.forget_missing_trees(&|_| true), 0);
+        assert_eq!(ix.cached_trees(), 4);
+        let tree = store.tree(&root).unwrap();
+        let a = tree.entries.iter().find(|e| e.name == b"a").unwrap().id;
+        let ab = store
+            .tree(&a)
+            .unwrap()
+            .entries
+            .iter()
+            .find(|e| e.name == b"b")
+            .unwrap()
+            .id;
+        // a/b's tree is gone: it, a and the root go; x keeps its id.
+        assert_eq!(ix.forget_missing_trees(&|id| *id != ab), 3);
+        assert_eq!(ix.cached_trees(), 1);
+        let batch = store.batch();
+        assert_eq!(ix.root_tree(&batch).unwrap(), (root, 3), "re-encoded alike");
     }
 }

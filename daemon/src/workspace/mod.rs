@@ -54,6 +54,9 @@ pub struct WorkspaceCounters {
     pub paths_stated: AtomicU64,
     /// Full stat-walks.
     pub full_scans: AtomicU64,
+    /// Directory trees encoded (only those whose content changed, or whose cached id a
+    /// garbage collection invalidated).
+    pub trees_encoded: AtomicU64,
 }
 
 /// The options of a save.
@@ -409,6 +412,15 @@ impl Workspace {
         self.new_dirs.clear();
     }
 
+    /// The index's root tree, encoding what changed (counted).
+    fn root_tree(&mut self, batch: &Batch<'_>) -> Result<Id> {
+        let (root, encoded) = self.index.root_tree(batch)?;
+        self.counters
+            .trees_encoded
+            .fetch_add(encoded, Ordering::Relaxed);
+        Ok(root)
+    }
+
     /// Takes the directories found new since the last call (to be listed again once the
     /// watcher surely watches them).
     pub fn take_new_dirs(&mut self) -> Vec<Vec<u8>> {
@@ -426,7 +438,7 @@ impl Workspace {
     fn current_tree(&mut self, store: &Store, changes: &Changes) -> Result<Id> {
         let batch = store.batch();
         self.refresh(&batch, changes)?;
-        let root = self.index.root_tree(&batch)?;
+        let root = self.root_tree(&batch)?;
         batch.commit_objects()?;
         self.persist_index(store)?;
         batch.finish()?;
@@ -460,7 +472,7 @@ impl Workspace {
         #[cfg(test)]
         test_hooks::maybe_panic_after_refresh();
         let refreshed = started.elapsed();
-        let root = self.index.root_tree(&batch)?;
+        let root = self.root_tree(&batch)?;
         let latest = store.cat.latest(self.record.id)?;
         tracing::debug!(
             workspace = %self.root.display(),

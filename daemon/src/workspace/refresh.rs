@@ -93,8 +93,14 @@ impl Workspace {
             )));
         }
         if batch.store().gc_epoch() != self.gc_epoch {
-            self.index.invalidate_trees();
-            self.gc_epoch = batch.store().gc_epoch();
+            // Only the trees garbage collection dropped must be encoded again; a workspace it
+            // did not touch keeps every cached id.
+            let store = batch.store();
+            let forgotten = self
+                .index
+                .forget_missing_trees(&|id| store.contains(id).unwrap_or(false));
+            tracing::debug!(workspace = %self.root.display(), forgotten, "tree ids checked after a collection");
+            self.gc_epoch = store.gc_epoch();
         }
         let mut warnings = Vec::new();
         self.unpersisted = true;

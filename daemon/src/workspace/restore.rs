@@ -559,7 +559,7 @@ impl Workspace {
         }
         let batch = store.batch();
         let warnings = self.refresh(&batch, changes)?;
-        let current = self.index.root_tree(&batch)?;
+        let current = self.root_tree(&batch)?;
         let plan = plan_for(store, Some(current), snapshot, &opts.paths)?;
         let mut summary = summarise(snapshot, &plan, in_scope, opts.dry_run);
         if opts.dry_run || plan.is_empty() {
