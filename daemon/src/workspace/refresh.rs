@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::index::Node;
 use super::rules::{self, Rules, abs};
-use super::scan::{self, Found, ScanResult, Stat};
+use super::scan::{self, Found, Looked, ScanResult, Stat};
 use super::{Changes, RACY_WINDOW_NS, Workspace, WorkspaceCounters, join, now_ns};
 use crate::error::{Error, Result};
 use crate::store::catalog::FileMeta;
@@ -163,7 +163,7 @@ impl Workspace {
         let dirty: Vec<Vec<u8>> = early
             .into_par_iter()
             .filter(|(rel, seen)| match Stat::lstat(&abs(root, rel)) {
-                Ok(Some(Some(now))) => {
+                Ok(Looked::Stat(now)) => {
                     (
                         now.kind,
                         now.mode,
@@ -359,7 +359,7 @@ impl Workspace {
             out.push((p, Look::Walked(s, w)));
         }
         out.extend(gone);
-        if let Ok(Some(Some(st))) = Stat::lstat(&self.root) {
+        if let Ok(Looked::Stat(st)) = Stat::lstat(&self.root) {
             if root_early {
                 early.push((Vec::new(), st));
             }
@@ -398,13 +398,13 @@ impl Workspace {
             let path = abs(&self.root, &rel);
             self.counters.paths_stated.fetch_add(1, Ordering::Relaxed);
             let stat = match Stat::lstat(&path) {
-                Ok(Some(Some(st))) => st,
-                Ok(Some(None)) => {
+                Ok(Looked::Stat(st)) => st,
+                Ok(Looked::Unsaved) => {
                     tracing::debug!(path = %path.display(), "not a file, link or directory: skipped");
                     out.push((rel, Look::Gone));
                     continue;
                 }
-                Ok(None) => {
+                Ok(Looked::Gone) => {
                     out.push((rel, Look::Gone));
                     continue;
                 }
@@ -710,8 +710,8 @@ fn read_object(
             }
             Ok(None) => match Stat::lstat(path) {
                 // Changed while being read: try again with what it is now.
-                Ok(Some(Some(st))) if st.kind != Kind::Dir => expected = st,
-                Ok(Some(_)) | Ok(None) => return Ok(ReadOutcome::Gone),
+                Ok(Looked::Stat(st)) if st.kind != Kind::Dir => expected = st,
+                Ok(_) => return Ok(ReadOutcome::Gone),
                 Err(e) => return Ok(ReadOutcome::Skipped(format!("{}: {e}", path.display()))),
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Gone),

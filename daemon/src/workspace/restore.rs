@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use super::diff::{Change, DiffEntry, Differ, Side, lookup, normalise, validate_rel};
 use super::rules::{abs, split_last};
-use super::scan::Stat;
+use super::scan::{Looked, Stat};
 use super::{Changes, SaveOptions, Workspace, now_ns};
 use crate::error::{Error, IoContext, Result};
 use crate::store::catalog::{SnapshotRecord, Trigger};
@@ -668,7 +668,7 @@ impl Workspace {
                 continue;
             };
             let path = abs(&self.root, &e.path);
-            if let Ok(Some(Some(st))) = Stat::lstat(&path)
+            if let Ok(Looked::Stat(st)) = Stat::lstat(&path)
                 && st.kind == after.kind
                 && st.size == after.size
             {

@@ -59,15 +59,15 @@ impl Stat {
         })
     }
 
-    /// `lstat`: `Ok(None)` when the path is gone, `Ok(Some(None))` for a kind we do not save.
-    pub fn lstat(path: &Path) -> io::Result<Option<Option<Stat>>> {
+    /// `lstat`, saying whether the path is gone or of a kind that is not saved.
+    pub fn lstat(path: &Path) -> io::Result<Looked> {
         match fs::symlink_metadata(path) {
-            Ok(m) => Ok(Some(Stat::from_meta(&m))),
+            Ok(m) => Ok(Stat::from_meta(&m).map_or(Looked::Unsaved, Looked::Stat)),
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
                     || e.raw_os_error() == Some(libc::ENOTDIR) =>
             {
-                Ok(None)
+                Ok(Looked::Gone)
             }
             Err(e) => Err(e),
         }
@@ -124,6 +124,17 @@ pub struct Found<'a> {
     pub path: &'a Path,
     /// What the listing says it is, when it says.
     pub file_type: Option<fs::FileType>,
+}
+
+/// What an `lstat` of a path found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Looked {
+    /// Nothing there.
+    Gone,
+    /// Something of a kind that is not saved (a FIFO, a socket, a device).
+    Unsaved,
+    /// A file, symlink or directory.
+    Stat(Stat),
 }
 
 impl Found<'_> {
