@@ -9,9 +9,9 @@
 //!    `ws_paths`, `snapshots`, `ws_snaps` and `index_segments` (see [`catalog`]).
 //!
 //! # Layers
-//! - [`writers`]: the pack files (the backend): writers, background fsyncs, maps.
+//! - `writers`: the pack files (the backend): writers, background fsyncs, maps.
 //! - [`batch`]: groups of writes that become durable together (the packer).
-//! - [`blob_index`]: where each object is, committed or pending (the index).
+//! - `blob_index`: where each object is, committed or pending (the index).
 //! - [`read`] and [`compress`]: objects back out, and LZ4 in.
 //! - [`pack`], [`tree`], [`catalog`]: the on-disk formats; [`gc`]: collection and verify.
 //!
