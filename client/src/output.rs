@@ -46,6 +46,7 @@ pub fn state_name(state: WorkspaceState) -> &'static str {
         WorkspaceState::Polling => "polling",
         WorkspaceState::Error => "error",
         WorkspaceState::Paused => "paused",
+        WorkspaceState::Missing => "missing",
         WorkspaceState::Unspecified => "unknown",
     }
 }

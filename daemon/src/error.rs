@@ -42,6 +42,12 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// The workspace's folder itself is gone.
+    #[error("the workspace folder {} is gone; recreate it (chkpt resumes by itself) or `chkptctl unwatch` it", path.display())]
+    WorkspaceGone {
+        /// The folder.
+        path: PathBuf,
+    },
     /// No workspace contains the path a request names.
     #[error("{path} is not inside a {}workspace; run `chkptctl watch` there first", if *.watched { "watched " } else { "" })]
     WorkspaceNotFound {
@@ -147,6 +153,7 @@ impl Error {
             Error::Catalog(_) => "CATALOG",
             Error::Corrupt(_) => "STORE_CORRUPT",
             Error::NoSuchPath { .. } => "NO_SUCH_PATH",
+            Error::WorkspaceGone { .. } => "WORKSPACE_GONE",
             Error::WorkspaceNotFound { .. } => "WORKSPACE_NOT_FOUND",
             Error::SnapshotNotFound { .. } => "SNAPSHOT_NOT_FOUND",
             Error::SnapshotOfOtherWorkspace { .. } => "SNAPSHOT_OF_OTHER_WORKSPACE",
@@ -165,7 +172,8 @@ impl Error {
         match self {
             Error::Io { path: p, .. }
             | Error::DiskFull { path: p }
-            | Error::NoSuchPath { path: p } => {
+            | Error::NoSuchPath { path: p }
+            | Error::WorkspaceGone { path: p } => {
                 vec![("path", path(p))]
             }
             Error::Locked { path: p, pid } => vec![("path", path(p)), ("pid", pid.clone())],

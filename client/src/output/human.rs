@@ -164,7 +164,7 @@ pub fn status_text(palette: Palette, now_ms: u64, s: &v1::StatusResponse) -> Str
             let state = w.state();
             let colour = match state {
                 WorkspaceState::Watching => Colour::Green,
-                WorkspaceState::Error => Colour::Red,
+                WorkspaceState::Error | WorkspaceState::Missing => Colour::Red,
                 WorkspaceState::Paused | WorkspaceState::Unspecified => Colour::Dim,
                 WorkspaceState::Rescanning | WorkspaceState::Polling => Colour::Yellow,
             };

@@ -153,9 +153,14 @@ impl Engine {
     }
 }
 
-/// Removes event-barrier files a crash left in a workspace's root.
+/// Removes event-barrier files a crash left in a workspace (its root, or its `.git`).
 fn remove_stale_barriers(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
+    remove_stale_barriers_in(root);
+    remove_stale_barriers_in(&root.join(".git"));
+}
+
+fn remove_stale_barriers_in(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {

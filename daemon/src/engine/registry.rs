@@ -23,7 +23,9 @@ pub enum WatchState {
     Rescanning,
     /// No kernel notifications available: periodic stat-walks.
     Polling(String),
-    /// Something is wrong (the folder vanished, …).
+    /// The folder is gone; watched again once it is back.
+    Missing(String),
+    /// Something is wrong (permissions, …).
     Failed(String),
 }
 

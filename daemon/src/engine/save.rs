@@ -60,7 +60,9 @@ impl Engine {
         opts.pin = req.pin;
         opts.rescan = taken.rescan;
         let full = matches!(opts.changes, Changes::Full);
-        if full {
+        // Polling stays polling, and a missing folder missing, whatever a walk finds.
+        let watched = matches!(h.state(), WatchState::Watching | WatchState::Rescanning);
+        if full && watched {
             h.set_state(WatchState::Rescanning);
         }
         let res = ws.save(&self.store, &opts);
@@ -83,7 +85,7 @@ impl Engine {
         }
         match &res {
             Ok(out) => {
-                if matches!(h.state(), WatchState::Rescanning | WatchState::Failed(_)) {
+                if h.state() == WatchState::Rescanning {
                     h.set_state(WatchState::Watching);
                 }
                 if out.created {
@@ -96,8 +98,8 @@ impl Engine {
             }
             Err(e) => {
                 taken.put_back(h);
-                if let Error::FailedPrecondition(msg) = e {
-                    h.set_state(WatchState::Failed(msg.clone()));
+                if let Error::WorkspaceGone { .. } = e {
+                    h.set_state(WatchState::Missing(e.to_string()));
                 } else if matches!(h.state(), WatchState::Rescanning) {
                     h.set_state(WatchState::Watching);
                 }

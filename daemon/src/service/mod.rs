@@ -105,6 +105,7 @@ impl Chkpt for Service {
                         WatchState::Watching => (pb::WorkspaceState::Watching, String::new()),
                         WatchState::Rescanning => (pb::WorkspaceState::Rescanning, String::new()),
                         WatchState::Polling(m) => (pb::WorkspaceState::Polling, m),
+                        WatchState::Missing(m) => (pb::WorkspaceState::Missing, m),
                         WatchState::Failed(m) => (pb::WorkspaceState::Error, m),
                     };
                     let last = e.latest(h.id)?;

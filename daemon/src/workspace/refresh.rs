@@ -87,10 +87,9 @@ impl Workspace {
     /// Returns warnings about paths that could not be read.
     pub fn refresh(&mut self, batch: &Batch<'_>, changes: &Changes) -> Result<Vec<String>> {
         if !self.root.is_dir() {
-            return Err(Error::FailedPrecondition(format!(
-                "the workspace folder {} is gone; recreate it or unwatch it",
-                self.root.display()
-            )));
+            return Err(Error::WorkspaceGone {
+                path: self.root.clone(),
+            });
         }
         if batch.store().gc_epoch() != self.gc_epoch {
             // Only the trees garbage collection dropped must be encoded again; a workspace it

@@ -21,6 +21,7 @@ use self::tripwire::Tripwire;
 use super::registry::WsHandle;
 use super::save::{SaveRequest, Walk};
 use super::{Engine, EngineEvent, WatchState};
+use crate::error::Error;
 use crate::store::catalog::Trigger;
 use crate::watch::{Notice, PathChange, Source, WatchFailure};
 use crate::workspace::git;
@@ -169,6 +170,7 @@ impl Autosave {
                     during_restore,
                 }) => w.on_changed(paths, during_restore),
                 Ok(Notice::Rescan(reason)) => w.on_rescan(reason),
+                Ok(Notice::WatchLost(failure)) => w.on_watch_lost(failure),
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
@@ -181,15 +183,30 @@ impl Autosave {
     }
 
     fn connect(&mut self) {
-        let h = &self.h;
         let started = Instant::now();
-        match self.source.connect() {
+        let res = self.source.connect();
+        tracing::debug!(
+            workspace = %self.h.root.display(),
+            ms = started.elapsed().as_millis() as u64,
+            watches = self.h.feed.counters.watches.load(std::sync::atomic::Ordering::Relaxed),
+            ok = res.is_ok(),
+            "kernel watch placed"
+        );
+        self.placed(res);
+    }
+
+    /// The kernel watch could not follow a new folder: poll instead.
+    fn on_watch_lost(&mut self, failure: WatchFailure) {
+        self.source.disconnect();
+        self.placed(Err(failure));
+        self.debounce.change(Instant::now());
+    }
+
+    /// Sets the watch state after placing the kernel watch.
+    fn placed(&mut self, res: Result<(), WatchFailure>) {
+        let h = &self.h;
+        match res {
             Ok(()) => {
-                tracing::debug!(
-                    workspace = %h.root.display(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "watching"
-                );
                 self.poll = None;
                 // A workspace being (re)watched stays "rescanning" until its first walk is done.
                 if h.state() != WatchState::Rescanning {
@@ -215,17 +232,49 @@ impl Autosave {
         }
     }
 
+    /// The workspace's folder is gone (deleted, or a disk unmounted): say so once, drop the
+    /// watch and look for its return on a timer.
+    fn gone(&mut self) {
+        let h = &self.h;
+        if !matches!(h.state(), WatchState::Missing(_)) {
+            let msg = format!(
+                "the folder {} is gone; chkpt watches it again, with a full stat-walk, once it is back (snapshots are kept; `chkptctl unwatch` stops this)",
+                h.root.display()
+            );
+            tracing::warn!("{msg}");
+            h.warn(msg.clone());
+            self.engine.emit(EngineEvent::Warning(h.id, msg.clone()));
+            h.set_state(WatchState::Missing(msg));
+        }
+        self.source.disconnect();
+        self.poll = Some(GONE_RECHECK);
+        self.next_poll = Instant::now() + GONE_RECHECK;
+    }
+
     /// Polling mode (or a vanished folder): stat-walk on a timer.
     fn on_poll(&mut self, now: Instant) {
         if !self.h.root.is_dir() {
-            self.h.set_state(WatchState::Failed(format!(
-                "the folder {} is gone",
-                self.h.root.display()
-            )));
+            self.gone();
             return;
         }
-        if !self.source.is_connected() && matches!(self.h.state(), WatchState::Failed(_)) {
+        let was_missing = matches!(self.h.state(), WatchState::Missing(_));
+        if !self.source.is_connected()
+            && matches!(
+                self.h.state(),
+                WatchState::Missing(_) | WatchState::Failed(_)
+            )
+        {
+            if was_missing {
+                tracing::info!(workspace = %self.h.root.display(), "the folder is back; watching it again");
+                self.h.set_state(WatchState::Rescanning);
+            }
             self.connect();
+        }
+        if was_missing {
+            self.h
+                .feed
+                .dirty()
+                .rescan("the folder was gone and came back");
         }
         let mut d = self.h.feed.dirty();
         d.full = true;
@@ -293,13 +342,7 @@ impl Autosave {
         self.git_retry = None;
         self.debounce.reset();
         if !h.root.is_dir() {
-            h.set_state(WatchState::Failed(format!(
-                "the folder {} is gone",
-                h.root.display()
-            )));
-            self.source.disconnect();
-            self.poll = Some(GONE_RECHECK);
-            self.next_poll = Instant::now() + GONE_RECHECK;
+            self.gone();
             return;
         }
         let message = match self.after_burst.take() {
@@ -318,6 +361,7 @@ impl Autosave {
                     self.engine.maintenance().retention_due(h.id);
                 }
             }
+            Err(Error::WorkspaceGone { .. }) => self.gone(),
             Err(e) => {
                 tracing::warn!(workspace = %h.root.display(), error = %e, "auto snapshot failed");
                 h.warn(format!("auto snapshot failed: {e}"));

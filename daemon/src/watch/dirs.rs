@@ -1,0 +1,228 @@
+//! Which folders hold a kernel watch (Linux, where inotify watches one folder at a time).
+//!
+//! # Rules
+//! 1. Every folder a snapshot includes holds one non-recursive watch.
+//! 2. No folder inside an excluded one does (ignored, a dependency or build folder, `.git`,
+//!    the data directory): a build writing thousands of files under `target/` costs nothing.
+//! 3. An excluded folder recognised by an evidence file (`CACHEDIR.TAG`, `pyvenv.cfg`) holds
+//!    one watch itself, so the evidence going away is seen; so does the workspace's own `.git`
+//!    (git awareness and event barriers live there). Nothing below them does.
+//! 4. A folder that appears (created, or renamed into place) is watched with everything below
+//!    it that rule 1 includes; one that goes (deleted, renamed away) loses its watches. When
+//!    the rules themselves change (an ignore or evidence file), the whole set is worked out
+//!    again and brought in line.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use notify::{PathOp, RecommendedWatcher, RecursiveMode, WatchPathConfig, Watcher};
+
+use super::source::{WatchFailure, is_out_of_watches};
+use crate::workspace::rules::{self, Exclusion, Rules};
+
+/// The watches of one workspace, by relative path.
+#[derive(Debug, Default)]
+pub struct Dirs {
+    watched: BTreeSet<Vec<u8>>,
+}
+
+/// Relative path of `name` in `dir`.
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+/// Whether `a` is `b` or inside it.
+fn within(a: &[u8], b: &[u8]) -> bool {
+    b.is_empty() || a == b || (a.starts_with(b) && a.get(b.len()) == Some(&b'/'))
+}
+
+/// The folders under `start` (itself included, and included by the rules) that rules 1 and 3
+/// give a watch. Folders that cannot be read are skipped: the stat-walk warns of them.
+pub fn wanted(root: &Path, rules: &Rules, start: &[u8]) -> BTreeSet<Vec<u8>> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![start.to_vec()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(rules::abs(root, &dir)) else {
+            continue;
+        };
+        out.insert(dir.clone());
+        for e in entries.flatten() {
+            // The kind from the directory entry: no stat, and a link is never followed.
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let rel = join(&dir, e.file_name().as_bytes());
+            match rules.check_last(&rel, true) {
+                None => stack.push(rel),
+                Some(Exclusion::Dependency(why))
+                    if why == "CACHEDIR.TAG" || why == "pyvenv.cfg" =>
+                {
+                    out.insert(rel);
+                }
+                Some(Exclusion::Git) if dir.is_empty() => {
+                    out.insert(rel);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    out
+}
+
+impl Dirs {
+    /// How many watches are held.
+    pub fn len(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.watched.is_empty()
+    }
+
+    /// Whether `rel` holds a watch.
+    pub fn contains(&self, rel: &[u8]) -> bool {
+        self.watched.contains(rel)
+    }
+
+    /// Watches `dirs` (those not watched yet).
+    pub fn add(
+        &mut self,
+        watcher: &mut RecommendedWatcher,
+        root: &Path,
+        dirs: BTreeSet<Vec<u8>>,
+    ) -> Result<(), WatchFailure> {
+        let new: Vec<Vec<u8>> = dirs
+            .into_iter()
+            .filter(|d| !self.watched.contains(d))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let config =
+            WatchPathConfig::new(RecursiveMode::NonRecursive).with_dereference_symlinks(false);
+        let ops = new
+            .iter()
+            .map(|d| PathOp::Watch(rules::abs(root, d), config.clone()))
+            .collect();
+        let res = watcher.update_paths(ops);
+        let failed = match &res {
+            Ok(()) => 0,
+            Err(e) => e.remaining.len() + usize::from(e.origin.is_some()),
+        };
+        // What was applied before a failure holds a watch.
+        let applied = new.len() - failed;
+        self.watched.extend(new.iter().take(applied).cloned());
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if is_out_of_watches(&e.source) => Err(WatchFailure::OutOfWatches),
+            Err(e) => {
+                // A folder gone before its watch was placed is not a failure: the walk of its
+                // parent's change sees it gone. Watch the rest.
+                let rest: BTreeSet<Vec<u8>> = new.into_iter().skip(applied + 1).collect();
+                tracing::debug!(error = %e.source, "a folder vanished before its watch was placed");
+                self.add(watcher, root, rest)
+            }
+        }
+    }
+
+    /// Drops the watches of `rel` and everything below it.
+    pub fn remove_tree(&mut self, watcher: &mut RecommendedWatcher, root: &Path, rel: &[u8]) {
+        let gone: Vec<Vec<u8>> = if rel.is_empty() {
+            self.watched.iter().cloned().collect()
+        } else {
+            // In byte order, what lies below `rel` sorts between `rel/` and `rel0`.
+            let lo = [rel, b"/"].concat();
+            let hi = [rel, b"0"].concat();
+            self.watched
+                .get(rel)
+                .into_iter()
+                .chain(self.watched.range(lo..hi))
+                .cloned()
+                .collect()
+        };
+        self.remove(watcher, root, gone);
+    }
+
+    fn remove(&mut self, watcher: &mut RecommendedWatcher, root: &Path, gone: Vec<Vec<u8>>) {
+        for d in gone {
+            self.watched.remove(&d);
+            // The kernel may have dropped it already (the folder was deleted): that is fine.
+            let _ = watcher.unwatch(&rules::abs(root, &d));
+        }
+    }
+
+    /// Brings the watches under `start` in line with what the rules want now (rule 4).
+    /// Returns how many were added and removed.
+    pub fn reconcile(
+        &mut self,
+        watcher: &mut RecommendedWatcher,
+        root: &Path,
+        rules: &Rules,
+        start: &[u8],
+    ) -> Result<(usize, usize), WatchFailure> {
+        let want = wanted(root, rules, start);
+        let extra: Vec<Vec<u8>> = self
+            .watched
+            .iter()
+            .filter(|d| within(d, start) && !want.contains(*d))
+            .cloned()
+            .collect();
+        let removed = extra.len();
+        self.remove(watcher, root, extra);
+        let before = self.watched.len();
+        self.add(watcher, root, want)?;
+        Ok((self.watched.len() - before, removed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_included_folders_and_evidence_roots_are_wanted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "src/a",
+            "target/debug/deps",
+            "node_modules/x/y",
+            "build/out",
+            ".git/objects/aa",
+            "venv/lib",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(
+            root.join("target/CACHEDIR.TAG"),
+            b"Signature: 8a477f597d28d172789f06886806bc55\n",
+        )
+        .unwrap();
+        fs::write(root.join("venv/pyvenv.cfg"), b"home = /usr\n").unwrap();
+        fs::write(root.join(".gitignore"), b"build/\n").unwrap();
+        let rules = Rules::new(root, &root.join("no-store"), false);
+        let want: Vec<String> = wanted(root, &rules, b"")
+            .into_iter()
+            .map(|d| String::from_utf8(d).unwrap())
+            .collect();
+        assert_eq!(want, ["", ".git", "src", "src/a", "target", "venv"]);
+    }
+
+    #[test]
+    fn within_means_itself_or_below() {
+        assert!(within(b"a/b", b"a"));
+        assert!(within(b"a", b"a"));
+        assert!(!within(b"ab", b"a"));
+        assert!(within(b"x", b""));
+    }
+}

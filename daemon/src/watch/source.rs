@@ -1,0 +1,239 @@
+//! The running kernel watch of one workspace: notify's watcher, whose callback only converts
+//! and forwards, and the intake thread behind it.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, Watcher};
+
+use super::intake::{Intake, Raw};
+use super::{Feed, Notice, PathChange};
+use crate::workspace::rules::Rules;
+
+/// Events buffered between notify's thread and the intake thread.
+const CHANNEL: usize = 16 * 1024;
+
+/// Why a kernel watch could not be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchFailure {
+    /// The kernel has no inotify watches left for this user.
+    OutOfWatches,
+    /// Anything else (the folder vanished, permissions…).
+    Other(String),
+}
+
+/// notify's watcher and, on Linux, which folders it watches; shared by the source (which
+/// places the first watches) and the intake thread (which keeps them in step).
+#[derive(Debug)]
+pub(super) struct Kernel {
+    pub watcher: RecommendedWatcher,
+    #[cfg(target_os = "linux")]
+    pub dirs: super::dirs::Dirs,
+}
+
+/// A running kernel watch of one workspace and its intake thread. Dropping it stops both.
+#[derive(Debug)]
+pub struct Source {
+    root: PathBuf,
+    feed: Arc<Feed>,
+    rules: Arc<Rules>,
+    notices: Sender<Notice>,
+    kernel: Option<Arc<Mutex<Kernel>>>,
+    intake: Option<std::thread::JoinHandle<()>>,
+    /// Set when the channel from notify was full: events were dropped.
+    overflow: Arc<AtomicBool>,
+}
+
+impl Source {
+    /// A source for `root` reporting into `feed` and `notices`; no watch is placed yet
+    /// ([`Source::connect`]).
+    pub fn new(root: PathBuf, feed: Arc<Feed>, rules: Arc<Rules>, notices: Sender<Notice>) -> Self {
+        Source {
+            root,
+            feed,
+            rules,
+            notices,
+            kernel: None,
+            intake: None,
+            overflow: Arc::default(),
+        }
+    }
+
+    /// Whether a kernel watch is in place.
+    pub fn is_connected(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    /// Places the kernel watches (again, if they were lost): on Linux one per included folder
+    /// (see [`dirs`](super::dirs)), elsewhere one recursive watch. On a large tree this takes
+    /// a while.
+    pub fn connect(&mut self) -> Result<(), WatchFailure> {
+        self.disconnect();
+        let (tx, rx) = mpsc::sync_channel::<Raw>(CHANNEL);
+        let failed = |e: notify::Error| {
+            if is_out_of_watches(&e) {
+                WatchFailure::OutOfWatches
+            } else {
+                WatchFailure::Other(format!("cannot watch {}: {e}", self.root.display()))
+            }
+        };
+        let mut watcher = make_watcher(&self.root, tx, self.overflow.clone()).map_err(failed)?;
+        #[cfg(target_os = "linux")]
+        let kernel = {
+            let mut dirs = super::dirs::Dirs::default();
+            let want = super::dirs::wanted(&self.root, &self.rules, b"");
+            if want.is_empty() {
+                return Err(WatchFailure::Other(format!(
+                    "cannot watch {}: it cannot be read",
+                    self.root.display()
+                )));
+            }
+            // Out of watches part way: give back what was taken, other programs need them.
+            dirs.add(&mut watcher, &self.root, want)?;
+            Kernel { watcher, dirs }
+        };
+        #[cfg(not(target_os = "linux"))]
+        let kernel = {
+            // FSEvents watches a tree as a whole; what is excluded is filtered by the intake.
+            watcher
+                .watch(&self.root, notify::RecursiveMode::Recursive)
+                .map_err(failed)?;
+            Kernel { watcher }
+        };
+        let kernel = Arc::new(Mutex::new(kernel));
+        let intake = Intake {
+            root: self.root.clone(),
+            feed: self.feed.clone(),
+            rules: self.rules.clone(),
+            notices: self.notices.clone(),
+            overflow: self.overflow.clone(),
+            kernel: Arc::downgrade(&kernel),
+        };
+        intake.count_watches();
+        let thread = std::thread::Builder::new()
+            .name("chkpt-intake".into())
+            .spawn(move || intake.run(rx))
+            .map_err(|e| WatchFailure::Other(format!("could not start the intake thread: {e}")))?;
+        self.kernel = Some(kernel);
+        self.intake = Some(thread);
+        self.feed.live.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Removes the kernel watches; the intake thread ends once it drained what was sent.
+    pub fn disconnect(&mut self) {
+        self.feed.live.store(false, Ordering::SeqCst);
+        // Dropping the watcher drops the channel's sender: the intake thread then ends. It
+        // holds the watcher only weakly, and only while it changes the watches.
+        drop(self.kernel.take());
+        if let Some(t) = self.intake.take() {
+            let _ = t.join();
+        }
+        self.feed.counters.watches.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.disconnect();
+    }
+}
+
+fn classify(kind: &EventKind) -> Option<PathChange> {
+    Some(match kind {
+        EventKind::Access(_) => return None,
+        EventKind::Create(_) => PathChange::Created,
+        EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Data(_))
+        | EventKind::Modify(ModifyKind::Any)
+        | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => PathChange::Destructive,
+        _ => PathChange::Other,
+    })
+}
+
+/// What an event may have done to the folders being watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// Nothing: file content or metadata.
+    Same,
+    /// A folder (or something that may be one) appeared at the path.
+    Appeared,
+    /// The path went away (a watched folder there loses its watches).
+    Went,
+}
+
+fn shape(kind: &EventKind) -> Shape {
+    match kind {
+        EventKind::Create(CreateKind::File) => Shape::Same,
+        EventKind::Create(_) => Shape::Appeared,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Shape::Appeared,
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => Shape::Went,
+        EventKind::Remove(RemoveKind::File) => Shape::Same,
+        EventKind::Remove(_) => Shape::Went,
+        _ => Shape::Same,
+    }
+}
+
+/// Builds the notify watcher; its callback only converts and forwards.
+fn make_watcher(
+    root: &Path,
+    tx: SyncSender<Raw>,
+    overflow: Arc<AtomicBool>,
+) -> notify::Result<RecommendedWatcher> {
+    let root_b = root.as_os_str().as_bytes().to_vec();
+    let handler = move |res: notify::Result<Event>| {
+        let raw = match res {
+            Ok(ev) if ev.need_rescan() => Raw::Rescan("the kernel's event queue overflowed".into()),
+            Ok(ev) => {
+                let Some(change) = classify(&ev.kind) else {
+                    return;
+                };
+                // A rename seen from both ends repeats what its two halves said.
+                if matches!(
+                    ev.kind,
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+                ) {
+                    return;
+                }
+                let paths: Vec<Vec<u8>> = ev
+                    .paths
+                    .iter()
+                    .filter_map(|p| {
+                        match p.as_os_str().as_bytes().strip_prefix(root_b.as_slice()) {
+                            Some([]) => Some(Vec::new()),
+                            Some([b'/', rest @ ..]) => Some(rest.to_vec()),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+                if paths.is_empty() {
+                    return;
+                }
+                Raw::Paths(paths, change, shape(&ev.kind))
+            }
+            Err(e) => Raw::Rescan(format!("watch error: {e}")),
+        };
+        if let Err(TrySendError::Full(_)) = tx.try_send(raw) {
+            // Cannot block here; the intake thread sees the flag after its next message (the
+            // channel is full, so there is one).
+            overflow.store(true, Ordering::SeqCst);
+        }
+    };
+    // Symlinks are saved as links, never followed: a watched link to a directory would report
+    // that directory's events under the link's path. Only changes are subscribed to: a build or
+    // an indexer opening every file would otherwise flood the kernel queue with open events.
+    let config = notify::Config::default()
+        .with_follow_symlinks(false)
+        .with_event_kinds(notify::EventKindMask::CORE);
+    RecommendedWatcher::new(handler, config)
+}
+
+/// Whether notify says the kernel has no watches left.
+pub(super) fn is_out_of_watches(e: &notify::Error) -> bool {
+    matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+        || matches!(&e.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC))
+}
