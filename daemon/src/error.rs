@@ -48,6 +48,16 @@ pub enum Error {
         /// The folder.
         path: PathBuf,
     },
+    /// A folder inside or above a watched workspace: its files would be saved twice.
+    #[error("{} is {} the watched workspace {}, whose snapshots already hold {}; to watch {} instead, run `chkptctl unwatch {}` first (its snapshots are kept)", path.display(), if *inside { "inside" } else { "above" }, existing.display(), if *inside { "its files" } else { "part of it" }, path.display(), existing.display())]
+    NestedWorkspace {
+        /// The folder asked for.
+        path: PathBuf,
+        /// The watched workspace it overlaps.
+        existing: PathBuf,
+        /// Whether `path` is inside `existing` (else above it).
+        inside: bool,
+    },
     /// No workspace contains the path a request names.
     #[error("{path} is not inside a {}workspace; run `chkptctl watch` there first", if *.watched { "watched " } else { "" })]
     WorkspaceNotFound {
@@ -154,6 +164,7 @@ impl Error {
             Error::Corrupt(_) => "STORE_CORRUPT",
             Error::NoSuchPath { .. } => "NO_SUCH_PATH",
             Error::WorkspaceGone { .. } => "WORKSPACE_GONE",
+            Error::NestedWorkspace { .. } => "NESTED_WORKSPACE",
             Error::WorkspaceNotFound { .. } => "WORKSPACE_NOT_FOUND",
             Error::SnapshotNotFound { .. } => "SNAPSHOT_NOT_FOUND",
             Error::SnapshotOfOtherWorkspace { .. } => "SNAPSHOT_OF_OTHER_WORKSPACE",
@@ -177,6 +188,11 @@ impl Error {
                 vec![("path", path(p))]
             }
             Error::Locked { path: p, pid } => vec![("path", path(p)), ("pid", pid.clone())],
+            Error::NestedWorkspace {
+                path: p, existing, ..
+            } => {
+                vec![("path", path(p)), ("workspace", path(existing))]
+            }
             Error::WorkspaceNotFound { path, .. } => vec![("path", path.clone())],
             Error::SnapshotNotFound { selector, .. } | Error::BadSelector { selector, .. } => {
                 vec![("selector", selector.clone())]

@@ -108,13 +108,13 @@ fn claim_socket(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// The listening socket systemd passed to this process (socket activation) and its path, or
-/// `None` when it passed none; then chkptd binds its own.
-fn activated_listener() -> Result<Option<(UnixListener, PathBuf)>, ServeError> {
-    // SAFETY: called once, first thing in `run`. The environment changes only when LISTEN_*
-    // are set, that is when systemd started this chkptd: no thread of ours reads it by then,
-    // and nothing else in chkptd takes fd 3 as its own.
-    let Some(fd) = (unsafe { crate::systemd::take_listen_fd() }) else {
+/// The listening socket systemd passed to this process (socket activation, taken by `main`
+/// with [`take_listen_fd`](crate::systemd::take_listen_fd) before any thread started) and its
+/// path, or `None` when it passed none; then chkptd binds its own.
+fn activated_listener(
+    fd: Option<std::os::fd::OwnedFd>,
+) -> Result<Option<(UnixListener, PathBuf)>, ServeError> {
+    let Some(fd) = fd else {
         return Ok(None);
     };
     let err = |source| ServeError::Socket {
@@ -132,11 +132,16 @@ fn activated_listener() -> Result<Option<(UnixListener, PathBuf)>, ServeError> {
     Ok(Some((UnixListener::from_std(listener).map_err(err)?, path)))
 }
 
-/// Runs the daemon until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+/// Runs the daemon until `shutdown` completes, serving on `activation` (the socket systemd
+/// passed, if any) or on a socket of its own.
+pub async fn run(
+    config: Config,
+    activation: Option<std::os::fd::OwnedFd>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     // SAFETY: umask only sets the process's file creation mask.
     unsafe { libc::umask(0o077) };
-    let activated = activated_listener()?;
+    let activated = activated_listener(activation)?;
     let data_dir = config
         .data_dir()
         .map_err(|e| crate::Error::io("data directory", e))?;

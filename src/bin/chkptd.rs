@@ -7,10 +7,13 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
+    // SAFETY: no other thread exists yet (the runtime starts below), so nothing else reads or
+    // writes the environment while it is changed, and nothing in chkptd owns fd 3.
+    let activation = unsafe { chkpt_daemon::systemd::take_listen_fd() };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run())
+        .block_on(run(activation))
 }
 
 /// glibc gives each thread that allocates concurrently its own arena, up to 8 per core, and
@@ -28,7 +31,7 @@ fn limit_malloc_arenas() {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(activation: Option<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
     let config = chkpt_daemon::config::Config::parse();
     // Past a file-size limit, writes must fail with EFBIG (reported as a full disk), not kill
     // the daemon mid-save.
@@ -60,7 +63,7 @@ async fn run() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
         }
     };
-    if let Err(e) = chkpt_daemon::server::run(config, shutdown).await {
+    if let Err(e) = chkpt_daemon::server::run(config, activation, shutdown).await {
         tracing::error!("{e}");
         return Err(e.into());
     }

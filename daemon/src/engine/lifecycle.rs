@@ -9,7 +9,7 @@ use super::autosave::Worker;
 use super::registry::{WsHandle, lock};
 use super::save::{SaveRequest, Walk};
 use super::{Engine, EngineEvent};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::catalog::{SnapshotRecord, Trigger, WorkspaceRecord};
 use crate::workspace::{WatchOptions, Workspace};
 
@@ -23,6 +23,7 @@ impl Engine {
     ) -> Result<(WorkspaceRecord, SnapshotRecord)> {
         let _one_at_a_time = lock(&self.watch_lock);
         let t0 = Instant::now();
+        self.refuse_nested(&crate::workspace::canonical_root(path)?)?;
         let record = crate::workspace::register(&self.store, path, opts)?;
         let baseline = SaveRequest {
             trigger: Trigger::Auto,
@@ -91,6 +92,24 @@ impl Engine {
             "watch: baseline saved"
         );
         Ok((record, outcome.snapshot))
+    }
+
+    /// A folder inside, or above, a watched workspace would have the same files saved twice.
+    fn refuse_nested(&self, root: &Path) -> Result<()> {
+        for h in self.handles() {
+            if h.root == root {
+                continue;
+            }
+            let inside = root.starts_with(&h.root);
+            if inside || h.root.starts_with(root) {
+                return Err(Error::NestedWorkspace {
+                    path: root.to_path_buf(),
+                    existing: h.root.clone(),
+                    inside,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Re-watches the workspaces watched before a restart, reconciling each with a stat-walk.

@@ -163,34 +163,46 @@ impl Engine {
         let record = self.record_for(path)?;
         let root = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
         let rel = self.rel_path(&root, file)?;
-        let snaps = self.store.cat.snapshots_of(record.id, None, usize::MAX)?;
-        let mut states: Vec<PathState> = Vec::with_capacity(snaps.len());
-        let mut cache: HashMap<Id, Option<Entry>> = HashMap::new();
-        for s in &snaps {
-            let e = match cache.get(&s.root) {
-                Some(e) => e.clone(),
-                None => {
-                    let e = diff::lookup(&self.store, s.root, &rel)?;
-                    cache.insert(s.root, e.clone());
-                    e
-                }
-            };
-            states.push(e.map(|e| (e.kind, e.mode, e.id, e.size)));
-        }
-        let mut out = Vec::new();
-        for (i, s) in snaps.iter().enumerate() {
-            let older = states.get(i + 1).cloned().flatten();
-            let change = match (&states[i], &older) {
-                (Some(_), None) => diff::Change::Added,
-                (None, Some(_)) => diff::Change::Deleted,
-                (Some(a), Some(b)) if a != b => diff::Change::Modified,
-                _ => continue,
-            };
-            let size = states[i].map(|s| s.3).unwrap_or(0);
-            out.push((s.clone(), change, size));
-            if limit > 0 && out.len() >= limit {
-                break;
+        let mut cache: HashMap<Id, PathState> = HashMap::new();
+        let mut state_of = |s: &SnapshotRecord| -> Result<PathState> {
+            if let Some(st) = cache.get(&s.root) {
+                return Ok(*st);
             }
+            let st =
+                diff::lookup(&self.store, s.root, &rel)?.map(|e| (e.kind, e.mode, e.id, e.size));
+            cache.insert(s.root, st);
+            Ok(st)
+        };
+        let change = |newer: &PathState, older: &PathState| match (newer, older) {
+            (Some(_), None) => Some(diff::Change::Added),
+            (None, Some(_)) => Some(diff::Change::Deleted),
+            (Some(a), Some(b)) if a != b => Some(diff::Change::Modified),
+            _ => None,
+        };
+        // Newest first, one snapshot at a time: a limit reads only as far back as it needs.
+        let mut out = Vec::new();
+        let mut newer: Option<(SnapshotRecord, PathState)> = None;
+        for item in self.store.cat.snapshot_ids(record.id, None) {
+            let (_, id) = item?;
+            let Some(s) = self.store.cat.snapshot(id)? else {
+                continue;
+            };
+            let state = state_of(&s)?;
+            if let Some((n, n_state)) = newer.take()
+                && let Some(c) = change(&n_state, &state)
+            {
+                out.push((n, c, n_state.map_or(0, |st| st.3)));
+                if limit > 0 && out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+            newer = Some((s, state));
+        }
+        // The oldest snapshot, against nothing before it.
+        if let Some((n, n_state)) = newer
+            && let Some(c) = change(&n_state, &None)
+        {
+            out.push((n, c, n_state.map_or(0, |st| st.3)));
         }
         Ok(out)
     }

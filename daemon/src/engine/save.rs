@@ -212,4 +212,35 @@ mod tests {
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         engine.shutdown();
     }
+
+    #[test]
+    fn event_barriers_are_seen_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = crate::store::Store::open(dir.path().join("data")).unwrap();
+        let engine = Engine::new(
+            store,
+            WatchOptions::default(),
+            Duration::from_secs(60),
+            dir.path().join("sock"),
+        );
+        engine.watch(&root, WatchOptions::default()).unwrap();
+        let h = engine.handle_for(&root.display().to_string()).unwrap();
+        for _ in 0..20 {
+            assert!(
+                h.feed.sync(&root, h.id, Duration::from_secs(5)),
+                "barrier seen"
+            );
+        }
+        // Regression: each barrier file's delete event put its name back in the set, which
+        // then grew by one per Save, Diff and Restore.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(h.feed.barriers_waiting(), 0);
+        assert!(
+            std::fs::read_dir(&root).unwrap().next().is_none(),
+            "no barrier left"
+        );
+        engine.shutdown();
+    }
 }

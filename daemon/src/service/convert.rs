@@ -30,9 +30,10 @@ pub fn status(e: Error) -> tonic::Status {
         | Error::AmbiguousPrefix { .. }
         | Error::OutsideWorkspace { .. }
         | Error::SnapshotOfOtherWorkspace { .. } => Code::InvalidArgument,
-        Error::FailedPrecondition(_) | Error::Locked { .. } | Error::WorkspaceGone { .. } => {
-            Code::FailedPrecondition
-        }
+        Error::FailedPrecondition(_)
+        | Error::Locked { .. }
+        | Error::WorkspaceGone { .. }
+        | Error::NestedWorkspace { .. } => Code::FailedPrecondition,
         Error::Corrupt(_) => Code::DataLoss,
         Error::DiskFull { .. } => Code::ResourceExhausted,
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {

@@ -124,6 +124,7 @@ impl Chkpt for Service {
                             rescans: h.feed.counters.rescans.load(Ordering::Relaxed),
                             events_received: h.feed.counters.received.load(Ordering::Relaxed),
                             events_ignored: h.feed.counters.ignored.load(Ordering::Relaxed),
+                            kernel_watches: h.feed.counters.watches.load(Ordering::Relaxed),
                         }),
                         warnings: h.warnings(),
                     };

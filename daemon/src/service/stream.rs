@@ -107,3 +107,49 @@ impl Write for ChunkWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::workspace::WatchOptions;
+
+    #[tokio::test]
+    async fn a_subscriber_that_fell_behind_is_told_how_many_events_it_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let engine = Engine::new(
+            store,
+            WatchOptions::default(),
+            Duration::from_secs(60),
+            dir.path().join("sock"),
+        );
+        let mut stream = events(engine.clone(), None);
+        // More than the channel holds (1,024), before the subscriber reads anything.
+        for i in 0..1500 {
+            engine.emit(EngineEvent::Warning(1, format!("event {i}")));
+        }
+        let first = stream.next().await.unwrap().unwrap();
+        match first.kind {
+            Some(pb::event::Kind::Warning(w)) => {
+                assert!(w.message.contains("missed 476 events"), "{}", w.message);
+            }
+            other => panic!("expected a warning about missed events, got {other:?}"),
+        }
+        // Then the events still buffered follow, the newest last.
+        let mut last = None;
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.next()).await
+        {
+            last = Some(ev.unwrap());
+        }
+        match last.and_then(|e| e.kind) {
+            Some(pb::event::Kind::Warning(w)) => assert_eq!(w.message, "event 1499"),
+            other => panic!("{other:?}"),
+        }
+        engine.shutdown();
+    }
+}

@@ -8,7 +8,8 @@
 //!    one watch itself, so the evidence going away is seen; so does the workspace's own `.git`
 //!    (git awareness and event barriers live there). Nothing below them does.
 //! 4. A folder that appears (created, or renamed into place) is watched with everything below
-//!    it that rule 1 includes; one that goes (deleted, renamed away) loses its watches. When
+//!    it that rule 1 includes, each folder before it is listed (so nothing made meanwhile is
+//!    missed); one that goes (deleted, renamed away) loses its watches. When
 //!    the rules themselves change (an ignore or evidence file), the whole set is worked out
 //!    again and brought in line.
 
@@ -45,37 +46,33 @@ fn within(a: &[u8], b: &[u8]) -> bool {
     b.is_empty() || a == b || (a.starts_with(b) && a.get(b.len()) == Some(&b'/'))
 }
 
-/// The folders under `start` (itself included, and included by the rules) that rules 1 and 3
-/// give a watch. Folders that cannot be read are skipped: the stat-walk warns of them.
-pub fn wanted(root: &Path, rules: &Rules, start: &[u8]) -> BTreeSet<Vec<u8>> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![start.to_vec()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(rules::abs(root, &dir)) else {
-            continue;
-        };
-        out.insert(dir.clone());
-        for e in entries.flatten() {
-            // The kind from the directory entry: no stat, and a link is never followed.
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let rel = join(&dir, e.file_name().as_bytes());
-            match rules.check_last(&rel, true) {
-                None => stack.push(rel),
-                Some(Exclusion::Dependency(why))
-                    if why == "CACHEDIR.TAG" || why == "pyvenv.cfg" =>
-                {
-                    out.insert(rel);
-                }
-                Some(Exclusion::Git) if dir.is_empty() => {
-                    out.insert(rel);
-                }
-                Some(_) => {}
-            }
-        }
+/// What a folder's listing says of one of its subfolders.
+fn wants(rules: &Rules, dir: &[u8], rel: &[u8]) -> Want {
+    match rules.check_last(rel, true) {
+        None => Want::Tree,
+        Some(Exclusion::Dependency("CACHEDIR.TAG" | "pyvenv.cfg")) => Want::Itself,
+        Some(Exclusion::Git) if dir.is_empty() => Want::Itself,
+        Some(_) => Want::Nothing,
     }
-    out
+}
+
+/// What [`Dirs::watch_tree`] placed.
+#[derive(Debug, Default)]
+pub struct Placed {
+    /// Every folder under the start that holds a watch now.
+    pub all: BTreeSet<Vec<u8>>,
+    /// Those that got one just now (they may hold files made before their watch).
+    pub added: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// A watch, and the same question for each of its subfolders (rule 1).
+    Tree,
+    /// A watch on the folder alone (rule 3).
+    Itself,
+    /// None (rule 2).
+    Nothing,
 }
 
 impl Dirs {
@@ -161,27 +158,77 @@ impl Dirs {
         }
     }
 
-    /// Brings the watches under `start` in line with what the rules want now (rule 4).
-    /// Returns how many were added and removed.
+    /// Watches `start` (which the rules include) and every folder below it that the rules
+    /// want watched, folder by folder from the top: each folder is watched before it is
+    /// listed, so a subfolder made at any moment is either in the listing or reported by the
+    /// watch.
+    pub fn watch_tree(
+        &mut self,
+        watcher: &mut RecommendedWatcher,
+        root: &Path,
+        rules: &Rules,
+        start: &[u8],
+    ) -> Result<Placed, WatchFailure> {
+        let mut all = BTreeSet::new();
+        let mut added = Vec::new();
+        let mut level = vec![(start.to_vec(), Want::Tree)];
+        while !level.is_empty() {
+            // One batch of watches per level, then the listings.
+            let new: BTreeSet<Vec<u8>> = level
+                .iter()
+                .map(|(d, _)| d.clone())
+                .filter(|d| !self.watched.contains(d))
+                .collect();
+            self.add(watcher, root, new.clone())?;
+            added.extend(new.into_iter().filter(|d| self.watched.contains(d)));
+            let mut next = Vec::new();
+            for (dir, want) in level {
+                if !self.watched.contains(&dir) {
+                    // Gone before it could be watched.
+                    continue;
+                }
+                all.insert(dir.clone());
+                if want != Want::Tree {
+                    continue;
+                }
+                let Ok(entries) = fs::read_dir(rules::abs(root, &dir)) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    // The kind from the directory entry: no stat, and a link is never followed.
+                    if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
+                    let rel = join(&dir, e.file_name().as_bytes());
+                    match wants(rules, &dir, &rel) {
+                        Want::Nothing => {}
+                        w => next.push((rel, w)),
+                    }
+                }
+            }
+            level = next;
+        }
+        Ok(Placed { all, added })
+    }
+
+    /// Brings the watches under `start` in line with what the rules want now (rule 4):
+    /// watches what they want, drops the rest. Returns the folders that got a watch.
     pub fn reconcile(
         &mut self,
         watcher: &mut RecommendedWatcher,
         root: &Path,
         rules: &Rules,
         start: &[u8],
-    ) -> Result<(usize, usize), WatchFailure> {
-        let want = wanted(root, rules, start);
+    ) -> Result<Vec<Vec<u8>>, WatchFailure> {
+        let Placed { all: want, added } = self.watch_tree(watcher, root, rules, start)?;
         let extra: Vec<Vec<u8>> = self
             .watched
             .iter()
             .filter(|d| within(d, start) && !want.contains(*d))
             .cloned()
             .collect();
-        let removed = extra.len();
         self.remove(watcher, root, extra);
-        let before = self.watched.len();
-        self.add(watcher, root, want)?;
-        Ok((self.watched.len() - before, removed))
+        Ok(added)
     }
 }
 
@@ -190,7 +237,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_included_folders_and_evidence_roots_are_wanted() {
+    fn only_included_folders_and_evidence_roots_are_watched() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         for d in [
@@ -211,11 +258,26 @@ mod tests {
         fs::write(root.join("venv/pyvenv.cfg"), b"home = /usr\n").unwrap();
         fs::write(root.join(".gitignore"), b"build/\n").unwrap();
         let rules = Rules::new(root, &root.join("no-store"), false);
-        let want: Vec<String> = wanted(root, &rules, b"")
-            .into_iter()
-            .map(|d| String::from_utf8(d).unwrap())
-            .collect();
-        assert_eq!(want, ["", ".git", "src", "src/a", "target", "venv"]);
+        let mut watcher = RecommendedWatcher::new(|_| {}, notify::Config::default()).unwrap();
+        let mut dirs = Dirs::default();
+        let Placed { all, added } = dirs.watch_tree(&mut watcher, root, &rules, b"").unwrap();
+        let names = |set: &BTreeSet<Vec<u8>>| -> Vec<String> {
+            set.iter()
+                .map(|d| String::from_utf8(d.clone()).unwrap())
+                .collect()
+        };
+        assert_eq!(names(&all), ["", ".git", "src", "src/a", "target", "venv"]);
+        assert_eq!(added.len(), 6);
+        assert_eq!(dirs.len(), 6);
+        // The evidence goes: target is walked, and watched below.
+        fs::remove_file(root.join("target/CACHEDIR.TAG")).unwrap();
+        rules.invalidate_all();
+        let added = dirs.reconcile(&mut watcher, root, &rules, b"").unwrap();
+        assert_eq!(added.len(), 2, "target/debug and target/debug/deps");
+        assert_eq!(dirs.len(), 8);
+        // A folder that goes takes its watches with it.
+        dirs.remove_tree(&mut watcher, root, b"target");
+        assert_eq!(dirs.len(), 5);
     }
 
     #[test]

@@ -140,14 +140,25 @@ impl Intake {
     #[cfg(not(target_os = "linux"))]
     fn follow_folders(&self, _rel: &[u8], _shape: Shape) {}
 
-    /// Brings the watches under `start` in line with the rules.
+    /// Brings the watches under `start` in line with the rules. Folders that got a watch
+    /// just now may hold files made before it: they are dirty, so the next save lists them.
     #[cfg(target_os = "linux")]
     fn reconcile(&self, start: &[u8]) {
         let rules = self.rules.clone();
+        let mut added = Vec::new();
         self.with_kernel(|k, root| {
-            let (added, removed) = k.dirs.reconcile(&mut k.watcher, root, &rules, start)?;
-            tracing::debug!(workspace = %root.display(), start = %String::from_utf8_lossy(start), added, removed, "watches brought in line");
+            added = k.dirs.reconcile(&mut k.watcher, root, &rules, start)?;
             Ok(())
+        });
+        if added.is_empty() {
+            return;
+        }
+        tracing::debug!(workspace = %self.root.display(), start = %String::from_utf8_lossy(start), added = added.len(), "new folders watched");
+        self.feed.dirty().paths.extend(added.iter().cloned());
+        let paths = added.into_iter().map(|d| (d, PathChange::Other)).collect();
+        let _ = self.notices.send(Notice::Changed {
+            paths,
+            during_restore: false,
         });
     }
 

@@ -200,6 +200,11 @@ impl Feed {
         synced
     }
 
+    /// Barriers being waited for (none once every sync returned).
+    pub fn barriers_waiting(&self) -> usize {
+        lock(&self.barriers).len()
+    }
+
     /// Records that a barrier's event arrived (only if someone waits for it); `name` is the
     /// file's name.
     fn barrier_arrived(&self, name: &[u8]) {

@@ -85,15 +85,15 @@ impl Source {
         #[cfg(target_os = "linux")]
         let kernel = {
             let mut dirs = super::dirs::Dirs::default();
-            let want = super::dirs::wanted(&self.root, &self.rules, b"");
-            if want.is_empty() {
+            // Out of watches part way: what was taken goes back with the watcher (other
+            // programs need them).
+            dirs.watch_tree(&mut watcher, &self.root, &self.rules, b"")?;
+            if dirs.is_empty() {
                 return Err(WatchFailure::Other(format!(
                     "cannot watch {}: it cannot be read",
                     self.root.display()
                 )));
             }
-            // Out of watches part way: give back what was taken, other programs need them.
-            dirs.add(&mut watcher, &self.root, want)?;
             Kernel { watcher, dirs }
         };
         #[cfg(not(target_os = "linux"))]
@@ -236,4 +236,40 @@ fn make_watcher(
 pub(super) fn is_out_of_watches(e: &notify::Error) -> bool {
     matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
         || matches!(&e.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{self, Receiver};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn source(dir: &Path) -> (Source, Arc<Feed>, Receiver<Notice>) {
+        let feed = Arc::new(Feed::default());
+        let (tx, rx) = mpsc::channel();
+        let rules = Arc::new(Rules::new(dir, &dir.join("no-store"), false));
+        let mut s = Source::new(dir.to_path_buf(), feed.clone(), rules, tx);
+        s.connect().unwrap();
+        (s, feed, rx)
+    }
+
+    #[test]
+    fn lost_events_rescan_the_workspace_that_lost_them_and_no_other() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, a_feed, a_rx) = source(a_dir.path());
+        let (_b, b_feed, b_rx) = source(b_dir.path());
+        // As notify's callback does when A's channel is full.
+        a.overflow.store(true, Ordering::SeqCst);
+        std::fs::write(a_dir.path().join("f"), b"x").unwrap();
+        let rescanned = std::iter::from_fn(|| a_rx.recv_timeout(Duration::from_secs(5)).ok())
+            .any(|n| matches!(n, Notice::Rescan(r) if r.contains("dropped")));
+        assert!(rescanned, "A rescans");
+        assert!(a_feed.dirty().full);
+        // Regression: one process-wide flag was cleared by whichever workspace woke first.
+        std::fs::write(b_dir.path().join("g"), b"y").unwrap();
+        let notice = b_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(notice, Notice::Changed { .. }), "{notice:?}");
+        assert!(!b_feed.dirty().full, "B lost nothing");
+    }
 }
