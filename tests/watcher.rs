@@ -415,3 +415,133 @@ async fn a_save_shows_nothing_to_other_watchers_of_a_git_working_tree() {
         assert!(line.contains("/.chkpt-sync-"), "only the barrier: {line}");
     }
 }
+
+fn git(root: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A repository of 700 committed files on `main`, and a branch `other` that rewrites all of
+/// them; `main` checked out.
+fn repo_of_700(root: &Path) {
+    git(root, &["init", "-q", "-b", "main"]);
+    for i in 0..700 {
+        fs::write(root.join(format!("f{i}.txt")), format!("main {i}\n")).unwrap();
+    }
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "main"]);
+    git(root, &["checkout", "-q", "-b", "other"]);
+    for i in 0..700 {
+        fs::write(root.join(format!("f{i}.txt")), format!("other {i}\n")).unwrap();
+    }
+    git(root, &["commit", "-q", "-am", "other"]);
+    git(root, &["checkout", "-q", "main"]);
+}
+
+async fn tripwire_of(c: &mut ChkptClient<Channel>) -> Option<pb::Tripwire> {
+    status(c).await.workspaces.into_iter().next()?.tripwire
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_branch_switch_pins_quietly_and_a_reset_over_uncommitted_work_raises_the_alarm() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    repo_of_700(root);
+    let mut c = d.client().await;
+    let baseline = watch(&mut c, root, 300, 5000).await.baseline.unwrap();
+
+    // A clean switch of 700 files: git has every version, so no alarm.
+    git(root, &["checkout", "-q", "other"]);
+    let switched = wait_snapshot(&c, root, "the snapshot after the switch", |s| {
+        s.modified == 700 && s.git_branch == "other"
+    })
+    .await;
+    assert!(
+        tripwire_of(&mut c).await.is_none(),
+        "no alarm for a clean branch switch"
+    );
+    let pinned = snapshots(&mut c, root)
+        .await
+        .into_iter()
+        .find(|s| s.id == baseline.id)
+        .unwrap();
+    assert!(
+        pinned.pinned,
+        "the snapshot before the switch is pinned all the same"
+    );
+
+    // 100 uncommitted edits, saved; then `git reset --hard` throws them away.
+    for i in 0..100 {
+        fs::write(
+            root.join(format!("f{i}.txt")),
+            format!("work in progress {i}\n"),
+        )
+        .unwrap();
+    }
+    let edited = wait_snapshot(&c, root, "the edits saved", |s| {
+        s.id != switched.id && s.modified == 100
+    })
+    .await;
+    git(root, &["reset", "-q", "--hard"]);
+    let trip = wait_for(30, "the tripwire", || {
+        let mut c = c.clone();
+        async move { tripwire_of(&mut c).await }
+    })
+    .await;
+    assert_eq!(trip.pinned_snapshot, edited.id, "the edits are pinned");
+    assert!(
+        trip.detail.contains("uncommitted changes"),
+        "{}",
+        trip.detail
+    );
+    assert!(trip.detail.contains("git reset --hard"), "{}", trip.detail);
+    // And what was lost restores from the pinned snapshot.
+    let out = tempfile::tempdir().unwrap();
+    restore_to(&mut c, root, &edited.id, out.path()).await;
+    assert_eq!(
+        fs::read_to_string(out.path().join("f7.txt")).unwrap(),
+        "work in progress 7\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_clean_of_untracked_files_raises_the_alarm() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    repo_of_700(root);
+    for i in 0..100 {
+        fs::write(root.join(format!("new{i}.txt")), format!("untracked {i}\n")).unwrap();
+    }
+    let mut c = d.client().await;
+    watch(&mut c, root, 300, 5000).await;
+    git(root, &["clean", "-q", "-f"]);
+    let fired = wait_for(30, "the tripwire", || {
+        let mut c = c.clone();
+        async move { tripwire_of(&mut c).await }
+    })
+    .await;
+    assert!(fired.detail.contains("git never had"), "{}", fired.detail);
+    // Counted again once the burst is over: all of it, not only what it had done when it fired.
+    let trip = wait_for(30, "the whole burst counted", || {
+        let mut c = c.clone();
+        async move { tripwire_of(&mut c).await.filter(|t| t.changed_files == 100) }
+    })
+    .await;
+    assert!(
+        trip.detail.contains("100 files git never had"),
+        "{}",
+        trip.detail
+    );
+}

@@ -205,8 +205,13 @@ pub fn status_text(palette: Palette, now_ms: u64, s: &v1::StatusResponse) -> Str
             } else {
                 t.pinned_snapshot.as_str()
             };
+            let detail = if t.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", t.detail)
+            };
             out.push_str(&format!(
-                "{path}: {} {} files deleted or rewritten {}; snapshot {pinned} from just before is pinned: \
+                "{path}: {} {} files deleted or rewritten {}{detail}; snapshot {pinned} from just before is pinned: \
                  `chkptctl restore {pinned}` brings it back, `chkptctl ack` clears this line\n",
                 palette.paint("mass-change tripwire:", Colour::Red),
                 t.changed_files,

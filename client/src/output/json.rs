@@ -59,6 +59,7 @@ pub fn tripwire_json(t: &v1::Tripwire) -> Value {
         "pinned_snapshot": optional_id(&t.pinned_snapshot),
         "changed_files": t.changed_files,
         "fired_unix_ms": t.fired_unix_ms,
+        "detail": t.detail,
     })
 }
 

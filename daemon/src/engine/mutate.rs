@@ -1,12 +1,15 @@
 //! Changing things: restore, delete, pin, prune and retention, the tripwire.
 
+use super::autosave::tripwire::Fired;
 use super::save::Taken;
 use super::{Engine, EngineEvent};
 use crate::error::{Error, Result};
 use crate::retention::{self, Decision, Policy};
+use crate::store::Kind;
 use crate::store::catalog::{SnapshotRecord, TripwireRecord};
-use crate::workspace::now_us;
+use crate::workspace::git::{self, Loss};
 use crate::workspace::restore::{ProgressFn, RestoreOptions, RestoreSummary};
+use crate::workspace::{diff, now_us};
 
 impl Engine {
     /// Restores a snapshot of the workspace containing `path`.
@@ -145,42 +148,137 @@ impl Engine {
         Ok(self.store.gc()?.bytes_reclaimed)
     }
 
-    /// A mass change is under way: pins the snapshot from before it, records the tripwire (shown
-    /// by `Status` until acknowledged) and tells subscribers.
+    /// A mass change is under way: pins the snapshot from before it and, when the burst
+    /// destroyed work git does not have, records the tripwire (shown by `Status` until
+    /// acknowledged) and tells subscribers. A burst git made over committed work (a clean
+    /// branch switch, a pull) pins quietly: returns `None` then.
     pub fn fire_tripwire(
         &self,
         h: &super::WsHandle,
-        pre_burst: Option<u64>,
-        changed: u64,
-    ) -> Result<TripwireRecord> {
+        fired: &Fired,
+    ) -> Result<Option<TripwireRecord>> {
+        let changed = fired.paths.len() as u64;
         let mut pinned = None;
-        if let Some(id) = pre_burst
+        let mut loss = Loss::Unknown("no snapshot from before the burst".into());
+        if let Some(id) = fired.pre_burst
             && let Some(mut s) = self.store.cat.snapshot(id)?
         {
+            loss = self.judge_burst(h, &s, &fired.paths);
             s.pinned = true;
             self.store.cat.put_snapshot(&s)?;
             pinned = Some(id);
+        }
+        if loss == Loss::None {
+            self.store.flush()?;
+            tracing::info!(workspace = %h.root.display(), changed, "a mass change git made over committed work; the snapshot before it is pinned");
+            return Ok(None);
         }
         let trip = TripwireRecord {
             pinned,
             changed,
             fired_us: now_us(),
+            detail: loss.describe(),
         };
         if let Some(mut record) = self.store.cat.workspace(h.id)? {
-            record.tripwire = Some(trip);
+            record.tripwire = Some(trip.clone());
             self.store.cat.put_workspace(&record)?;
         }
         self.store.flush()?;
         let msg = format!(
-            "mass-change tripwire: {changed} files deleted or rewritten in {}; snapshot {} from just before is pinned",
+            "mass-change tripwire: {changed} files deleted or rewritten in {} ({}); snapshot {} from just before is pinned",
             h.root.display(),
+            trip.detail,
             pinned
                 .map(|p| format!("{p:016x}"))
                 .unwrap_or_else(|| "(none)".into())
         );
         tracing::warn!("{msg}");
-        self.emit(EngineEvent::Tripwire(h.id, trip));
-        Ok(trip)
+        self.emit(EngineEvent::Tripwire(h.id, trip.clone()));
+        Ok(Some(trip))
+    }
+
+    /// The burst is over: `after` is the state after it. Its tripwire (if it raised one) is
+    /// recounted over everything the burst deleted or rewritten, not only what it had done
+    /// when it fired, and judged again; the after-burst snapshot's message says the count.
+    pub fn settle_tripwire(
+        &self,
+        h: &super::WsHandle,
+        fired: &Fired,
+        after: &SnapshotRecord,
+    ) -> Result<()> {
+        let Some(pre) = fired
+            .pre_burst
+            .and_then(|id| self.store.cat.snapshot(id).ok().flatten())
+        else {
+            return Ok(());
+        };
+        let lost: Vec<Vec<u8>> = diff::diff(&self.store, Some(pre.root), Some(after.root))?
+            .into_iter()
+            .filter(|e| e.before.as_ref().is_some_and(|b| b.kind != Kind::Dir))
+            .filter(|e| e.change != diff::Change::Added)
+            .map(|e| e.path)
+            .collect();
+        let changed = lost.len() as u64;
+        if after.id != pre.id && after.message.starts_with("after a mass change") {
+            let mut s = after.clone();
+            s.message = format!("after a mass change ({changed} files deleted or rewritten)");
+            self.store.cat.put_snapshot(&s)?;
+        }
+        if let Some(mut record) = self.store.cat.workspace(h.id)?
+            && let Some(trip) = record.tripwire.as_mut()
+            && trip.pinned == Some(pre.id)
+        {
+            trip.changed = changed;
+            trip.detail = self.judge_burst(h, &pre, &lost).describe();
+            self.store.cat.put_workspace(&record)?;
+        }
+        self.store.flush()
+    }
+
+    /// Whether the versions a burst replaced are all in git's HEAD commit of the time (then
+    /// git can give them back), judged from the snapshot taken before it.
+    fn judge_burst(&self, h: &super::WsHandle, pre: &SnapshotRecord, paths: &[Vec<u8>]) -> Loss {
+        if git::find_git_dir(&h.root).is_none() {
+            return Loss::Unknown("not a git repository".into());
+        }
+        if pre.git_head.is_empty() {
+            return Loss::Unknown("the repository had no commit".into());
+        }
+        let mut lost = Vec::new();
+        for p in paths {
+            match diff::lookup(&self.store, pre.root, p) {
+                Ok(Some(e)) if e.kind != Kind::Dir => lost.push((p.clone(), e)),
+                Ok(_) => {}
+                Err(e) => return Loss::Unknown(format!("a stored version is unreadable: {e}")),
+            }
+        }
+        let paths: Vec<Vec<u8>> = lost.iter().map(|(p, _)| p.clone()).collect();
+        let in_git = match git::blobs_at(&h.root, &pre.git_head, &paths) {
+            Ok(m) => m,
+            Err(why) => return Loss::Unknown(why),
+        };
+        let (mut uncommitted, mut untracked) = (0, 0);
+        for (p, e) in &lost {
+            let Some(id) = in_git.get(p) else {
+                untracked += 1;
+                continue;
+            };
+            let mut content = Vec::with_capacity(e.size.min(64 << 20) as usize);
+            if let Err(e) = self.store.read_into(&e.id, &mut content) {
+                return Loss::Unknown(format!("a stored version is unreadable: {e}"));
+            }
+            if git::blob_id(&content) != *id {
+                uncommitted += 1;
+            }
+        }
+        if uncommitted + untracked == 0 {
+            Loss::None
+        } else {
+            Loss::Work {
+                uncommitted,
+                untracked,
+            }
+        }
     }
 
     /// Clears a fired tripwire; returns it.

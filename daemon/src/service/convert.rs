@@ -180,6 +180,7 @@ pub fn tripwire(t: &TripwireRecord) -> pb::Tripwire {
         pinned_snapshot: t.pinned.map(|p| format!("{p:016x}")).unwrap_or_default(),
         changed_files: t.changed,
         fired_unix_ms: t.fired_us / 1000,
+        detail: t.detail.clone(),
     }
 }
 

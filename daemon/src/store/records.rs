@@ -125,7 +125,7 @@ pub struct WorkspaceRecord {
 }
 
 /// A fired mass-change tripwire.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TripwireRecord {
     /// The snapshot taken just before the burst (pinned), if there was one.
@@ -134,6 +134,8 @@ pub struct TripwireRecord {
     pub changed: u64,
     /// When it fired, µs since the epoch.
     pub fired_us: u64,
+    /// What the burst looks like (what git could not give back).
+    pub detail: String,
 }
 
 /// A retention policy. All zero means the defaults (see `retention`).
@@ -386,6 +388,7 @@ pub mod v1 {
                     pinned: t.pinned,
                     changed: t.changed,
                     fired_us: t.fired_us,
+                    detail: String::new(),
                 }),
             }
         }

@@ -106,3 +106,99 @@ mod tests {
         assert_eq!(find_git_dir(&sub), Some(sub.join("../../.git/worktrees/x")));
     }
 }
+
+/// What a burst of deletions and rewrites cost, measured against git.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loss {
+    /// Every version it replaced is the one git's HEAD commit holds: nothing git does not
+    /// have (a clean branch switch, a pull, a rebase of committed work).
+    None,
+    /// Versions git does not have were lost: `uncommitted` tracked files with changes, and
+    /// `untracked` files git never had.
+    Work {
+        /// Tracked files whose uncommitted changes were replaced.
+        uncommitted: usize,
+        /// Files git never had, deleted.
+        untracked: usize,
+    },
+    /// Git could not tell (no repository, no HEAD, git not found, …).
+    Unknown(String),
+}
+
+impl Loss {
+    /// The status line's words for it.
+    pub fn describe(&self) -> String {
+        match self {
+            Loss::None => "git has every version it replaced".into(),
+            Loss::Work {
+                uncommitted,
+                untracked,
+            } => {
+                let mut parts = Vec::new();
+                if *uncommitted > 0 {
+                    parts.push(format!(
+                        "{uncommitted} files with uncommitted changes (it looks like `git reset --hard`, `git checkout -- .` or a `git stash`)"
+                    ));
+                }
+                if *untracked > 0 {
+                    parts.push(format!(
+                        "{untracked} files git never had (it looks like `git clean` or an `rm`)"
+                    ));
+                }
+                format!("work git does not have was lost: {}", parts.join("; "))
+            }
+            Loss::Unknown(why) => format!("not compared with git: {why}"),
+        }
+    }
+}
+
+/// The blob id git gives `content`.
+pub fn blob_id(content: &[u8]) -> String {
+    let mut h = sha1_smol::Sha1::new();
+    h.update(format!("blob {}\0", content.len()).as_bytes());
+    h.update(content);
+    h.digest().to_string()
+}
+
+/// The blob ids HEAD commit `head` of the repository at `root` holds for `paths` (relative to
+/// `root`, which may lie anywhere in the repository): path → blob id, for the paths it has.
+pub fn blobs_at(
+    root: &Path,
+    head: &str,
+    paths: &[Vec<u8>],
+) -> Result<std::collections::HashMap<Vec<u8>, String>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = std::collections::HashMap::new();
+    for chunk in paths.chunks(500) {
+        let mut cmd = std::process::Command::new("git");
+        cmd.arg("-C").arg(root).args(["ls-tree", "-z", head, "--"]);
+        for p in chunk {
+            cmd.arg(std::ffi::OsStr::from_bytes(p));
+        }
+        let run = cmd
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        if !run.status.success() {
+            return Err(format!(
+                "git ls-tree failed: {}",
+                String::from_utf8_lossy(&run.stderr).trim()
+            ));
+        }
+        // "<mode> <type> <id>\t<path>\0" per entry.
+        for rec in run.stdout.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+            let Some(tab) = rec.iter().position(|&b| b == b'\t') else {
+                continue;
+            };
+            let fields: Vec<&[u8]> = rec[..tab].split(|&b| b == b' ').collect();
+            if let [_, b"blob", id] = fields.as_slice() {
+                out.insert(
+                    rec[tab + 1..].to_vec(),
+                    String::from_utf8_lossy(id).into_owned(),
+                );
+            }
+        }
+    }
+    Ok(out)
+}

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use self::debounce::Debouncer;
-use self::tripwire::Tripwire;
+use self::tripwire::{Fired, Tripwire};
 use super::registry::WsHandle;
 use super::save::{SaveRequest, Walk};
 use super::{Engine, EngineEvent, WatchState};
@@ -66,6 +66,7 @@ impl Worker {
             engine: engine.clone(),
             h: h.clone(),
             source,
+            idle,
             max_delay,
             debounce: Debouncer::new(idle, max_delay),
             poll: None,
@@ -128,6 +129,7 @@ struct Autosave {
     engine: Arc<Engine>,
     h: Arc<WsHandle>,
     source: Source,
+    idle: Duration,
     max_delay: Duration,
     debounce: Debouncer,
     tripwire: Tripwire,
@@ -137,7 +139,8 @@ struct Autosave {
     git_dir: Option<std::path::PathBuf>,
     git_limit: Option<Instant>,
     git_retry: Option<Instant>,
-    after_burst: Option<u64>,
+    /// A burst fired the tripwire: the next snapshot is the state after it.
+    after_burst: Option<Fired>,
 }
 
 impl Autosave {
@@ -304,10 +307,10 @@ impl Autosave {
                 fired = Some(f);
             }
         }
-        if let Some((pre_burst, changed)) = fired {
-            match self.engine.fire_tripwire(&h, pre_burst, changed) {
+        if let Some(fired) = fired {
+            match self.engine.fire_tripwire(&h, &fired) {
                 Ok(_) => {
-                    self.after_burst = Some(changed);
+                    self.after_burst = Some(fired);
                     self.debounce.hurry(AFTER_BURST_QUIET);
                 }
                 Err(e) => {
@@ -345,8 +348,9 @@ impl Autosave {
             self.gone();
             return;
         }
-        let message = match self.after_burst.take() {
-            Some(n) => format!("after a mass change ({n} files deleted or rewritten)"),
+        let burst = self.after_burst.take();
+        let message = match &burst {
+            Some(_) => "after a mass change".to_owned(),
             None => String::new(),
         };
         let req = SaveRequest {
@@ -357,6 +361,15 @@ impl Autosave {
         };
         match self.engine.save_now(&h, &req) {
             Ok(out) => {
+                if let Some(fired) = burst {
+                    if let Err(e) = self.engine.settle_tripwire(&h, &fired, &out.snapshot) {
+                        tracing::warn!(workspace = %h.root.display(), error = %e, "could not count the mass change");
+                    }
+                    // The state after the burst is saved: a new burst is judged from it (unless
+                    // the burst goes on, and the save came from the maximum delay).
+                    let quiet = AFTER_BURST_QUIET.min(self.idle).mul_f32(0.9);
+                    self.tripwire.rearm_if_quiet(Instant::now(), quiet);
+                }
                 if out.created {
                     self.engine.maintenance().retention_due(h.id);
                 }

@@ -56,7 +56,7 @@ impl Tripwire {
 
     /// Records an event. `latest` gives the newest snapshot (asked only when a burst starts),
     /// `total_files` the workspace's size (asked only when the count could matter). Returns
-    /// `(snapshot before the burst, paths hit)` when the tripwire fires.
+    /// the snapshot before the burst and the paths hit when the tripwire fires.
     pub fn observe(
         &mut self,
         now: Instant,
@@ -64,7 +64,7 @@ impl Tripwire {
         change: PathChange,
         latest: impl FnOnce() -> Option<u64>,
         total_files: impl FnOnce() -> u64,
-    ) -> Option<(Option<u64>, u64)> {
+    ) -> Option<Fired> {
         let quiet = self
             .last_event
             .is_none_or(|t| now.duration_since(t) > self.limits.window);
@@ -110,10 +110,37 @@ impl Tripwire {
         }
         if hit > self.limits.files || hit * 100 > self.limits.percent * total_files() {
             self.fired = true;
-            return Some((self.pre_burst, hit));
+            let mut paths: Vec<Vec<u8>> = self.counts.keys().cloned().collect();
+            paths.sort();
+            return Some(Fired {
+                pre_burst: self.pre_burst,
+                paths,
+            });
         }
         None
     }
+}
+
+impl Tripwire {
+    /// Forgets the burst under way if no event came for `quiet`: the state after it is saved,
+    /// and the next burst is judged from there.
+    pub fn rearm_if_quiet(&mut self, now: Instant, quiet: Duration) {
+        if self
+            .last_event
+            .is_none_or(|t| now.duration_since(t) >= quiet)
+        {
+            self.last_event = None;
+        }
+    }
+}
+
+/// A burst that fired the tripwire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// The newest snapshot from before the burst.
+    pub pre_burst: Option<u64>,
+    /// The paths deleted or rewritten in it so far.
+    pub paths: Vec<Vec<u8>>,
 }
 
 #[cfg(test)]
@@ -132,7 +159,7 @@ mod tests {
         for (i, p) in paths(120).iter().enumerate() {
             let now = t0 + Duration::from_millis(i as u64);
             if let Some(f) = t.observe(now, p, PathChange::Destructive, || Some(7), || 100_000) {
-                fired.push((i, f));
+                fired.push((i, (f.pre_burst, f.paths.len() as u64)));
             }
         }
         assert_eq!(fired, vec![(50, (Some(7), 51))]);
@@ -161,7 +188,9 @@ mod tests {
             );
         }
         for p in paths(10).iter().map(|p| [b"old-".as_slice(), p].concat()) {
-            fired = fired.or(t.observe(now, &p, PathChange::Destructive, || Some(1), || 20));
+            fired = fired.or(t
+                .observe(now, &p, PathChange::Destructive, || Some(1), || 20)
+                .map(|f| (f.pre_burst, f.paths.len() as u64)));
         }
         assert_eq!(fired, Some((Some(1), 5)), "5 of 20 files is over 20 %");
     }
