@@ -18,6 +18,7 @@
 //! - `bench/ours.rs`: a fresh `chkptd` per repetition, driven over gRPC
 //! - `bench/others.rs`: the peer and the baselines
 //! - `bench/report.rs`: statistics, targets and the table
+//! - `bench/watcher.rs`: what watching a busy Rust project costs (its own table)
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -30,6 +31,8 @@ mod report;
 #[path = "bench/tree.rs"]
 mod tree;
 mod util;
+#[path = "bench/watcher.rs"]
+mod watcher;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -207,9 +210,15 @@ fn main() -> ExitCode {
         .build()
         .unwrap();
     rt.block_on(bench(&run, peer.as_ref(), &mut res));
+    eprintln!("bench: the watcher section");
+    let (watcher_table, _) = rt.block_on(watcher::section(scratch.path()));
 
     let machine = report::machine();
-    let table = res.table();
+    let table = format!(
+        "{}
+{watcher_table}",
+        res.table()
+    );
     println!("\n{table}\n{machine}");
     println!("Took {:.0} s.", started.elapsed().as_secs_f64());
     let file = target.join(if full {
