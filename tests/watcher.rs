@@ -17,42 +17,12 @@ use std::time::{Duration, Instant};
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
 use tonic::transport::Channel;
-use util::{Daemon, restore_to, snapshots, wait_for, watch};
+use util::{Daemon, cpu_ms, kernel_watches, restore_to, snapshots, wait_for, watch};
 
 const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n";
 
 async fn status(c: &mut ChkptClient<Channel>) -> pb::StatusResponse {
     c.status(pb::StatusRequest {}).await.unwrap().into_inner()
-}
-
-/// The inotify watches `pid` holds, as the kernel counts them.
-fn kernel_watches(pid: u32) -> usize {
-    let mut n = 0;
-    for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        if let Ok(text) = fs::read_to_string(fd.path()) {
-            n += text
-                .lines()
-                .filter(|l| l.starts_with("inotify wd:"))
-                .count();
-        }
-    }
-    n
-}
-
-/// CPU time `pid` used so far, in ms (user + system).
-fn cpu_ms(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the command.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1000 / hz
 }
 
 /// Waits until the workspace's newest snapshot satisfies `pred`.

@@ -114,7 +114,6 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<De
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Id;
 
     fn snap(id: u64, hours_ago: u64, trigger: Trigger) -> SnapshotRecord {
         let now = 1_000_000 * 3600 * 24 * 400;
@@ -122,22 +121,8 @@ mod tests {
             id,
             workspace: 1,
             created_us: now - hours_ago * 3_600_000_000 - id,
-            root: Id::default(),
-            parent: None,
             trigger,
-            message: String::new(),
-            pinned: false,
-            files: 0,
-            bytes: 0,
-            new_blobs: 0,
-            new_bytes: 0,
-            added: 0,
-            modified: 0,
-            deleted: 0,
-            rescan: false,
-            warnings: vec![],
-            git_branch: String::new(),
-            git_head: String::new(),
+            ..Default::default()
         }
     }
 

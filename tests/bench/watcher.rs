@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
 
-use crate::util::{Daemon, snapshots, wait_for, watch};
+use crate::util::{Daemon, cpu_ms, kernel_watches, snapshots, wait_for, watch};
 
 const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n";
 
@@ -25,30 +25,6 @@ struct Row {
     figure: String,
     target: &'static str,
     met: bool,
-}
-
-/// CPU time `pid` used so far, in ms.
-fn cpu_ms(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1000 / hz
-}
-
-fn kernel_watches(pid: u32) -> usize {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    fds.flatten()
-        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
-        .map(|t| t.lines().filter(|l| l.starts_with("inotify wd:")).count())
-        .sum()
 }
 
 /// Runs the section and returns its table (markdown) and whether every target was met.

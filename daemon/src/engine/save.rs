@@ -169,12 +169,11 @@ mod tests {
     use crate::workspace::WatchOptions;
     use crate::workspace::test_hooks::panic_after_next_refresh;
 
-    #[test]
-    fn a_save_that_panicked_leaves_no_half_updated_index_behind() {
+    /// An engine over a fresh store, and an empty folder `ws` to watch.
+    fn engine() -> (tempfile::TempDir, std::path::PathBuf, Arc<Engine>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("ws");
         std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("a.txt"), b"first").unwrap();
         let store = crate::store::Store::open(dir.path().join("data")).unwrap();
         let engine = Engine::new(
             store,
@@ -182,6 +181,13 @@ mod tests {
             Duration::from_secs(60),
             dir.path().join("sock"),
         );
+        (dir, root, engine)
+    }
+
+    #[test]
+    fn a_save_that_panicked_leaves_no_half_updated_index_behind() {
+        let (_dir, root, engine) = engine();
+        std::fs::write(root.join("a.txt"), b"first").unwrap();
         engine.watch(&root, WatchOptions::default()).unwrap();
         let ws = root.display().to_string();
         // Racy-clean rule: a file read within a second of its write is read again anyway.
@@ -215,16 +221,7 @@ mod tests {
 
     #[test]
     fn event_barriers_are_seen_and_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("ws");
-        std::fs::create_dir_all(&root).unwrap();
-        let store = crate::store::Store::open(dir.path().join("data")).unwrap();
-        let engine = Engine::new(
-            store,
-            WatchOptions::default(),
-            Duration::from_secs(60),
-            dir.path().join("sock"),
-        );
+        let (_dir, root, engine) = engine();
         engine.watch(&root, WatchOptions::default()).unwrap();
         let h = engine.handle_for(&root.display().to_string()).unwrap();
         for _ in 0..20 {

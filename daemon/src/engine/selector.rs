@@ -336,22 +336,9 @@ mod tests {
             id,
             workspace,
             created_us: now - age_s * 1_000_000,
-            root: crate::store::Id::default(),
-            parent: None,
             trigger: Trigger::Auto,
             message: format!("{age_s}s ago"),
-            pinned: false,
-            files: 0,
-            bytes: 0,
-            new_blobs: 0,
-            new_bytes: 0,
-            added: 0,
-            modified: 0,
-            deleted: 0,
-            rescan: false,
-            warnings: vec![],
-            git_branch: String::new(),
-            git_head: String::new(),
+            ..Default::default()
         };
         for &(id, age) in snaps {
             store.cat.put_snapshot(&record(id, wa, age)).unwrap();

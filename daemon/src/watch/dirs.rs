@@ -21,24 +21,12 @@ use std::path::Path;
 use notify::{PathOp, RecommendedWatcher, RecursiveMode, WatchPathConfig, Watcher};
 
 use super::source::{WatchFailure, is_out_of_watches};
-use crate::workspace::rules::{self, Exclusion, Rules};
+use crate::workspace::rules::{self, Exclusion, Rules, join};
 
 /// The watches of one workspace, by relative path.
 #[derive(Debug, Default)]
 pub struct Dirs {
     watched: BTreeSet<Vec<u8>>,
-}
-
-/// Relative path of `name` in `dir`.
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        return name.to_vec();
-    }
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    p.extend_from_slice(dir);
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
 }
 
 /// Whether `a` is `b` or inside it.

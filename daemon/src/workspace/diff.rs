@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::store::{Entry, Id, Kind, Store, Tree};
+use crate::workspace::rules::join;
 
 /// How a path differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,16 +70,6 @@ fn load(store: &Store, id: Option<Id>) -> Result<Tree> {
         Some(id) => store.tree(&id),
         None => Ok(Tree::default()),
     }
-}
-
-fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(prefix.len() + 1 + name.len());
-    if !prefix.is_empty() {
-        p.extend_from_slice(prefix);
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 /// Walks two trees. `with_dirs` also reports directories added, deleted or re-moded (restore

@@ -583,17 +583,6 @@ impl Workspace {
     }
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        return name.to_vec();
-    }
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    p.extend_from_slice(dir);
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
-}
-
 fn snapshot_id(ws: u64, created_us: u64, root: &Id) -> u64 {
     let mut seed = Vec::with_capacity(40);
     seed.extend_from_slice(&ws.to_le_bytes());

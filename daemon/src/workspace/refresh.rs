@@ -17,9 +17,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::index::Node;
+use super::rules::join;
 use super::rules::{self, Rules, abs};
 use super::scan::{self, Found, Looked, ScanResult, Stat};
-use super::{Changes, RACY_WINDOW_NS, Workspace, WorkspaceCounters, join, now_ns};
+use super::{Changes, RACY_WINDOW_NS, Workspace, WorkspaceCounters, now_ns};
 use crate::error::{Error, Result};
 use crate::store::catalog::FileMeta;
 use crate::store::{Batch, IN_MEMORY_LIMIT, Id, Kind, Streamed};

@@ -91,6 +91,17 @@ pub fn abs(root: &Path, rel: &[u8]) -> PathBuf {
     }
 }
 
+/// The relative path of `name` in the folder `dir` (empty for the workspace's root).
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    if !dir.is_empty() {
+        p.extend_from_slice(dir);
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
 /// The parent of a relative path (empty for top-level entries) and its last component.
 pub fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
     match rel.iter().rposition(|&b| b == b'/') {
