@@ -204,7 +204,12 @@ impl Filesystem for LazyFs {
             if let Some(size) = size {
                 let file = match &handle {
                     Some((_, f)) => f.clone(),
-                    None => Arc::new(std::fs::OpenOptions::new().write(true).open(&path)?),
+                    None => Arc::new(
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&path)?,
+                    ),
                 };
                 s.before_truncate(ino.0, &file, size)?;
                 file.set_len(size)?;
