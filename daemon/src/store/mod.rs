@@ -89,6 +89,12 @@ impl Store {
     /// whatever an interrupted save left past the committed end of each pack.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
+        // Folders this creates, whose names must be made durable (see `sync_new_dirs`).
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+            .map(Path::to_path_buf)
+            .collect();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -119,6 +125,7 @@ impl Store {
         };
         let cat = catalog::Catalog::open(&db)?;
         let packs = Packs::open(dir.join("packs"))?;
+        sync_new_dirs(&dir, &created)?;
         packs.recover(&cat)?;
         let (committed, ignored) = cat.load_blob_index()?;
         let store = Store {
@@ -180,6 +187,32 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// A new directory's name survives a power loss only once its parent is fsynced, and a new
+/// file's only once its directory is: without this, a power cut after the first acknowledged
+/// save of a new data directory could take the whole store with it (packs' directory fsyncs
+/// cannot help while `packs/` itself, or the data directory, is not durably named).
+fn sync_new_dirs(dir: &Path, created: &[PathBuf]) -> Result<()> {
+    for d in [
+        dir.join("catalog/blobs"),
+        dir.join("catalog"),
+        dir.join("packs"),
+    ] {
+        if d.is_dir() {
+            File::open(&d).and_then(|f| f.sync_all()).at(&d)?;
+        }
+    }
+    File::open(dir).and_then(|f| f.sync_all()).at(dir)?;
+    // The folders above it that this open created (the first start, `~/.local/share/chkpt`).
+    for c in created {
+        if let Some(parent) = c.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Err(e) = File::open(parent).and_then(|f| f.sync_all())
+        {
+            tracing::warn!(dir = %parent.display(), error = %e, "could not fsync the folder above the data directory");
+        }
+    }
+    Ok(())
 }
 
 fn take_lock(dir: &Path) -> Result<File> {
