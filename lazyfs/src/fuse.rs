@@ -33,6 +33,9 @@ pub(crate) fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
 pub(crate) struct LazyFs {
     pub(crate) state: Arc<Mutex<State>>,
     handles: Mutex<HashMap<u64, (Ino, Arc<File>)>>,
+    /// Open directories: their entries as of `opendir`, so that offsets stay valid while
+    /// entries are removed (POSIX leaves it open whether those still show).
+    dirs: Mutex<HashMap<u64, Vec<(std::ffi::OsString, Ino, Kind)>>>,
     next_fh: AtomicU64,
 }
 
@@ -41,6 +44,7 @@ impl LazyFs {
         LazyFs {
             state,
             handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -447,14 +451,7 @@ impl Filesystem for LazyFs {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let s = lock(&self.state);
         let entries = match s.entries(ino.0) {
             Ok(e) => e,
@@ -462,17 +459,53 @@ impl Filesystem for LazyFs {
         };
         let parent = s.parent(ino.0);
         drop(s);
-        let all = [
+        let all: Vec<_> = [
             (OsStr::new(".").to_owned(), ino.0, Kind::Dir),
             (OsStr::new("..").to_owned(), parent, Kind::Dir),
         ]
         .into_iter()
-        .chain(entries);
-        for (i, (name, child, kind)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, kind_of(kind), &name) {
+        .chain(entries)
+        .collect();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, all);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(all) = dirs.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (name, child, kind)) in all.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), i as u64 + 1, kind_of(*kind), name) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
         reply.ok();
     }
 

@@ -293,3 +293,17 @@ fn a_killed_process_leaves_no_mount_behind() {
     // The folder is usable again.
     assert!(fs::read_dir(&mnt).unwrap().next().is_none());
 }
+
+#[test]
+fn removing_entries_while_listing_a_directory_skips_none() {
+    let (_d, m) = mounted();
+    let dir = m.path().join("many");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..3000 {
+        fs::write(dir.join(format!("f{i}")), b"x").unwrap();
+    }
+    for e in fs::read_dir(&dir).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    fs::remove_dir(&dir).unwrap();
+}
