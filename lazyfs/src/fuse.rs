@@ -1,8 +1,9 @@
 //! The FUSE side: each request becomes a call on the shared [`State`], under its lock (one
 //! request at a time: the file systems these tests build are small).
 //!
-//! Attributes and names are never cached by the kernel (a TTL of zero), so what a cut changed
-//! is seen at once; a remount after a cut drops the kernel's page cache too.
+//! Every change goes through the kernel, which keeps its caches of names and attributes in
+//! line; a cut changes the backing folder behind its back, so it is made only while unmounted,
+//! and the remount starts with empty caches (names, attributes and file pages).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -22,11 +23,14 @@ use fuser::{
 
 use crate::model::{Ino, Kind, State, errno};
 
-const TTL: Duration = Duration::ZERO;
+const TTL: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// A directory entry: name, inode, kind.
+type DirEntry = (std::ffi::OsString, Ino, Kind);
 
 /// One mount's view of the shared state, with its open files.
 #[derive(Debug)]
@@ -35,7 +39,7 @@ pub(crate) struct LazyFs {
     handles: Mutex<HashMap<u64, (Ino, Arc<File>)>>,
     /// Open directories: their entries as of `opendir`, so that offsets stay valid while
     /// entries are removed (POSIX leaves it open whether those still show).
-    dirs: Mutex<HashMap<u64, Vec<(std::ffi::OsString, Ino, Kind)>>>,
+    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
 }
 
