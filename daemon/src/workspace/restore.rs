@@ -70,7 +70,11 @@ fn journal_path(store: &Store, ws: u64) -> PathBuf {
 fn write_journal(store: &Store, ws: u64, j: &Journal) -> Result<()> {
     let path = journal_path(store, ws);
     let dir = store.dir().join("journal");
-    fs::create_dir_all(&dir).at(&dir)?;
+    if !dir.is_dir() {
+        fs::create_dir_all(&dir).at(&dir)?;
+        // The journal's own fsyncs below count only once its folder's name is durable.
+        sync_path(store.dir())?;
+    }
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).at(&tmp)?;
     f.write_all(&bitcode::encode(j)).at(&tmp)?;
@@ -80,12 +84,107 @@ fn write_journal(store: &Store, ws: u64, j: &Journal) -> Result<()> {
     Ok(())
 }
 
+/// Removes the journal, durably: one that came back after a power cut would have the next
+/// start apply the snapshot again, over whatever the user did since.
 fn remove_journal(store: &Store, ws: u64) {
     let path = journal_path(store, ws);
-    if let Err(e) = fs::remove_file(&path)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        tracing::warn!(journal = %path.display(), error = %e, "could not remove the restore journal");
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent()
+                && let Err(e) = sync_path(dir)
+            {
+                tracing::warn!(journal = %path.display(), error = %e, "could not make the restore journal's removal durable");
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(journal = %path.display(), error = %e, "could not remove the restore journal")
+        }
+    }
+}
+
+/// fsyncs a file or directory.
+fn sync_path(path: &Path) -> Result<()> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|f| f.sync_all())
+        .at(path)
+}
+
+/// Files fsynced at once: an fsync mostly waits (for the disk, for the file system's journal),
+/// and the file system commits many waiting fsyncs together.
+const SYNC_THREADS: usize = 16;
+
+/// Past this many files, a restore on a local file system that `syncfs` covers makes them
+/// durable with one `syncfs` instead of an fsync each: on this machine's ext4 an fsync costs
+/// 0.1–0.4 ms even with 16 in flight (the disk's cache is flushed each time), ~30 s for the
+/// 86,000 files of the Linux tree, where one `syncfs` costs what writing them out costs.
+const SYNCFS_PAST: usize = 1000;
+
+/// Whether a restore writing `files` files under `dir` makes them durable with one `syncfs`:
+/// only on local file systems that write everything (data, inodes, names) on `syncfs`. On
+/// others (FUSE among them, where `syncfs` does nothing unless the server implements it)
+/// every file and directory is fsynced.
+fn whole_fs_sync(dir: &Path, files: usize) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const F2FS: i64 = 0xF2F5_2010;
+    if files <= SYNCFS_PAST {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct for a valid NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, EXT4 | XFS | BTRFS | F2FS)
+}
+
+/// `syncfs` of the file system holding `dir`.
+fn sync_fs(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir).at(dir)?;
+    // SAFETY: a valid open file descriptor.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(Error::io(dir, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// fsyncs every path (files or directories), many at a time.
+fn sync_paths(paths: &[&Path]) -> Result<()> {
+    if paths.len() <= 1 {
+        return paths.iter().try_for_each(|p| sync_path(p));
+    }
+    let next = AtomicU64::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..SYNC_THREADS.min(paths.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(p) = paths.get(i) else { break };
+                    if let Err(e) = sync_path(p) {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -126,6 +225,9 @@ pub type ProgressFn<'a> = dyn FnMut(u64, u64, u64, u64) + Send + 'a;
 struct Staged {
     tmp: PathBuf,
     target: PathBuf,
+    /// A regular file (fsynced before it is renamed into place); else a symlink, which its
+    /// directory's fsync makes durable.
+    file: bool,
 }
 
 /// Undoes phase-1 staging if the restore stops early.
@@ -296,7 +398,11 @@ fn apply_plan(
             if let Ok(mut p) = progress_lock.try_lock() {
                 p(d, total, b, total_bytes);
             }
-            Ok(Staged { tmp, target })
+            Ok(Staged {
+                tmp,
+                target,
+                file: after.kind == Kind::File,
+            })
         })
         .collect();
     let mut first_error = None;
@@ -311,6 +417,24 @@ fn apply_plan(
     if let Some(e) = first_error {
         return Err(e); // `stage` removes what was staged
     }
+    // Durable before any is renamed into place: a power cut after a rename must not leave an
+    // empty or partly written file under a user's name.
+    let files: Vec<&Path> = stage
+        .staged
+        .iter()
+        .filter(|s| s.file)
+        .map(|s| s.tmp.as_path())
+        .collect();
+    let whole = whole_fs_sync(base, files.len());
+    if !whole {
+        sync_paths(&files)?;
+    }
+    // Every directory whose entries this restore changes.
+    let mut touched_dirs: std::collections::BTreeSet<PathBuf> = plan
+        .iter()
+        .map(|e| abs(base, split_last(&e.path).0))
+        .collect();
+    touched_dirs.insert(base.to_path_buf());
     let (mut done, mut done_bytes) = (done.into_inner(), done_bytes.into_inner());
     // Phase 2: remove what goes (deepest first), create directories, rename files into place.
     if mode == Mode::InPlace {
@@ -376,6 +500,9 @@ fn apply_plan(
         let target = abs(base, &e.path);
         let tmp = tmp_name(&target);
         write_tmp(store, after, &tmp)?;
+        if after.kind == Kind::File {
+            sync_path(&tmp)?;
+        }
         fs::rename(&tmp, &target).at(&target)?;
         done += 1;
         done_bytes += after.size;
@@ -386,8 +513,26 @@ fn apply_plan(
         if let Some(after) = &e.after {
             let path = abs(base, &e.path);
             fs::set_permissions(&path, fs::Permissions::from_mode(after.mode)).at(&path)?;
+            touched_dirs.insert(path);
         }
     }
+    // Then the directories: the renames, removals and new names above, and new directories'
+    // own names in their parents, are durable before the restore is acknowledged.
+    for d in &stage.created_dirs {
+        touched_dirs.insert(d.clone());
+        if let Some(parent) = d.parent() {
+            touched_dirs.insert(parent.to_path_buf());
+        }
+    }
+    if whole {
+        // Files, names and modes at once (before the restore is acknowledged; a power cut
+        // before it leaves what the journal finishes, or a `--to` never acknowledged).
+        return sync_fs(base);
+    }
+    // A directory the plan removed is no longer there to sync (its parent is).
+    touched_dirs.retain(|d| d.is_dir());
+    let dirs: Vec<&Path> = touched_dirs.iter().map(PathBuf::as_path).collect();
+    sync_paths(&dirs)?;
     Ok(())
 }
 
@@ -704,6 +849,12 @@ impl Workspace {
                 to.display()
             )));
         }
+        // Folders `--to` creates: their names must be durable too.
+        let created: Vec<PathBuf> = to
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+            .map(Path::to_path_buf)
+            .collect();
         if !opts.dry_run {
             fs::create_dir_all(to).map_err(|e| match e.raw_os_error() {
                 Some(libc::EEXIST | libc::ENOTDIR | libc::ENAMETOOLONG) => {
@@ -728,8 +879,17 @@ impl Workspace {
         if opts.dry_run {
             return Ok(summary);
         }
+        let sync_created = || -> Result<()> {
+            for c in &created {
+                if let Some(parent) = c.parent() {
+                    sync_path(parent)?;
+                }
+            }
+            Ok(())
+        };
         if fs::read_dir(&target).at(&target)?.next().is_some() {
             apply_plan(store, &target, &plan, Mode::Staged, progress)?;
+            sync_created()?;
             return Ok(summary);
         }
         // Into an empty directory: everything is written under its final name inside a
@@ -747,6 +907,17 @@ impl Workspace {
         }
         res?;
         fs::remove_dir(&staging).at(&staging)?;
+        // The moved entries' new names, and the staging directory's removal.
+        let files = plan
+            .iter()
+            .filter(|e| e.after.as_ref().is_some_and(|a| a.kind == Kind::File))
+            .count();
+        if whole_fs_sync(&target, files) {
+            sync_fs(&target)?;
+        } else {
+            sync_path(&target)?;
+        }
+        sync_created()?;
         Ok(summary)
     }
 }
