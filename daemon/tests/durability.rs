@@ -81,3 +81,66 @@ fn a_large_file_another_open_batch_wrote_is_committed_by_the_save_that_names_it(
     .unwrap();
     assert!(fs::read(out.path().join("big.bin")).unwrap() == big);
 }
+
+/// A same-size edit made to a restored file after the restore wrote it, but before the
+/// restore noted what it wrote (a large restore takes seconds): the index must not record the
+/// snapshot's content for it, or the watcher's next save (which looks at the path) finds its
+/// metadata unchanged and never reads the edit.
+#[test]
+fn a_same_size_edit_right_after_a_restore_wrote_the_file_is_saved() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let ws_dir = tempfile::tempdir().unwrap();
+    let root = ws_dir.path();
+    fs::create_dir(root.join("x")).unwrap();
+    fs::write(root.join("x/y"), b"restored content").unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, root);
+    let snap = ws
+        .save(&store, &SaveOptions::new(Trigger::Manual, Changes::Full))
+        .unwrap()
+        .snapshot;
+    // Where the snapshot has a directory, a file: the restore writes x/y last, after removing
+    // the file, and reports progress right after.
+    fs::remove_dir_all(root.join("x")).unwrap();
+    fs::write(root.join("x"), b"a file in the way").unwrap();
+    let y = root.join("x/y");
+    let mut edited = false;
+    let mut progress = |_: u64, _: u64, _: u64, _: u64| {
+        if !edited && fs::read(&y).is_ok_and(|c| c == b"restored content") {
+            // The user's editor, at once: same size, new content. Then the restore goes on
+            // for more than the racy window before it notes what it wrote.
+            fs::write(&y, b"EDITED  content!").unwrap();
+            edited = true;
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+        }
+    };
+    ws.restore(
+        &store,
+        &snap,
+        &RestoreOptions::default(),
+        &Changes::Full,
+        &mut progress,
+    )
+    .unwrap();
+    assert!(edited, "the restore reported no progress after writing x/y");
+    // The watcher reports the edit; the next save looks at that path.
+    let after = ws
+        .save(
+            &store,
+            &SaveOptions::new(Trigger::Manual, Changes::Paths(vec![b"x/y".to_vec()])),
+        )
+        .unwrap()
+        .snapshot;
+    let out = tempfile::tempdir().unwrap();
+    let opts = RestoreOptions {
+        to: Some(out.path().to_path_buf()),
+        ..Default::default()
+    };
+    ws.restore(&store, &after, &opts, &Changes::Full, &mut |_, _, _, _| {})
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&fs::read(out.path().join("x/y")).unwrap()),
+        "EDITED  content!",
+        "the edit made after the restore wrote the file was never saved"
+    );
+}

@@ -12,7 +12,7 @@
 //! A restore never writes through a symlink: every directory on the way to a written path must
 //! be a real directory inside the target.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -222,9 +222,29 @@ pub struct RestoreSummary {
 /// Progress: (entries done, entries total, bytes done, bytes total).
 pub type ProgressFn<'a> = dyn FnMut(u64, u64, u64, u64) + Send + 'a;
 
+/// What a restore wrote at a path: the inode and modification time it had once written. The
+/// index records the snapshot's content for the path only while it still has both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Written {
+    ino: u64,
+    mtime_ns: i64,
+}
+
+impl Written {
+    fn of(meta: &fs::Metadata) -> Written {
+        use std::os::unix::fs::MetadataExt;
+        Written {
+            ino: meta.ino(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        }
+    }
+}
+
 struct Staged {
     tmp: PathBuf,
     target: PathBuf,
+    rel: Vec<u8>,
+    written: Written,
     /// A regular file (fsynced before it is renamed into place); else a symlink, which its
     /// directory's fsync makes durable.
     file: bool,
@@ -296,12 +316,14 @@ fn ensure_dirs(
     Ok(true)
 }
 
-/// Writes an entry's content to `tmp` (a new file or symlink), checked against its id.
-fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
+/// Writes an entry's content to `tmp` (a new file or symlink), checked against its id. Returns
+/// what it wrote.
+fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<Written> {
     match side.kind {
         Kind::Symlink => {
             let target = store.read_vec(&side.id)?;
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), tmp).at(tmp)?;
+            Ok(Written::of(&fs::symlink_metadata(tmp).at(tmp)?))
         }
         Kind::File => {
             let file = OpenOptions::new()
@@ -313,19 +335,24 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
                 .at(tmp)?;
             let mut w = BufWriter::with_capacity(256 * 1024, file);
             let res = store.read_into(&side.id, &mut w);
-            let res = res.and_then(|_| w.flush().at(tmp));
-            if let Err(e) = res {
-                let _ = fs::remove_file(tmp);
-                return Err(match e {
-                    Error::Io { source, .. } => Error::io(tmp, source),
-                    other => other,
-                });
-            }
+            let res = res
+                .and_then(|_| w.flush().at(tmp))
+                .and_then(|()| w.get_ref().metadata().at(tmp));
+            let meta = match res {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = fs::remove_file(tmp);
+                    return Err(match e {
+                        Error::Io { source, .. } => Error::io(tmp, source),
+                        other => other,
+                    });
+                }
+            };
             fs::set_permissions(tmp, fs::Permissions::from_mode(side.mode)).at(tmp)?;
+            Ok(Written::of(&meta))
         }
-        Kind::Dir => {}
+        Kind::Dir => Err(Error::Corrupt("a directory has no content to write".into())),
     }
-    Ok(())
 }
 
 /// How [`apply_plan`] writes under its base directory.
@@ -342,12 +369,14 @@ enum Mode {
 }
 
 /// Restores the entries of `plan` under `base`: stage, then apply.
+/// What it wrote goes into `written` (by path relative to `base`), also when it fails later.
 fn apply_plan(
     store: &Store,
     base: &Path,
     plan: &[DiffEntry],
     mode: Mode,
     progress: &mut ProgressFn<'_>,
+    written: &mut HashMap<Vec<u8>, Written>,
 ) -> Result<()> {
     let total = plan.len() as u64;
     let total_bytes: u64 = plan
@@ -392,7 +421,7 @@ fn apply_plan(
             } else {
                 tmp_name(&target)
             };
-            write_tmp(store, after, &tmp)?;
+            let w = write_tmp(store, after, &tmp)?;
             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
             let b = done_bytes.fetch_add(after.size, Ordering::Relaxed) + after.size;
             if let Ok(mut p) = progress_lock.try_lock() {
@@ -401,6 +430,8 @@ fn apply_plan(
             Ok(Staged {
                 tmp,
                 target,
+                rel: e.path.clone(),
+                written: w,
                 file: after.kind == Kind::File,
             })
         })
@@ -486,6 +517,7 @@ fn apply_plan(
         .filter(|s| s.tmp != s.target)
         .try_for_each(|s| fs::rename(&s.tmp, &s.target).at(&s.target))?;
     stage.done = true;
+    written.extend(stage.staged.iter().map(|s| (s.rel.clone(), s.written)));
     for e in deferred {
         let Some(after) = e.after.as_ref() else {
             continue;
@@ -499,11 +531,12 @@ fn apply_plan(
         }
         let target = abs(base, &e.path);
         let tmp = tmp_name(&target);
-        write_tmp(store, after, &tmp)?;
+        let w = write_tmp(store, after, &tmp)?;
         if after.kind == Kind::File {
             sync_path(&tmp)?;
         }
         fs::rename(&tmp, &target).at(&target)?;
+        written.insert(e.path.clone(), w);
         done += 1;
         done_bytes += after.size;
         progress(done, total, done_bytes, total_bytes);
@@ -741,9 +774,17 @@ impl Workspace {
         };
         write_journal(store, self.record.id, &journal)?;
 
-        let applied = apply_plan(store, &self.root, &plan, Mode::InPlace, progress);
+        let mut written = HashMap::new();
+        let applied = apply_plan(
+            store,
+            &self.root,
+            &plan,
+            Mode::InPlace,
+            progress,
+            &mut written,
+        );
         // Whatever happened, bring the index back in line with the disk for the paths touched.
-        let noted = self.note_restored(&plan);
+        let noted = self.note_restored(&plan, &written);
         let touched: Vec<Vec<u8>> = plan
             .iter()
             .map(|e| e.path.clone())
@@ -805,17 +846,27 @@ impl Workspace {
     }
 
     /// Seeds the index with what a restore wrote, so the refresh after it hashes nothing: the
-    /// written files' metadata is taken from disk and their ids from the plan.
-    fn note_restored(&mut self, plan: &[DiffEntry]) -> HashSet<Vec<u8>> {
+    /// written files' metadata is taken from disk and their ids from the plan, for each path
+    /// that still holds the inode the restore wrote, unmodified since (`written`). A path
+    /// edited since (even to the same size) is left to the refresh, which reads it.
+    fn note_restored(
+        &mut self,
+        plan: &[DiffEntry],
+        written: &HashMap<Vec<u8>, Written>,
+    ) -> HashSet<Vec<u8>> {
         let mut noted = HashSet::new();
         for e in plan {
             let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else {
+                continue;
+            };
+            let Some(w) = written.get(&e.path) else {
                 continue;
             };
             let path = abs(&self.root, &e.path);
             if let Ok(Looked::Stat(st)) = Stat::lstat(&path)
                 && st.kind == after.kind
                 && st.size == after.size
+                && (st.ino, st.mtime_ns) == (w.ino, w.mtime_ns)
             {
                 let racy = st.mtime_ns >= now_ns() - super::RACY_WINDOW_NS;
                 self.index.insert(&e.path, st.to_meta(after.id, racy));
@@ -888,7 +939,14 @@ impl Workspace {
             Ok(())
         };
         if fs::read_dir(&target).at(&target)?.next().is_some() {
-            apply_plan(store, &target, &plan, Mode::Staged, progress)?;
+            apply_plan(
+                store,
+                &target,
+                &plan,
+                Mode::Staged,
+                progress,
+                &mut HashMap::new(),
+            )?;
             sync_created()?;
             return Ok(summary);
         }
@@ -900,8 +958,15 @@ impl Workspace {
             .mode(0o700)
             .create(&staging)
             .at(&staging)?;
-        let res = apply_plan(store, &staging, &plan, Mode::Direct, progress)
-            .and_then(|()| move_children(&staging, &target));
+        let res = apply_plan(
+            store,
+            &staging,
+            &plan,
+            Mode::Direct,
+            progress,
+            &mut HashMap::new(),
+        )
+        .and_then(|()| move_children(&staging, &target));
         if res.is_err() {
             let _ = fs::remove_dir_all(&staging);
         }
