@@ -172,7 +172,10 @@ fn spawn_watchdog(mountpoint: &Path) -> io::Result<std::process::Child> {
     const SCRIPT: &str = r#"
 pid=$1; mnt=$2
 alive() { [ -r /proc/$pid/stat ] && read -r _ _ st _ < /proc/$pid/stat && [ "$st" != Z ] && [ "$st" != X ]; }
-while alive; do sleep 0.2; done
+# Gone only when three looks in a row say so (a look that fails for another reason must not
+# abort a live mount).
+gone=0
+while [ $gone -lt 3 ]; do if alive; then gone=0; else gone=$((gone+1)); fi; sleep 0.2; done
 [ -n "$(ls /sys/fs/fuse/connections 2>/dev/null)" ] || mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null
 while read -r _ _ dev _ point _; do
   [ "$point" = "$mnt" ] && echo 1 > "/sys/fs/fuse/connections/${dev#*:}/abort" 2>/dev/null
