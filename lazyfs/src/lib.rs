@@ -171,7 +171,9 @@ impl Drop for LazyMount {
 fn spawn_watchdog(mountpoint: &Path) -> io::Result<std::process::Child> {
     const SCRIPT: &str = r#"
 pid=$1; mnt=$2
-alive() { [ -r /proc/$pid/stat ] && read -r _ _ st _ < /proc/$pid/stat && [ "$st" != Z ] && [ "$st" != X ]; }
+# Alive: not a zombie, and not exiting (PF_EXITING, 0x4 in the flags: a thread that waits in
+# close for its own mount's answer never becomes a zombie).
+alive() { [ -r /proc/$pid/stat ] && read -r _ _ st _ _ _ _ _ fl _ < /proc/$pid/stat && [ "$st" != Z ] && [ "$st" != X ] && [ $((fl & 4)) -eq 0 ]; }
 # Gone only when three looks in a row say so (a look that fails for another reason must not
 # abort a live mount).
 gone=0
