@@ -29,9 +29,18 @@ impl Daemon {
 
     /// Starts `chkptd` through a command prefix (e.g. `setpriv …`).
     pub fn start_with_prefix(prefix: &[&str], args: &[&str]) -> Daemon {
+        Daemon::start_full(prefix, None, args)
+    }
+
+    /// Starts `chkptd` with its data directory at `data` (socket and log in a temp dir).
+    pub fn start_with_data(data: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_full(&[], Some(data), args)
+    }
+
+    fn start_full(prefix: &[&str], data: Option<&Path>, args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run/chkptd.sock");
-        let data = dir.path().join("data");
+        let data = data.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         let mut d = Daemon {
             dir,
             socket,

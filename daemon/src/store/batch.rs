@@ -102,7 +102,7 @@ impl Batch<'_> {
 
     /// Whether `id` is already stored; one written by another open batch is adopted, so this
     /// batch's commit makes it durable too.
-    fn adopt(&self, id: &Id) -> Result<bool> {
+    pub(crate) fn adopt(&self, id: &Id) -> Result<bool> {
         if let Some(loc) = self.store.index.pending(id) {
             lock_poisoned(&self.new).push((*id, loc));
             return Ok(true);

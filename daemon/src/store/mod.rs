@@ -34,6 +34,7 @@ pub mod records;
 pub mod tree;
 pub(crate) mod writers;
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -77,6 +78,8 @@ pub struct Store {
     gc_epoch: AtomicU64,
     /// Work counters.
     pub counters: StoreCounters,
+    /// sled's files, which its flush does not make durable (see [`Store::flush`]).
+    catalog_files: CatalogFiles,
     _lock: File,
 }
 
@@ -89,6 +92,12 @@ impl Store {
     /// whatever an interrupted save left past the committed end of each pack.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
+        // Folders this creates, whose names must be made durable (see `sync_new_dirs`).
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+            .map(Path::to_path_buf)
+            .collect();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -119,8 +128,10 @@ impl Store {
         };
         let cat = catalog::Catalog::open(&db)?;
         let packs = Packs::open(dir.join("packs"))?;
+        sync_new_dirs(&dir, &created)?;
         packs.recover(&cat)?;
         let (committed, ignored) = cat.load_blob_index()?;
+        let catalog_files = CatalogFiles::new(dir.join("catalog"));
         let store = Store {
             dir,
             db,
@@ -130,6 +141,7 @@ impl Store {
             gc_lock: RwLock::new(()),
             gc_epoch: AtomicU64::new(0),
             counters: StoreCounters::default(),
+            catalog_files,
             _lock: lock,
         };
         if ignored > 0 {
@@ -175,11 +187,93 @@ impl Store {
     pub fn close_writers(&self) {
         self.packs.close_writers();
     }
-    /// Flushes the catalog to disk.
+    /// Flushes the catalog to disk, durably.
+    ///
+    /// sled 0.34's flush alone is not durable: it ends with `sync_file_range`, which writes the
+    /// pages out but neither the file's size nor the disk's cache (nor anything on a file
+    /// system that does not implement it, such as FUSE), and it writes its `conf` file and the
+    /// blob files of large values without any fsync. The power-loss harness
+    /// (`tests/powerloss.rs`) lost acknowledged snapshots to each of these; so after sled's
+    /// flush its files and directories are fsynced here.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
-        Ok(())
+        self.catalog_files.sync()
     }
+}
+
+/// sled's files in `catalog/`: the log `db`, `conf`, snapshots, and `blobs/` (large values, each
+/// written once and never changed).
+#[derive(Debug)]
+struct CatalogFiles {
+    dir: PathBuf,
+    /// Blob files fsynced already.
+    synced: Mutex<HashSet<std::ffi::OsString>>,
+}
+
+impl CatalogFiles {
+    fn new(dir: PathBuf) -> CatalogFiles {
+        CatalogFiles {
+            dir,
+            synced: Mutex::default(),
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        let fsync = |p: &Path| File::open(p).and_then(|f| f.sync_all()).at(p);
+        let blobs = self.dir.join("blobs");
+        let mut synced = lock_poisoned(&self.synced);
+        let mut listed = HashSet::new();
+        let mut new_blobs = false;
+        for e in fs::read_dir(&blobs).at(&blobs)? {
+            let name = e.at(&blobs)?.file_name();
+            if !synced.contains(&name) {
+                fsync(&blobs.join(&name))?;
+                new_blobs = true;
+            }
+            listed.insert(name);
+        }
+        // Blobs sled removed are forgotten.
+        let removed = synced.len() + usize::from(new_blobs) > listed.len();
+        *synced = listed;
+        drop(synced);
+        if new_blobs || removed {
+            fsync(&blobs)?;
+        }
+        for e in fs::read_dir(&self.dir).at(&self.dir)? {
+            let e = e.at(&self.dir)?;
+            if e.file_type().at(&self.dir)?.is_file() {
+                fsync(&e.path())?;
+            }
+        }
+        // Snapshots are renamed into place, old ones removed.
+        fsync(&self.dir)
+    }
+}
+
+/// A new directory's name survives a power loss only once its parent is fsynced, and a new
+/// file's only once its directory is: without this, a power cut after the first acknowledged
+/// save of a new data directory could take the whole store with it (packs' directory fsyncs
+/// cannot help while `packs/` itself, or the data directory, is not durably named).
+fn sync_new_dirs(dir: &Path, created: &[PathBuf]) -> Result<()> {
+    for d in [
+        dir.join("catalog/blobs"),
+        dir.join("catalog"),
+        dir.join("packs"),
+    ] {
+        if d.is_dir() {
+            File::open(&d).and_then(|f| f.sync_all()).at(&d)?;
+        }
+    }
+    File::open(dir).and_then(|f| f.sync_all()).at(dir)?;
+    // The folders above it that this open created (the first start, `~/.local/share/chkpt`).
+    for c in created {
+        if let Some(parent) = c.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Err(e) = File::open(parent).and_then(|f| f.sync_all())
+        {
+            tracing::warn!(dir = %parent.display(), error = %e, "could not fsync the folder above the data directory");
+        }
+    }
+    Ok(())
 }
 
 fn take_lock(dir: &Path) -> Result<File> {

@@ -863,8 +863,10 @@ fn read_open(
     if !same_version(&before, &after) || len != after.size {
         return Ok(None);
     }
-    if batch.store().contains(&id).map_err(store_err)? {
-        // Adopt through a zero-cost put path: the store already has it.
+    // Already stored: committed, or written by another open batch, which this one adopts so
+    // that its own commit makes the object durable (the other batch may fail, or the machine
+    // stop, before it commits; the snapshot this save records must not count on it).
+    if batch.adopt(&id).map_err(store_err)? {
         return Ok(Some((after, id)));
     }
     let compress = worth_compressing(&mut file)?;

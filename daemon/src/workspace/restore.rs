@@ -12,7 +12,7 @@
 //! A restore never writes through a symlink: every directory on the way to a written path must
 //! be a real directory inside the target.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,7 +70,11 @@ fn journal_path(store: &Store, ws: u64) -> PathBuf {
 fn write_journal(store: &Store, ws: u64, j: &Journal) -> Result<()> {
     let path = journal_path(store, ws);
     let dir = store.dir().join("journal");
-    fs::create_dir_all(&dir).at(&dir)?;
+    if !dir.is_dir() {
+        fs::create_dir_all(&dir).at(&dir)?;
+        // The journal's own fsyncs below count only once its folder's name is durable.
+        sync_path(store.dir())?;
+    }
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).at(&tmp)?;
     f.write_all(&bitcode::encode(j)).at(&tmp)?;
@@ -80,12 +84,107 @@ fn write_journal(store: &Store, ws: u64, j: &Journal) -> Result<()> {
     Ok(())
 }
 
+/// Removes the journal, durably: one that came back after a power cut would have the next
+/// start apply the snapshot again, over whatever the user did since.
 fn remove_journal(store: &Store, ws: u64) {
     let path = journal_path(store, ws);
-    if let Err(e) = fs::remove_file(&path)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        tracing::warn!(journal = %path.display(), error = %e, "could not remove the restore journal");
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent()
+                && let Err(e) = sync_path(dir)
+            {
+                tracing::warn!(journal = %path.display(), error = %e, "could not make the restore journal's removal durable");
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(journal = %path.display(), error = %e, "could not remove the restore journal")
+        }
+    }
+}
+
+/// fsyncs a file or directory.
+fn sync_path(path: &Path) -> Result<()> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|f| f.sync_all())
+        .at(path)
+}
+
+/// Files fsynced at once: an fsync mostly waits (for the disk, for the file system's journal),
+/// and the file system commits many waiting fsyncs together.
+const SYNC_THREADS: usize = 16;
+
+/// Past this many files, a restore on a local file system that `syncfs` covers makes them
+/// durable with one `syncfs` instead of an fsync each: on this machine's ext4 an fsync costs
+/// 0.1–0.4 ms even with 16 in flight (the disk's cache is flushed each time), ~30 s for the
+/// 86,000 files of the Linux tree, where one `syncfs` costs what writing them out costs.
+const SYNCFS_PAST: usize = 1000;
+
+/// Whether a restore writing `files` files under `dir` makes them durable with one `syncfs`:
+/// only on local file systems that write everything (data, inodes, names) on `syncfs`. On
+/// others (FUSE among them, where `syncfs` does nothing unless the server implements it)
+/// every file and directory is fsynced.
+fn whole_fs_sync(dir: &Path, files: usize) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const F2FS: i64 = 0xF2F5_2010;
+    if files <= SYNCFS_PAST {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct for a valid NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, EXT4 | XFS | BTRFS | F2FS)
+}
+
+/// `syncfs` of the file system holding `dir`.
+fn sync_fs(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir).at(dir)?;
+    // SAFETY: a valid open file descriptor.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(Error::io(dir, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// fsyncs every path (files or directories), many at a time.
+fn sync_paths(paths: &[&Path]) -> Result<()> {
+    if paths.len() <= 1 {
+        return paths.iter().try_for_each(|p| sync_path(p));
+    }
+    let next = AtomicU64::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..SYNC_THREADS.min(paths.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(p) = paths.get(i) else { break };
+                    if let Err(e) = sync_path(p) {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -123,9 +222,32 @@ pub struct RestoreSummary {
 /// Progress: (entries done, entries total, bytes done, bytes total).
 pub type ProgressFn<'a> = dyn FnMut(u64, u64, u64, u64) + Send + 'a;
 
+/// What a restore wrote at a path: the inode and modification time it had once written. The
+/// index records the snapshot's content for the path only while it still has both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Written {
+    ino: u64,
+    mtime_ns: i64,
+}
+
+impl Written {
+    fn of(meta: &fs::Metadata) -> Written {
+        use std::os::unix::fs::MetadataExt;
+        Written {
+            ino: meta.ino(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        }
+    }
+}
+
 struct Staged {
     tmp: PathBuf,
     target: PathBuf,
+    rel: Vec<u8>,
+    written: Written,
+    /// A regular file (fsynced before it is renamed into place); else a symlink, which its
+    /// directory's fsync makes durable.
+    file: bool,
 }
 
 /// Undoes phase-1 staging if the restore stops early.
@@ -194,12 +316,14 @@ fn ensure_dirs(
     Ok(true)
 }
 
-/// Writes an entry's content to `tmp` (a new file or symlink), checked against its id.
-fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
+/// Writes an entry's content to `tmp` (a new file or symlink), checked against its id. Returns
+/// what it wrote.
+fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<Written> {
     match side.kind {
         Kind::Symlink => {
             let target = store.read_vec(&side.id)?;
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), tmp).at(tmp)?;
+            Ok(Written::of(&fs::symlink_metadata(tmp).at(tmp)?))
         }
         Kind::File => {
             let file = OpenOptions::new()
@@ -211,19 +335,24 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<()> {
                 .at(tmp)?;
             let mut w = BufWriter::with_capacity(256 * 1024, file);
             let res = store.read_into(&side.id, &mut w);
-            let res = res.and_then(|_| w.flush().at(tmp));
-            if let Err(e) = res {
-                let _ = fs::remove_file(tmp);
-                return Err(match e {
-                    Error::Io { source, .. } => Error::io(tmp, source),
-                    other => other,
-                });
-            }
+            let res = res
+                .and_then(|_| w.flush().at(tmp))
+                .and_then(|()| w.get_ref().metadata().at(tmp));
+            let meta = match res {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = fs::remove_file(tmp);
+                    return Err(match e {
+                        Error::Io { source, .. } => Error::io(tmp, source),
+                        other => other,
+                    });
+                }
+            };
             fs::set_permissions(tmp, fs::Permissions::from_mode(side.mode)).at(tmp)?;
+            Ok(Written::of(&meta))
         }
-        Kind::Dir => {}
+        Kind::Dir => Err(Error::Corrupt("a directory has no content to write".into())),
     }
-    Ok(())
 }
 
 /// How [`apply_plan`] writes under its base directory.
@@ -240,12 +369,14 @@ enum Mode {
 }
 
 /// Restores the entries of `plan` under `base`: stage, then apply.
+/// What it wrote goes into `written` (by path relative to `base`), also when it fails later.
 fn apply_plan(
     store: &Store,
     base: &Path,
     plan: &[DiffEntry],
     mode: Mode,
     progress: &mut ProgressFn<'_>,
+    written: &mut HashMap<Vec<u8>, Written>,
 ) -> Result<()> {
     let total = plan.len() as u64;
     let total_bytes: u64 = plan
@@ -290,13 +421,19 @@ fn apply_plan(
             } else {
                 tmp_name(&target)
             };
-            write_tmp(store, after, &tmp)?;
+            let w = write_tmp(store, after, &tmp)?;
             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
             let b = done_bytes.fetch_add(after.size, Ordering::Relaxed) + after.size;
             if let Ok(mut p) = progress_lock.try_lock() {
                 p(d, total, b, total_bytes);
             }
-            Ok(Staged { tmp, target })
+            Ok(Staged {
+                tmp,
+                target,
+                rel: e.path.clone(),
+                written: w,
+                file: after.kind == Kind::File,
+            })
         })
         .collect();
     let mut first_error = None;
@@ -311,6 +448,24 @@ fn apply_plan(
     if let Some(e) = first_error {
         return Err(e); // `stage` removes what was staged
     }
+    // Durable before any is renamed into place: a power cut after a rename must not leave an
+    // empty or partly written file under a user's name.
+    let files: Vec<&Path> = stage
+        .staged
+        .iter()
+        .filter(|s| s.file)
+        .map(|s| s.tmp.as_path())
+        .collect();
+    let whole = whole_fs_sync(base, files.len());
+    if !whole {
+        sync_paths(&files)?;
+    }
+    // Every directory whose entries this restore changes.
+    let mut touched_dirs: std::collections::BTreeSet<PathBuf> = plan
+        .iter()
+        .map(|e| abs(base, split_last(&e.path).0))
+        .collect();
+    touched_dirs.insert(base.to_path_buf());
     let (mut done, mut done_bytes) = (done.into_inner(), done_bytes.into_inner());
     // Phase 2: remove what goes (deepest first), create directories, rename files into place.
     if mode == Mode::InPlace {
@@ -362,6 +517,7 @@ fn apply_plan(
         .filter(|s| s.tmp != s.target)
         .try_for_each(|s| fs::rename(&s.tmp, &s.target).at(&s.target))?;
     stage.done = true;
+    written.extend(stage.staged.iter().map(|s| (s.rel.clone(), s.written)));
     for e in deferred {
         let Some(after) = e.after.as_ref() else {
             continue;
@@ -375,8 +531,12 @@ fn apply_plan(
         }
         let target = abs(base, &e.path);
         let tmp = tmp_name(&target);
-        write_tmp(store, after, &tmp)?;
+        let w = write_tmp(store, after, &tmp)?;
+        if after.kind == Kind::File {
+            sync_path(&tmp)?;
+        }
         fs::rename(&tmp, &target).at(&target)?;
+        written.insert(e.path.clone(), w);
         done += 1;
         done_bytes += after.size;
         progress(done, total, done_bytes, total_bytes);
@@ -386,8 +546,26 @@ fn apply_plan(
         if let Some(after) = &e.after {
             let path = abs(base, &e.path);
             fs::set_permissions(&path, fs::Permissions::from_mode(after.mode)).at(&path)?;
+            touched_dirs.insert(path);
         }
     }
+    // Then the directories: the renames, removals and new names above, and new directories'
+    // own names in their parents, are durable before the restore is acknowledged.
+    for d in &stage.created_dirs {
+        touched_dirs.insert(d.clone());
+        if let Some(parent) = d.parent() {
+            touched_dirs.insert(parent.to_path_buf());
+        }
+    }
+    if whole {
+        // Files, names and modes at once (before the restore is acknowledged; a power cut
+        // before it leaves what the journal finishes, or a `--to` never acknowledged).
+        return sync_fs(base);
+    }
+    // A directory the plan removed is no longer there to sync (its parent is).
+    touched_dirs.retain(|d| d.is_dir());
+    let dirs: Vec<&Path> = touched_dirs.iter().map(PathBuf::as_path).collect();
+    sync_paths(&dirs)?;
     Ok(())
 }
 
@@ -596,9 +774,17 @@ impl Workspace {
         };
         write_journal(store, self.record.id, &journal)?;
 
-        let applied = apply_plan(store, &self.root, &plan, Mode::InPlace, progress);
+        let mut written = HashMap::new();
+        let applied = apply_plan(
+            store,
+            &self.root,
+            &plan,
+            Mode::InPlace,
+            progress,
+            &mut written,
+        );
         // Whatever happened, bring the index back in line with the disk for the paths touched.
-        let noted = self.note_restored(&plan);
+        let noted = self.note_restored(&plan, &written);
         let touched: Vec<Vec<u8>> = plan
             .iter()
             .map(|e| e.path.clone())
@@ -660,17 +846,27 @@ impl Workspace {
     }
 
     /// Seeds the index with what a restore wrote, so the refresh after it hashes nothing: the
-    /// written files' metadata is taken from disk and their ids from the plan.
-    fn note_restored(&mut self, plan: &[DiffEntry]) -> HashSet<Vec<u8>> {
+    /// written files' metadata is taken from disk and their ids from the plan, for each path
+    /// that still holds the inode the restore wrote, unmodified since (`written`). A path
+    /// edited since (even to the same size) is left to the refresh, which reads it.
+    fn note_restored(
+        &mut self,
+        plan: &[DiffEntry],
+        written: &HashMap<Vec<u8>, Written>,
+    ) -> HashSet<Vec<u8>> {
         let mut noted = HashSet::new();
         for e in plan {
             let Some(after) = e.after.as_ref().filter(|s| s.kind != Kind::Dir) else {
+                continue;
+            };
+            let Some(w) = written.get(&e.path) else {
                 continue;
             };
             let path = abs(&self.root, &e.path);
             if let Ok(Looked::Stat(st)) = Stat::lstat(&path)
                 && st.kind == after.kind
                 && st.size == after.size
+                && (st.ino, st.mtime_ns) == (w.ino, w.mtime_ns)
             {
                 let racy = st.mtime_ns >= now_ns() - super::RACY_WINDOW_NS;
                 self.index.insert(&e.path, st.to_meta(after.id, racy));
@@ -704,6 +900,12 @@ impl Workspace {
                 to.display()
             )));
         }
+        // Folders `--to` creates: their names must be durable too.
+        let created: Vec<PathBuf> = to
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+            .map(Path::to_path_buf)
+            .collect();
         if !opts.dry_run {
             fs::create_dir_all(to).map_err(|e| match e.raw_os_error() {
                 Some(libc::EEXIST | libc::ENOTDIR | libc::ENAMETOOLONG) => {
@@ -728,8 +930,24 @@ impl Workspace {
         if opts.dry_run {
             return Ok(summary);
         }
+        let sync_created = || -> Result<()> {
+            for c in &created {
+                if let Some(parent) = c.parent() {
+                    sync_path(parent)?;
+                }
+            }
+            Ok(())
+        };
         if fs::read_dir(&target).at(&target)?.next().is_some() {
-            apply_plan(store, &target, &plan, Mode::Staged, progress)?;
+            apply_plan(
+                store,
+                &target,
+                &plan,
+                Mode::Staged,
+                progress,
+                &mut HashMap::new(),
+            )?;
+            sync_created()?;
             return Ok(summary);
         }
         // Into an empty directory: everything is written under its final name inside a
@@ -740,13 +958,31 @@ impl Workspace {
             .mode(0o700)
             .create(&staging)
             .at(&staging)?;
-        let res = apply_plan(store, &staging, &plan, Mode::Direct, progress)
-            .and_then(|()| move_children(&staging, &target));
+        let res = apply_plan(
+            store,
+            &staging,
+            &plan,
+            Mode::Direct,
+            progress,
+            &mut HashMap::new(),
+        )
+        .and_then(|()| move_children(&staging, &target));
         if res.is_err() {
             let _ = fs::remove_dir_all(&staging);
         }
         res?;
         fs::remove_dir(&staging).at(&staging)?;
+        // The moved entries' new names, and the staging directory's removal.
+        let files = plan
+            .iter()
+            .filter(|e| e.after.as_ref().is_some_and(|a| a.kind == Kind::File))
+            .count();
+        if whole_fs_sync(&target, files) {
+            sync_fs(&target)?;
+        } else {
+            sync_path(&target)?;
+        }
+        sync_created()?;
         Ok(summary)
     }
 }
