@@ -573,6 +573,7 @@ async fn retention_is_applied_after_auto_snapshots() {
         max_delay_ms: 5000,
         include_dependency_dirs: false,
         retention: Some(policy),
+        include_git: false,
     };
     c.watch(req).await.unwrap();
     let ws_path = ws.path().to_path_buf();

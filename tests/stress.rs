@@ -550,6 +550,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     max_delay_ms,
                     include_dependency_dirs,
                     retention,
+                    include_git: false,
                 })
             },
         );
@@ -621,6 +622,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     paths,
                     dry_run,
                     to,
+                    include_git: false,
                 })
             })
             .boxed(),
@@ -1055,6 +1057,7 @@ async fn escaping_paths_are_refused_and_nothing_is_written_outside() {
                         paths: vec![p.clone()],
                         dry_run,
                         to: String::new(),
+                        include_git: false,
                     },
                 )
                 .await;

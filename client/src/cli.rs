@@ -105,9 +105,17 @@ enum Command {
         /// Restore into this directory instead of in place
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+        /// Roll `.git` back too (in place it is left alone unless asked; a workspace without
+        /// `.git`, or `--to`, gets the snapshot's)
+        #[arg(long)]
+        include_git: bool,
     },
     /// Undo the last restore (restore the snapshot taken just before it)
-    Undo,
+    Undo {
+        /// Roll `.git` back too
+        #[arg(long)]
+        include_git: bool,
+    },
     /// Delete snapshots
     Delete {
         /// Snapshot selectors
@@ -160,6 +168,10 @@ struct WatchArgs {
     /// Snapshot dependency and build folders (node_modules, target, ...) too
     #[arg(long)]
     include_deps: bool,
+    /// Snapshot `.git` too, so a deleted repository comes back with its commits, stashes and
+    /// branches (off by default: it can be large, and git operations make noise)
+    #[arg(long)]
+    include_git: bool,
     #[command(flatten)]
     policy: PolicyArgs,
     /// Beyond the rules, drop the oldest automatic snapshots while what they added exceeds
@@ -499,6 +511,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             paths,
             dry_run,
             to,
+            include_git,
         } => {
             let req = v1::RestoreRequest {
                 workspace: ctx.workspace()?,
@@ -513,6 +526,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     .map(path_string)
                     .transpose()?
                     .unwrap_or_default(),
+                include_git,
             };
             let summary = commands::restore(&ctx, &mut ctx.client().await?, req).await?;
             ctx.emit(
@@ -520,7 +534,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 || output::restore_text(p, &summary, dry_run),
             )
         }
-        Command::Undo => commands::undo(&ctx).await,
+        Command::Undo { include_git } => commands::undo(&ctx, include_git).await,
         Command::Delete { snaps } => {
             let req = v1::DeleteRequest {
                 workspace: ctx.workspace()?,

@@ -160,6 +160,7 @@ pub async fn run(
         idle_ms: (config.idle * 1000.0) as u64,
         max_delay_ms: (config.max_delay * 1000.0) as u64,
         include_dependency_dirs: false,
+        include_git: false,
         retention: config.retention(),
     };
     let engine = Engine::new(

@@ -127,6 +127,7 @@ fn a_store_of_record_format_1_opens_lists_restores_and_verifies() {
             dry_run: false,
             to: Some(to.clone()),
             skip_checkpoint: true,
+            include_git: false,
         };
         ws.restore(
             &store,

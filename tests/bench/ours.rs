@@ -26,6 +26,7 @@ fn watch_req(ws: &str, idle_ms: u64) -> pb::WatchRequest {
         max_delay_ms: idle_ms * 10,
         include_dependency_dirs: false,
         retention: None,
+        include_git: false,
     }
 }
 

@@ -194,6 +194,7 @@ pub async fn watch(
         max_delay_ms,
         include_dependency_dirs: false,
         retention: None,
+        include_git: false,
     })
     .await
     .expect("watch")

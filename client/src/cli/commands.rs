@@ -29,6 +29,7 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
         idle_ms: args.idle.unwrap_or(0),
         max_delay_ms: args.max_delay.unwrap_or(0),
         include_dependency_dirs: args.include_deps,
+        include_git: args.include_git,
         retention: args.policy.to_wire(args.max_store_bytes),
     };
     let response = ctx.client().await?.watch(req).await?;
@@ -161,7 +162,7 @@ pub(super) async fn restore(
     result
 }
 
-pub(super) async fn undo(ctx: &Ctx) -> Result<(), Error> {
+pub(super) async fn undo(ctx: &Ctx, include_git: bool) -> Result<(), Error> {
     let workspace = ctx.workspace()?;
     let mut client = ctx.client().await?;
     let snapshots = client.list(workspace.clone(), false, None).await?;
@@ -176,6 +177,7 @@ pub(super) async fn undo(ctx: &Ctx) -> Result<(), Error> {
     let req = v1::RestoreRequest {
         workspace,
         snapshot: before.id.clone(),
+        include_git,
         ..v1::RestoreRequest::default()
     };
     let summary = restore(ctx, &mut client, req).await?;

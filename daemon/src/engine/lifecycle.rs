@@ -123,6 +123,7 @@ impl Engine {
                 idle_ms: record.idle_ms,
                 max_delay_ms: record.max_delay_ms,
                 include_dependency_dirs: record.include_dependency_dirs,
+                include_git: record.include_git,
                 retention: record.retention,
             };
             if let Err(e) = self.watch(&path, opts) {

@@ -5,6 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use super::Engine;
 use super::autosave::Worker;
@@ -51,6 +52,8 @@ pub struct WsHandle {
     pub snapshots_taken: AtomicU64,
     /// The autosave worker, while one runs.
     pub(super) worker: Mutex<Option<Worker>>,
+    /// The size of `.git`, and when it was measured.
+    git_size: Mutex<Option<(Instant, u64)>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,7 +73,23 @@ impl WsHandle {
             warnings: Mutex::new(Vec::new()),
             snapshots_taken: AtomicU64::new(0),
             worker: Mutex::new(None),
+            git_size: Mutex::new(None),
         }
+    }
+
+    /// The size of the workspace's `.git` folder in bytes (0 when there is none), measured at
+    /// most a minute ago.
+    pub fn git_dir_bytes(&self) -> u64 {
+        const FRESH: Duration = Duration::from_secs(60);
+        let mut cached = lock(&self.git_size);
+        if let Some((at, bytes)) = *cached
+            && at.elapsed() < FRESH
+        {
+            return bytes;
+        }
+        let bytes = tree_bytes(&self.root.join(".git"));
+        *cached = Some((Instant::now(), bytes));
+        bytes
     }
 
     /// Locks the workspace. If an operation panicked while holding it, its warm index may be
@@ -125,6 +144,25 @@ impl WsHandle {
     pub fn count_snapshot(&self) {
         self.snapshots_taken.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The bytes of the files under `dir` (links not followed).
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// The watched workspaces by id.

@@ -131,7 +131,11 @@ pub fn snapshot(s: &SnapshotRecord, workspace_path: &str) -> pb::Snapshot {
 }
 
 /// A workspace on the wire.
-pub fn workspace(w: &WorkspaceRecord, excluded: &[(Vec<u8>, String)]) -> pb::Workspace {
+pub fn workspace(
+    w: &WorkspaceRecord,
+    excluded: &[(Vec<u8>, String)],
+    git_dir_bytes: u64,
+) -> pb::Workspace {
     pb::Workspace {
         path: String::from_utf8_lossy(&w.path).into_owned(),
         id: w.id,
@@ -147,6 +151,8 @@ pub fn workspace(w: &WorkspaceRecord, excluded: &[(Vec<u8>, String)]) -> pb::Wor
             })
             .collect(),
         retention: Some(policy_to_wire(&w.retention.or_default())),
+        include_git: w.include_git,
+        git_dir_bytes,
     }
 }
 

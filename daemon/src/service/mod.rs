@@ -112,7 +112,7 @@ impl Chkpt for Service {
                     let path = String::from_utf8_lossy(&record.path).into_owned();
                     let mut st = pb::WorkspaceStatus {
                         tripwire: record.tripwire.as_ref().map(convert::tripwire),
-                        workspace: Some(convert::workspace(&record, &excluded)),
+                        workspace: Some(convert::workspace(&record, &excluded, h.git_dir_bytes())),
                         state: 0,
                         state_detail: detail,
                         pending_changes: h.feed.dirty().len() as u64,
@@ -158,6 +158,7 @@ impl Chkpt for Service {
                     idle_ms: ms_or(r.idle_ms, e.defaults.idle_ms),
                     max_delay_ms: ms_or(r.max_delay_ms, e.defaults.max_delay_ms),
                     include_dependency_dirs: r.include_dependency_dirs,
+                    include_git: r.include_git,
                     retention: r
                         .retention
                         .as_ref()
@@ -177,13 +178,13 @@ impl Chkpt for Service {
                     ));
                 }
                 let (record, baseline) = engine.watch(&PathBuf::from(&r.path), opts)?;
-                let excluded = e
+                let (excluded, git_bytes) = e
                     .handle_for(&r.path)
-                    .map(|h| excluded_of(&h.workspace(&e.store)))
+                    .map(|h| (excluded_of(&h.workspace(&e.store)), h.git_dir_bytes()))
                     .unwrap_or_default();
                 let path = String::from_utf8_lossy(&record.path).into_owned();
                 Ok(pb::WatchResponse {
-                    workspace: Some(convert::workspace(&record, &excluded)),
+                    workspace: Some(convert::workspace(&record, &excluded, git_bytes)),
                     baseline: Some(convert::snapshot(&baseline, &path)),
                 })
             })
@@ -201,7 +202,7 @@ impl Chkpt for Service {
             .blocking(move |e| {
                 let record = e.unwatch(&r.path)?;
                 Ok(pb::UnwatchResponse {
-                    workspace: Some(convert::workspace(&record, &[])),
+                    workspace: Some(convert::workspace(&record, &[], 0)),
                 })
             })
             .await?;
@@ -217,7 +218,7 @@ impl Chkpt for Service {
                 let mut workspaces = Vec::new();
                 for h in e.handles() {
                     if let Some((record, excluded)) = workspace_view(e, &h)? {
-                        workspaces.push(convert::workspace(&record, &excluded));
+                        workspaces.push(convert::workspace(&record, &excluded, h.git_dir_bytes()));
                     }
                 }
                 Ok(pb::ListWorkspacesResponse { workspaces })
@@ -318,6 +319,7 @@ impl Chkpt for Service {
                 dry_run: r.dry_run,
                 to: (!r.to.is_empty()).then(|| PathBuf::from(&r.to)),
                 skip_checkpoint: false,
+                include_git: r.include_git,
             };
             let mut last = Instant::now();
             let progress_tx = tx.clone();

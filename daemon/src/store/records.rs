@@ -114,6 +114,8 @@ pub struct WorkspaceRecord {
     pub max_delay_ms: u64,
     /// Whether dependency and build folders are saved too.
     pub include_dependency_dirs: bool,
+    /// Whether `.git` is saved too.
+    pub include_git: bool,
     /// When it was first watched, µs since the epoch.
     pub created_us: u64,
     /// Whether the daemon watches it (re-watched after a restart).
@@ -122,6 +124,25 @@ pub struct WorkspaceRecord {
     pub retention: Policy,
     /// A fired mass-change tripwire nobody acknowledged yet.
     pub tripwire: Option<TripwireRecord>,
+}
+
+/// What a workspace saves beyond the default (see the workspace's exclusion rules).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Include {
+    /// Dependency and build folders.
+    pub dependency_dirs: bool,
+    /// `.git`.
+    pub git: bool,
+}
+
+impl WorkspaceRecord {
+    /// What its snapshots save beyond the default.
+    pub fn include(&self) -> Include {
+        Include {
+            dependency_dirs: self.include_dependency_dirs,
+            git: self.include_git,
+        }
+    }
 }
 
 /// A fired mass-change tripwire.
@@ -381,6 +402,7 @@ pub mod v1 {
                 idle_ms: w.idle_ms,
                 max_delay_ms: w.max_delay_ms,
                 include_dependency_dirs: w.include_dependency_dirs,
+                include_git: false,
                 created_us: w.created_us,
                 watched: w.watched,
                 retention: w.retention.into(),

@@ -245,7 +245,7 @@ mod tests {
         .unwrap();
         fs::write(root.join("venv/pyvenv.cfg"), b"home = /usr\n").unwrap();
         fs::write(root.join(".gitignore"), b"build/\n").unwrap();
-        let rules = Rules::new(root, &root.join("no-store"), false);
+        let rules = Rules::new(root, &root.join("no-store"), Default::default());
         let mut watcher = RecommendedWatcher::new(|_| {}, notify::Config::default()).unwrap();
         let mut dirs = Dirs::default();
         let Placed { all, added } = dirs.watch_tree(&mut watcher, root, &rules, b"").unwrap();

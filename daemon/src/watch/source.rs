@@ -248,7 +248,7 @@ mod tests {
     fn source(dir: &Path) -> (Source, Arc<Feed>, Receiver<Notice>) {
         let feed = Arc::new(Feed::default());
         let (tx, rx) = mpsc::channel();
-        let rules = Arc::new(Rules::new(dir, &dir.join("no-store"), false));
+        let rules = Arc::new(Rules::new(dir, &dir.join("no-store"), Default::default()));
         let mut s = Source::new(dir.to_path_buf(), feed.clone(), rules, tx);
         s.connect().unwrap();
         (s, feed, rx)

@@ -199,6 +199,8 @@ pub struct WatchOptions {
     pub max_delay_ms: u64,
     /// Save dependency and build folders too.
     pub include_dependency_dirs: bool,
+    /// Save `.git` too.
+    pub include_git: bool,
     /// Which automatic snapshots are kept.
     pub retention: crate::retention::Policy,
 }
@@ -209,6 +211,7 @@ impl Default for WatchOptions {
             idle_ms: 5_000,
             max_delay_ms: 60_000,
             include_dependency_dirs: false,
+            include_git: false,
             retention: crate::retention::Policy::default(),
         }
     }
@@ -235,6 +238,7 @@ pub fn register(store: &Store, path: &Path, opts: WatchOptions) -> Result<Worksp
             r.idle_ms = opts.idle_ms;
             r.max_delay_ms = opts.max_delay_ms;
             r.include_dependency_dirs = opts.include_dependency_dirs;
+            r.include_git = opts.include_git;
             r.retention = opts.retention;
             r.watched = true;
             r
@@ -245,6 +249,7 @@ pub fn register(store: &Store, path: &Path, opts: WatchOptions) -> Result<Worksp
             idle_ms: opts.idle_ms,
             max_delay_ms: opts.max_delay_ms,
             include_dependency_dirs: opts.include_dependency_dirs,
+            include_git: opts.include_git,
             created_us: now_us(),
             watched: true,
             retention: opts.retention,
@@ -260,11 +265,7 @@ impl Workspace {
     /// Opens a workspace from its record, loading the persisted warm index.
     pub fn open(store: &Store, record: WorkspaceRecord) -> Result<Workspace> {
         let root = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
-        let rules = Arc::new(Rules::new(
-            &root,
-            store.dir(),
-            record.include_dependency_dirs,
-        ));
+        let rules = Arc::new(Rules::new(&root, store.dir(), record.include()));
         let (entries, persisted_journal) = store.cat.load_index(record.id)?;
         let persisted_base = entries.len();
         let index = Index::load(entries);
@@ -306,11 +307,7 @@ impl Workspace {
 
     /// Replaces the record (options changed); exclusion rules are re-read.
     pub fn set_record(&mut self, store: &Store, record: WorkspaceRecord) {
-        self.rules = Arc::new(Rules::new(
-            &self.root,
-            store.dir(),
-            record.include_dependency_dirs,
-        ));
+        self.rules = Arc::new(Rules::new(&self.root, store.dir(), record.include()));
         self.record = record;
     }
 

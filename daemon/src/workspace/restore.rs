@@ -43,6 +43,9 @@ pub struct RestoreOptions {
     /// Do not checkpoint the current state first (finishing an interrupted restore, whose
     /// checkpoint exists already).
     pub skip_checkpoint: bool,
+    /// Roll `.git` back too, in place, when the workspace has one now (otherwise `.git` is
+    /// left alone there: a restore must not rewind a living repository by surprise).
+    pub include_git: bool,
 }
 
 /// A restore in progress: written (and fsynced) before the workspace is touched, removed when
@@ -58,7 +61,21 @@ pub struct Journal {
     pub paths: Vec<Vec<u8>>,
     /// Directories where staged temporary files may be left.
     pub dirs: Vec<Vec<u8>>,
+    /// The restore rolls `.git` back too.
+    pub include_git: bool,
 }
+
+/// The journal's layout before it said whether `.git` is restored (read, never written).
+#[derive(Debug, Clone, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
+struct JournalV1 {
+    snapshot: u64,
+    pre_restore: Option<u64>,
+    paths: Vec<Vec<u8>>,
+    dirs: Vec<Vec<u8>>,
+}
+
+/// What a journal written since it has a layout version starts with.
+const JOURNAL_MAGIC: &[u8; 4] = b"CJ\x02\x00";
 
 fn journal_path(store: &Store, ws: u64) -> PathBuf {
     store
@@ -77,7 +94,8 @@ fn write_journal(store: &Store, ws: u64, j: &Journal) -> Result<()> {
     }
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).at(&tmp)?;
-    f.write_all(&bitcode::encode(j)).at(&tmp)?;
+    f.write_all(&[JOURNAL_MAGIC.as_slice(), &bitcode::encode(j)].concat())
+        .at(&tmp)?;
     f.sync_all().at(&tmp)?;
     fs::rename(&tmp, &path).at(&path)?;
     fs::File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
@@ -191,10 +209,23 @@ fn sync_paths(paths: &[&Path]) -> Result<()> {
 /// The journal of an interrupted restore of workspace `ws`, if any.
 pub fn read_journal(store: &Store, ws: u64) -> Result<Option<Journal>> {
     let path = journal_path(store, ws);
+    let corrupt =
+        |e: bitcode::Error| Error::Corrupt(format!("restore journal {}: {e}", path.display()));
     match fs::read(&path) {
-        Ok(bytes) => bitcode::decode(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Corrupt(format!("restore journal {}: {e}", path.display()))),
+        Ok(bytes) => match bytes.strip_prefix(JOURNAL_MAGIC.as_slice()) {
+            Some(body) => bitcode::decode(body).map(Some).map_err(corrupt),
+            None => bitcode::decode::<JournalV1>(&bytes)
+                .map(|j| {
+                    Some(Journal {
+                        snapshot: j.snapshot,
+                        pre_restore: j.pre_restore,
+                        paths: j.paths,
+                        dirs: j.dirs,
+                        include_git: false,
+                    })
+                })
+                .map_err(corrupt),
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(&path, e)),
     }
@@ -738,7 +769,14 @@ impl Workspace {
         let batch = store.batch();
         let warnings = self.refresh(&batch, changes)?;
         let current = self.root_tree(&batch)?;
-        let plan = plan_for(store, Some(current), snapshot, &opts.paths)?;
+        let mut plan = plan_for(store, Some(current), snapshot, &opts.paths)?;
+        // A living repository's `.git` is rolled back only when asked, and never removed by a
+        // snapshot that holds none.
+        if self.root.join(".git").exists()
+            && (!opts.include_git || lookup(store, snapshot.root, b".git")?.is_none())
+        {
+            plan.retain(|e| !super::rules::in_git_dir(&e.path));
+        }
         let mut summary = summarise(snapshot, &plan, in_scope, opts.dry_run);
         if opts.dry_run || plan.is_empty() {
             batch.commit_objects()?;
@@ -771,6 +809,7 @@ impl Workspace {
             pre_restore: summary.pre_restore_snapshot,
             paths: opts.paths.clone(),
             dirs,
+            include_git: opts.include_git,
         };
         write_journal(store, self.record.id, &journal)?;
 
@@ -830,6 +869,7 @@ impl Workspace {
         let opts = RestoreOptions {
             paths: journal.paths.clone(),
             skip_checkpoint: true,
+            include_git: journal.include_git,
             ..Default::default()
         };
         let mut summary = self.restore(

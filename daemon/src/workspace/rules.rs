@@ -1,7 +1,10 @@
 //! What a workspace's snapshots leave out, and why.
 //!
 //! Every exclusion is one the user can see and change:
-//! 1. `.git` (a directory, or the file of a worktree or submodule): version control's own data.
+//! 1. `.git` (a directory, or the file of a worktree or submodule): version control's own data,
+//!    unless the workspace includes it (`include_git`). Then everything in it is saved but
+//!    git's lock files (`*.lock`: a half-written index or ref, which git would refuse to run
+//!    beside), and rules 3 and 4 do not apply inside it.
 //! 2. The chkpt data directory, when it lies inside the workspace, and chkpt's own short-lived
 //!    `.chkpt-*.tmp` files (restore staging, event barriers).
 //! 3. Paths matched by `.gitignore`, `.ignore` or `.chkptignore` files inside the workspace (in
@@ -43,6 +46,8 @@ pub enum Exclusion {
     Ignored,
     /// A dependency or build folder; the text names the evidence.
     Dependency(&'static str),
+    /// A git lock file inside an included `.git`.
+    GitLock,
     /// chkpt's own short-lived files (`.chkpt-*.tmp`: restore staging, event barriers).
     Own,
 }
@@ -56,7 +61,8 @@ impl Exclusion {
     /// Words for status output.
     pub fn describe(&self) -> String {
         match self {
-            Exclusion::Git => "git metadata".to_owned(),
+            Exclusion::Git => "git metadata; watch with --include-git to keep it".to_owned(),
+            Exclusion::GitLock => "git lock file (a git command is writing)".to_owned(),
             Exclusion::Store => "chkpt data directory".to_owned(),
             Exclusion::Own => "chkpt's own temporary file".to_owned(),
             Exclusion::Ignored => "ignore file pattern".to_owned(),
@@ -73,12 +79,14 @@ struct DirRules {
     dependency: Option<&'static str>,
 }
 
+pub use crate::store::records::Include;
+
 /// The exclusion rules of one workspace, with per-directory caches.
 #[derive(Debug)]
 pub struct Rules {
     root: PathBuf,
     store_rel: Option<Vec<u8>>,
-    include_dependency_dirs: bool,
+    include: Include,
     dirs: RwLock<HashMap<Vec<u8>, Arc<DirRules>>>,
 }
 
@@ -112,7 +120,7 @@ pub fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
 
 impl Rules {
     /// Rules for the workspace at `root` (canonical), with the store at `store_dir`.
-    pub fn new(root: &Path, store_dir: &Path, include_dependency_dirs: bool) -> Rules {
+    pub fn new(root: &Path, store_dir: &Path, include: Include) -> Rules {
         let store_rel = store_dir
             .strip_prefix(root)
             .ok()
@@ -121,7 +129,7 @@ impl Rules {
         Rules {
             root: root.to_path_buf(),
             store_rel,
-            include_dependency_dirs,
+            include,
             dirs: RwLock::new(HashMap::new()),
         }
     }
@@ -190,11 +198,15 @@ impl Rules {
         if is_own_temp(name) {
             return Some(Exclusion::Own);
         }
-        if name == b".git" {
-            return Some(Exclusion::Git);
-        }
         if self.store_rel.as_deref() == Some(rel) {
             return Some(Exclusion::Store);
+        }
+        if name == b".git" && !self.include.git {
+            return Some(Exclusion::Git);
+        }
+        if self.include.git && in_git_dir(rel) {
+            // git's own data: ignore files and evidence mean nothing here.
+            return (name.ends_with(b".lock") && !is_dir).then_some(Exclusion::GitLock);
         }
         // The deepest ignore file with an opinion decides.
         loop {
@@ -217,7 +229,7 @@ impl Rules {
             parent = split_last(parent).0;
         }
         if is_dir
-            && !self.include_dependency_dirs
+            && !self.include.dependency_dirs
             && let Some(why) = self.dir_rules(rel).dependency
         {
             return Some(Exclusion::Dependency(why));
@@ -236,6 +248,11 @@ impl Rules {
         }
         self.check_last(rel, is_dir)
     }
+}
+
+/// Whether `rel` is a `.git` folder or lies inside one.
+pub fn in_git_dir(rel: &[u8]) -> bool {
+    rel.split(|&b| b == b'/').any(|c| c == b".git")
 }
 
 fn dependency_evidence(dir: &Path, name: &[u8]) -> Option<&'static str> {
@@ -272,7 +289,7 @@ mod tests {
         fs::create_dir_all(root.join("drivers/target")).unwrap();
         fs::create_dir_all(root.join("env")).unwrap();
         fs::write(root.join("env/pyvenv.cfg"), "home = /usr").unwrap();
-        let rules = Rules::new(root, Path::new("/nonexistent"), false);
+        let rules = Rules::new(root, Path::new("/nonexistent"), Include::default());
         assert_eq!(rules.check_path(b"a.log", false), Some(Exclusion::Ignored));
         assert_eq!(rules.check_path(b"keep.log", false), None);
         assert_eq!(
@@ -305,7 +322,14 @@ mod tests {
             rules.check_path(b".git/config", false),
             Some(Exclusion::Git)
         );
-        let opted_in = Rules::new(root, Path::new("/nonexistent"), true);
+        let opted_in = Rules::new(
+            root,
+            Path::new("/nonexistent"),
+            Include {
+                dependency_dirs: true,
+                git: false,
+            },
+        );
         assert_eq!(opted_in.check_path(b"target/debug/x", false), None);
     }
 }
