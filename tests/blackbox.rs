@@ -596,3 +596,36 @@ async fn reading_every_file_does_not_overflow_the_watch() {
     assert_eq!(snap.modified, 1, "{snap:?}");
     assert!(!snap.rescan, "40,000 opens forced a rescan:\n{}", d.log());
 }
+
+/// Regression: a file stored as one large block went out as one `ReadFile` message of its
+/// whole size, which a gRPC client refuses past 4 MiB by default (ours included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_file_of_a_large_file_streams_chunks_any_client_accepts() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..6u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(ws.path().join("big.bin"), &big).unwrap();
+    let mut c = d.client().await;
+    let baseline = watch(&mut c, ws.path(), 3_600_000, 3_600_000)
+        .await
+        .baseline
+        .unwrap();
+    let mut stream = c
+        .read_file(pb::ReadFileRequest {
+            workspace: ws.path().display().to_string(),
+            snapshot: baseline.id,
+            path: b"big.bin".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut got, mut chunks) = (Vec::new(), 0);
+    while let Some(chunk) = stream.message().await.unwrap() {
+        assert_eq!(chunk.offset, got.len() as u64);
+        assert_eq!(chunk.total_size, big.len() as u64);
+        got.extend_from_slice(&chunk.data);
+        chunks += 1;
+    }
+    assert!(got == big, "the streamed file differs");
+    assert!(chunks >= 6, "{chunks} chunks");
+}
