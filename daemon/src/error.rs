@@ -134,9 +134,13 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
         // EFBIG too: a file-size limit (RLIMIT_FSIZE, a per-file quota) is a full disk for us.
+        // By kind as well: sled hands back a copy of its I/O error that keeps only the kind.
         if matches!(
             source.raw_os_error(),
             Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+        ) || matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
         ) {
             Error::DiskFull { path }
         } else {
