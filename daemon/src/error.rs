@@ -247,3 +247,18 @@ impl From<sled::Error> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: sled returns a copy of the I/O error that failed it, built from the kind
+    /// alone: a full disk under the catalog must still read as one.
+    #[test]
+    fn sleds_copy_of_a_full_disk_error_is_a_full_disk() {
+        let original = sled::Error::Io(io::Error::from_raw_os_error(libc::ENOSPC));
+        let copy = original.clone();
+        assert!(matches!(Error::from(original), Error::DiskFull { .. }));
+        assert!(matches!(Error::from(copy), Error::DiskFull { .. }));
+    }
+}
