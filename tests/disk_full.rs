@@ -163,7 +163,7 @@ fn named(e: &tonic::Status) -> &'static str {
     assert!(m.starts_with("no space left on the disk holding "), "{m}");
     if m.contains("/packs/") {
         "pack"
-    } else if m.contains("/catalog") {
+    } else if m.contains("catalog") {
         "catalog"
     } else if m.contains("/journal") {
         "journal"
