@@ -122,7 +122,6 @@ fn corpus(full: bool, kind: Option<&str>, scratch: &Path) -> (PathBuf, String, O
     };
     let mut missing = None;
     if kernel {
-        eprintln!("bench: unpacking {}", tree::KERNEL_TARBALL);
         match tree::unpack_kernel(scratch) {
             Ok(root) => {
                 return (

@@ -103,6 +103,7 @@ pub fn unpack_kernel(dir: &Path) -> Result<PathBuf, String> {
     if !Path::new(KERNEL_TARBALL).exists() {
         return Err(format!("{KERNEL_TARBALL} does not exist"));
     }
+    eprintln!("bench: unpacking {KERNEL_TARBALL}");
     let st = Command::new("tar")
         .arg("-xf")
         .arg(KERNEL_TARBALL)
