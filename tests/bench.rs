@@ -9,9 +9,14 @@
 //! `--corpus generated|kernel` picks the corpus, `--reps N` the repetitions (a full run takes at
 //! least 5 samples of the cold save, the noisiest step, still alternating). The table goes to
 //! stdout and to `target/bench-results.md` (`target/bench-results-smoke.md` for smoke runs, so CI
-//! never overwrites a full run's table). Every restore is checked against the expected tree; the
-//! process exits 1 when one of ours fails (a failed peer or baseline check is reported in the
-//! table, not turned into a red CI).
+//! never overwrites a full run's table). Every restore is checked against the expected tree, for
+//! chkptd executable bits included; the process exits 1 when one of ours fails (a failed peer or
+//! baseline check is reported in the table, not turned into a red CI).
+//!
+//! What a run could not measure is listed above the table in bold: the peer (a smoke run does
+//! not install it), `tar | lz4`, `git`, the kernel tarball. A run without `tar`, `lz4` or `git`
+//! exits 1 (`.ci/run` installs them), and so does a full run without the peer or, unless
+//! `--corpus generated` was asked for, without the kernel tarball.
 //!
 //! # Layout
 //! - `bench/tree.rs`: the corpus, page-cache warming, edits, manifests and restore checks
@@ -107,23 +112,29 @@ fn target_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
 }
 
-/// Makes the corpus under `scratch`; returns its root and a description.
-fn corpus(full: bool, kind: Option<&str>, scratch: &Path) -> (PathBuf, String) {
+/// Makes the corpus under `scratch`; returns its root, a description, and why it is not the
+/// kernel tree a full run measures, if it is not.
+fn corpus(full: bool, kind: Option<&str>, scratch: &Path) -> (PathBuf, String, Option<String>) {
     let kernel = match kind {
         Some("generated") => false,
         Some("kernel") => true,
-        _ => full && Path::new(tree::KERNEL_TARBALL).exists(),
+        _ => full,
     };
+    let mut missing = None;
     if kernel {
-        eprintln!("bench: unpacking {}", tree::KERNEL_TARBALL);
         match tree::unpack_kernel(scratch) {
             Ok(root) => {
                 return (
                     root,
                     format!("the Linux source from {}", tree::KERNEL_TARBALL),
+                    None,
                 );
             }
-            Err(e) => eprintln!("bench: {e}; using a generated corpus"),
+            Err(e) => {
+                missing = Some(format!(
+                    "the kernel tree ({e}; `apt-get install linux-source-6.12`): a generated corpus was measured instead"
+                ))
+            }
         }
     }
     let spec = if full {
@@ -143,7 +154,7 @@ fn corpus(full: bool, kind: Option<&str>, scratch: &Path) -> (PathBuf, String) {
     };
     let root = scratch.join("corpus");
     tree::generate(&root, &spec);
-    (root, "a generated corpus".into())
+    (root, "a generated corpus".into(), missing)
 }
 
 fn main() -> ExitCode {
@@ -159,7 +170,7 @@ fn main() -> ExitCode {
         .unwrap_or(if full { 3 } else { 1 });
     let target = target_dir();
     let scratch = tempfile::tempdir().unwrap();
-    let (root, what) = corpus(
+    let (root, what, no_kernel) = corpus(
         full,
         arg_value(&args, "--corpus").as_deref(),
         scratch.path(),
@@ -202,8 +213,27 @@ fn main() -> ExitCode {
             run.gitignored.len()
         ));
     }
+    // A full run fails when any of these is missing; any run fails without the baselines.
+    let mut fatal = false;
+    if let Some(m) = no_kernel {
+        res.missing(m);
+        fatal |= full;
+    }
     if peer.is_none() {
-        res.note("The peer (chkpt-cli 0.3.0) is not installed: `-- --full` installs it.".into());
+        res.missing(if full {
+            "the peer, chkpt-cli 0.3.0 (its install failed, see above): no ratio is judged".into()
+        } else {
+            "the peer, chkpt-cli 0.3.0 (a smoke run does not install it; `-- --full` does): no ratio is judged".into()
+        });
+        fatal |= full;
+    }
+    for tool in ["tar", "lz4", "git"] {
+        if !others::have(tool) {
+            res.missing(format!(
+                "`{tool}` is not installed: its baseline is missing"
+            ));
+            fatal = true;
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -232,6 +262,13 @@ fn main() -> ExitCode {
     }
     if res.ours_failed() {
         eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
+        return ExitCode::FAILURE;
+    }
+    if fatal {
+        eprintln!(
+            "bench: FAILED: not measured: {} (see the top of the table)",
+            res.missing.join("; ")
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -102,6 +102,93 @@ async fn ready(d: &Daemon) -> ChkptClient<Channel> {
     }
 }
 
+/// Failures so far; each is printed as it is found, so one run shows them all.
+struct Failures(u64);
+
+impl Failures {
+    fn add(&mut self, line: String) {
+        self.0 += 1;
+        println!("{line}");
+    }
+}
+
+/// A snapshot the daemon acknowledged, and the folder it holds.
+struct Acked {
+    id: String,
+    tree: Listing,
+    /// Saved on request: no retention rule may remove it (the baseline and pre-restore
+    /// checkpoints are automatic, so a prune may).
+    manual: bool,
+}
+
+/// What the Restore stream said at its end: the pre-restore checkpoint's id (empty when the
+/// restore changed nothing).
+async fn run_restore(
+    mut client: ChkptClient<Channel>,
+    req: pb::RestoreRequest,
+) -> Result<String, tonic::Status> {
+    let mut s = client.restore(req).await?.into_inner();
+    let mut pre = None;
+    while let Some(ev) = s.message().await? {
+        if let Some(pb::restore_event::Event::Summary(sum)) = ev.event {
+            pre = Some(sum.pre_restore_snapshot);
+        }
+    }
+    pre.ok_or_else(|| tonic::Status::unknown("the restore stream ended without a summary"))
+}
+
+async fn list_all(c: &mut ChkptClient<Channel>, w: &str) -> Vec<pb::Snapshot> {
+    c.list(pb::ListRequest {
+        workspace: w.to_owned(),
+        limit: 10_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .snapshots
+}
+
+/// Restores `id` into a fresh folder; what differs from `expected`, if anything (at most 5).
+async fn restore_differences(
+    c: &mut ChkptClient<Channel>,
+    ws: &Path,
+    id: &str,
+    expected: &Listing,
+) -> Option<Vec<String>> {
+    let out = tempfile::tempdir().unwrap();
+    restore_to(c, ws, id, out.path()).await;
+    let got = listing(out.path());
+    if &got == expected {
+        return None;
+    }
+    let show = |v: Option<&Option<Vec<u8>>>| match v {
+        None => "nothing".to_owned(),
+        Some(None) => "a folder".to_owned(),
+        Some(Some(b)) => format!("{} bytes", b.len()),
+    };
+    Some(
+        expected
+            .iter()
+            .filter(|(p, v)| got.get(*p) != Some(v))
+            .map(|(p, v)| {
+                format!(
+                    "{}: expected {}, got {}",
+                    p.display(),
+                    show(Some(v)),
+                    show(got.get(p))
+                )
+            })
+            .chain(
+                got.keys()
+                    .filter(|p| !expected.contains_key(*p))
+                    .map(|p| format!("{}: unexpected", p.display())),
+            )
+            .take(5)
+            .collect(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let full = std::env::var_os("CHKPT_FULL").is_some();
@@ -136,21 +223,37 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         .into_inner()
         .baseline
         .unwrap();
-    // Acknowledged snapshots and the tree each one holds.
-    let mut acked: Vec<(String, Listing)> = vec![(baseline.id, listing(&ws))];
-    let (mut checks, mut failures, mut recovered_restores) = (0u64, 0u64, 0u64);
+    let mut acked = vec![Acked {
+        id: baseline.id,
+        tree: listing(&ws),
+        manual: false,
+    }];
+    let mut failures = Failures(0);
+    let (mut checks, mut restores_checked, mut recovered_restores, mut checkpoints_checked) =
+        (0u64, 0u64, 0u64, 0u64);
     let mut ops = BTreeMap::<&str, u64>::new();
 
     for round in 0..kills {
-        let before = listing(&ws);
         let op = rng.below(4);
         let target = rng.below(acked.len() as u64) as usize; // never empty: re-seeded below
-        let mut client = c.clone();
+        let target_id = acked[target].id.clone();
+        let listed_before: Vec<String> = list_all(&mut c, &w)
+            .await
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        // Saves and restores come after unsaved edits: the save must hold them, the
+        // pre-restore checkpoint must keep them. The folder is read before the request goes.
+        if matches!(op, 0 | 1) {
+            mutate(&mut rng, &ws);
+        }
+        let edited = listing(&ws);
+        let client = c.clone();
+        let mut client2 = c.clone();
         let w2 = w.clone();
         let (name, task): (&str, tokio::task::JoinHandle<Result<String, tonic::Status>>) = match op
         {
             0 => {
-                mutate(&mut rng, &ws);
                 let req = pb::SaveRequest {
                     workspace: w2,
                     message: format!("round {round}"),
@@ -159,41 +262,27 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 (
                     "save",
                     tokio::spawn(async move {
-                        Ok(client.save(req).await?.into_inner().snapshot.unwrap().id)
+                        Ok(client2.save(req).await?.into_inner().snapshot.unwrap().id)
                     }),
                 )
             }
             1 => {
-                mutate(&mut rng, &ws); // unsaved edits the pre-restore checkpoint must keep
-                let snap = acked[target].0.clone();
                 let req = pb::RestoreRequest {
                     workspace: w2,
-                    snapshot: snap,
+                    snapshot: target_id.clone(),
                     ..Default::default()
                 };
-                (
-                    "restore",
-                    tokio::spawn(async move {
-                        let mut s = client.restore(req).await?.into_inner();
-                        let mut last = String::new();
-                        while let Some(ev) = s.message().await? {
-                            if let Some(pb::restore_event::Event::Summary(sum)) = ev.event {
-                                last = sum.snapshot;
-                            }
-                        }
-                        Ok(last)
-                    }),
-                )
+                ("restore", tokio::spawn(run_restore(client, req)))
             }
             2 if acked.len() > 2 => {
-                let snap = acked[target].0.clone();
                 let req = pb::DeleteRequest {
                     workspace: w2,
-                    snapshots: vec![snap.clone()],
+                    snapshots: vec![target_id.clone()],
                 };
+                let snap = target_id.clone();
                 (
                     "delete+gc",
-                    tokio::spawn(async move { client.delete(req).await.map(|_| snap) }),
+                    tokio::spawn(async move { client2.delete(req).await.map(|_| snap) }),
                 )
             }
             _ => {
@@ -204,32 +293,29 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 };
                 (
                     "prune+gc",
-                    tokio::spawn(async move { client.prune(req).await.map(|_| String::new()) }),
+                    tokio::spawn(async move { client2.prune(req).await.map(|_| String::new()) }),
                 )
             }
         };
-        let restore_expectation = (op == 1).then(|| acked[target].1.clone());
-        let edited = listing(&ws);
+        let restore_expectation = (name == "restore").then(|| acked[target].tree.clone());
         *ops.entry(name).or_default() += 1;
-        println!("round {round}: {name} (target {target})");
+        match name {
+            "restore" | "delete+gc" => println!("round {round}: {name} {target_id}"),
+            _ => println!("round {round}: {name}"),
+        }
         tokio::time::sleep(Duration::from_millis(rng.below(150))).await;
         d.kill9();
         let outcome = task.await.unwrap();
         d.restart_after_stop();
         c = ready(&d).await;
 
-        // What was acknowledged before the kill is kept.
-        match (name, &outcome) {
-            ("save", Ok(id)) => acked.push((id.clone(), edited.clone())),
-            ("delete+gc", Ok(id)) => acked.retain(|(a, _)| a != id),
-            _ => {}
-        }
         // A crash leaves none of chkpt's own files behind in the workspace.
         checks += 1;
         let left = litter(&ws);
         if !left.is_empty() {
-            failures += 1;
-            println!("round {round} ({name}): chkpt's files left in the workspace: {left:?}");
+            failures.add(format!(
+                "round {round} ({name}): chkpt's files left in the workspace: {left:?}"
+            ));
         }
         // The store opens and verifies clean.
         let v = c
@@ -241,30 +327,108 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             .into_inner();
         checks += 1;
         if !v.ok {
-            failures += 1;
-            println!("round {round} ({name}): verify found {:?}", v.problems);
+            failures.add(format!(
+                "round {round} ({name}): verify found {:?}",
+                v.problems
+            ));
         }
-        // Snapshots pruned by policy (manual ones never are) drop out of what we check.
-        let listed: Vec<String> = c
-            .list(pb::ListRequest {
-                workspace: w.clone(),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .snapshots
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
-        let before_retain = acked.len();
-        acked.retain(|(id, _)| listed.contains(id));
-        if acked.len() != before_retain {
-            println!(
-                "round {round} ({name}): {} tracked snapshots were pruned",
-                before_retain - acked.len()
-            );
+        let listed = list_all(&mut c, &w).await;
+        let is_listed = |id: &str| listed.iter().any(|s| s.id == id);
+        // Every acknowledged snapshot is still there, except the one a delete was asked to
+        // remove and the automatic ones a prune may remove.
+        checks += 1;
+        acked.retain(|a| {
+            if is_listed(&a.id) {
+                return true;
+            }
+            let may_go = match name {
+                "delete+gc" => a.id == target_id,
+                "prune+gc" => !a.manual,
+                _ => false,
+            };
+            if !may_go {
+                failures.add(format!(
+                    "round {round} ({name}): acknowledged snapshot {} is gone after the restart",
+                    a.id
+                ));
+            }
+            false
+        });
+        match (name, &outcome) {
+            ("save", Ok(id)) => {
+                // Acknowledged: it must be listed now, with what the folder held.
+                checks += 1;
+                if is_listed(id) {
+                    acked.push(Acked {
+                        id: id.clone(),
+                        tree: edited.clone(),
+                        manual: true,
+                    });
+                } else {
+                    failures.add(format!(
+                        "round {round}: the save of {id} was acknowledged and is not listed"
+                    ));
+                }
+            }
+            ("delete+gc", Ok(id)) => {
+                checks += 1;
+                if is_listed(id) {
+                    failures.add(format!(
+                        "round {round}: the delete of {id} was acknowledged and it is still listed"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        // An interrupted restore is finished (or never began): no half state. Its pre-restore
+        // checkpoint holds the edits the restore replaced.
+        if let Some(expected) = restore_expectation {
+            let now = listing(&ws);
+            checks += 1;
+            let finished = now == expected;
+            if finished && outcome.is_err() {
+                recovered_restores += 1;
+            }
+            if !finished && now != edited {
+                failures.add(format!(
+                    "round {round}: the workspace is half-restored (neither the snapshot nor the edited folder)"
+                ));
+            }
+            let checkpoints: Vec<&pb::Snapshot> = listed
+                .iter()
+                .filter(|s| {
+                    s.trigger() == pb::Trigger::PreRestore && !listed_before.contains(&s.id)
+                })
+                .collect();
+            if let Ok(pre) = &outcome
+                && !pre.is_empty()
+                && !checkpoints.iter().any(|s| &s.id == pre)
+            {
+                failures.add(format!(
+                    "round {round}: the restore acknowledged checkpoint {pre}, which is not listed"
+                ));
+            }
+            checks += 1;
+            if finished && edited != expected && checkpoints.is_empty() {
+                failures.add(format!(
+                    "round {round}: the restore replaced unsaved edits and left no pre-restore checkpoint"
+                ));
+            }
+            for s in checkpoints {
+                checks += 1;
+                checkpoints_checked += 1;
+                if let Some(diff) = restore_differences(&mut c, &ws, &s.id, &edited).await {
+                    failures.add(format!(
+                        "round {round}: the pre-restore checkpoint {} does not hold the edits it replaced: {diff:?}",
+                        s.id
+                    ));
+                }
+                acked.push(Acked {
+                    id: s.id.clone(),
+                    tree: edited.clone(),
+                    manual: false,
+                });
+            }
         }
         if acked.is_empty() {
             let req = pb::SaveRequest {
@@ -273,63 +437,30 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 pin: false,
             };
             let id = c.save(req).await.unwrap().into_inner().snapshot.unwrap().id;
-            acked.push((id, listing(&ws)));
+            acked.push(Acked {
+                id,
+                tree: listing(&ws),
+                manual: true,
+            });
         }
-        // An interrupted restore is finished (or never began): no half state.
-        if let Some(expected) = restore_expectation {
-            let now = listing(&ws);
+        // Every acknowledged snapshot still restores byte-exact.
+        for a in &acked {
             checks += 1;
-            if now == expected && outcome.is_err() {
-                recovered_restores += 1;
-            }
-            if now != expected && now != edited && now != before {
-                failures += 1;
-                println!("round {round}: the workspace is half-restored");
-            }
-        }
-        // Every acknowledged snapshot still restores byte-exact (the newest, and two others).
-        let mut sample = vec![acked.len() - 1];
-        sample.push(rng.below(acked.len() as u64) as usize);
-        sample.push(rng.below(acked.len() as u64) as usize);
-        sample.dedup();
-        for i in sample {
-            let (id, expected) = &acked[i];
-            let out = tempfile::tempdir().unwrap();
-            restore_to(&mut c, &ws, id, out.path()).await;
-            checks += 1;
-            if &listing(out.path()) != expected {
-                failures += 1;
-                let got = listing(out.path());
-                let diff: Vec<String> = expected
-                    .iter()
-                    .filter(|(p, v)| got.get(*p) != Some(v))
-                    .map(|(p, v)| {
-                        format!(
-                            "{} (expected {:?} bytes, got {:?})",
-                            p.display(),
-                            v.as_ref().map(Vec::len),
-                            got.get(p).map(|g| g.as_ref().map(Vec::len))
-                        )
-                    })
-                    .chain(
-                        got.keys()
-                            .filter(|p| !expected.contains_key(*p))
-                            .map(|p| format!("{} (unexpected)", p.display())),
-                    )
-                    .take(5)
-                    .collect();
-                println!(
-                    "round {round}: acknowledged snapshot {id} ({}) does not restore exactly: {diff:?}",
-                    if i == 0 { "first" } else { "later" }
-                );
+            restores_checked += 1;
+            if let Some(diff) = restore_differences(&mut c, &ws, &a.id, &a.tree).await {
+                failures.add(format!(
+                    "round {round}: acknowledged snapshot {} does not restore exactly: {diff:?}",
+                    a.id
+                ));
             }
         }
     }
     println!(
-        "figures: crash harness seed={seed} kills={kills} ops={ops:?} checks={checks} interrupted_restores_finished={recovered_restores} failures={failures}"
+        "figures: crash harness seed={seed} kills={kills} ops={ops:?} checks={checks} restores_checked={restores_checked} checkpoints_checked={checkpoints_checked} interrupted_restores_finished={recovered_restores} failures={}",
+        failures.0
     );
     assert_eq!(
-        failures,
+        failures.0,
         0,
         "see the lines above; replay with CHKPT_SEED={seed}\n{}",
         d.log()

@@ -278,23 +278,137 @@ async fn a_flipped_byte_is_named_by_verify_and_a_restore_needing_it_changes_noth
     );
 }
 
+/// Reads `path` from snapshot `snap` through `ReadFile`.
+async fn read_file(
+    c: &mut ChkptClient<Channel>,
+    dir: &Path,
+    snap: &str,
+    path: &[u8],
+) -> Result<Vec<u8>, tonic::Status> {
+    let req = pb::ReadFileRequest {
+        workspace: dir.display().to_string(),
+        snapshot: snap.to_owned(),
+        path: path.to_vec(),
+    };
+    let mut s = c.read_file(req).await?.into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = s.message().await? {
+        got.extend_from_slice(&chunk.data);
+    }
+    Ok(got)
+}
+
+/// Version `v` of `hot.bin`: the byte `v % 251`, `hot_len(v)` times.
+fn hot_len(v: u64) -> usize {
+    1 + (v * 7919 % 3_000_000) as usize
+}
+
+/// Why `got` is not a state `hot.bin` really had, if it is not: one version's byte throughout,
+/// and no longer than that version (a file caught in the middle of one `write` is a prefix of
+/// it). A mix of two versions never is. `versions` bounds the versions written so far.
+fn torn(got: &[u8], versions: u64) -> Option<String> {
+    let &first = got.first()?;
+    if let Some(at) = got.iter().position(|b| *b != first) {
+        return Some(format!(
+            "{} bytes: byte {first} up to offset {at}, then {}",
+            got.len(),
+            got[at]
+        ));
+    }
+    let fits = (0..=versions).any(|v| (v % 251) as u8 == first && hot_len(v) >= got.len());
+    (!fits).then(|| {
+        format!(
+            "{} bytes of {first}: no version of {first} is that long",
+            got.len()
+        )
+    })
+}
+
+/// Files rewritten in place of one length (1 MiB, read whole into memory; 8 MiB and a bit, streamed) hold
+/// version `v` as the byte `v % 251` throughout. One `write` goes front to back, so the states
+/// such a file really has are one version, or the next version up to some offset and the one
+/// before it after: a newer run first. A reader that saw the file change under it would get
+/// the opposite, an older run first (or more runs): that is torn.
+const IN_PLACE: [(&str, usize); 2] = [
+    ("inplace-small.bin", 1 << 20),
+    ("inplace-big.bin", (8 << 20) + (64 << 10)),
+];
+
+/// Why `got` is not a state an in-place file of `len` bytes really had, if it is not.
+fn torn_in_place(got: &[u8], len: usize) -> Option<String> {
+    if got.len() != len {
+        return Some(format!("{} bytes, not {len}", got.len()));
+    }
+    let mut runs: Vec<(u8, usize)> = Vec::new();
+    for &b in got {
+        match runs.last_mut() {
+            Some((x, n)) if *x == b => *n += 1,
+            _ => runs.push((b, 1)),
+        }
+    }
+    match runs.as_slice() {
+        [_] => None,
+        [(newer, _), (older, _)] if *newer == ((*older as u16 + 1) % 251) as u8 => None,
+        _ => Some(format!(
+            "runs {:?}",
+            runs.iter().take(4).collect::<Vec<_>>()
+        )),
+    }
+}
+
+/// Files rewritten in place, truncated, grown and renamed while saves read them: every save's
+/// copy is a state the file really had, or the file is left out with a warning on the
+/// snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_changing_while_read_never_give_torn_content() {
+    /// Saves go on (for at least 4 s) until this many copies of each changing file with content
+    /// were checked; fewer within the deadline fails the test, which would otherwise prove
+    /// nothing.
+    const ENOUGH: u64 = 10;
     let d = Daemon::start(&[]);
     let ws = tempfile::tempdir().unwrap();
     let mut c = d.client().await;
     watch(&mut c, ws.path()).await;
     let hot = ws.path().join("hot.bin");
+    // The first version is in place before the first save.
+    fs::write(&hot, vec![0u8; hot_len(0)]).unwrap();
+    for (name, len) in IN_PLACE {
+        fs::write(ws.path().join(name), vec![0u8; len]).unwrap();
+    }
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (hot, stop, dir) = (hot.clone(), stop.clone(), ws.path().to_path_buf());
+        let (hot, stop, written) = (hot.clone(), stop.clone(), written.clone());
+        let dir = ws.path().to_path_buf();
         std::thread::spawn(move || {
-            // Version v is (v % 251) repeated len(v) times: growing, shrinking, rewritten in place.
-            let mut v = 0u64;
+            // Growing, shrinking, rewritten in place.
+            let mut v = 1u64;
+            let mut in_place_v = [0u64; IN_PLACE.len()];
+            let mut last_big = Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let len = 1 + (v * 7919 % 3_000_000) as usize;
-                if fs::write(&hot, vec![(v % 251) as u8; len]).is_err() {
+                // Counted before the write starts: a save may see it half written.
+                written.store(v + 1, std::sync::atomic::Ordering::SeqCst);
+                if fs::write(&hot, vec![(v % 251) as u8; hot_len(v)]).is_err() {
                     break; // the test ended early
+                }
+                // Each in-place file counts its own versions. The large one is rewritten every
+                // second only, so that some saves read it whole between two versions.
+                for (k, (name, len)) in IN_PLACE.into_iter().enumerate() {
+                    use std::os::unix::fs::FileExt;
+                    if k == 1 {
+                        if last_big.elapsed() < Duration::from_secs(1) {
+                            continue;
+                        }
+                        last_big = Instant::now();
+                    }
+                    in_place_v[k] += 1;
+                    let byte = (in_place_v[k] % 251) as u8;
+                    let Ok(f) = fs::OpenOptions::new().write(true).open(dir.join(name)) else {
+                        break;
+                    };
+                    if f.write_all_at(&vec![byte; len], 0).is_err() {
+                        break;
+                    }
                 }
                 let moved = dir.join("moving.txt");
                 // Another file renamed away and recreated while saves run.
@@ -302,50 +416,97 @@ async fn files_changing_while_read_never_give_torn_content() {
                 let _ = fs::write(&moved, format!("{v}"));
                 v += 1;
             }
-            v
+            (v, in_place_v)
         })
     };
-    let (mut saves, mut checks) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < deadline {
+    let (mut saves, mut checks, mut non_empty, mut left_out, mut torn_copies) = (0, 0, 0, 0, 0);
+    let mut small_checks = 0;
+    let mut in_place_checks = [0u64; IN_PLACE.len()];
+    let mut first_torn = None;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(120);
+    while start.elapsed() < Duration::from_secs(4)
+        || non_empty < ENOUGH
+        || in_place_checks[0] < ENOUGH
+        || in_place_checks[1] < ENOUGH / 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "too few copies checked in {saves} saves within the deadline: hot.bin {non_empty} with content, in place {in_place_checks:?} ({left_out} left out)"
+        );
         let snap = save(&mut c, ws.path())
             .await
             .expect("a save never fails because files move");
         saves += 1;
-        let req = pb::ReadFileRequest {
-            workspace: ws.path().display().to_string(),
-            snapshot: snap.id,
-            path: b"hot.bin".to_vec(),
-        };
-        if let Ok(resp) = c.read_file(req).await {
-            let mut s = resp.into_inner();
-            let mut got = Vec::new();
-            while let Some(chunk) = s.message().await.unwrap() {
-                got.extend_from_slice(&chunk.data);
+        let versions = written.load(std::sync::atomic::Ordering::SeqCst);
+        match read_file(&mut c, ws.path(), &snap.id, b"hot.bin").await {
+            Ok(got) => {
+                checks += 1;
+                // `fs::write` truncates before it writes: empty is a state the file really had.
+                non_empty += u64::from(!got.is_empty());
+                if let Some(why) = torn(&got, versions) {
+                    torn_copies += 1;
+                    first_torn.get_or_insert(why);
+                }
             }
-            checks += 1;
-            // `fs::write` truncates before it writes: empty is a state the file really had.
-            let Some(&first) = got.first() else { continue };
-            assert!(
-                got.iter().all(|b| *b == first),
-                "torn content: a mix of versions"
-            );
-            let mut candidates = (0..1_000_000u64).filter(|v| (v % 251) as u8 == first);
-            // A file caught in the middle of one `write` is a prefix of that version: also a
-            // state it really had. A mix of two versions never is.
-            assert!(
-                candidates.any(|v| 1 + (v * 7919 % 3_000_000) as usize >= got.len()),
-                "no version of {first} is {} bytes long or longer",
-                got.len()
-            );
+            // A file that kept changing while read may be left out, never silently.
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                assert!(
+                    snap.warnings.iter().any(|w| w.contains("hot.bin")),
+                    "hot.bin is missing from snapshot {} without a warning: {:?}",
+                    snap.id,
+                    snap.warnings
+                );
+                left_out += 1;
+            }
+            Err(e) => panic!("ReadFile of hot.bin in {}: {e}", snap.id),
+        }
+        for (k, (name, len)) in IN_PLACE.into_iter().enumerate() {
+            match read_file(&mut c, ws.path(), &snap.id, name.as_bytes()).await {
+                Ok(got) => {
+                    in_place_checks[k] += 1;
+                    if let Some(why) = torn_in_place(&got, len) {
+                        torn_copies += 1;
+                        first_torn.get_or_insert(format!("{name}: {why}"));
+                    }
+                }
+                Err(e) if e.code() == tonic::Code::NotFound => {
+                    assert!(
+                        snap.warnings.iter().any(|w| w.contains(name)),
+                        "{name} is missing from snapshot {} without a warning: {:?}",
+                        snap.id,
+                        snap.warnings
+                    );
+                    left_out += 1;
+                }
+                Err(e) => panic!("ReadFile of {name} in {}: {e}", snap.id),
+            }
+        }
+        // The renamed pair: whichever names the snapshot holds hold a number the writer wrote.
+        for name in [&b"moving.txt"[..], b"renamed.txt"] {
+            match read_file(&mut c, ws.path(), &snap.id, name).await {
+                Ok(got) => {
+                    small_checks += 1;
+                    if !got.iter().all(u8::is_ascii_digit) {
+                        torn_copies += 1;
+                        first_torn.get_or_insert(format!(
+                            "{}: {:?}",
+                            String::from_utf8_lossy(name),
+                            String::from_utf8_lossy(&got)
+                        ));
+                    }
+                }
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => panic!("ReadFile of {}: {e}", String::from_utf8_lossy(name)),
+            }
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let versions = writer.join().unwrap();
+    let (versions, in_place_versions) = writer.join().unwrap();
     println!(
-        "figures: changing files: versions written={versions} saves={saves} checks={checks} torn=0"
+        "figures: changing files: versions written={versions} saves={saves} hot.bin copies checked={checks} (with content {non_empty}) in-place copies checked={in_place_checks:?} (versions {in_place_versions:?}) left out with a warning={left_out} renamed-file copies checked={small_checks} torn={torn_copies}"
     );
-    assert!(saves >= 3);
+    assert_eq!(torn_copies, 0, "torn content, first: {first_torn:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,9 +134,13 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
         // EFBIG too: a file-size limit (RLIMIT_FSIZE, a per-file quota) is a full disk for us.
+        // By kind as well: sled hands back a copy of its I/O error that keeps only the kind.
         if matches!(
             source.raw_os_error(),
             Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+        ) || matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
         ) {
             Error::DiskFull { path }
         } else {
@@ -241,5 +245,20 @@ impl From<sled::Error> for Error {
             sled::Error::Corruption { .. } => Error::Corrupt(format!("catalog: {e}")),
             other => Error::Catalog(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: sled returns a copy of the I/O error that failed it, built from the kind
+    /// alone: a full disk under the catalog must still read as one.
+    #[test]
+    fn sleds_copy_of_a_full_disk_error_is_a_full_disk() {
+        let original = sled::Error::Io(io::Error::from_raw_os_error(libc::ENOSPC));
+        let copy = original.clone();
+        assert!(matches!(Error::from(original), Error::DiskFull { .. }));
+        assert!(matches!(Error::from(copy), Error::DiskFull { .. }));
     }
 }

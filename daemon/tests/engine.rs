@@ -651,14 +651,20 @@ fn delete_and_gc_free_the_bytes_of_what_went() {
     assert_eq!(after.files, 2);
 }
 
-/// Runs in a child process: saves once, then writes more objects into a new pack and dies
-/// before committing them.
-#[test]
-fn crash_child() {
-    let Some(dir) = std::env::var_os("CHKPT_CRASH_CHILD") else {
-        return;
-    };
-    let dir = Path::new(&dir);
+/// Runs `test` (this binary's test of that exact name) again in a child process with `var` set
+/// to `dir`: the test then plays the child's part. Returns the child.
+fn spawn_child(test: &str, var: &str, dir: &Path) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(var, dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The child's part: saves once, then writes more objects into a new pack and dies before
+/// committing them.
+fn crash_mid_save(dir: &Path) -> ! {
     let store = Store::open(dir.join("store")).unwrap();
     let mut ws = open(&store, &dir.join("ws"));
     save(&mut ws, &store, Changes::Full);
@@ -671,15 +677,26 @@ fn crash_child() {
 
 #[test]
 fn save_interrupted_before_catalog_commit_leaves_a_clean_store_and_gc_reclaims_the_orphan() {
+    const CHILD: &str = "CHKPT_CRASH_CHILD";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        crash_mid_save(Path::new(&dir));
+    }
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("ws")).unwrap();
     fs::write(dir.path().join("ws/kept.txt"), b"acknowledged content").unwrap();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture"])
-        .env("CHKPT_CRASH_CHILD", dir.path())
-        .status()
-        .unwrap();
-    assert!(!status.success(), "the child was meant to die mid-save");
+    let status = spawn_child(
+        "save_interrupted_before_catalog_commit_leaves_a_clean_store_and_gc_reclaims_the_orphan",
+        CHILD,
+        dir.path(),
+    )
+    .wait()
+    .unwrap();
+    // abort() ends the child with SIGABRT: no exit code.
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT),
+        "the child was meant to die mid-save: {status}"
+    );
     let packs = |d: &Path| fs::read_dir(d.join("store/packs")).unwrap().count();
     assert_eq!(
         packs(dir.path()),
@@ -713,13 +730,8 @@ fn save_interrupted_before_catalog_commit_leaves_a_clean_store_and_gc_reclaims_t
     );
 }
 
-/// Runs in a child process: restores the first snapshot in place (the parent kills it).
-#[test]
-fn restore_child() {
-    let Some(dir) = std::env::var_os("CHKPT_RESTORE_CHILD") else {
-        return;
-    };
-    let dir = Path::new(&dir);
+/// The child's part: restores the first snapshot in place (the parent kills it).
+fn restore_until_killed(dir: &Path) -> ! {
     let store = Store::open(dir.join("store")).unwrap();
     let mut ws = open(&store, &dir.join("ws"));
     let ws_id = store.catalog().workspaces().unwrap()[0].id;
@@ -736,6 +748,10 @@ fn restore_child() {
 
 #[test]
 fn a_restore_killed_midway_is_finished_when_the_workspace_is_next_opened() {
+    const CHILD: &str = "CHKPT_RESTORE_CHILD";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        restore_until_killed(Path::new(&dir));
+    }
     let dir = tempfile::tempdir().unwrap();
     let ws_dir = dir.path().join("ws");
     for d in 0..40 {
@@ -761,12 +777,11 @@ fn a_restore_killed_midway_is_finished_when_the_workspace_is_next_opened() {
         save(&mut ws, &store, Changes::Full);
     }
     let journal = dir.path().join("store/journal");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "restore_child", "--nocapture"])
-        .env("CHKPT_RESTORE_CHILD", dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child(
+        "a_restore_killed_midway_is_finished_when_the_workspace_is_next_opened",
+        CHILD,
+        dir.path(),
+    );
     // Kill it the moment its journal exists: mid-restore.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let has_journal = || {
@@ -786,10 +801,10 @@ fn a_restore_killed_midway_is_finished_when_the_workspace_is_next_opened() {
     }
     child.kill().unwrap();
     let status = child.wait().unwrap();
-    assert_ne!(
-        status.code(),
-        Some(3),
-        "the restore finished before it could be interrupted"
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the child was meant to be killed mid-restore (exit code 3: it finished first): {status}"
     );
 
     let store = Store::open(dir.path().join("store")).unwrap();

@@ -8,9 +8,9 @@ use std::fs;
 use std::time::Duration;
 
 use chkpt_daemon::engine::Engine;
-use chkpt_daemon::retention::Policy;
+use chkpt_daemon::retention::{self, Policy};
 use chkpt_daemon::store::Store;
-use chkpt_daemon::store::catalog::Trigger;
+use chkpt_daemon::store::catalog::{SnapshotRecord, Trigger};
 use chkpt_daemon::workspace::restore::RestoreOptions;
 use chkpt_daemon::workspace::{Changes, SaveOptions, WatchOptions, Workspace, register};
 
@@ -192,14 +192,168 @@ fn a_store_budget_drops_the_oldest_automatic_snapshots_first() {
 struct SnapshotLike;
 
 impl SnapshotLike {
-    fn synthetic(
-        like: &chkpt_daemon::store::catalog::SnapshotRecord,
-        id: u64,
-    ) -> chkpt_daemon::store::catalog::SnapshotRecord {
+    fn synthetic(like: &SnapshotRecord, id: u64) -> SnapshotRecord {
         let mut s = like.clone();
         s.id = id;
         s.new_bytes = 0;
         s.new_blobs = 0;
         s
     }
+}
+
+/// A snapshot record `hours` hours before [`BASE_US`] (ids break ties: a higher id is older).
+fn record(id: u64, hours: u64, trigger: Trigger, pinned: bool, new_bytes: u64) -> SnapshotRecord {
+    SnapshotRecord {
+        id,
+        workspace: 1,
+        created_us: BASE_US - hours * HOUR_US - id,
+        root: chkpt_daemon::store::Id::default(),
+        parent: None,
+        trigger,
+        message: String::new(),
+        pinned,
+        files: 0,
+        bytes: 0,
+        new_blobs: 0,
+        new_bytes,
+        added: 0,
+        modified: 0,
+        deleted: 0,
+        rescan: false,
+        warnings: vec![],
+        git_branch: String::new(),
+        git_head: String::new(),
+    }
+}
+
+/// id → (kept, reason), for comparing decisions.
+fn decisions(snaps: &[SnapshotRecord], policy: &Policy) -> Vec<(u64, bool, String)> {
+    retention::decide(snaps, policy, BASE_US)
+        .into_iter()
+        .map(|d| (d.snapshot.id, d.keep, d.reason))
+        .collect()
+}
+
+fn keep(id: u64, reason: &str) -> (u64, bool, String) {
+    (id, true, reason.to_owned())
+}
+
+fn remove(id: u64) -> (u64, bool, String) {
+    (id, false, "no rule keeps it".to_owned())
+}
+
+/// The newest snapshot of an hour represents that hour whatever its kind: a manual or pinned
+/// one takes the hour's slot (kept as manual or pinned), and the automatic ones beside it in
+/// that hour go. The slots left reach further back.
+#[test]
+fn pinned_and_manual_snapshots_take_the_bucket_slot_of_their_hour() {
+    use Trigger::{Auto, Manual};
+    let snaps = [
+        record(1, 0, Manual, false, 0), // hour 0: manual newest
+        record(2, 0, Auto, false, 0),
+        record(3, 1, Auto, true, 0), // hour 1: pinned newest
+        record(4, 1, Auto, false, 0),
+        record(5, 2, Auto, false, 0), // hour 2: the third slot
+        record(6, 2, Auto, false, 0),
+        record(7, 3, Auto, false, 0), // hour 3: no slot left
+    ];
+    let policy = Policy {
+        keep_hourly: 3,
+        ..Policy::default()
+    };
+    assert_eq!(
+        decisions(&snaps, &policy),
+        vec![
+            keep(1, "manual snapshot"),
+            remove(2),
+            keep(3, "pinned"),
+            remove(4),
+            keep(5, "hourly (3 of 3)"),
+            remove(6),
+            remove(7),
+        ]
+    );
+}
+
+/// keep-last counts the newest snapshots of any kind, and the bucket rules see those too: a
+/// snapshot kept by keep-last still takes its hour's and day's slot.
+#[test]
+fn keep_last_combined_with_buckets_and_keep_within() {
+    use Trigger::{Auto, Manual};
+    let snaps = [
+        record(1, 0, Auto, false, 0),
+        record(2, 0, Manual, false, 0),
+        record(3, 0, Auto, false, 0),
+        record(4, 1, Auto, false, 0),
+        record(5, 30, Auto, false, 0),
+        record(6, 31, Auto, false, 0),
+        record(7, 60, Auto, false, 0),
+    ];
+    let policy = Policy {
+        keep_last: 2,
+        keep_hourly: 2,
+        keep_daily: 2,
+        ..Policy::default()
+    };
+    assert_eq!(
+        decisions(&snaps, &policy),
+        vec![
+            keep(1, "keep-last 2"), // also hour 0's and day 0's slot
+            keep(2, "manual snapshot"),
+            remove(3), // hour 0 and day 0 are taken
+            keep(4, "hourly (2 of 2)"),
+            keep(5, "daily (2 of 2)"), // 30 h ago: the day before
+            remove(6),
+            remove(7),
+        ]
+    );
+    // keep-within counts from the newest snapshot, and keep-last wins when both apply.
+    let policy = Policy {
+        keep_last: 1,
+        keep_within_us: 2 * HOUR_US,
+        ..Policy::default()
+    };
+    assert_eq!(
+        decisions(&snaps, &policy),
+        vec![
+            keep(1, "keep-last 1"),
+            keep(2, "manual snapshot"),
+            keep(3, "keep-within 7200s"),
+            keep(4, "keep-within 7200s"),
+            remove(5),
+            remove(6),
+            remove(7),
+        ]
+    );
+}
+
+/// A budget smaller than what pinned and manual snapshots added alone: every automatic
+/// snapshot goes, oldest first, except the newest (the workspace's current state); pinned and
+/// manual ones stay whatever they cost.
+#[test]
+fn a_budget_smaller_than_the_pinned_and_manual_snapshots_keeps_them_and_the_newest() {
+    use Trigger::{Auto, Manual};
+    let snaps = [
+        record(1, 0, Auto, false, 10),
+        record(2, 1, Auto, false, 10),
+        record(3, 2, Manual, false, 1000),
+        record(4, 3, Auto, true, 1000),
+        record(5, 4, Auto, false, 10),
+    ];
+    let policy = Policy {
+        keep_within_us: 24 * HOUR_US,
+        max_store_bytes: 500,
+        ..Policy::default()
+    };
+    let over = |id| (id, false, "over the store budget of 500 bytes".to_owned());
+    assert_eq!(
+        decisions(&snaps, &policy),
+        vec![
+            keep(1, "keep-within 86400s"),
+            over(2),
+            keep(3, "manual snapshot"),
+            keep(4, "pinned"),
+            over(5),
+        ]
+    );
 }

@@ -1,6 +1,10 @@
-//! Our side: a fresh `chkptd` per repetition, driven over gRPC like `chkptctl` drives it.
+//! Our side: a fresh `chkptd` per repetition. Every step the peer runs as a command is timed
+//! the same way for us: a whole `chkptctl` process, from its start to its exit (connect, the
+//! event barrier, the RPC, the output). The incremental save is also timed as the bare `Save`
+//! RPC on a connected client once the daemon has seen the edits, in a row of its own.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
@@ -71,6 +75,35 @@ async fn settle(c: &mut Client) -> Result<(), String> {
     Ok(())
 }
 
+/// `chkptctl --json <args>` against `d`, timed as a whole process like the peer's CLI; its
+/// parsed output.
+fn ctl(d: &Daemon, args: &[&str]) -> Result<(serde_json::Value, f64), String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chkptctl"));
+    cmd.arg("--socket").arg(&d.socket).arg("--json").args(args);
+    let t0 = Instant::now();
+    let out = cmd.output();
+    let dt = secs(t0);
+    let out = out.map_err(|e| format!("chkptctl {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "chkptctl {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let v = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("chkptctl {args:?}: bad JSON ({e})"))?;
+    Ok((v, dt))
+}
+
+/// A restore check for chkptd: the files and their bytes, and their executable bits too.
+fn exact(checked: Result<u64, String>) -> Result<(), String> {
+    match checked? {
+        0 => Ok(()),
+        n => Err(format!("{n} files lost their executable bit")),
+    }
+}
+
 /// A manual save; `None` when nothing changed.
 async fn save(c: &mut Client, ws: &str) -> Result<Option<pb::Snapshot>, String> {
     let r = c
@@ -83,29 +116,6 @@ async fn save(c: &mut Client, ws: &str) -> Result<Option<pb::Snapshot>, String> 
         .map_err(err)?
         .into_inner();
     Ok(r.snapshot.filter(|_| r.created))
-}
-
-/// Restores `snap` in place (`to` empty) or into `to`, to the end of the stream.
-async fn restore(c: &mut Client, ws: &str, snap: &str, to: &Path) -> Result<(), String> {
-    let mut stream = c
-        .restore(pb::RestoreRequest {
-            workspace: ws.to_owned(),
-            snapshot: snap.to_owned(),
-            to: to.display().to_string(),
-            ..Default::default()
-        })
-        .await
-        .map_err(err)?
-        .into_inner();
-    let mut done = false;
-    while let Some(ev) = stream.message().await.map_err(err)? {
-        done |= matches!(ev.event, Some(pb::restore_event::Event::Summary(_)));
-    }
-    if done {
-        Ok(())
-    } else {
-        Err("the restore stream ended without a summary".into())
-    }
 }
 
 /// A `kB` field of /proc/<pid>/status, in bytes (`VmRSS`, `RssAnon`, `RssFile`).
@@ -158,31 +168,48 @@ async fn steps(
     let tag = format!("ours, repetition {rep}");
     let at = |step: Step| move |e: String| (step, e);
 
-    // 1. Cold save: the baseline snapshot Watch takes, into an empty store.
-    let base = cold_save(t, c).await.map_err(at(Step::ColdSave))?;
-    res.add(Step::ColdSave, Tool::Ours, Ok(base.1));
-    let base = base.0;
-    let files = base.baseline.map_or(0, |s| s.files);
+    // 1. Cold save: the baseline snapshot `chkptctl watch` takes, into an empty store.
+    let (watched, dt) = cold_save(t, d).map_err(at(Step::ColdSave))?;
+    res.add(Step::ColdSave, Tool::Ours, Ok(dt));
+    let files = watched["baseline"]["files"].as_u64().unwrap_or(0);
     if rep == 0 {
         res.note(format!("chkptd's baseline snapshot holds {files} files."));
     }
     let store0 = tree::du(&d.data);
     res.add(Step::StoreSize, Tool::Ours, Ok(store0 as f64));
 
-    // 2. Incremental save through the running daemon's Save RPC.
+    // 2. Incremental save right after the edits, as the peer's: `chkptctl save` as a process.
     settle(c).await.map_err(at(Step::IncrSave))?;
     tree::warm(t);
     settle(c).await.map_err(at(Step::IncrSave))?;
     tree::append_line(t, &run.picks[..5], &tag);
-    wait_pending(c, 5).await.map_err(at(Step::IncrSave))?;
+    let (saved, dt) = ctl(d, &["-w", &ws, "save", "-m", "bench"]).map_err(at(Step::IncrSave))?;
+    let modified = saved["modified"].as_u64().unwrap_or(0);
+    res.add(
+        Step::IncrSave,
+        Tool::Ours,
+        if modified == 5 {
+            Ok(dt)
+        } else {
+            Err(format!("the snapshot has {modified} modified paths, not 5"))
+        },
+    );
+    let growth = tree::du(&d.data).saturating_sub(store0);
+    res.add(Step::StoreGrowth, Tool::Ours, Ok(growth as f64));
+
+    // 2 (RPC). The same through the `Save` RPC of a connected client, once the daemon has
+    // seen the edits: what a hook that keeps a connection costs.
+    settle(c).await.map_err(at(Step::IncrSaveRpc))?;
+    tree::append_line(t, &run.picks[..5], &format!("{tag}, rpc"));
+    wait_pending(c, 5).await.map_err(at(Step::IncrSaveRpc))?;
     let t0 = Instant::now();
     let snap = save(c, &ws).await;
     let dt = secs(t0);
     let snap = snap
         .and_then(|s| s.ok_or_else(|| "Save created no snapshot".to_owned()))
-        .map_err(at(Step::IncrSave))?;
+        .map_err(at(Step::IncrSaveRpc))?;
     res.add(
-        Step::IncrSave,
+        Step::IncrSaveRpc,
         Tool::Ours,
         if snap.modified == 5 {
             Ok(dt)
@@ -193,44 +220,37 @@ async fn steps(
             ))
         },
     );
-    let growth = tree::du(&d.data).saturating_sub(store0);
-    res.add(Step::StoreGrowth, Tool::Ours, Ok(growth as f64));
 
-    // 3. In-place restore of that snapshot after 5 files were modified and 5 deleted.
+    // 3. In-place restore of that snapshot after 5 files were modified and 5 deleted, right
+    // after the edits, as the peer's: `chkptctl restore` as a process.
     let expected = tree::manifest(t);
     let originals = tree::read_files(t, &run.picks[5..15]);
     settle(c).await.map_err(at(Step::RestoreSmall))?;
     tree::modify(t, &run.picks[5..10], &tag);
     tree::delete(t, &run.picks[10..15]);
-    wait_pending(c, 10).await.map_err(at(Step::RestoreSmall))?;
-    let t0 = Instant::now();
-    let r = restore(c, &ws, &snap.id, Path::new("")).await;
-    let dt = secs(t0);
-    let checked = r.and_then(|()| tree::check(&expected, &tree::manifest(t), &|_| false));
+    let r = ctl(d, &["-w", &ws, "restore", &snap.id]);
+    let checked = r.and_then(|(_, dt)| {
+        exact(tree::check(&expected, &tree::manifest(t), &|_| false)).map(|()| dt)
+    });
     if checked.is_err() {
         tree::put_back(t, &originals);
     }
-    res.add(Step::RestoreSmall, Tool::Ours, checked.map(|_| dt));
+    res.add(Step::RestoreSmall, Tool::Ours, checked);
 
-    // 4. Full restore into an empty directory.
+    // 4. Full restore into an empty directory: `chkptctl restore --to`.
     let out = tempfile::tempdir()
         .map_err(err)
         .map_err(at(Step::RestoreFull))?;
     tree::warm(t);
-    let t0 = Instant::now();
-    let r = restore(c, &ws, &snap.id, out.path()).await;
-    let dt = secs(t0);
-    let checked = r.and_then(|()| {
-        tree::check(&expected, &tree::manifest(out.path()), &|p| {
+    let to = out.path().display().to_string();
+    let r = ctl(d, &["-w", &ws, "restore", &snap.id, "--to", &to]);
+    let checked = r.and_then(|(_, dt)| {
+        exact(tree::check(&expected, &tree::manifest(out.path()), &|p| {
             run.skip_ours(p)
-        })
+        }))
+        .map(|()| dt)
     });
-    if let Ok(n @ 1..) = checked {
-        res.note(format!(
-            "chkptd's full restore lost the executable bit of {n} files."
-        ));
-    }
-    res.add(Step::RestoreFull, Tool::Ours, checked.map(|_| dt));
+    res.add(Step::RestoreFull, Tool::Ours, checked);
     run.bury(&out.keep());
 
     // 2b. Auto snapshot latency: last write → snapshot acknowledged, minus the idle setting.
@@ -274,22 +294,18 @@ async fn steps(
     Ok(())
 }
 
-/// Step 1: warms the tree and times the `Watch` that takes its baseline snapshot.
-async fn cold_save(t: &Path, c: &mut Client) -> Result<(pb::WatchResponse, f64), String> {
+/// Step 1: warms the tree and times `chkptctl watch`, which takes its baseline snapshot.
+fn cold_save(t: &Path, d: &Daemon) -> Result<(serde_json::Value, f64), String> {
     tree::warm(t);
-    let t0 = Instant::now();
-    let w = c
-        .watch(watch_req(&t.display().to_string(), LONG_IDLE_MS))
-        .await;
-    let dt = secs(t0);
-    Ok((w.map_err(err)?.into_inner(), dt))
+    let idle = (LONG_IDLE_MS / 1000).to_string();
+    let path = t.display().to_string();
+    ctl(d, &["watch", &path, "--idle", &idle, "--max-delay", &idle])
 }
 
 /// One more cold-save sample, on a fresh daemon with an empty store.
 pub async fn cold_sample(run: &Run, res: &mut Results) {
     let d = Daemon::start(&[]);
-    let mut c = d.client().await;
-    let sample = cold_save(&run.tree, &mut c).await.map(|(_, dt)| dt);
+    let sample = cold_save(&run.tree, &d).map(|(_, dt)| dt);
     res.add(Step::ColdSave, Tool::Ours, sample);
 }
 
@@ -336,8 +352,7 @@ async fn auto_latency(run: &Run, c: &mut Client, ws: &str, tag: &str) -> Vec<Sam
 
 /// A daemon whose small workspace holds `n` manual snapshots (plus the baseline), for step 7.
 pub struct Lister {
-    _daemon: Daemon,
-    client: Client,
+    daemon: Daemon,
     ws: tempfile::TempDir,
     n: usize,
 }
@@ -365,28 +380,21 @@ pub async fn lister(n: usize) -> Result<Lister, String> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    Ok(Lister {
-        _daemon: daemon,
-        client,
-        ws,
-        n,
-    })
+    Ok(Lister { daemon, ws, n })
 }
 
-/// Times one `List` of `n` snapshots.
+/// Times one `chkptctl list --limit <n>`, as a process like the peer's `chkpt list`.
 pub async fn time_list(l: &mut Lister) -> Sample {
-    let req = pb::ListRequest {
-        workspace: l.ws.path().display().to_string(),
-        limit: l.n as u32,
-        ..Default::default()
-    };
-    let t0 = Instant::now();
-    let r = l.client.list(req).await;
-    let dt = secs(t0);
-    let got = r.map_err(err)?.into_inner().snapshots.len();
+    let ws = l.ws.path().display().to_string();
+    let n = l.n.to_string();
+    let (listed, dt) = ctl(&l.daemon, &["-w", &ws, "list", "--limit", &n])?;
+    let got = listed.as_array().map_or(0, Vec::len);
     if got == l.n {
         Ok(dt)
     } else {
-        Err(format!("List returned {got} snapshots, not {}", l.n))
+        Err(format!(
+            "chkptctl list printed {got} snapshots, not {}",
+            l.n
+        ))
     }
 }

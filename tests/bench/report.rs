@@ -8,6 +8,7 @@ use std::fmt::Write;
 pub enum Step {
     ColdSave,
     IncrSave,
+    IncrSaveRpc,
     AutoLatency,
     RestoreSmall,
     RestoreFull,
@@ -18,9 +19,10 @@ pub enum Step {
     List,
 }
 
-const STEPS: [Step; 10] = [
+const STEPS: [Step; 11] = [
     Step::ColdSave,
     Step::IncrSave,
+    Step::IncrSaveRpc,
     Step::AutoLatency,
     Step::RestoreSmall,
     Step::RestoreFull,
@@ -65,6 +67,9 @@ pub struct Results {
     samples: BTreeMap<(Step, Tool), Vec<Sample>>,
     /// Remarks printed under the table.
     pub notes: Vec<String>,
+    /// What this run could not measure that a full run must (a tool or the corpus missing):
+    /// printed above the table, and a full run with any fails.
+    pub missing: Vec<String>,
     /// The lz4-compressed size of the files an incremental save changed.
     pub changed_lz4: u64,
     /// Length of the idle-CPU window, in seconds.
@@ -97,6 +102,12 @@ impl Results {
         }
         eprintln!("bench: {note}");
         self.notes.push(note);
+    }
+
+    /// Records that something a full run measures was not measured, and why.
+    pub fn missing(&mut self, what: String) {
+        eprintln!("bench: NOT MEASURED: {what}");
+        self.missing.push(what);
     }
 
     /// Whether any of our own steps failed (a failed restore check, or an error).
@@ -142,16 +153,26 @@ impl Results {
 
     fn label(&self, step: Step) -> String {
         match step {
-            Step::ColdSave => "1 cold save (empty store)".into(),
-            Step::IncrSave => "2 incremental save, 5 files appended (ours: Save RPC)".into(),
+            Step::ColdSave => "1 cold save (empty store; ours: `chkptctl watch`)".into(),
+            Step::IncrSave => "2 incremental save, 5 files appended (ours: `chkptctl save`)".into(),
+            Step::IncrSaveRpc => {
+                "2 the same through the Save RPC of a connected client, edits already seen".into()
+            }
             Step::AutoLatency => "2 auto snapshot: last write → snapshot, minus idle".into(),
-            Step::RestoreSmall => "3 restore latest after 5 modified + 5 deleted".into(),
-            Step::RestoreFull => "4 full restore into an empty dir".into(),
+            Step::RestoreSmall => {
+                "3 restore latest after 5 modified + 5 deleted (ours: `chkptctl restore`)".into()
+            }
+            Step::RestoreFull => {
+                "4 full restore into an empty dir (ours: `chkptctl restore --to`)".into()
+            }
             Step::StoreSize => "5 store size after cold save".into(),
             Step::StoreGrowth => "5 store growth per incremental snapshot".into(),
             Step::DaemonRss => "6 daemon resident memory watching the tree".into(),
             Step::IdleCpu => format!("6 daemon CPU over {} idle s", self.idle_secs),
-            Step::List => format!("7 list with {} snapshots", self.list_n),
+            Step::List => format!(
+                "7 list with {} snapshots (ours: `chkptctl list`)",
+                self.list_n
+            ),
         }
     }
 
@@ -173,6 +194,7 @@ impl Results {
         match step {
             Step::ColdSave => ratio(0.8),
             Step::IncrSave => ratio(0.05),
+            Step::IncrSaveRpc => ("none (for comparison with the row above)".into(), None),
             Step::RestoreSmall => ratio(0.1),
             Step::RestoreFull | Step::StoreSize => ratio(1.0),
             Step::StoreGrowth => below(
@@ -195,6 +217,13 @@ impl Results {
     /// The results as a markdown table, with the failures and notes under it.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        if !self.missing.is_empty() {
+            out.push_str("**INCOMPLETE RUN: not what a full run measures.**\n\n");
+            for m in &self.missing {
+                writeln!(out, "- **Not measured:** {m}").unwrap();
+            }
+            out.push('\n');
+        }
         out.push_str(
             "| step | ours: chkptd | peer: chkpt 0.3.0 | ours/peer | tar \\| lz4 -1 | git | target | met? |\n",
         );

@@ -100,6 +100,10 @@ pub fn generate(root: &Path, spec: &Spec) {
 /// at the top level"); a tool that honours `.gitignore` would then save almost nothing, so those
 /// two lines are removed: the corpus is the kernel tree as a kernel developer has it.
 pub fn unpack_kernel(dir: &Path) -> Result<PathBuf, String> {
+    if !Path::new(KERNEL_TARBALL).exists() {
+        return Err(format!("{KERNEL_TARBALL} does not exist"));
+    }
+    eprintln!("bench: unpacking {KERNEL_TARBALL}");
     let st = Command::new("tar")
         .arg("-xf")
         .arg(KERNEL_TARBALL)

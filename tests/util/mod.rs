@@ -254,8 +254,11 @@ pub async fn restore_to(
     summary.expect("a summary")
 }
 
+/// path → content (`None` for a folder) of everything under `root`.
+pub type Listing = std::collections::BTreeMap<PathBuf, Option<Vec<u8>>>;
+
 /// path → (is_dir, content) of everything under `root`, for comparing folders.
-pub fn listing(root: &Path) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> {
+pub fn listing(root: &Path) -> Listing {
     fn rec(
         root: &Path,
         dir: &Path,

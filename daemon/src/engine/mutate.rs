@@ -1,5 +1,7 @@
 //! Changing things: restore, delete, pin, prune and retention, the tripwire.
 
+use std::collections::HashSet;
+
 use super::autosave::tripwire::Fired;
 use super::save::Taken;
 use super::{Engine, EngineEvent};
@@ -103,7 +105,17 @@ impl Engine {
         let snaps = self.store.cat.snapshots_of(record.id, None, usize::MAX)?;
         let decisions = retention::decide(&snaps, &policy, now_us());
         if dry_run {
-            return Ok((decisions, 0));
+            let gone: HashSet<u64> = decisions
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.snapshot.id)
+                .collect();
+            let would_free = if gone.is_empty() {
+                0
+            } else {
+                self.store.reclaimable_without(&gone)?
+            };
+            return Ok((decisions, would_free));
         }
         let reclaimed = self.forget_dropped(&decisions)?;
         Ok((decisions, reclaimed))

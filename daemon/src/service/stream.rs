@@ -79,9 +79,16 @@ pub(super) struct ChunkWriter {
 
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
+        // The store may hand over a whole block at once (MiBs): a chunk stays within CHUNK,
+        // far below the 4 MiB a gRPC client accepts in one message by default.
+        for piece in data.chunks(CHUNK) {
+            let room = CHUNK - self.buf.len();
+            let (now, later) = piece.split_at(room.min(piece.len()));
+            self.buf.extend_from_slice(now);
+            if self.buf.len() >= CHUNK {
+                self.flush()?;
+            }
+            self.buf.extend_from_slice(later);
         }
         Ok(data.len())
     }

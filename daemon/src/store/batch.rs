@@ -137,6 +137,8 @@ impl Batch<'_> {
     /// packs, then records them and the packs' committed lengths in the catalog. Catalog records
     /// that refer to them may be written after this returns; [`Batch::finish`] flushes.
     pub fn commit_objects(&self) -> Result<()> {
+        // Every catalog record of a batch is written after a commit: none may meet a full disk.
+        self.store.catalog_room()?;
         let mut new = std::mem::take(&mut *lock_poisoned(&self.new));
         if new.is_empty() {
             return Ok(());

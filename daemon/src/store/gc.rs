@@ -54,14 +54,26 @@ pub struct VerifyReport {
 /// Problems reported at most.
 pub const MAX_PROBLEMS: usize = 10_000;
 
+/// What garbage collection does with a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Nothing in it is live (or it was never committed): deleted.
+    Delete,
+    /// Mostly dead: its live records are copied to a new pack and it is deleted.
+    Repack,
+}
+
 type BadPaths = Arc<Vec<(Vec<u8>, Id, String)>>;
 
 impl Store {
-    /// Every object reachable from a snapshot or a warm index.
-    fn mark(&self) -> Result<HashSet<Id>> {
+    /// Every object reachable from a snapshot (but those in `without`) or a warm index.
+    fn mark(&self, without: &HashSet<u64>) -> Result<HashSet<Id>> {
         let mut live: HashSet<Id> = HashSet::new();
         let mut stack: Vec<Id> = Vec::new();
         for s in self.cat.all_snapshots()? {
+            if without.contains(&s.id) {
+                continue;
+            }
             if live.insert(s.root) {
                 stack.push(s.root);
             }
@@ -84,7 +96,7 @@ impl Store {
     pub fn gc(&self) -> Result<GcReport> {
         let _exclusive = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
         self.close_writers();
-        let live = self.mark()?;
+        let live = self.mark(&HashSet::new())?;
         let mut report = GcReport::default();
         let mut live_bytes: HashMap<u32, u64> = HashMap::new();
         let mut live_in: HashMap<u32, Vec<(Id, Loc)>> = HashMap::new();
@@ -107,16 +119,12 @@ impl Store {
         self.gc_epoch
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 
-        let known: HashMap<u32, u64> = self.cat.pack_lengths()?.into_iter().collect();
-        for (&no, &committed) in &known {
-            let total = committed.saturating_sub(pack::MAGIC.len() as u64);
-            let live = live_bytes.get(&no).copied().unwrap_or(0);
-            if live == 0 {
-                self.delete_pack(no, &mut report)?;
-            } else if total > 0
-                && (total - live.min(total)) as f64 / total as f64 > REPACK_DEAD_FRACTION
-            {
-                self.repack(no, live_in.remove(&no).unwrap_or_default(), &mut report)?;
+        for (no, fate) in self.pack_fates(&live_bytes)? {
+            match fate {
+                Fate::Delete => self.delete_pack(no, &mut report)?,
+                Fate::Repack => {
+                    self.repack(no, live_in.remove(&no).unwrap_or_default(), &mut report)?
+                }
             }
         }
         // Pack files the catalog never committed: the remains of a save that died early.
@@ -129,6 +137,61 @@ impl Store {
         tracing::info!(?report, "garbage collection done");
         self.release_memory();
         Ok(report)
+    }
+
+    /// What becomes of each committed pack, given the bytes of live records in each: deleted
+    /// when none is live, rewritten when more than [`REPACK_DEAD_FRACTION`] is dead.
+    fn pack_fates(&self, live_bytes: &HashMap<u32, u64>) -> Result<Vec<(u32, Fate)>> {
+        let mut out = Vec::new();
+        for (no, committed) in self.cat.pack_lengths()? {
+            let total = committed.saturating_sub(pack::MAGIC.len() as u64);
+            let live = live_bytes.get(&no).copied().unwrap_or(0);
+            if live == 0 {
+                out.push((no, Fate::Delete));
+            } else if total > 0
+                && (total - live.min(total)) as f64 / total as f64 > REPACK_DEAD_FRACTION
+            {
+                out.push((no, Fate::Repack));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bytes [`Store::gc`] would free were the snapshots `gone` removed first, changing
+    /// nothing: what `prune --dry-run` reports. The same marking and the same decisions per
+    /// pack, so a prune that follows with nothing changed in between frees exactly this.
+    pub fn reclaimable_without(&self, gone: &HashSet<u64>) -> Result<u64> {
+        let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let live = self.mark(gone)?;
+        let mut live_bytes: HashMap<u32, u64> = HashMap::new();
+        for (id, loc) in self.objects() {
+            if live.contains(&id) {
+                *live_bytes.entry(loc.pack).or_default() += loc.record_len();
+            }
+        }
+        let size = |no: u32| std::fs::metadata(self.packs.path(no)).map_or(0, |m| m.len());
+        let mut bytes = 0;
+        for (no, fate) in self.pack_fates(&live_bytes)? {
+            bytes += match fate {
+                Fate::Delete => size(no),
+                // The live records move to a new pack with a header of its own.
+                Fate::Repack => size(no).saturating_sub(
+                    pack::MAGIC.len() as u64 + live_bytes.get(&no).copied().unwrap_or(0),
+                ),
+            };
+        }
+        let known: HashSet<u32> = self
+            .cat
+            .pack_lengths()?
+            .into_iter()
+            .map(|(no, _)| no)
+            .collect();
+        for no in self.packs.files()? {
+            if !known.contains(&no) {
+                bytes += size(no);
+            }
+        }
+        Ok(bytes)
     }
 
     fn delete_pack(&self, no: u32, report: &mut GcReport) -> Result<()> {

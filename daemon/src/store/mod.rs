@@ -57,6 +57,13 @@ pub const IN_MEMORY_LIMIT: u64 = 8 << 20;
 /// catalog holds few, large records: see [`catalog`]).
 const CATALOG_CACHE_BYTES: u64 = 8 << 20;
 
+/// Free space the disk must have before the catalog is written to. sled keeps the first error
+/// of a write that failed and returns it from every later operation, reads included, until the
+/// daemon restarts: a catalog that met a full disk would stop the daemon. So a write that might
+/// not fit fails first, as a full disk, with sled untouched. sled writes its log in segments of
+/// 512 KiB; four leave room for what one batch adds and for sled's own cleaning.
+const CATALOG_HEADROOM: u64 = 2 << 20;
+
 /// Counters of work done, for tests, benchmarks and `Status`.
 #[derive(Debug, Default)]
 pub struct StoreCounters {
@@ -196,8 +203,36 @@ impl Store {
     /// (`tests/powerloss.rs`) lost acknowledged snapshots to each of these; so after sled's
     /// flush its files and directories are fsynced here.
     pub fn flush(&self) -> Result<()> {
+        self.catalog_room()?;
         self.db.flush()?;
         self.catalog_files.sync()
+    }
+
+    /// Fails as a full disk when the catalog may not have room to write (see
+    /// [`CATALOG_HEADROOM`]).
+    pub(crate) fn catalog_room(&self) -> Result<()> {
+        let path = self.dir.join("catalog");
+        let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
+        // SAFETY: a NUL-terminated path and a zeroed out-parameter of the right type.
+        let free = unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+                return Err(Error::io(&path, std::io::Error::last_os_error()));
+            }
+            st.f_bavail as u64 * st.f_frsize as u64
+        };
+        if free < CATALOG_HEADROOM {
+            tracing::warn!(
+                free,
+                "too little free space for the catalog to write safely"
+            );
+            return Err(Error::io(
+                &path,
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+        Ok(())
     }
 }
 
