@@ -65,6 +65,7 @@ async fn watch(
         max_delay_ms: 5000,
         include_dependency_dirs: false,
         retention,
+        include_git: false,
     })
     .await
     .unwrap()
