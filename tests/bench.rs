@@ -24,9 +24,12 @@
 //! - `bench/others.rs`: the peer and the baselines
 //! - `bench/report.rs`: statistics, targets and the table
 //! - `bench/watcher.rs`: what watching a busy Rust project costs (its own table)
+//! - `bench/git.rs`: what saving a real repository's `.git` costs (its own table)
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+#[path = "bench/git.rs"]
+mod git;
 #[path = "bench/others.rs"]
 mod others;
 #[path = "bench/ours.rs"]
@@ -242,13 +245,11 @@ fn main() -> ExitCode {
     rt.block_on(bench(&run, peer.as_ref(), &mut res));
     eprintln!("bench: the watcher section");
     let (watcher_table, _) = rt.block_on(watcher::section(scratch.path()));
+    eprintln!("bench: the .git section");
+    let git_table = rt.block_on(git::section(scratch.path()));
 
     let machine = report::machine();
-    let table = format!(
-        "{}
-{watcher_table}",
-        res.table()
-    );
+    let table = format!("{}\n{watcher_table}\n{git_table}", res.table());
     println!("\n{table}\n{machine}");
     println!("Took {:.0} s.", started.elapsed().as_secs_f64());
     let file = target.join(if full {

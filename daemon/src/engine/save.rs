@@ -11,6 +11,8 @@ use crate::workspace::{Changes, SaveOptions, SaveOutcome};
 
 /// How long a save waits for the watcher to report its event barrier before walking instead.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a manual save of a workspace that saves `.git` waits for git to finish.
+const GIT_WAIT: Duration = Duration::from_secs(10);
 /// A save that added more than this gives memory back afterwards.
 const HEAVY_BYTES: u64 = 64 << 20;
 
@@ -109,9 +111,22 @@ impl Engine {
         res
     }
 
-    /// A manual save of the workspace containing `path`.
+    /// A manual save of the workspace containing `path`. When the workspace saves `.git` and
+    /// git is half way through something, the save waits for it a while: a snapshot should
+    /// not hold a half-written repository.
     pub fn save(&self, path: &str, message: &str, pin: bool) -> Result<SaveOutcome> {
         let h = self.handle_for(path)?;
+        let include_git = self.workspace_record(h.id)?.is_some_and(|r| r.include_git);
+        if include_git && let Some(git_dir) = crate::workspace::git::find_git_dir(&h.root) {
+            let until = std::time::Instant::now() + GIT_WAIT;
+            while let Some(why) = crate::workspace::git::busy(&git_dir) {
+                if std::time::Instant::now() >= until {
+                    tracing::warn!(workspace = %h.root.display(), why, "git is still busy; saving anyway");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         self.sync_events(&h);
         let req = SaveRequest {
             trigger: Trigger::Manual,

@@ -295,6 +295,10 @@ impl Autosave {
         let mut fired = None;
         let store = &self.engine.store;
         for (p, change) in &paths {
+            // git's own churn (gc, repack, a commit) inside an included `.git` is no mass change.
+            if crate::workspace::rules::in_git_dir(p) {
+                continue;
+            }
             let latest = || store.cat.latest(h.id).ok().flatten().map(|s| s.id);
             let total = || store.cat.latest(h.id).ok().flatten().map_or(0, |s| s.files);
             // A restore's own writes are changes, but not a mass change by the user.
