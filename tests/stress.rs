@@ -93,6 +93,7 @@ async fn all_snapshots(c: &mut Client, ws: &Path) -> Vec<pb::Snapshot> {
                 limit: 1000,
                 page_token: token.clone(),
                 all: false,
+                ..Default::default()
             })
             .await
             .expect("list")
@@ -584,6 +585,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     limit,
                     page_token,
                     all,
+                    ..Default::default()
                 })
             })
             .boxed(),
@@ -605,6 +607,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     workspace,
                     from,
                     to,
+                    ..Default::default()
                 })
             })
             .boxed(),
@@ -641,6 +644,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     workspace,
                     path,
                     limit,
+                    ..Default::default()
                 })
             })
             .boxed(),
@@ -1307,6 +1311,7 @@ async fn concurrent_clients_under_constant_edits() {
                             workspace: wss.clone(),
                             from: "latest".into(),
                             to: String::new(),
+                            ..Default::default()
                         })
                         .await
                         .map(drop)

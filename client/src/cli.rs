@@ -15,6 +15,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 mod commands;
+mod history;
 
 use crate::{
     connect::{self, Client, Error},
@@ -34,6 +35,9 @@ pub struct Cli {
     /// Workspace to act on (any path inside it) [default: the current directory]
     #[arg(short, long, global = true, value_name = "PATH")]
     workspace: Option<PathBuf>,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    color: ColorWhen,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,24 +72,17 @@ enum Command {
         /// List the snapshots of all workspaces
         #[arg(long)]
         all: bool,
+        /// Only snapshots that changed these files or directories (after `--`)
+        #[arg(last = true, value_name = "PATH", conflicts_with = "all")]
+        paths: Vec<PathBuf>,
     },
-    /// Show every detail of one snapshot
-    Show {
-        /// Snapshot: id, id prefix, latest, latest~N, @2h, @2026-11-24T10:00
-        snap: String,
-    },
-    /// List the snapshots in which a file or directory changed
-    Log {
-        /// File or directory in the workspace
-        path: PathBuf,
-    },
-    /// Compare snapshots: latest vs the working tree, SNAP vs the working tree, or SNAP vs SNAP2
-    Diff {
-        /// Older side [default: latest]
-        snap: Option<String>,
-        /// Newer side [default: the working tree]
-        snap2: Option<String>,
-    },
+    /// Show every detail of one snapshot; with -p or --stat, its changes too
+    Show(history::ShowArgs),
+    /// List the snapshots in which files or directories changed; with -p, their patches
+    Log(history::LogArgs),
+    /// Compare snapshots as a patch: latest vs the working tree, SNAP vs the working tree, or
+    /// SNAP vs SNAP2
+    Diff(history::DiffArgs),
     /// Write a file as it was in a snapshot to stdout
     Cat {
         /// Snapshot selector
@@ -235,6 +232,13 @@ enum ServiceAction {
     Status,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Shell {
     Bash,
@@ -352,6 +356,11 @@ impl Ctx {
             .map_err(|e| Error::io("write to stdout", e))
     }
 
+    /// Long output: through the pager on a terminal (see [`crate::pager`]).
+    fn page(&self, bytes: &[u8]) -> Result<(), Error> {
+        crate::pager::page(bytes).map_err(|e| Error::io("write to stdout", e))
+    }
+
     fn print_json(&self, value: &Value) -> Result<(), Error> {
         let text = serde_json::to_string_pretty(value)
             .map_err(|e| Error::Failed(format!("cannot encode the JSON output: {e}")))?;
@@ -412,9 +421,15 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Some(path) => absolute(path)?,
         None => connect::default_socket_path(),
     };
-    let colour = io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none()
-        && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
+    let colour = match cli.color {
+        ColorWhen::Always => true,
+        ColorWhen::Never => false,
+        ColorWhen::Auto => {
+            io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+        }
+    };
     let ctx = Ctx {
         socket,
         json: cli.json,
@@ -465,46 +480,26 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Save { message, pin } => {
             commands::save(&ctx, message.unwrap_or_default(), pin).await
         }
-        Command::List { limit, all } => {
+        Command::List { limit, all, paths } => {
             let workspace = if all { String::new() } else { ctx.workspace()? };
             let limit = limit.map(|l| l as usize);
-            let snapshots = ctx.client().await?.list(workspace, all, limit).await?;
+            let paths = paths
+                .iter()
+                .map(|p| path_bytes(p))
+                .collect::<Result<_, _>>()?;
+            let snapshots = ctx
+                .client()
+                .await?
+                .list_touching(workspace, all, limit, paths)
+                .await?;
             ctx.emit(
                 || snapshots.iter().map(output::snapshot_json).collect(),
                 || output::snapshot_table(p, now, &snapshots, all),
             )
         }
-        Command::Show { snap } => {
-            let snapshot = ctx.client().await?.get(ctx.workspace()?, snap).await?;
-            ctx.emit(
-                || output::snapshot_json(&snapshot),
-                || output::snapshot_details(p, now, &snapshot),
-            )
-        }
-        Command::Log { path } => {
-            let req = v1::LogRequest {
-                workspace: ctx.workspace()?,
-                path: path_bytes(&path)?,
-                limit: 0,
-            };
-            let entries = ctx.client().await?.log(req).await?;
-            ctx.emit(
-                || output::log_json(&entries),
-                || output::log_table(p, now, &entries),
-            )
-        }
-        Command::Diff { snap, snap2 } => {
-            let req = v1::DiffRequest {
-                workspace: ctx.workspace()?,
-                from: snap.unwrap_or_default(),
-                to: snap2.unwrap_or_default(),
-            };
-            let diff = ctx.client().await?.diff(req).await?;
-            ctx.emit(
-                || output::diff_json(&diff.entries),
-                || output::diff_lines(p, &diff.entries),
-            )
-        }
+        Command::Show(args) => history::show(&ctx, args).await,
+        Command::Log(args) => history::log(&ctx, args).await,
+        Command::Diff(args) => history::diff(&ctx, args).await,
         Command::Cat { snap, path } => commands::cat(&ctx, snap, &path).await,
         Command::Restore {
             snap,

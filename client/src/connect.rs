@@ -286,6 +286,18 @@ impl Client {
         all: bool,
         limit: Option<usize>,
     ) -> Result<Vec<v1::Snapshot>, Error> {
+        self.list_touching(workspace, all, limit, Vec::new()).await
+    }
+
+    /// Like [`Client::list`], only the snapshots in which one of `paths` changed (all when
+    /// empty).
+    pub async fn list_touching(
+        &mut self,
+        workspace: String,
+        all: bool,
+        limit: Option<usize>,
+        paths: Vec<Vec<u8>>,
+    ) -> Result<Vec<v1::Snapshot>, Error> {
         let mut snapshots = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -295,6 +307,7 @@ impl Client {
                 limit: u32::try_from(want).unwrap_or(LIST_PAGE).min(LIST_PAGE),
                 page_token: std::mem::take(&mut page_token),
                 all,
+                paths: paths.clone(),
             };
             let r = self.inner.list(req.clone()).await;
             let page = self.unary(r)?;

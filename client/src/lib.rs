@@ -15,7 +15,8 @@
 //! - [`daemon`]: `chkptctl daemon start|stop`: spawning and stopping `chkptd`.
 //! - [`service`]: `chkptctl service install|uninstall|status`: chkptd as a systemd or launchd
 //!   user service, from the repository's unit and plist templates.
-//! - `output`: pure formatting: tables, ages, sizes, and the JSON documents.
+//! - `output`: pure formatting: tables, ages, sizes, patches, and the JSON documents.
+//! - `pager`: long output through `$PAGER` (else `less -FRX`) on a terminal.
 //!
 //! # Exit codes
 //!
@@ -43,4 +44,5 @@ pub mod cli;
 pub mod connect;
 pub mod daemon;
 mod output;
+mod pager;
 pub mod service;

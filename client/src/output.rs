@@ -6,6 +6,7 @@
 
 mod human;
 mod json;
+mod patch;
 
 use chkpt_proto::v1::{ChangeKind, Trigger, WorkspaceState};
 
@@ -17,6 +18,7 @@ pub use json::{
     diff_json, log_json, prune_json, restore_json, snapshot_json, status_json, tripwire_json,
     verify_json, workspace_json,
 };
+pub use patch::{LogForm, STAT_WIDTH, diff_patch, log_patches, stat_text};
 
 /// Paths travel as raw bytes; JSON and terminals get them as lossy UTF-8.
 pub fn path_text(bytes: &[u8]) -> String {
@@ -136,6 +138,8 @@ pub enum Colour {
     Cyan,
     /// Less important text.
     Dim,
+    /// Patch headers.
+    Bold,
 }
 
 /// Paints text when colour is on (stdout is a terminal and `NO_COLOR` is unset).
@@ -157,6 +161,7 @@ impl Palette {
             Colour::Red => "31",
             Colour::Cyan => "36",
             Colour::Dim => "2",
+            Colour::Bold => "1",
         };
         format!("\x1b[{code}m{text}\x1b[0m")
     }

@@ -11,11 +11,14 @@
 //!   `index` (the warm file index), `refresh` (bringing it up to date), `restore`, `diff`,
 //!   `git` (branch, HEAD, whether git is busy).
 //! - [`retention`]: which snapshots a policy keeps, and why.
+//! - [`patch`]: a file's patch in git's format (`unified`: imara-diff's line diff grouped into
+//!   hunks; `git`: headers, modes, quoted names).
 //! - [`watch`]: the event source: kernel watches turned into dirty paths, rescans and event
 //!   barriers; it knows nothing of saving.
 //! - [`engine`]: the daemon's state and every operation: `registry` (watched workspaces),
 //!   `lifecycle` (watch, unwatch, shutdown), `save`, `selector` (the snapshot grammar),
-//!   `query` (diff, list, read, log), `mutate` (restore, delete, pin, prune, tripwire),
+//!   `query` (list, read, a directory of a snapshot), `history` (diffs with patches, `show -p`,
+//!   a path's log with patches), `mutate` (restore, delete, pin, prune, tripwire),
 //!   `autosave` (the per-workspace worker: debounce, tripwire, git wait) and `maintenance`
 //!   (the store-wide worker: retention and garbage collection).
 //! - [`service`]: the gRPC handlers (`convert`: wire types and the one error mapping;
@@ -27,6 +30,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod patch;
 pub mod retention;
 pub mod server;
 pub mod service;

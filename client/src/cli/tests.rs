@@ -61,7 +61,7 @@ fn global_flags_work_before_and_after_the_subcommand() {
     let cli = cli.map_err(|e| e.to_string());
     assert!(matches!(
         cli,
-        Ok(Cli { json: true, ref workspace, ref socket, command: Command::List { limit: None, all: false } })
+        Ok(Cli { json: true, ref workspace, ref socket, command: Command::List { limit: None, all: false, .. }, .. })
             if workspace.as_deref() == Some(Path::new("/p")) && socket.as_deref() == Some(Path::new("/s.sock"))
     ));
 }
@@ -74,6 +74,13 @@ fn usage_errors_exit_with_2() {
         &["prune", "--keep-within", "soon"],
         &["completions", "powershell"],
         &["diff", "a", "b", "c"],
+        &["diff", "--stat", "--name-status"],
+        &["show", "latest", "-p", "--stat"],
+        &["log"],
+        &["log", "-p", "--stat", "x"],
+        &["list", "--all", "--", "src"],
+        &["diff", "-U", "many"],
+        &["--color", "sometimes", "list"],
     ] {
         match parse(args) {
             Err(e) => assert_eq!(e.exit_code(), 2, "{args:?}"),
@@ -83,12 +90,53 @@ fn usage_errors_exit_with_2() {
 }
 
 #[test]
+fn paths_after_the_double_dash_limit_diff_show_log_and_list() {
+    match parse(&["diff", "a", "--stat", "-U", "1", "--", "src", "b"]) {
+        Ok(Cli {
+            command: Command::Diff(args),
+            ..
+        }) => {
+            assert_eq!(args.snap.as_deref(), Some("a"));
+            assert_eq!(args.snap2, None, "a path after -- is not a snapshot");
+            assert_eq!(args.paths, [PathBuf::from("src"), PathBuf::from("b")]);
+            assert!(args.stat);
+            assert_eq!(args.patch.unified, Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse(&["log", "-p", "--", "a", "b"]) {
+        Ok(Cli {
+            command: Command::Log(args),
+            ..
+        }) => {
+            assert_eq!(args.paths, [PathBuf::from("a"), PathBuf::from("b")]);
+            assert!(args.patch_form);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse(&["show", "latest", "-p", "--", "x"]) {
+        Ok(Cli {
+            command: Command::Show(args),
+            ..
+        }) => assert_eq!(args.paths, [PathBuf::from("x")]),
+        other => panic!("{other:?}"),
+    }
+    match parse(&["list", "--", "x"]) {
+        Ok(Cli {
+            command: Command::List { paths, .. },
+            ..
+        }) => assert_eq!(paths, [PathBuf::from("x")]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn diff_takes_zero_one_or_two_snapshots() {
     let pair = |args: &[&str]| match parse(args) {
         Ok(Cli {
-            command: Command::Diff { snap, snap2 },
+            command: Command::Diff(args),
             ..
-        }) => (snap, snap2),
+        }) => (args.snap, args.snap2),
         other => panic!("{other:?}"),
     };
     assert_eq!(pair(&["diff"]), (None, None));

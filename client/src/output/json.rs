@@ -2,7 +2,7 @@
 //! absent ids as `null`. Fields beyond the documented ones may be added,
 //! never renamed.
 
-use chkpt_proto::v1::{self, EntryKind, Snapshot};
+use chkpt_proto::v1::{self, EntryKind, PatchKind, Snapshot};
 use serde_json::{Value, json};
 
 use super::{change_name, path_text, state_name, trigger_name};
@@ -117,21 +117,67 @@ pub fn status_json(s: &v1::StatusResponse) -> Value {
     })
 }
 
-/// The changed paths of a diff as a JSON array.
+/// The changed paths of a diff as a JSON array; each with its `patch` when one was made.
 pub fn diff_json(entries: &[v1::DiffEntry]) -> Value {
     entries
         .iter()
         .map(|e| {
-            json!({
+            let mut v = json!({
                 "path": path_text(&e.path),
                 "change": change_name(e.change()),
                 "size_before": e.size_before,
                 "size_after": e.size_after,
                 "kind_before": entry_kind_json(e.kind_before()),
                 "kind_after": entry_kind_json(e.kind_after()),
-            })
+            });
+            if let Some(p) = &e.patch {
+                v["patch"] = patch_json(p);
+            }
+            v
         })
         .collect()
+}
+
+/// `PatchKind` as its stable JSON name.
+fn patch_kind_name(kind: PatchKind) -> &'static str {
+    match kind {
+        PatchKind::Text => "text",
+        PatchKind::Binary => "binary",
+        PatchKind::TooLarge => "too-large",
+        PatchKind::NoContent => "no-content",
+        PatchKind::Unspecified => "unknown",
+    }
+}
+
+/// One file's patch as JSON: its kind, counts, git's text, and the hunks with their lines
+/// (each line keeps its ' ', '-' or '+' mark; no newline).
+fn patch_json(p: &v1::FilePatch) -> Value {
+    let hunks: Vec<Value> = p
+        .hunks
+        .iter()
+        .map(|h| {
+            let text = path_text(&h.text);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or_default().to_owned();
+            json!({
+                "old_start": h.old_start,
+                "old_lines": h.old_lines,
+                "new_start": h.new_start,
+                "new_lines": h.new_lines,
+                "header": header,
+                "lines": lines.collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "kind": patch_kind_name(p.kind()),
+        "lines_added": p.lines_added,
+        "lines_deleted": p.lines_deleted,
+        "truncated": p.truncated,
+        "note": p.note,
+        "text": path_text(&p.text),
+        "hunks": hunks,
+    })
 }
 
 /// A restore's result as JSON.
@@ -149,16 +195,22 @@ pub fn restore_json(r: &v1::RestoreSummary, dry_run: bool) -> Value {
     })
 }
 
-/// The history of one path as a JSON array, newest first.
-pub fn log_json(entries: &[v1::LogEntry]) -> Value {
+/// The history of one path as a JSON array, newest first; with `-p` or `--stat`, each entry's
+/// `changes` (as in `diff`).
+pub fn log_json(entries: &[v1::LogEntry], with_changes: bool) -> Value {
     entries
         .iter()
         .map(|e| {
-            json!({
+            let mut v = json!({
                 "change": change_name(e.change()),
                 "size": e.size,
                 "snapshot": e.snapshot.as_ref().map(snapshot_json),
-            })
+            });
+            if with_changes {
+                v["changes"] = diff_json(&e.changes);
+                v["truncated"] = e.truncated.into();
+            }
+            v
         })
         .collect()
 }

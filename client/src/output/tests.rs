@@ -138,6 +138,7 @@ fn diff_json_is_an_array_with_lossy_paths() {
             size_after: 12,
             kind_before: EntryKind::File.into(),
             kind_after: EntryKind::File.into(),
+            patch: None,
         },
         v1::DiffEntry {
             path: b"link".to_vec(),
@@ -246,4 +247,60 @@ fn list_marks_rescans_pins_and_git_state() {
     assert!(text.contains("[main 01234567]"), "{text}");
     let json = snapshot_json(&snapshot());
     assert_eq!(json["rescan"], serde_json::json!(false));
+}
+
+fn patched(path: &str, added: u64, deleted: u64, kind: v1::PatchKind) -> v1::DiffEntry {
+    let mut patch = v1::FilePatch {
+        lines_added: added,
+        lines_deleted: deleted,
+        ..v1::FilePatch::default()
+    };
+    patch.set_kind(kind);
+    v1::DiffEntry {
+        path: path.as_bytes().to_vec(),
+        change: ChangeKind::Modified.into(),
+        size_before: 100,
+        size_after: 120,
+        patch: Some(patch),
+        ..v1::DiffEntry::default()
+    }
+}
+
+#[test]
+fn stat_lines_have_counts_bars_and_totals_like_git() {
+    let entries = [
+        patched("src/main.rs", 3, 2, v1::PatchKind::Text),
+        patched("logo.png", 0, 0, v1::PatchKind::Binary),
+        patched(
+            "a/very/long/path/to/some/file.txt",
+            1,
+            0,
+            v1::PatchKind::Text,
+        ),
+    ];
+    let text = stat_text(PLAIN, &entries, 40);
+    assert_eq!(
+        text,
+        " src/main.rs          | 5 +++--\n logo.png             | Bin 100 -> 120 bytes\n .../to/some/file.txt | 1 +\n 3 files changed, 4 insertions(+), 2 deletions(-)\n"
+    );
+    // Many changes: the bar is scaled to the width, every side keeps a mark.
+    let entries = [patched("f", 1000, 1, v1::PatchKind::Text)];
+    let text = stat_text(PLAIN, &entries, 40);
+    let line = text.lines().next().unwrap();
+    assert!(line.starts_with(" f | 1001 +"), "{line}");
+    assert!(line.ends_with("+-"), "{line}");
+    assert!(line.len() <= 40, "{line}");
+}
+
+#[test]
+fn patch_colours_follow_the_hunk_not_the_look_of_a_line() {
+    let on = Palette { enabled: true };
+    let text = b"diff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1,2 +1 @@\n--- x\n keep\n\\ No newline at end of file\n";
+    let out = String::from_utf8(patch::coloured_patch(on, text)).unwrap();
+    assert_eq!(
+        out,
+        "\x1b[1mdiff --git a/f b/f\x1b[0m\n\x1b[1m--- a/f\x1b[0m\n\x1b[1m+++ b/f\x1b[0m\n\
+         \x1b[36m@@ -1,2 +1 @@\x1b[0m\n\x1b[31m--- x\x1b[0m\n keep\n\x1b[2m\\ No newline at end of file\x1b[0m\n"
+    );
+    assert_eq!(patch::coloured_patch(PLAIN, text), text.to_vec());
 }

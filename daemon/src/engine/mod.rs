@@ -6,12 +6,14 @@
 //! - `lifecycle`: watching, re-watching after a restart, unwatching, shutdown.
 //! - [`save`]: the event barrier and taking snapshots.
 //! - [`selector`]: the snapshot-selector grammar (`latest~2`, `@10m`, id prefixes, …).
-//! - `query`: diff, list, read and log.
+//! - `query`: lists and reading a file in a snapshot.
+//! - [`history`]: diffs with patches, a snapshot against the one before it, a path's log.
 //! - `mutate`: restore, delete, pin, prune, retention, the tripwire.
 //! - [`autosave`]: the per-workspace worker that debounces and takes auto snapshots.
 //! - [`maintenance`]: the store-wide worker that applies retention and collects garbage.
 
 pub mod autosave;
+pub mod history;
 mod lifecycle;
 pub mod maintenance;
 mod mutate;

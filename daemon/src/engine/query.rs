@@ -9,11 +9,8 @@ use super::registry::WsHandle;
 use crate::error::{Error, Result};
 use crate::store::catalog::{SnapshotRecord, WorkspaceRecord};
 use crate::store::{Entry, Id, Kind};
-use crate::workspace::diff::{self, DiffEntry, normalise, validate_rel};
+use crate::workspace::diff::{self, normalise, validate_rel};
 use crate::workspace::{Changes, display_rel};
-
-/// A path's state in one snapshot, to tell whether it changed between two.
-type PathState = Option<(Kind, u32, Id, u64)>;
 
 impl Engine {
     /// Turns a path from a request (relative to the workspace, or absolute inside it) into a
@@ -44,29 +41,9 @@ impl Engine {
         Ok(rel)
     }
 
-    /// Differences between two snapshots, or a snapshot and the working tree (`to` empty).
-    pub fn diff(
-        &self,
-        path: &str,
-        from: &str,
-        to: &str,
-    ) -> Result<(SnapshotRecord, Option<SnapshotRecord>, Vec<DiffEntry>)> {
-        let record = self.record_for(path)?;
-        let a = self.resolve(record.id, from)?;
-        if !to.is_empty() {
-            let b = self.resolve(record.id, to)?;
-            let entries = diff::diff(&self.store, Some(a.root), Some(b.root))?;
-            return Ok((a, Some(b), entries));
-        }
-        let h = self.handle_for(path)?;
-        let current = self.working_tree(&h)?;
-        let entries = diff::diff(&self.store, Some(a.root), Some(current))?;
-        Ok((a, None, entries))
-    }
-
     /// The working tree's root id, with the reported changes applied to the index (they stay
     /// dirty, so the auto snapshot still comes).
-    fn working_tree(&self, h: &WsHandle) -> Result<Id> {
+    pub(super) fn working_tree(&self, h: &WsHandle) -> Result<Id> {
         self.sync_events(h);
         let mut ws = h.workspace(&self.store);
         let changes = {
@@ -87,6 +64,7 @@ impl Engine {
         all: bool,
         limit: usize,
         page_token: &str,
+        paths: &[Vec<u8>],
     ) -> Result<(Vec<SnapshotRecord>, String)> {
         let before = if page_token.is_empty() {
             None
@@ -99,7 +77,14 @@ impl Engine {
             )
         };
         let limit = if limit == 0 { 100 } else { limit.min(10_000) };
-        let mut out = if all {
+        let mut out = if !paths.is_empty() {
+            if all {
+                return Err(Error::InvalidArgument(
+                    "paths belong to one workspace: list them without `all`".into(),
+                ));
+            }
+            self.list_touching(path, paths, before, limit)?
+        } else if all {
             let mut v = Vec::new();
             for w in self.store.cat.workspaces()? {
                 v.extend(self.store.cat.snapshots_of(w.id, before, limit)?);
@@ -151,60 +136,6 @@ impl Engine {
             )));
         }
         Ok((snap, entry))
-    }
-
-    /// The snapshots in which `file` changed, newest first: (snapshot, change, size).
-    pub fn log(
-        &self,
-        path: &str,
-        file: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(SnapshotRecord, diff::Change, u64)>> {
-        let record = self.record_for(path)?;
-        let root = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
-        let rel = self.rel_path(&root, file)?;
-        let mut cache: HashMap<Id, PathState> = HashMap::new();
-        let mut state_of = |s: &SnapshotRecord| -> Result<PathState> {
-            if let Some(st) = cache.get(&s.root) {
-                return Ok(*st);
-            }
-            let st =
-                diff::lookup(&self.store, s.root, &rel)?.map(|e| (e.kind, e.mode, e.id, e.size));
-            cache.insert(s.root, st);
-            Ok(st)
-        };
-        let change = |newer: &PathState, older: &PathState| match (newer, older) {
-            (Some(_), None) => Some(diff::Change::Added),
-            (None, Some(_)) => Some(diff::Change::Deleted),
-            (Some(a), Some(b)) if a != b => Some(diff::Change::Modified),
-            _ => None,
-        };
-        // Newest first, one snapshot at a time: a limit reads only as far back as it needs.
-        let mut out = Vec::new();
-        let mut newer: Option<(SnapshotRecord, PathState)> = None;
-        for item in self.store.cat.snapshot_ids(record.id, None) {
-            let (_, id) = item?;
-            let Some(s) = self.store.cat.snapshot(id)? else {
-                continue;
-            };
-            let state = state_of(&s)?;
-            if let Some((n, n_state)) = newer.take()
-                && let Some(c) = change(&n_state, &state)
-            {
-                out.push((n, c, n_state.map_or(0, |st| st.3)));
-                if limit > 0 && out.len() >= limit {
-                    return Ok(out);
-                }
-            }
-            newer = Some((s, state));
-        }
-        // The oldest snapshot, against nothing before it.
-        if let Some((n, n_state)) = newer
-            && let Some(c) = change(&n_state, &None)
-        {
-            out.push((n, c, n_state.map_or(0, |st| st.3)));
-        }
-        Ok(out)
     }
 }
 

@@ -6,6 +6,7 @@ use chkpt_proto::v1 as pb;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::Error;
+use crate::patch::{self, FilePatch, PatchKind};
 use crate::retention::Policy;
 use crate::store::Kind;
 use crate::store::catalog::{SnapshotRecord, Trigger, TripwireRecord, WorkspaceRecord};
@@ -212,8 +213,8 @@ fn kind(s: Option<&Side>) -> pb::EntryKind {
     }
 }
 
-/// A diff entry on the wire.
-pub fn diff_entry(e: &DiffEntry) -> pb::DiffEntry {
+/// A diff entry on the wire, with its patch when one was made.
+pub fn diff_entry(e: &DiffEntry, patch: Option<&FilePatch>) -> pb::DiffEntry {
     let mut out = pb::DiffEntry {
         path: e.path.clone(),
         change: 0,
@@ -221,11 +222,68 @@ pub fn diff_entry(e: &DiffEntry) -> pb::DiffEntry {
         size_after: e.after.as_ref().map(|s| s.size).unwrap_or(0),
         kind_before: 0,
         kind_after: 0,
+        patch: patch.map(file_patch),
     };
     out.set_change(change(e.change));
     out.set_kind_before(kind(e.before.as_ref()));
     out.set_kind_after(kind(e.after.as_ref()));
     out
+}
+
+/// A patch on the wire.
+pub fn file_patch(p: &FilePatch) -> pb::FilePatch {
+    let kind = match p.kind {
+        PatchKind::Text => pb::PatchKind::Text,
+        PatchKind::Binary => pb::PatchKind::Binary,
+        PatchKind::TooLarge => pb::PatchKind::TooLarge,
+        PatchKind::NoContent => pb::PatchKind::NoContent,
+    };
+    let mut out = pb::FilePatch {
+        kind: 0,
+        text: p.text.clone(),
+        hunks: p
+            .hunks
+            .iter()
+            .map(|h| pb::Hunk {
+                old_start: h.old_start,
+                old_lines: h.old_lines,
+                new_start: h.new_start,
+                new_lines: h.new_lines,
+                text: h.text.clone(),
+            })
+            .collect(),
+        lines_added: p.added,
+        lines_deleted: p.deleted,
+        truncated: p.truncated,
+        note: p.note.clone(),
+    };
+    out.set_kind(kind);
+    out
+}
+
+/// Patch options from the wire; the defaults where a field is zero or unset.
+pub fn patch_options(o: &pb::PatchOptions) -> patch::Options {
+    let d = patch::Options::default();
+    patch::Options {
+        context: o.context_lines.unwrap_or(d.context),
+        stat_only: o.stat_only,
+        max_file_bytes: if o.max_file_bytes == 0 {
+            d.max_file_bytes
+        } else {
+            o.max_file_bytes
+        },
+        max_total_bytes: if o.max_total_bytes == 0 {
+            d.max_total_bytes
+        } else {
+            o.max_total_bytes
+        },
+        algorithm: match o.algorithm() {
+            pb::DiffAlgorithm::Myers => patch::Algorithm::Myers,
+            pb::DiffAlgorithm::Histogram | pb::DiffAlgorithm::Unspecified => {
+                patch::Algorithm::Histogram
+            }
+        },
+    }
 }
 
 /// A restore summary on the wire.

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use self::convert::status;
+use crate::engine::history::DiffQuery;
 use crate::engine::{Engine, WatchState};
 use crate::error::{Error, Result};
 use crate::workspace::WatchOptions;
@@ -252,7 +253,13 @@ impl Chkpt for Service {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
-                let (snaps, next) = e.list(&r.workspace, r.all, r.limit as usize, &r.page_token)?;
+                let (snaps, next) = e.list(
+                    &r.workspace,
+                    r.all,
+                    r.limit as usize,
+                    &r.page_token,
+                    &r.paths,
+                )?;
                 let paths = e.workspace_paths()?;
                 let snapshots = snaps
                     .iter()
@@ -291,11 +298,23 @@ impl Chkpt for Service {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
-                let (from, to, entries) = e.diff(&r.workspace, &r.from, &r.to)?;
+                let q = DiffQuery {
+                    from: r.from,
+                    to: r.to,
+                    from_parent: r.from_parent,
+                    paths: r.paths,
+                    patch: r.patch.as_ref().map(convert::patch_options),
+                };
+                let d = e.diff(&r.workspace, &q)?;
                 Ok(pb::DiffResponse {
-                    entries: entries.iter().map(convert::diff_entry).collect(),
-                    from_snapshot: from.hex_id(),
-                    to_snapshot: to.map(|t| t.hex_id()).unwrap_or_default(),
+                    entries: d
+                        .entries
+                        .iter()
+                        .map(|p| convert::diff_entry(&p.entry, p.patch.as_ref()))
+                        .collect(),
+                    from_snapshot: d.from.map(|f| f.hex_id()).unwrap_or_default(),
+                    to_snapshot: d.to.map(|t| t.hex_id()).unwrap_or_default(),
+                    truncated: d.truncated,
                 })
             })
             .await?;
@@ -392,16 +411,29 @@ impl Chkpt for Service {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
+                let opts = r.patch.as_ref().map(convert::patch_options);
                 let entries = e
-                    .log(&r.workspace, &r.path, r.limit as usize)?
+                    .log(
+                        &r.workspace,
+                        &r.path,
+                        &r.paths,
+                        r.limit as usize,
+                        opts.as_ref(),
+                    )?
                     .iter()
-                    .map(|(s, c, size)| {
+                    .map(|item| {
                         let mut le = pb::LogEntry {
-                            snapshot: Some(snap(e, s)?),
+                            snapshot: Some(snap(e, &item.snapshot)?),
                             change: 0,
-                            size: *size,
+                            size: item.size,
+                            changes: item
+                                .changes
+                                .iter()
+                                .map(|p| convert::diff_entry(&p.entry, p.patch.as_ref()))
+                                .collect(),
+                            truncated: item.truncated,
                         };
-                        le.set_change(convert::change(*c));
+                        le.set_change(convert::change(item.change));
                         Ok(le)
                     })
                     .collect::<Result<_>>()?;
