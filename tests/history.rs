@@ -8,4 +8,12 @@
 mod cli;
 #[path = "history/diff.rs"]
 mod diff;
+#[path = "history/ui.rs"]
+mod ui;
 mod util;
+
+/// A number no other call in this process got, for names that must not collide.
+pub fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

@@ -83,6 +83,12 @@ enum Command {
     /// Compare snapshots as a patch: latest vs the working tree, SNAP vs the working tree, or
     /// SNAP vs SNAP2
     Diff(history::DiffArgs),
+    /// Browse the timeline in the terminal: snapshots, their files and patches; restore, pin
+    Ui {
+        /// Draw the first frame and exit (for the benchmark)
+        #[arg(long, hide = true)]
+        first_frame: bool,
+    },
     /// Write a file as it was in a snapshot to stdout
     Cat {
         /// Snapshot selector
@@ -500,6 +506,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Show(args) => history::show(&ctx, args).await,
         Command::Log(args) => history::log(&ctx, args).await,
         Command::Diff(args) => history::diff(&ctx, args).await,
+        Command::Ui { first_frame } => {
+            crate::ui::run(ctx.client().await?, ctx.workspace()?, first_frame).await
+        }
         Command::Cat { snap, path } => commands::cat(&ctx, snap, &path).await,
         Command::Restore {
             snap,

@@ -416,6 +416,12 @@ impl Client {
         Ok(self.unary(r)?.cleared)
     }
 
+    /// The daemon's events as they happen (one workspace's, or all when empty).
+    pub async fn events(&mut self, workspace: String) -> Result<Stream<v1::Event>, Error> {
+        let r = self.inner.events(v1::EventsRequest { workspace }).await;
+        self.stream(r)
+    }
+
     /// Checks the integrity of the store (one workspace, or all when empty).
     pub async fn verify(&mut self, workspace: String) -> Result<v1::VerifyResponse, Error> {
         let r = self.inner.verify(v1::VerifyRequest { workspace }).await;

@@ -16,6 +16,7 @@
 //! - [`service`]: `chkptctl service install|uninstall|status`: chkptd as a systemd or launchd
 //!   user service, from the repository's unit and plist templates.
 //! - `output`: pure formatting: tables, ages, sizes, patches, and the JSON documents.
+//! - `ui`: `chkptctl ui`, the timeline in a terminal (ratatui + crossterm).
 //! - `pager`: long output through `$PAGER` (else `less -FRX`) on a terminal.
 //!
 //! # Exit codes
@@ -46,3 +47,4 @@ pub mod daemon;
 mod output;
 mod pager;
 pub mod service;
+mod ui;

@@ -18,7 +18,7 @@ pub use json::{
     diff_json, log_json, prune_json, restore_json, snapshot_json, status_json, tripwire_json,
     verify_json, workspace_json,
 };
-pub use patch::{LogForm, STAT_WIDTH, diff_patch, log_patches, stat_text};
+pub use patch::{LineKind, LogForm, STAT_WIDTH, diff_patch, log_patches, patch_lines, stat_text};
 
 /// Paths travel as raw bytes; JSON and terminals get them as lossy UTF-8.
 pub fn path_text(bytes: &[u8]) -> String {

@@ -5,6 +5,23 @@ use chkpt_proto::v1::{self, PatchKind, Snapshot};
 
 use super::{Colour, Palette, age, path_text, trigger_name};
 
+/// What a line of a patch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// `diff --git`, mode lines, `---`/`+++`, "Binary files ... differ".
+    Header,
+    /// An `@@` line.
+    HunkHeader,
+    /// A deleted line.
+    Deleted,
+    /// An added line.
+    Added,
+    /// A context line.
+    Context,
+    /// `\ No newline at end of file`.
+    NoNewline,
+}
+
 /// Where a line of a patch stands: in a header, or inside a hunk with lines left on each side.
 #[derive(Clone, Copy)]
 enum At {
@@ -27,17 +44,14 @@ fn hunk_counts(line: &[u8]) -> Option<(u32, u32)> {
     Some((old, new))
 }
 
-/// A patch's text with git's colours: headers bold, `@@` lines cyan, deletions red, additions
-/// green. Lines are told apart by position (a deleted line may read `--- x`), not by look.
-pub fn coloured_patch(palette: Palette, text: &[u8]) -> Vec<u8> {
-    if !palette.enabled {
-        return text.to_vec();
-    }
-    let mut out = Vec::with_capacity(text.len() + text.len() / 4);
+/// The lines of a patch (without their newline) and what each is. Lines are told apart by
+/// position (a deleted line may read `--- x`), not by look.
+pub fn patch_lines(text: &[u8]) -> Vec<(LineKind, &[u8])> {
+    let mut out = Vec::new();
     let mut at = At::Header;
     for line in text.split_inclusive(|&b| b == b'\n') {
         let body = line.strip_suffix(b"\n").unwrap_or(line);
-        let colour = match at {
+        let kind = match at {
             At::Hunk { old, new } if old > 0 || new > 0 || body.starts_with(b"\\") => {
                 match body.first() {
                     Some(b'-') => {
@@ -45,48 +59,76 @@ pub fn coloured_patch(palette: Palette, text: &[u8]) -> Vec<u8> {
                             old: old.saturating_sub(1),
                             new,
                         };
-                        Some(Colour::Red)
+                        LineKind::Deleted
                     }
                     Some(b'+') => {
                         at = At::Hunk {
                             old,
                             new: new.saturating_sub(1),
                         };
-                        Some(Colour::Green)
+                        LineKind::Added
                     }
-                    Some(b'\\') => Some(Colour::Dim),
+                    Some(b'\\') => LineKind::NoNewline,
                     _ => {
                         at = At::Hunk {
                             old: old.saturating_sub(1),
                             new: new.saturating_sub(1),
                         };
-                        None
+                        LineKind::Context
                     }
                 }
             }
-            _ => {
-                if let Some((old, new)) = body
-                    .starts_with(b"@@ ")
-                    .then(|| hunk_counts(body))
-                    .flatten()
-                {
+            _ => match body
+                .starts_with(b"@@ ")
+                .then(|| hunk_counts(body))
+                .flatten()
+            {
+                Some((old, new)) => {
                     at = At::Hunk { old, new };
-                    Some(Colour::Cyan)
-                } else {
+                    LineKind::HunkHeader
+                }
+                None => {
                     at = At::Header;
-                    Some(Colour::Bold)
+                    LineKind::Header
                 }
-            }
+            },
         };
-        match colour {
+        out.push((kind, body));
+    }
+    out
+}
+
+/// The colour git gives a kind of line.
+pub fn line_colour(kind: LineKind) -> Option<Colour> {
+    match kind {
+        LineKind::Header => Some(Colour::Bold),
+        LineKind::HunkHeader => Some(Colour::Cyan),
+        LineKind::Deleted => Some(Colour::Red),
+        LineKind::Added => Some(Colour::Green),
+        LineKind::NoNewline => Some(Colour::Dim),
+        LineKind::Context => None,
+    }
+}
+
+/// A patch's text with git's colours: headers bold, `@@` lines cyan, deletions red, additions
+/// green.
+pub fn coloured_patch(palette: Palette, text: &[u8]) -> Vec<u8> {
+    if !palette.enabled {
+        return text.to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len() + text.len() / 4);
+    for (kind, body) in patch_lines(text) {
+        match line_colour(kind) {
             Some(c) => {
-                out.extend_from_slice(palette.paint(&String::from_utf8_lossy(body), c).as_bytes());
-                if line.ends_with(b"\n") {
-                    out.push(b'\n');
-                }
+                out.extend_from_slice(palette.paint(&String::from_utf8_lossy(body), c).as_bytes())
             }
-            None => out.extend_from_slice(line),
+            None => out.extend_from_slice(body),
         }
+        out.push(b'\n');
+    }
+    // The last line of a text without a final newline keeps it missing.
+    if !text.ends_with(b"\n") && !text.is_empty() {
+        out.pop();
     }
     out
 }
