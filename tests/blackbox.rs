@@ -289,6 +289,7 @@ async fn errors_map_to_status_codes() {
             workspace: w.clone(),
             snapshot: "latest".into(),
             path: b"../../etc/passwd".to_vec(),
+            ..Default::default()
         })
         .await;
     assert_eq!(escape.unwrap_err().code(), tonic::Code::InvalidArgument);
@@ -437,6 +438,7 @@ async fn a_save_right_after_a_write_contains_it() {
                 workspace: w.clone(),
                 snapshot: snap.id.clone(),
                 path: b"hot.txt".to_vec(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -616,6 +618,7 @@ async fn read_file_of_a_large_file_streams_chunks_any_client_accepts() {
             workspace: ws.path().display().to_string(),
             snapshot: baseline.id,
             path: b"big.bin".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -178,6 +178,7 @@ async fn read_file(c: &mut Client, ws: &Path, snap: &str, path: &str) -> Vec<u8>
             workspace: ws.display().to_string(),
             snapshot: snap.to_owned(),
             path: path.as_bytes().to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -289,6 +289,7 @@ async fn read_file(
         workspace: dir.display().to_string(),
         snapshot: snap.to_owned(),
         path: path.to_vec(),
+        ..Default::default()
     };
     let mut s = c.read_file(req).await?.into_inner();
     let mut got = Vec::new();

@@ -64,6 +64,7 @@ async fn read_file(c: &mut ChkptClient<Channel>, ws: &Path, snap: &str, path: &s
             workspace: ws.display().to_string(),
             snapshot: snap.to_owned(),
             path: path.as_bytes().to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()

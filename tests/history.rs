@@ -8,6 +8,8 @@
 mod cli;
 #[path = "history/diff.rs"]
 mod diff;
+#[path = "history/mount.rs"]
+mod mount;
 #[path = "history/ui.rs"]
 mod ui;
 mod util;

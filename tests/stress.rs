@@ -72,6 +72,7 @@ async fn cat(c: &mut Client, ws: &str, snap: &str, path: &[u8]) -> Result<Vec<u8
             workspace: ws.to_owned(),
             snapshot: snap.to_owned(),
             path: path.to_vec(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -635,6 +636,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     workspace,
                     snapshot,
                     path,
+                    ..Default::default()
                 })
             })
             .boxed(),

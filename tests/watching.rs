@@ -96,6 +96,7 @@ async fn read_file(
             workspace: ws.display().to_string(),
             snapshot: snap.to_owned(),
             path: path.as_bytes().to_vec(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -89,6 +89,12 @@ enum Command {
         #[arg(long, hide = true)]
         first_frame: bool,
     },
+    /// Mount every snapshot read-only at DIR (DIR/<workspace>/<time>-<id>/, and a `latest`
+    /// link) until Ctrl-C, SIGTERM or `fusermount3 -u DIR` (Linux only)
+    Mount {
+        /// An empty directory to mount at
+        dir: PathBuf,
+    },
     /// Write a file as it was in a snapshot to stdout
     Cat {
         /// Snapshot selector
@@ -316,7 +322,13 @@ fn parse_duration(text: &str) -> Result<u64, String> {
 /// Runs `chkptctl` and returns its exit code; the whole of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_current_thread()
+    // The mount's FUSE threads wait on the runtime's futures: it needs threads of its own.
+    let mut builder = if matches!(cli.command, Command::Mount { .. }) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let result = builder
         .enable_all()
         .build()
         .map_err(|e| Error::io("start the async runtime", e))
@@ -509,6 +521,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Ui { first_frame } => {
             crate::ui::run(ctx.client().await?, ctx.workspace()?, first_frame).await
         }
+        Command::Mount { dir } => mount(&ctx, &dir).await,
         Command::Cat { snap, path } => commands::cat(&ctx, snap, &path).await,
         Command::Restore {
             snap,
@@ -599,6 +612,20 @@ async fn run(cli: Cli) -> Result<(), Error> {
             ctx.print(&String::from_utf8_lossy(&script))
         }
     }
+}
+
+#[cfg(target_os = "linux")]
+async fn mount(ctx: &Ctx, dir: &Path) -> Result<(), Error> {
+    crate::mount::run(ctx.client().await?, dir).await
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn mount(_ctx: &Ctx, _dir: &Path) -> Result<(), Error> {
+    Err(Error::Failed(
+        "chkptctl mount needs Linux's FUSE; on macOS, `chkptctl restore SNAP --to DIR` gives a \
+         snapshot as a folder"
+            .into(),
+    ))
 }
 
 #[cfg(test)]

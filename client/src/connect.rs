@@ -370,6 +370,15 @@ impl Client {
         self.stream(r)
     }
 
+    /// One directory of a snapshot.
+    pub async fn list_tree(
+        &mut self,
+        req: v1::ListTreeRequest,
+    ) -> Result<v1::ListTreeResponse, Error> {
+        let r = self.inner.list_tree(req).await;
+        self.unary(r)
+    }
+
     /// The snapshots in which one path changed.
     pub async fn log(&mut self, req: v1::LogRequest) -> Result<Vec<v1::LogEntry>, Error> {
         let r = self.inner.log(req).await;

@@ -16,6 +16,7 @@
 //! - [`service`]: `chkptctl service install|uninstall|status`: chkptd as a systemd or launchd
 //!   user service, from the repository's unit and plist templates.
 //! - `output`: pure formatting: tables, ages, sizes, patches, and the JSON documents.
+//! - `mount`: `chkptctl mount DIR`, every snapshot as a read-only FUSE folder (Linux).
 //! - `ui`: `chkptctl ui`, the timeline in a terminal (ratatui + crossterm).
 //! - `pager`: long output through `$PAGER` (else `less -FRX`) on a terminal.
 //!
@@ -44,6 +45,8 @@
 pub mod cli;
 pub mod connect;
 pub mod daemon;
+#[cfg(target_os = "linux")]
+mod mount;
 mod output;
 mod pager;
 pub mod service;

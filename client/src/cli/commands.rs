@@ -192,6 +192,7 @@ pub(super) async fn cat(ctx: &Ctx, snapshot: String, path: &Path) -> Result<(), 
         workspace: ctx.workspace()?,
         snapshot,
         path: path_bytes(path)?,
+        ..v1::ReadFileRequest::default()
     };
     let mut stream = ctx.client().await?.read_file(req).await?;
     let mut out = io::stdout().lock();

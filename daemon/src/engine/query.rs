@@ -12,6 +12,9 @@ use crate::store::{Entry, Id, Kind};
 use crate::workspace::diff::{self, normalise, validate_rel};
 use crate::workspace::{Changes, display_rel};
 
+/// An entry of a directory in a snapshot, with a symlink's target (empty for other kinds).
+pub type DirEntry = (Entry, Vec<u8>);
+
 impl Engine {
     /// Turns a path from a request (relative to the workspace, or absolute inside it) into a
     /// checked relative path.
@@ -174,6 +177,65 @@ impl Engine {
     /// Streams a stored file's content into `sink`, checked against its id.
     pub fn read_into(&self, entry: &Entry, sink: &mut dyn std::io::Write) -> Result<u64> {
         self.store.read_into(&entry.id, sink)
+    }
+
+    /// Streams `len` bytes (0 = to the end) of a stored file from `offset` into `sink` (see
+    /// [`Store::read_range_into`](crate::store::Store::read_range_into) for what is checked).
+    pub fn read_range_into(
+        &self,
+        entry: &Entry,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        if offset == 0 && len == 0 {
+            return self.store.read_into(&entry.id, sink);
+        }
+        self.store.read_range_into(&entry.id, offset, len, sink)
+    }
+
+    /// The entries of the directory `dir` in a snapshot, with each symlink's target, and the
+    /// snapshot.
+    pub fn list_dir(
+        &self,
+        path: &str,
+        selector: &str,
+        dir: &[u8],
+    ) -> Result<(SnapshotRecord, Vec<DirEntry>)> {
+        let record = self.record_for(path)?;
+        let root = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
+        let rel = self.rel_path(&root, dir)?;
+        let snap = self.resolve(record.id, selector)?;
+        let tree_id = if rel.is_empty() {
+            snap.root
+        } else {
+            match diff::lookup(&self.store, snap.root, &rel)? {
+                Some(e) if e.kind == Kind::Dir => e.id,
+                Some(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} is not a directory",
+                        display_rel(&rel)
+                    )));
+                }
+                None => {
+                    return Err(Error::PathNotInSnapshot {
+                        path: display_rel(&rel),
+                        snapshot: snap.hex_id(),
+                    });
+                }
+            }
+        };
+        let tree = self.store.tree(&tree_id)?;
+        let mut out = Vec::with_capacity(tree.entries.len());
+        for e in tree.entries {
+            let target = if e.kind == Kind::Symlink {
+                self.store.read_vec(&e.id)?
+            } else {
+                Vec::new()
+            };
+            out.push((e, target));
+        }
+        Ok((snap, out))
     }
 
     /// Checks every object the snapshots (of one workspace, or all) need.

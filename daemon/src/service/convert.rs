@@ -213,6 +213,20 @@ fn kind(s: Option<&Side>) -> pb::EntryKind {
     }
 }
 
+/// A directory entry of a snapshot on the wire.
+pub fn tree_entry(e: &crate::store::Entry, target: &[u8]) -> pb::TreeEntry {
+    let side = Side::from(e);
+    let mut out = pb::TreeEntry {
+        name: e.name.clone(),
+        kind: 0,
+        mode: e.mode,
+        size: e.size,
+        symlink_target: target.to_vec(),
+    };
+    out.set_kind(kind(Some(&side)));
+    out
+}
+
 /// A diff entry on the wire, with its patch when one was made.
 pub fn diff_entry(e: &DiffEntry, patch: Option<&FilePatch>) -> pb::DiffEntry {
     let mut out = pb::DiffEntry {

@@ -384,27 +384,50 @@ impl Chkpt for Service {
         req: Request<pb::ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
         let r = req.into_inner();
-        let (_, entry) = self
-            .blocking(move |e| e.entry_at(&r.workspace, &r.snapshot, &r.path))
-            .await?;
+        let (_, entry) = {
+            let r = r.clone();
+            self.blocking(move |e| e.entry_at(&r.workspace, &r.snapshot, &r.path))
+                .await?
+        };
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
+        let (offset, length) = (r.offset, r.length);
         tokio::task::spawn_blocking(move || {
             let mut w = stream::ChunkWriter {
                 tx: tx.clone(),
                 buf: Vec::with_capacity(stream::CHUNK),
-                offset: 0,
+                offset: offset.min(entry.size),
                 total: entry.size,
                 sent: false,
             };
             let res = engine
-                .read_into(&entry, &mut w)
+                .read_range_into(&entry, offset, length, &mut w)
                 .and_then(|_| w.flush().map_err(|e| Error::io("(stream)", e)));
             if let Err(e) = res {
                 let _ = tx.blocking_send(Err(status(e)));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_tree(
+        &self,
+        req: Request<pb::ListTreeRequest>,
+    ) -> Result<Response<pb::ListTreeResponse>, Status> {
+        let r = req.into_inner();
+        let resp = self
+            .blocking(move |e| {
+                let (snap, entries) = e.list_dir(&r.workspace, &r.snapshot, &r.path)?;
+                Ok(pb::ListTreeResponse {
+                    snapshot: snap.hex_id(),
+                    entries: entries
+                        .iter()
+                        .map(|(e, target)| convert::tree_entry(e, target))
+                        .collect(),
+                })
+            })
+            .await?;
+        Ok(Response::new(resp))
     }
 
     async fn log(&self, req: Request<pb::LogRequest>) -> Result<Response<pb::LogResponse>, Status> {
