@@ -25,11 +25,15 @@
 //! - `bench/report.rs`: statistics, targets and the table
 //! - `bench/watcher.rs`: what watching a busy Rust project costs (its own table)
 //! - `bench/git.rs`: what saving a real repository's `.git` costs (its own table)
+//! - `bench/history.rs`: the targets of issue 19 (diff with patches, `log -p`, the UI's first
+//!   frame), with a table of their own
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 #[path = "bench/git.rs"]
 mod git;
+#[path = "bench/history.rs"]
+mod history;
 #[path = "bench/others.rs"]
 mod others;
 #[path = "bench/ours.rs"]
@@ -247,9 +251,15 @@ fn main() -> ExitCode {
     let (watcher_table, _) = rt.block_on(watcher::section(scratch.path()));
     eprintln!("bench: the .git section");
     let git_table = rt.block_on(git::section(scratch.path()));
+    eprintln!("bench: the history section");
+    let history = rt.block_on(history::run(&run));
 
     let machine = report::machine();
-    let table = format!("{}\n{watcher_table}\n{git_table}", res.table());
+    let table = format!(
+        "{}\n{watcher_table}\n{git_table}{}",
+        res.table(),
+        history.table
+    );
     println!("\n{table}\n{machine}");
     println!("Took {:.0} s.", started.elapsed().as_secs_f64());
     let file = target.join(if full {
@@ -261,7 +271,7 @@ fn main() -> ExitCode {
     if let Err(e) = std::fs::write(&file, doc) {
         eprintln!("bench: could not write {}: {e}", file.display());
     }
-    if res.ours_failed() {
+    if res.ours_failed() || history.failed {
         eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
         return ExitCode::FAILURE;
     }

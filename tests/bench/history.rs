@@ -1,0 +1,294 @@
+//! The targets of issue 19 (see what changed), each beside a baseline measured in the same
+//! run: `chkptctl diff` with the patches of 5 changed files (against `diff -ru` of the same 5
+//! files), `chkptctl log -p` of one path across `list_n` snapshots (against `cat` of the same
+//! file as many times), and the first frame of `chkptctl ui` (against tmux running `true`).
+//! All three are whole `chkptctl` processes, timed end to end.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chkpt_proto::v1 as pb;
+
+use crate::Run;
+use crate::tree;
+use crate::util::Daemon;
+
+/// One step's samples (seconds), its baseline's, and its target.
+struct Row {
+    what: String,
+    ours: Vec<f64>,
+    baseline: Vec<f64>,
+    baseline_name: &'static str,
+    target: f64,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("—".into(), |s| format!("{:.1} ms", s * 1e3))
+}
+
+/// What the history steps found, as a markdown table, and whether one of them failed.
+pub struct Report {
+    pub table: String,
+    pub failed: bool,
+}
+
+/// Runs the three steps on `run.tree` with a fresh daemon.
+pub async fn run(run: &Run) -> Report {
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    if let Err(e) = steps(run, &mut rows).await {
+        errors.push(e);
+    }
+    let mut table = String::from(
+        "\n| history step (issue 19) | ours | baseline | ours/baseline | target | met? |\n|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let (o, b) = (median(&r.ours), median(&r.baseline));
+        let ratio = o
+            .zip(b)
+            .map_or("—".into(), |(o, b)| format!("{:.2}", o / b.max(1e-9)));
+        let met = match o {
+            Some(o) if o <= r.target => "yes",
+            Some(_) => "**no**",
+            None => "**FAILED**",
+        };
+        table.push_str(&format!(
+            "| {} | {} | {} ({}) | {ratio} | ≤ {:.0} ms | {met} |\n",
+            r.what,
+            ms(o),
+            ms(b),
+            r.baseline_name,
+            r.target * 1e3
+        ));
+    }
+    for e in &errors {
+        eprintln!("bench: history FAILED: {e}");
+        table.push_str(&format!("\nHistory failure: {e}\n"));
+    }
+    Report {
+        table,
+        failed: !errors.is_empty(),
+    }
+}
+
+/// Runs `cmd` to the end with its output thrown away; the seconds it took and its stdout size.
+fn time(cmd: &mut Command) -> Result<(f64, Vec<u8>), String> {
+    let t0 = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let dt = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((dt, out.stdout))
+}
+
+fn chkptctl(d: &Daemon, ws: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chkptctl"));
+    c.arg("--socket")
+        .arg(&d.socket)
+        .arg("-w")
+        .arg(ws)
+        .current_dir(ws);
+    c
+}
+
+async fn steps(run: &Run, rows: &mut Vec<Row>) -> Result<(), String> {
+    let t = run.tree.as_path();
+    let ws = t.display().to_string();
+    let d = Daemon::start(&[]);
+    let mut c = d.client().await;
+    eprintln!("bench: history: a fresh daemon watches the corpus");
+    c.watch(pb::WatchRequest {
+        path: ws.clone(),
+        idle_ms: 3_600_000,
+        max_delay_ms: 36_000_000,
+        include_dependency_dirs: false,
+        retention: None,
+        include_git: false,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let reps = run.reps.max(3) * 2 - 1;
+    let five = &run.picks[..5];
+    let originals = tree::read_files(t, five);
+
+    // diff with the patches of 5 changed files, latest vs the working tree.
+    tree::append_line(t, five, "history bench");
+    wait_pending(&mut c, 5).await?;
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (old, new) = (scratch.path().join("a"), scratch.path().join("b"));
+    for (f, bytes) in &originals {
+        let name = f.to_string_lossy().replace('/', "_");
+        std::fs::create_dir_all(&old).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&new).map_err(|e| e.to_string())?;
+        std::fs::write(old.join(&name), bytes).map_err(|e| e.to_string())?;
+        std::fs::copy(t.join(f), new.join(&name)).map_err(|e| e.to_string())?;
+    }
+    let mut row = Row {
+        what: "`chkptctl diff`, patches of 5 changed files".into(),
+        ours: Vec::new(),
+        baseline: Vec::new(),
+        baseline_name: "`diff -ru` of the 5 files",
+        target: 0.05,
+    };
+    for _ in 0..reps {
+        let (dt, out) = time(chkptctl(&d, t).arg("diff"))?;
+        let files = out.windows(11).filter(|w| w == b"diff --git ").count();
+        if files != 5 {
+            tree::put_back(t, &originals);
+            return Err(format!("the diff has {files} files, not 5"));
+        }
+        row.ours.push(dt);
+        // diff exits 1 when files differ: that is its success here.
+        let t0 = Instant::now();
+        Command::new("diff")
+            .arg("-ru")
+            .arg(&old)
+            .arg(&new)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| e.to_string())?;
+        row.baseline.push(t0.elapsed().as_secs_f64());
+    }
+    eprintln!("bench: history diff: {}", ms(median(&row.ours)));
+    rows.push(row);
+    tree::put_back(t, &originals);
+
+    // log -p of one path across list_n snapshots, each changing it.
+    let path = &run.picks[0];
+    eprintln!(
+        "bench: history: {} saves changing {}",
+        run.list_n,
+        path.display()
+    );
+    for i in 0..run.list_n {
+        tree::append_line(t, std::slice::from_ref(path), &format!("log {i}"));
+        c.save(pb::SaveRequest {
+            workspace: ws.clone(),
+            message: format!("log {i}"),
+            pin: false,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    let mut row = Row {
+        what: format!(
+            "`chkptctl log -p`, one path across {} snapshots",
+            run.list_n
+        ),
+        ours: Vec::new(),
+        baseline: Vec::new(),
+        baseline_name: "`cat` of the file",
+        target: 0.2,
+    };
+    for _ in 0..reps {
+        let (dt, out) = time(chkptctl(&d, t).args(["log", "-p"]).arg(path))?;
+        let entries = out.windows(9).filter(|w| w == b"snapshot ").count();
+        if entries < run.list_n {
+            tree::put_back(t, &originals);
+            return Err(format!(
+                "log -p listed {entries} snapshots, not {}",
+                run.list_n
+            ));
+        }
+        row.ours.push(dt);
+        row.baseline
+            .push(time(Command::new("cat").arg(t.join(path)))?.0);
+    }
+    eprintln!("bench: history log -p: {}", ms(median(&row.ours)));
+    rows.push(row);
+    tree::put_back(t, &originals);
+
+    // ui's first frame with those snapshots, in tmux.
+    let mut row = Row {
+        what: format!("`chkptctl ui`, first frame with {}+ snapshots", run.list_n),
+        ours: Vec::new(),
+        baseline: Vec::new(),
+        baseline_name: "tmux running `true`",
+        target: 0.15,
+    };
+    for i in 0..reps {
+        let ui = format!(
+            "{} --socket {} -w {} ui --first-frame",
+            env!("CARGO_BIN_EXE_chkptctl"),
+            d.socket.display(),
+            t.display()
+        );
+        let took = in_tmux(&ui, i)?;
+        let baseline = in_tmux("true", i)?;
+        // The target is the UI's: tmux's own start is taken off.
+        row.ours.push((took - baseline).max(0.0));
+        row.baseline.push(baseline);
+    }
+    eprintln!("bench: history ui first frame: {}", ms(median(&row.ours)));
+    rows.push(row);
+    Ok(())
+}
+
+/// Seconds from starting `cmd` in a new tmux session to its end.
+fn in_tmux(cmd: &str, i: usize) -> Result<f64, String> {
+    let sock = format!("chkpt-bench-{}-{i}", std::process::id());
+    let tmux = || {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &sock, "-f", "/dev/null"]);
+        c
+    };
+    let line = format!("{cmd}; tmux -L {sock} wait-for -S done");
+    let t0 = Instant::now();
+    let st = tmux()
+        .args(["new-session", "-d", "-x", "200", "-y", "50"])
+        .arg(&line)
+        .status()
+        .map_err(|e| format!("tmux: {e}"))?;
+    if !st.success() {
+        return Err("tmux new-session failed".into());
+    }
+    let waited = tmux().args(["wait-for", "done"]).status();
+    let dt = t0.elapsed().as_secs_f64();
+    let _ = tmux().arg("kill-server").output();
+    waited.map_err(|e| e.to_string())?;
+    Ok(dt)
+}
+
+async fn wait_pending(
+    c: &mut pb::chkpt_client::ChkptClient<tonic::transport::Channel>,
+    n: u64,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = c
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(|e| e.to_string())?;
+        let pending = st
+            .into_inner()
+            .workspaces
+            .first()
+            .map_or(0, |w| w.pending_changes);
+        if pending >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the daemon never saw the {n} changed files"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
