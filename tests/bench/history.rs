@@ -245,7 +245,11 @@ async fn steps(run: &Run, rows: &mut Vec<Row>) -> Result<(), String> {
 
 /// Seconds from starting `cmd` in a new tmux session to its end.
 fn in_tmux(cmd: &str, i: usize) -> Result<f64, String> {
-    let sock = format!("chkpt-bench-{}-{i}", std::process::id());
+    // A server of its own per call: a name reused right after `kill-server` can still be the
+    // old server's, going away.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sock = format!("chkpt-bench-{}-{i}-{n}", std::process::id());
     let tmux = || {
         let mut c = Command::new("tmux");
         c.args(["-L", &sock, "-f", "/dev/null"]);
@@ -253,13 +257,16 @@ fn in_tmux(cmd: &str, i: usize) -> Result<f64, String> {
     };
     let line = format!("{cmd}; tmux -L {sock} wait-for -S done");
     let t0 = Instant::now();
-    let st = tmux()
+    let out = tmux()
         .args(["new-session", "-d", "-x", "200", "-y", "50"])
         .arg(&line)
-        .status()
+        .output()
         .map_err(|e| format!("tmux: {e}"))?;
-    if !st.success() {
-        return Err("tmux new-session failed".into());
+    if !out.status.success() {
+        return Err(format!(
+            "tmux new-session failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let waited = tmux().args(["wait-for", "done"]).status();
     let dt = t0.elapsed().as_secs_f64();
