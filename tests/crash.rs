@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
+use chkpt_testkit::Rng;
 use tonic::transport::Channel;
 use util::{Daemon, restore_to};
 
@@ -45,24 +46,6 @@ fn litter(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-    (0..len).map(|_| rng.next() as u8).collect()
-}
-
 /// Edits a few files: rewrites, adds, deletes; sometimes a large one.
 fn mutate(rng: &mut Rng, ws: &Path) {
     for _ in 0..(1 + rng.below(8)) {
@@ -71,10 +54,10 @@ fn mutate(rng: &mut Rng, ws: &Path) {
         let f = d.join(format!("f{}", rng.below(10)));
         match rng.below(5) {
             0 if f.exists() => fs::remove_file(&f).unwrap(),
-            1 => fs::write(&f, bytes(rng, 1 << 20)).unwrap(),
+            1 => fs::write(&f, rng.bytes(1 << 20)).unwrap(),
             _ => {
                 let len = 1 + rng.below(20_000) as usize;
-                fs::write(&f, bytes(rng, len)).unwrap()
+                fs::write(&f, rng.bytes(len)).unwrap()
             }
         }
     }
@@ -203,7 +186,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 .as_nanos() as u64
                 | 1
         });
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let ws_dir = tempfile::tempdir().unwrap();
     let ws = ws_dir.path().canonicalize().unwrap();
     mutate(&mut rng, &ws);

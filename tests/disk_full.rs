@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
+use chkpt_testkit::noise;
 use tonic::transport::Channel;
 use util::{Daemon, listing, restore_to, snapshots};
 
@@ -28,18 +29,6 @@ type Client = ChkptClient<Channel>;
 /// The tmpfs holding the data directory.
 const SIZE: &str = "24m";
 const INODES: &str = "400";
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A daemon whose data directory is a fresh tmpfs in a mount namespace of its own.
 fn daemon_on_a_small_tmpfs() -> Daemon {

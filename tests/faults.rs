@@ -12,20 +12,9 @@ use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
+use chkpt_testkit::noise;
 use tonic::transport::Channel;
 use util::{Daemon, listing, restore_to, snapshots};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 async fn watch(c: &mut ChkptClient<Channel>, dir: &Path) -> pb::Snapshot {
     // Quiet periods of an hour: only the tests' own saves make snapshots.

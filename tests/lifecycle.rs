@@ -11,19 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
+use chkpt_testkit::noise;
 use util::{Daemon, listing, restore_to, snapshots, wait_for, watch};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Bytes in the daemon's pack files.
 fn pack_bytes(data: &Path) -> u64 {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use chkpt_lazyfs::{Cut, LazyMount};
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
+use chkpt_testkit::Rng;
 use tonic::transport::Channel;
 use util::{Daemon, restore_to};
 
@@ -54,24 +55,6 @@ fn litter(root: &Path) -> Vec<PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with(".chkpt-"))
         })
         .collect()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-    (0..len).map(|_| rng.next() as u8).collect()
 }
 
 fn sync_dir(dir: &Path) {
@@ -117,10 +100,10 @@ impl User {
             let f = d.join(format!("f{}", rng.below(8)));
             match rng.below(6) {
                 0 if f.exists() => self.remove(&f),
-                1 => self.write(&f, &bytes(rng, 300_000)),
+                1 => self.write(&f, &rng.bytes(300_000)),
                 _ => {
                     let len = 1 + rng.below(20_000) as usize;
-                    self.write(&f, &bytes(rng, len))
+                    self.write(&f, &rng.bytes(len))
                 }
             }
         }
@@ -289,7 +272,7 @@ async fn acknowledged_saves_survive_a_power_cut() {
     let mut rig = Rig::new(false);
     let user = User { durable: false };
     let ws = rig.ws.clone();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     user.mutate(&mut rng, &ws);
     let mut c = rig.d.client().await;
     let mut acked = vec![(watch(&mut c, &ws).await, listing(&ws))];
@@ -544,7 +527,7 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
         tokio::time::sleep(Duration::from_millis(delay)).await;
         rig.d.kill9();
         let outcome = task.await.unwrap();
-        let report = rig.fs.power_cut(Cut::Torn(rng.next())).unwrap();
+        let report = rig.fs.power_cut(Cut::Torn(rng.next_u64())).unwrap();
         fig.pages_lost += report.pages_lost;
         fig.pages_kept += report.pages_kept;
         fig.dirs_reverted += report.dirs_reverted;
@@ -695,7 +678,7 @@ async fn power_cuts_at_random_moments_lose_nothing_acknowledged() {
                 | 1
         });
     let started = Instant::now();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut fig = Figures::default();
     run_mode(false, per_mode, full, &mut rng, &mut fig).await;
     run_mode(true, per_mode, full, &mut rng, &mut fig).await;

@@ -14,23 +14,12 @@ use std::process::Command;
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
+use chkpt_testkit::noise;
 use serde_json::Value;
 use tonic::transport::Channel;
 use util::{Daemon, restore_to, snapshots, wait_for};
 
 type Client = ChkptClient<Channel>;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Writes `data.bin` and waits for the auto snapshot that holds it (the newest, automatic,
 /// and not the one before).

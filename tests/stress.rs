@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
+use chkpt_testkit::Rng;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::strategy::Union;
@@ -226,36 +227,16 @@ fn tree_diff(
         .collect()
 }
 
-/// A small seeded PRNG (splitmix64), so an edit script can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
-        (!v.is_empty()).then(|| &v[self.below(v.len())])
-    }
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = if self.chance(10) {
-            0
-        } else {
-            self.below(max) + 1
-        };
-        (0..n)
-            .map(|_| b"abcdefghij\n\0\xff"[self.below(13)])
-            .collect()
-    }
+/// Up to `max` bytes of text with newlines, NULs and invalid UTF-8; empty one time in ten.
+fn text(rng: &mut Rng, max: usize) -> Vec<u8> {
+    let n = if rng.chance(10) {
+        0
+    } else {
+        rng.index(max) + 1
+    };
+    (0..n)
+        .map(|_| b"abcdefghij\n\0\xff"[rng.index(13)])
+        .collect()
 }
 
 /// p50, p99 and max of some latencies, in ms.
@@ -1261,14 +1242,14 @@ async fn concurrent_clients_under_constant_edits() {
     let editor = {
         let (stop, edits, ws) = (stop.clone(), edits.clone(), ws.clone());
         std::thread::spawn(move || {
-            let mut rng = Rng(7);
+            let mut rng = Rng::new(7);
             fs::create_dir(ws.join("new")).unwrap();
             while !stop.load(Ordering::Relaxed) {
                 let n = edits.fetch_add(1, Ordering::Relaxed);
                 if n % 10 == 0 {
                     fs::write(ws.join(format!("new/e{n}.txt")), format!("new {n}")).unwrap();
                 } else {
-                    let i = rng.below(nfiles);
+                    let i = rng.index(nfiles);
                     let p = ws.join(format!("d{:03}/f{i}.txt", i / 100));
                     fs::write(p, format!("file {i} edit {n}\n")).unwrap();
                 }
@@ -1439,13 +1420,13 @@ fn random_edit(rng: &mut Rng, root: &Path, counter: &mut u64) -> String {
         // create a file
         0..=24 => {
             let p = parent.join(format!("f{n}.txt"));
-            fs::write(root.join(&p), rng.bytes(3000)).unwrap();
+            fs::write(root.join(&p), text(rng, 3000)).unwrap();
             format!("create {}", p.display())
         }
         // modify (overwrite or append)
         25..=44 => match rng.pick(&files) {
             Some(p) => {
-                let data = rng.bytes(3000);
+                let data = text(rng, 3000);
                 if rng.chance(50) {
                     use std::io::Write;
                     let mut f = fs::OpenOptions::new()
@@ -1532,7 +1513,7 @@ fn random_edit(rng: &mut Rng, root: &Path, counter: &mut u64) -> String {
             let p = parent.join(format!("d{n}"));
             fs::create_dir(root.join(&p)).unwrap();
             if rng.chance(60) {
-                fs::write(root.join(&p).join("inner.txt"), rng.bytes(500)).unwrap();
+                fs::write(root.join(&p).join("inner.txt"), text(rng, 500)).unwrap();
             }
             format!("mkdir {}", p.display())
         }
@@ -1546,7 +1527,7 @@ async fn capture_fidelity_soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_c4c7);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let d = Daemon::start(&[]);
     let mut c = d.client().await;
     let ws_dir = tempfile::tempdir().unwrap();
@@ -1564,14 +1545,14 @@ async fn capture_fidelity_soak() {
     let mut history: Vec<String> = Vec::new();
     while checks < target_checks {
         // A burst: 1-25 edits, sometimes paced, ending with a sure change.
-        let burst = rng.below(25) + 1;
+        let burst = rng.index(25) + 1;
         let paced = rng.chance(30);
         history.clear();
         for _ in 0..burst {
             history.push(random_edit(&mut rng, &ws, &mut counter));
             edits += 1;
             if paced {
-                tokio::time::sleep(Duration::from_millis(rng.below(60) as u64)).await;
+                tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
             }
         }
         counter += 1;

@@ -9,22 +9,11 @@ use chkpt_daemon::store::catalog::Trigger;
 use chkpt_daemon::store::{IN_MEMORY_LIMIT, Id, Store, Streamed};
 use chkpt_daemon::workspace::restore::RestoreOptions;
 use chkpt_daemon::workspace::{Changes, SaveOptions, WatchOptions, Workspace, register};
+use chkpt_testkit::noise;
 
 fn open(store: &Store, dir: &Path) -> Workspace {
     let rec = register(store, dir, WatchOptions::default()).unwrap();
     Workspace::open(store, rec).unwrap()
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A large file (streamed, not read into memory) whose content another workspace's batch has

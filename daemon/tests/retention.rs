@@ -13,22 +13,11 @@ use chkpt_daemon::store::Store;
 use chkpt_daemon::store::catalog::{SnapshotRecord, Trigger};
 use chkpt_daemon::workspace::restore::RestoreOptions;
 use chkpt_daemon::workspace::{Changes, SaveOptions, WatchOptions, Workspace, register};
+use chkpt_testkit::noise;
 
 /// Wednesday 2026-11-25 12:00:00 UTC, in µs.
 const BASE_US: u64 = 1_795_608_000_000_000;
 const HOUR_US: u64 = 3_600_000_000;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[test]
 fn sixty_days_of_snapshots_are_thinned_exactly_and_gc_frees_the_bytes() {

@@ -21,6 +21,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use chkpt_testkit::Rng;
+
 /// The unit in which unsynced data is lost or kept.
 pub const PAGE: u64 = 4096;
 /// The root directory's inode number.
@@ -126,21 +128,6 @@ pub struct State {
 
 pub(crate) fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
-}
-
-/// A small xorshift generator: the same seed gives the same cut.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// What a cut decides.
@@ -628,7 +615,7 @@ impl State {
     pub fn cut(&mut self, how: Cut) -> io::Result<CutReport> {
         let mut chooser = match how {
             Cut::LoseAll => Chooser::LoseAll,
-            Cut::Torn(seed) => Chooser::Random(Rng(seed | 1)),
+            Cut::Torn(seed) => Chooser::Random(Rng::new(seed)),
         };
         let mut report = CutReport::default();
         // Data and modes, where the inodes are now.

@@ -10,6 +10,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use chkpt_testkit::Rng;
+
 /// The Debian kernel source package this benchmark prefers as its corpus.
 pub const KERNEL_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 
@@ -26,25 +28,6 @@ pub struct Spec {
     pub random: Vec<usize>,
 }
 
-/// A small deterministic PRNG (xorshift64*), so every run generates the same corpus.
-#[derive(Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 const WORDS: &[&str] = &[
     "let", "fn", "match", "self", "buffer", "index", "return", "Some", "None", "value", "error",
     "config", "path", "len", "into", "iter", "map", "node", "tree", "snapshot", "store", "read",
@@ -55,12 +38,12 @@ const WORDS: &[&str] = &[
 fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 80);
     while out.len() < len {
-        out.extend_from_slice(&b"        "[..rng.below(3) * 4]);
-        for _ in 0..3 + rng.below(8) {
-            out.extend_from_slice(WORDS[rng.below(WORDS.len())].as_bytes());
-            out.push(if rng.below(5) == 0 { b'_' } else { b' ' });
+        out.extend_from_slice(&b"        "[..rng.index(3) * 4]);
+        for _ in 0..3 + rng.index(8) {
+            out.extend_from_slice(WORDS[rng.index(WORDS.len())].as_bytes());
+            out.push(if rng.index(5) == 0 { b'_' } else { b' ' });
         }
-        writeln!(out, "{};", rng.below(1000)).unwrap();
+        writeln!(out, "{};", rng.index(1000)).unwrap();
     }
     out
 }
@@ -72,7 +55,7 @@ pub fn generate(root: &Path, spec: &Spec) {
     for i in 0..spec.small {
         let dir = root.join(format!("src/m{:03}/d{}", i / 40, i % 4));
         fs::create_dir_all(&dir).unwrap();
-        let len = 64 + rng.below(spec.small_max);
+        let len = 64 + rng.index(spec.small_max);
         let path = dir.join(format!("file{i:05}.rs"));
         fs::write(&path, text(&mut rng, len)).unwrap();
         if i % 97 == 0 {
@@ -86,7 +69,7 @@ pub fn generate(root: &Path, spec: &Spec) {
     for (i, &len) in spec.random.iter().enumerate() {
         let mut bytes = Vec::with_capacity(len + 8);
         while bytes.len() < len {
-            bytes.extend_from_slice(&rng.next().to_le_bytes());
+            bytes.extend_from_slice(&rng.next_u64().to_le_bytes());
         }
         bytes.truncate(len);
         fs::write(root.join(format!("data/random{i}.bin")), bytes).unwrap();
