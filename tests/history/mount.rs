@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{ok, run, save, setup};
 use crate::util::Daemon;
+use chkpt_testkit::{Rng, noise};
 
 /// Whether something is mounted at `path`.
 fn is_mounted(path: &Path) -> bool {
@@ -118,29 +119,13 @@ impl Drop for Mount {
     }
 }
 
-/// Bytes from a seeded generator (incompressible).
-fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// Reads at many offsets of `path` and compares with `want`.
 fn random_reads_match(path: &Path, want: &[u8], reads: usize) {
     let mut f = fs::File::open(path).unwrap();
-    let mut x: u64 = 12345;
+    let mut rng = Rng::new(12345);
     for _ in 0..reads {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let offset = (x >> 16) % want.len() as u64;
-        let len = 1 + ((x >> 40) % 300_000) as usize;
+        let offset = rng.below(want.len() as u64);
+        let len = 1 + rng.index(300_000);
         f.seek(SeekFrom::Start(offset)).unwrap();
         let mut buf = vec![0; len];
         let mut got = 0;
