@@ -735,9 +735,6 @@ fn decode_index_segment(bytes: &[u8]) -> Result<(bool, Vec<IndexChange>)> {
 }
 
 #[cfg(test)]
-pub(crate) use self::migrate::tests as migrate_tests;
-
-#[cfg(test)]
 impl Catalog {
     /// The tables in the file.
     pub(crate) fn table_names(&self) -> Result<Vec<String>> {
