@@ -1,6 +1,6 @@
 //! A real full disk: the daemon's data directory is a small tmpfs (`size=`, `nr_inodes=`),
 //! filled for real with a filler file or empty files, so the daemon meets ENOSPC where the
-//! kernel gives it: writing a pack, writing the catalog (sled), creating a file or a folder.
+//! kernel gives it: writing a pack, writing the catalog (redb), creating a file or a folder.
 //! Each time the operation fails with `ResourceExhausted` naming what could not be written,
 //! nothing already saved is harmed, and once space is freed the next one works.
 //!

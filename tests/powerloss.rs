@@ -265,8 +265,8 @@ fn difference(expected: &Listing, got: &Listing) -> Vec<String> {
 }
 
 /// Snapshots whose Save returned before the power cut are there after it, in a data directory
-/// the daemon created (its folders' names, sled's log, configuration and blobs must all be
-/// durable by then).
+/// the daemon created (its folders' names and the catalog's file, with its new pages and
+/// header, must all be durable by then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_saves_survive_a_power_cut() {
     let mut rig = Rig::new(false);
@@ -276,7 +276,7 @@ async fn acknowledged_saves_survive_a_power_cut() {
     user.mutate(&mut rng, &ws);
     let mut c = rig.d.client().await;
     let mut acked = vec![(watch(&mut c, &ws).await, listing(&ws))];
-    // Enough catalog records for sled to store some as blobs.
+    // Catalog values of many pages each (a warm-index base of 1,100 paths and more).
     user.bulk(&ws, 0);
     for round in 0..3 {
         user.mutate(&mut rng, &ws);

@@ -15,10 +15,9 @@ use std::path::Path;
 use std::process::Command;
 
 use chkpt_daemon::store::Store;
-use chkpt_daemon::store::catalog::Trigger;
-use chkpt_daemon::workspace::Changes;
-use chkpt_daemon::workspace::Workspace;
+use chkpt_daemon::store::catalog::{self, Trigger};
 use chkpt_daemon::workspace::restore::RestoreOptions;
+use chkpt_daemon::workspace::{Changes, WatchOptions, Workspace, register};
 
 fn unpack(fixture: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -118,7 +117,7 @@ fn a_store_of_record_format_1_opens_lists_restores_and_verifies() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(report.objects_checked >= 8, "{report:?}");
 
-    let mut ws = Workspace::open(&store, record).unwrap();
+    let mut ws = Workspace::open(&store, record.clone()).unwrap();
     for (snap, expected) in [(&snaps[0], "latest"), (&snaps[2], "baseline")] {
         let out = tempfile::tempdir().unwrap();
         let to = out.path().join("restored");
@@ -143,5 +142,27 @@ fn a_store_of_record_format_1_opens_lists_restores_and_verifies() {
     let mut pinned = snaps[1].clone();
     pinned.pinned = false;
     cat.put_snapshot(&pinned).unwrap();
+    store.flush().unwrap();
     assert_eq!(cat.snapshot(pinned.id).unwrap().unwrap(), pinned);
+
+    // The fixture's catalog is a sled database: the first open copied it into the redb file
+    // and set sled's folder aside; the next open reads the copy, with the change above.
+    let data = dir.path().join("data");
+    assert!(data.join(catalog::FILE).is_file());
+    assert!(!data.join("catalog").exists());
+    assert!(data.join("catalog.sled-migrated/conf").is_file());
+    drop(ws);
+    drop(store);
+    let store = Store::open(&data).unwrap();
+    let cat = store.catalog();
+    assert_eq!(cat.workspaces().unwrap(), vec![record.clone()]);
+    let again = cat.snapshots_of(record.id, None, 100).unwrap();
+    assert_eq!(again.len(), 3);
+    assert_eq!(again[1], pinned);
+    assert_eq!((&again[0], &again[2]), (&snaps[0], &snaps[2]));
+    assert!(store.verify(None).unwrap().problems.is_empty());
+    // A workspace added now gets an id sled never gave out.
+    let other = tempfile::tempdir().unwrap();
+    let added = register(&store, other.path(), WatchOptions::default()).unwrap();
+    assert!(added.id > record.id, "{} after {}", added.id, record.id);
 }

@@ -29,9 +29,18 @@ pub enum Streamed {
 pub struct Batch<'s> {
     store: &'s Store,
     _guard: RwLockReadGuard<'s, ()>,
+    /// Tells this batch's pending objects from other batches'.
+    id: u64,
+    /// The catalog's generation when the batch began: a reopen since may have lost its records.
+    generation: u64,
     new: Mutex<Vec<(Id, Loc)>>,
+    /// Objects recorded in the catalog, committed in memory once a flush made them durable.
+    recorded: Mutex<Vec<(Id, Loc)>>,
     new_bytes: AtomicU64,
 }
+
+/// Batch ids.
+static BATCHES: AtomicU64 = AtomicU64::new(0);
 
 impl Batch<'_> {
     /// The store.
@@ -103,8 +112,11 @@ impl Batch<'_> {
     /// Whether `id` is already stored; one written by another open batch is adopted, so this
     /// batch's commit makes it durable too.
     pub(crate) fn adopt(&self, id: &Id) -> Result<bool> {
-        if let Some(loc) = self.store.index.pending(id) {
-            lock_poisoned(&self.new).push((*id, loc));
+        if let Some((loc, batch)) = self.store.index.pending(id) {
+            // This batch's own objects are in its lists already.
+            if batch != self.id {
+                lock_poisoned(&self.new).push((*id, loc));
+            }
             return Ok(true);
         }
         Ok(self.store.index.committed(id).is_some())
@@ -121,7 +133,7 @@ impl Batch<'_> {
             .fetch_add(1, Ordering::Relaxed);
         self.new_bytes
             .fetch_add(loc.record_len(), Ordering::Relaxed);
-        self.store.index.add_pending(id, loc);
+        self.store.index.add_pending(id, loc, self.id);
         lock_poisoned(&self.new).push((id, loc));
     }
 
@@ -133,9 +145,11 @@ impl Batch<'_> {
         )
     }
 
-    /// Makes the objects written so far durable and visible in the blob index: fsyncs their
-    /// packs, then records them and the packs' committed lengths in the catalog. Catalog records
-    /// that refer to them may be written after this returns; [`Batch::finish`] flushes.
+    /// Makes the objects written so far durable and records them in the catalog: fsyncs their
+    /// packs, then writes their blob index entries and the packs' committed lengths. Catalog
+    /// records that refer to them may be written after this returns; [`Batch::finish`]
+    /// flushes, and only then are they committed in the blob index in memory (a catalog
+    /// reopened after a failed write loses what was not flushed: nothing may count on them).
     pub fn commit_objects(&self) -> Result<()> {
         // Every catalog record of a batch is written after a commit: none may meet a full disk.
         self.store.catalog_room()?;
@@ -166,9 +180,9 @@ impl Batch<'_> {
         tracing::debug!(
             objects = new.len(),
             ms = t.elapsed().as_millis() as u64,
-            "objects committed"
+            "objects recorded"
         );
-        self.store.index.commit(&new);
+        lock_poisoned(&self.recorded).extend(new);
         Ok(())
     }
 
@@ -177,26 +191,45 @@ impl Batch<'_> {
         self.commit_objects()?;
         let t = std::time::Instant::now();
         self.store.flush()?;
-        tracing::debug!(flush_ms = t.elapsed().as_millis() as u64, "catalog flushed");
+        if self.store.cat.generation() != self.generation {
+            // The catalog was reopened while this batch was open: what it recorded before may
+            // be gone, and the flush above cannot vouch for it.
+            return Err(self.store.cat.lost());
+        }
+        let recorded = std::mem::take(&mut *lock_poisoned(&self.recorded));
+        self.store.index.commit(&recorded);
+        tracing::debug!(
+            objects = recorded.len(),
+            flush_ms = t.elapsed().as_millis() as u64,
+            "catalog flushed, objects committed"
+        );
         Ok(())
     }
 }
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        // Objects never committed stop being offered to other batches; their bytes are dead.
-        let new = std::mem::take(&mut *lock_poisoned(&self.new));
-        self.store.index.forget_pending(&new);
+        // Objects never committed stop being offered to other batches; their bytes are dead
+        // (or, when the catalog recorded them, kept by a later flush, and found at the next
+        // start).
+        for list in [&self.new, &self.recorded] {
+            let entries = std::mem::take(&mut *lock_poisoned(list));
+            self.store.index.forget_pending(&entries);
+        }
     }
 }
 
 impl Store {
     /// Starts a batch of writes. While any batch is open, garbage collection waits.
     pub fn batch(&self) -> Batch<'_> {
+        let guard = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         Batch {
             store: self,
-            _guard: self.gc_lock.read().unwrap_or_else(|p| p.into_inner()),
+            _guard: guard,
+            id: BATCHES.fetch_add(1, Ordering::Relaxed),
+            generation: self.cat.generation(),
             new: Mutex::new(Vec::new()),
+            recorded: Mutex::new(Vec::new()),
             new_bytes: AtomicU64::new(0),
         }
     }

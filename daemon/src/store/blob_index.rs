@@ -1,6 +1,7 @@
 //! The blob index: where every object is. Committed entries (durable: their packs are fsynced
-//! and the catalog holds them, format rule 1 of [`catalog`](super::catalog)) and pending ones
-//! (written by a batch still open), as one type, so the rules between them live in one place.
+//! and a flushed catalog holds them, format rule 1 of [`catalog`](super::catalog)) and pending
+//! ones (written by a batch still open, or recorded in the catalog by one but not yet flushed),
+//! as one type, so the rules between them live in one place.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -13,7 +14,8 @@ use super::pack::Loc;
 #[derive(Debug, Default)]
 pub(crate) struct BlobIndex {
     committed: RwLock<HashMap<Id, Loc>>,
-    pending: Mutex<HashMap<Id, Loc>>,
+    /// Where each pending object is, and which batch wrote it.
+    pending: Mutex<HashMap<Id, (Loc, u64)>>,
 }
 
 impl BlobIndex {
@@ -36,14 +38,14 @@ impl BlobIndex {
 
     /// Where an object is, committed or pending.
     pub fn locate(&self, id: &Id) -> Option<Loc> {
-        if let Some(loc) = lock_poisoned(&self.pending).get(id) {
+        if let Some((loc, _)) = lock_poisoned(&self.pending).get(id) {
             return Some(*loc);
         }
         self.committed(id)
     }
 
-    /// Where an object written by a batch still open is.
-    pub fn pending(&self, id: &Id) -> Option<Loc> {
+    /// Where an object written by a batch still open is, and that batch.
+    pub fn pending(&self, id: &Id) -> Option<(Loc, u64)> {
         lock_poisoned(&self.pending).get(id).copied()
     }
 
@@ -53,9 +55,9 @@ impl BlobIndex {
         index.iter().map(|(id, loc)| (*id, *loc)).collect()
     }
 
-    /// An open batch wrote `id` at `loc`: other batches may adopt it.
-    pub fn add_pending(&self, id: Id, loc: Loc) {
-        lock_poisoned(&self.pending).insert(id, loc);
+    /// The open batch `batch` wrote `id` at `loc`: other batches may adopt it.
+    pub fn add_pending(&self, id: Id, loc: Loc, batch: u64) {
+        lock_poisoned(&self.pending).insert(id, (loc, batch));
     }
 
     /// These pending objects will never be committed (their batch failed or was dropped): no
@@ -63,7 +65,7 @@ impl BlobIndex {
     pub fn forget_pending(&self, entries: &[(Id, Loc)]) {
         let mut pending = lock_poisoned(&self.pending);
         for (id, loc) in entries {
-            if pending.get(id) == Some(loc) {
+            if pending.get(id).is_some_and(|(l, _)| l == loc) {
                 pending.remove(id);
             }
         }

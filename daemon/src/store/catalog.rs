@@ -1,12 +1,12 @@
-//! The catalog: sled trees for the blob index, packs, workspaces, snapshots and warm file
-//! indexes.
+//! The catalog: tables of a redb database for the blob index, packs, workspaces, snapshots and
+//! warm file indexes.
 //!
 //! # Format
 //! 1. `blob_segments`: sequence number (8 bytes big-endian) → a version byte, then entries of
 //!    a 16-byte id followed by its 29-byte [`Loc`]. One segment per committed chunk of objects;
 //!    a later segment's entry for an id wins. The whole index is loaded into memory when the
-//!    store opens: looking an id up never touches sled, and a cold save writes a few large
-//!    values instead of one sled entry per object.
+//!    store opens: looking an id up never touches the catalog, and a cold save writes a few
+//!    large values instead of one entry per object.
 //! 2. `packs`: pack number (4 bytes big-endian) → committed length (8 bytes little-endian).
 //!    Blob index entries that reach past their pack's committed length are the remains of an
 //!    interrupted commit and are ignored.
@@ -14,7 +14,7 @@
 //!    workspace's absolute path bytes → its id.
 //! 4. `snapshots`: snapshot id (8 bytes BE) → bitcode [`SnapshotRecord`]; `ws_snaps`: workspace
 //!    id, creation time in µs and snapshot id (8 bytes BE each) → empty, so a workspace's
-//!    snapshots list in time order by a prefix scan.
+//!    snapshots list in time order by a range scan.
 //! 5. `index_segments`: workspace id (8 bytes BE), a sequence number (8 bytes BE) → bitcode
 //!    list of (relative path, [`FileMeta`] or none for a removed path): the persisted warm
 //!    index, as a base of whole-index segments followed by journal segments, each applied in
@@ -23,14 +23,32 @@
 //!    the body). Blob and warm-index segments start with [`SEGMENT_VERSION`].
 //! 7. Stores written before segments existed keep one `blobs` entry per object and one `files`
 //!    entry per path; opening such a store moves them into segments once.
+//! 8. `meta`: `next_id` → the next workspace id (8 bytes BE); ids are never given out twice,
+//!    and each is larger than the ones before.
+//! 9. Every table maps bytes to bytes, in byte order, in one redb file, [`FILE`] in the data
+//!    directory. Each write is a transaction of its own, committed without an fsync, and
+//!    [`Catalog::flush`] commits durably (see `kv`). Catalogs before this rule were sled
+//!    databases in the folder `catalog/`, with the same trees and keys (and sled's id counter
+//!    for rule 8): opening such a store copies every tree into [`FILE`] once (see `migrate`).
+
+mod kv;
+mod migrate;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{ReadableTable, TableDefinition, TableHandle};
+
+use self::kv::Kv;
 
 use super::pack::Loc;
 use super::records;
 use super::{Id, Kind};
 use crate::error::{Error, Result};
+
+/// The catalog's file in the data directory (format rule 9).
+pub const FILE: &str = "catalog.redb";
 
 /// The version byte in front of blob and warm-index segments (format rule 6).
 pub const SEGMENT_VERSION: u8 = 1;
@@ -77,13 +95,18 @@ fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
-/// The `ws_snaps` key of a snapshot (format rule 4).
-fn ws_snap_key(s: &SnapshotRecord) -> [u8; 24] {
+/// A `ws_snaps` key (format rule 4).
+fn snap_key(ws: u64, created_us: u64, id: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&be(s.workspace));
-    key[8..16].copy_from_slice(&be(s.created_us));
-    key[16..].copy_from_slice(&be(s.id));
+    key[..8].copy_from_slice(&be(ws));
+    key[8..16].copy_from_slice(&be(created_us));
+    key[16..].copy_from_slice(&be(id));
     key
+}
+
+/// The `ws_snaps` key of a snapshot.
+fn ws_snap_key(s: &SnapshotRecord) -> [u8; 24] {
+    snap_key(s.workspace, s.created_us, s.id)
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -104,83 +127,134 @@ pub type IndexChange = (Vec<u8>, Option<FileMeta>);
 /// entries it was rebuilt from on top of its base.
 pub type LoadedIndex = (Vec<(Vec<u8>, FileMeta)>, usize);
 
-/// The catalog's trees.
+/// A catalog table: byte keys to byte values, in key order.
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+/// A table open for writing.
+type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+const BLOB_SEGMENTS: Def = TableDefinition::new("blob_segments");
+const PACKS: Def = TableDefinition::new("packs");
+const WORKSPACES: Def = TableDefinition::new("workspaces");
+const WS_PATHS: Def = TableDefinition::new("ws_paths");
+const SNAPSHOTS: Def = TableDefinition::new("snapshots");
+const WS_SNAPS: Def = TableDefinition::new("ws_snaps");
+const INDEX_SEGMENTS: Def = TableDefinition::new("index_segments");
+const META: Def = TableDefinition::new("meta");
+/// The tables of format rule 7.
+const OLD_BLOBS: Def = TableDefinition::new("blobs");
+const OLD_FILES: Def = TableDefinition::new("files");
+/// `meta`'s key of the next workspace id (format rule 8).
+const NEXT_ID: &[u8] = b"next_id";
+
+/// The catalog's tables.
 #[derive(Debug)]
 pub struct Catalog {
-    db: sled::Db,
-    blob_segments: sled::Tree,
+    kv: Kv,
     next_blob_segment: AtomicU64,
-    packs: sled::Tree,
-    workspaces: sled::Tree,
-    ws_paths: sled::Tree,
-    snapshots: sled::Tree,
-    ws_snaps: sled::Tree,
-    index_segments: sled::Tree,
 }
 
 impl Catalog {
-    /// Opens the trees, moving a store of the per-entry format into segments (format rule 7).
-    pub fn open(db: &sled::Db) -> Result<Catalog> {
-        let blob_segments = db.open_tree("blob_segments")?;
-        let next = blob_segments
-            .last()?
-            .map(|(k, _)| u64_at(&k, 0) + 1)
-            .unwrap_or(0);
+    /// Opens (creating) the catalog of the data directory `dir`, with a page cache of
+    /// `cache_bytes`. A catalog of sled (before format rule 9) is moved into the new file
+    /// first, and a store of the per-entry format into segments (format rule 7).
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<Catalog> {
+        migrate::from_sled(dir, cache_bytes)?;
+        let kv = Kv::open(&dir.join(FILE), cache_bytes)?;
+        let tables = [
+            BLOB_SEGMENTS,
+            PACKS,
+            WORKSPACES,
+            WS_PATHS,
+            SNAPSHOTS,
+            WS_SNAPS,
+            INDEX_SEGMENTS,
+            META,
+        ];
+        let next = kv.write(|w| {
+            for t in tables {
+                w.open_table(t)?;
+            }
+            let segments = w.open_table(BLOB_SEGMENTS)?;
+            let last = segments.last()?;
+            Ok(last.map(|(k, _)| u64_at(k.value(), 0) + 1).unwrap_or(0))
+        })?;
+        kv.flush()?;
         let cat = Catalog {
-            db: db.clone(),
-            blob_segments,
+            kv,
             next_blob_segment: AtomicU64::new(next),
-            packs: db.open_tree("packs")?,
-            workspaces: db.open_tree("workspaces")?,
-            ws_paths: db.open_tree("ws_paths")?,
-            snapshots: db.open_tree("snapshots")?,
-            ws_snaps: db.open_tree("ws_snaps")?,
-            index_segments: db.open_tree("index_segments")?,
         };
-        cat.migrate_per_entry_trees()?;
+        cat.migrate_per_entry_tables()?;
         Ok(cat)
     }
 
-    fn migrate_per_entry_trees(&self) -> Result<()> {
-        let names = self.db.tree_names();
-        if names.iter().any(|n| n.as_ref() == b"blobs") {
-            let old = self.db.open_tree("blobs")?;
-            let mut entries = Vec::new();
-            for kv in old.iter() {
-                let (k, v) = kv?;
-                if let (Ok(raw), Some(loc)) = (<[u8; 16]>::try_from(k.as_ref()), Loc::decode(&v)) {
-                    entries.push((Id::from_bytes(raw), loc));
+    /// Makes every write so far durable. Fails when a write of this thread since its last
+    /// flush may have been lost (the file was reopened after a failed write).
+    pub fn flush(&self) -> Result<()> {
+        self.kv.flush()
+    }
+
+    /// Changes each time the file is reopened after a failed write: what was written before
+    /// and not flushed may be gone.
+    pub fn generation(&self) -> u64 {
+        self.kv.generation()
+    }
+
+    /// The error of an operation whose records a reopen may have lost.
+    pub fn lost(&self) -> Error {
+        self.kv.lost()
+    }
+
+    fn migrate_per_entry_tables(&self) -> Result<()> {
+        let names: Vec<String> = self.kv.read(|r| {
+            Ok(r.list_tables()?
+                .map(|t| t.name().to_owned())
+                .collect::<Vec<_>>())
+        })?;
+        if names.iter().any(|n| n == OLD_BLOBS.name()) {
+            self.kv.write(|w| {
+                let mut entries = Vec::new();
+                for kv in w.open_table(OLD_BLOBS)?.iter()? {
+                    let (k, v) = kv?;
+                    if let (Ok(raw), Some(loc)) =
+                        (<[u8; 16]>::try_from(k.value()), Loc::decode(v.value()))
+                    {
+                        entries.push((Id::from_bytes(raw), loc));
+                    }
                 }
-            }
-            tracing::info!(
-                objects = entries.len(),
-                "moving the blob index into segments"
-            );
-            self.append_blob_segments(&entries)?;
-            self.db.flush()?;
-            self.db.drop_tree("blobs")?;
+                tracing::info!(
+                    objects = entries.len(),
+                    "moving the blob index into segments"
+                );
+                self.put_blob_segments(&mut w.open_table(BLOB_SEGMENTS)?, &entries)?;
+                w.delete_table(OLD_BLOBS)?;
+                Ok(())
+            })?;
         }
-        if names.iter().any(|n| n.as_ref() == b"files") {
-            let old = self.db.open_tree("files")?;
-            let mut per_ws: HashMap<u64, Vec<IndexChange>> = HashMap::new();
-            for kv in old.iter() {
-                let (k, v) = kv?;
-                // A bad record only costs that file a re-read.
-                match decode_v1::<FileMeta>("file", &v) {
-                    Ok(meta) if k.len() >= 8 => per_ws
-                        .entry(u64_at(&k, 0))
-                        .or_default()
-                        .push((k[8..].to_vec(), Some(meta))),
-                    _ => tracing::warn!("skipping a malformed warm index record"),
+        if names.iter().any(|n| n == OLD_FILES.name()) {
+            self.kv.write(|w| {
+                let mut per_ws: HashMap<u64, Vec<IndexChange>> = HashMap::new();
+                for kv in w.open_table(OLD_FILES)?.iter()? {
+                    let (k, v) = kv?;
+                    let k = k.value();
+                    // A bad record only costs that file a re-read.
+                    match decode_v1::<FileMeta>("file", v.value()) {
+                        Ok(meta) if k.len() >= 8 => per_ws
+                            .entry(u64_at(k, 0))
+                            .or_default()
+                            .push((k[8..].to_vec(), Some(meta))),
+                        _ => tracing::warn!("skipping a malformed warm index record"),
+                    }
                 }
-            }
-            for (ws, entries) in per_ws {
-                self.write_index_base(ws, &entries)?;
-            }
-            self.db.flush()?;
-            self.db.drop_tree("files")?;
+                let mut t = w.open_table(INDEX_SEGMENTS)?;
+                for (ws, entries) in per_ws {
+                    put_index_base(&mut t, ws, &entries)?;
+                }
+                drop(t);
+                w.delete_table(OLD_FILES)?;
+                Ok(())
+            })?;
         }
-        Ok(())
+        self.kv.flush()
     }
 
     // ---- blob index
@@ -191,24 +265,27 @@ impl Catalog {
         let lengths: HashMap<u32, u64> = self.pack_lengths()?.into_iter().collect();
         let mut index = HashMap::new();
         let mut ignored = 0u64;
-        for kv in self.blob_segments.iter() {
-            let (_, v) = kv?;
-            let body = match v.split_first() {
-                Some((&SEGMENT_VERSION, body)) if body.len() % BLOB_ENTRY == 0 => body,
-                _ => return Err(Error::Corrupt("a blob index segment is malformed".into())),
-            };
-            for entry in body.chunks_exact(BLOB_ENTRY) {
-                let (id, loc) = entry.split_at(16);
-                let (Ok(id), Some(loc)) = (<[u8; 16]>::try_from(id), Loc::decode(loc)) else {
-                    return Err(Error::Corrupt("a blob index entry is malformed".into()));
+        self.kv.read(|r| {
+            for kv in r.open_table(BLOB_SEGMENTS)?.iter()? {
+                let (_, v) = kv?;
+                let body = match v.value().split_first() {
+                    Some((&SEGMENT_VERSION, body)) if body.len() % BLOB_ENTRY == 0 => body,
+                    _ => return Err(Error::Corrupt("a blob index segment is malformed".into())),
                 };
-                if lengths.get(&loc.pack).is_some_and(|&len| loc.end() <= len) {
-                    index.insert(Id::from_bytes(id), loc);
-                } else {
-                    ignored += 1;
+                for entry in body.chunks_exact(BLOB_ENTRY) {
+                    let (id, loc) = entry.split_at(16);
+                    let (Ok(id), Some(loc)) = (<[u8; 16]>::try_from(id), Loc::decode(loc)) else {
+                        return Err(Error::Corrupt("a blob index entry is malformed".into()));
+                    };
+                    if lengths.get(&loc.pack).is_some_and(|&len| loc.end() <= len) {
+                        index.insert(Id::from_bytes(id), loc);
+                    } else {
+                        ignored += 1;
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
         if ignored > 0 {
             tracing::info!(
                 ignored,
@@ -218,140 +295,201 @@ impl Catalog {
         Ok((index, ignored))
     }
 
-    /// Appends entries to the blob index (visible once their packs' lengths are raised).
-    pub fn append_blob_segments(&self, entries: &[(Id, Loc)]) -> Result<()> {
-        let mut batch = sled::Batch::default();
+    fn put_blob_segments(&self, t: &mut Table<'_>, entries: &[(Id, Loc)]) -> Result<()> {
         for chunk in entries.chunks(SEGMENT_ENTRIES) {
             let seq = self.next_blob_segment.fetch_add(1, Ordering::SeqCst);
-            batch.insert(&be(seq), blob_segment(chunk));
+            t.insert(be(seq).as_slice(), blob_segment(chunk).as_slice())?;
         }
-        self.blob_segments.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Appends entries to the blob index (visible once their packs' lengths are raised).
+    pub fn append_blob_segments(&self, entries: &[(Id, Loc)]) -> Result<()> {
+        self.kv
+            .write(|w| self.put_blob_segments(&mut w.open_table(BLOB_SEGMENTS)?, entries))
     }
 
     /// Replaces the whole blob index by `entries`, atomically.
     pub fn rewrite_blob_index(&self, entries: &[(Id, Loc)]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for k in self.blob_segments.iter().keys() {
-            batch.remove(k?);
-        }
-        for chunk in entries.chunks(SEGMENT_ENTRIES) {
-            let seq = self.next_blob_segment.fetch_add(1, Ordering::SeqCst);
-            batch.insert(&be(seq), blob_segment(chunk));
-        }
-        self.blob_segments.apply_batch(batch)?;
-        Ok(())
+        self.kv.write(|w| {
+            let mut t = w.open_table(BLOB_SEGMENTS)?;
+            t.retain(|_, _| false)?;
+            self.put_blob_segments(&mut t, entries)
+        })
     }
 
     // ---- packs
 
     /// (pack, committed length) of every pack.
     pub fn pack_lengths(&self) -> Result<Vec<(u32, u64)>> {
-        let mut out = Vec::new();
-        for kv in self.packs.iter() {
-            let (k, v) = kv?;
-            let no = k
-                .as_ref()
-                .try_into()
-                .map(u32::from_be_bytes)
-                .map_err(|_| Error::Corrupt("pack key".into()))?;
-            let len = v
-                .as_ref()
-                .try_into()
-                .map(u64::from_le_bytes)
-                .map_err(|_| Error::Corrupt("pack length".into()))?;
-            out.push((no, len));
-        }
-        Ok(out)
+        self.kv.read(|r| {
+            let mut out = Vec::new();
+            for kv in r.open_table(PACKS)?.iter()? {
+                let (k, v) = kv?;
+                let no = k
+                    .value()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::Corrupt("pack key".into()))?;
+                let len = v
+                    .value()
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| Error::Corrupt("pack length".into()))?;
+                out.push((no, len));
+            }
+            Ok(out)
+        })
     }
 
     /// Raises packs' committed lengths (never lowers them: commits may race).
     pub fn raise_pack_lengths(&self, ends: &HashMap<u32, u64>) -> Result<()> {
-        for (no, end) in ends {
-            self.packs.fetch_and_update(no.to_be_bytes(), |old| {
-                let old = old
-                    .and_then(|o| o.try_into().ok())
+        self.kv.write(|w| {
+            let mut t = w.open_table(PACKS)?;
+            for (no, end) in ends {
+                let key = no.to_be_bytes();
+                let old = t
+                    .get(key.as_slice())?
+                    .and_then(|o| o.value().try_into().ok())
                     .map(u64::from_le_bytes)
                     .unwrap_or(0);
-                Some(old.max(*end).to_le_bytes().to_vec())
-            })?;
-        }
-        Ok(())
+                if *end > old {
+                    t.insert(key.as_slice(), end.to_le_bytes().as_slice())?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Sets a pack's committed length exactly (after it was rewritten).
     pub fn set_pack_length(&self, no: u32, len: u64) -> Result<()> {
-        self.packs.insert(no.to_be_bytes(), &len.to_le_bytes())?;
-        Ok(())
+        self.kv.write(|w| {
+            w.open_table(PACKS)?
+                .insert(no.to_be_bytes().as_slice(), len.to_le_bytes().as_slice())?;
+            Ok(())
+        })
     }
 
     /// Forgets a pack.
     pub fn remove_pack(&self, no: u32) -> Result<()> {
-        self.packs.remove(no.to_be_bytes())?;
-        Ok(())
+        self.kv.write(|w| {
+            w.open_table(PACKS)?.remove(no.to_be_bytes().as_slice())?;
+            Ok(())
+        })
     }
 
     // ---- workspaces
 
-    /// A new unique id.
+    /// A new unique id, larger than every id given out before (format rule 8).
     pub fn new_id(&self) -> Result<u64> {
-        Ok(self.db.generate_id()? + 1)
+        self.kv.write(|w| {
+            let mut t = w.open_table(META)?;
+            let id = t
+                .get(NEXT_ID)?
+                .map(|v| u64_at(v.value(), 0))
+                .unwrap_or(0)
+                .max(1);
+            t.insert(NEXT_ID, be(id + 1).as_slice())?;
+            Ok(id)
+        })
     }
 
     /// Inserts or replaces a workspace.
     pub fn put_workspace(&self, ws: &WorkspaceRecord) -> Result<()> {
-        self.workspaces.insert(be(ws.id), records::encode(ws))?;
-        self.ws_paths.insert(&ws.path, &be(ws.id))?;
-        Ok(())
+        self.kv.write(|w| {
+            w.open_table(WORKSPACES)?
+                .insert(be(ws.id).as_slice(), records::encode(ws).as_slice())?;
+            w.open_table(WS_PATHS)?
+                .insert(ws.path.as_slice(), be(ws.id).as_slice())?;
+            Ok(())
+        })
     }
 
     /// A workspace by id.
     pub fn workspace(&self, id: u64) -> Result<Option<WorkspaceRecord>> {
-        self.workspaces
-            .get(be(id))?
-            .map(|v| records::decode(&v))
-            .transpose()
+        self.kv.read(|r| {
+            r.open_table(WORKSPACES)?
+                .get(be(id).as_slice())?
+                .map(|v| records::decode(v.value()))
+                .transpose()
+        })
     }
 
     /// A workspace by its absolute path.
     pub fn workspace_by_path(&self, path: &[u8]) -> Result<Option<WorkspaceRecord>> {
-        match self.ws_paths.get(path)? {
-            Some(id) => self.workspace(u64_at(&id, 0)),
-            None => Ok(None),
-        }
+        self.kv.read(|r| {
+            let Some(id) = r.open_table(WS_PATHS)?.get(path)? else {
+                return Ok(None);
+            };
+            r.open_table(WORKSPACES)?
+                .get(be(u64_at(id.value(), 0)).as_slice())?
+                .map(|v| records::decode(v.value()))
+                .transpose()
+        })
     }
 
     /// Every workspace.
     pub fn workspaces(&self) -> Result<Vec<WorkspaceRecord>> {
-        self.workspaces
-            .iter()
-            .values()
-            .map(|v| records::decode(&v?))
-            .collect()
+        self.kv.read(|r| {
+            let mut out = Vec::new();
+            for kv in r.open_table(WORKSPACES)?.iter()? {
+                out.push(records::decode(kv?.1.value())?);
+            }
+            Ok(out)
+        })
     }
 
     // ---- snapshots
 
     /// Inserts or replaces a snapshot.
     pub fn put_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
-        self.snapshots.insert(be(s.id), records::encode(s))?;
-        self.ws_snaps.insert(ws_snap_key(s), &[])?;
-        Ok(())
+        self.kv.write(|w| {
+            w.open_table(SNAPSHOTS)?
+                .insert(be(s.id).as_slice(), records::encode(s).as_slice())?;
+            w.open_table(WS_SNAPS)?
+                .insert(ws_snap_key(s).as_slice(), [].as_slice())?;
+            Ok(())
+        })
     }
 
     /// A snapshot by id.
     pub fn snapshot(&self, id: u64) -> Result<Option<SnapshotRecord>> {
-        self.snapshots
-            .get(be(id))?
-            .map(|v| records::decode(&v))
-            .transpose()
+        self.kv.read(|r| {
+            r.open_table(SNAPSHOTS)?
+                .get(be(id).as_slice())?
+                .map(|v| records::decode(v.value()))
+                .transpose()
+        })
     }
 
     /// Removes a snapshot's record (its data goes at the next garbage collection).
     pub fn remove_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
-        self.ws_snaps.remove(ws_snap_key(s))?;
-        self.snapshots.remove(be(s.id))?;
-        Ok(())
+        self.kv.write(|w| {
+            w.open_table(WS_SNAPS)?.remove(ws_snap_key(s).as_slice())?;
+            w.open_table(SNAPSHOTS)?.remove(be(s.id).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// (creation time in µs, snapshot id) of a workspace's snapshots created at or before
+    /// `before_us`, newest first, at most `limit`.
+    fn snapshot_keys(
+        &self,
+        ws: u64,
+        before_us: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>> {
+        let lo = snap_key(ws, 0, 0);
+        let hi = snap_key(ws, before_us.unwrap_or(u64::MAX), u64::MAX);
+        self.kv.read(|r| {
+            let t = r.open_table(WS_SNAPS)?;
+            let mut out = Vec::new();
+            for kv in t.range(lo.as_slice()..=hi.as_slice())?.rev().take(limit) {
+                let k = kv?.0;
+                out.push((u64_at(k.value(), 8), u64_at(k.value(), 16)));
+            }
+            Ok(out)
+        })
     }
 
     /// Snapshot ids of a workspace, newest first, created at or before `before_us`.
@@ -360,15 +498,12 @@ impl Catalog {
         ws: u64,
         before_us: Option<u64>,
     ) -> impl Iterator<Item = Result<(u64, u64)>> + '_ {
-        let mut end = be(ws).to_vec();
-        match before_us {
-            Some(t) => end.extend_from_slice(&be(t.saturating_add(1))),
-            None => end.extend_from_slice(&[0xff; 16]),
-        }
-        self.ws_snaps.range(be(ws).to_vec()..end).rev().map(|kv| {
-            let (k, _) = kv?;
-            Ok((u64_at(&k, 8), u64_at(&k, 16)))
-        })
+        // Read at once: no transaction stays open while the caller reads each record.
+        let (keys, err) = match self.snapshot_keys(ws, before_us, usize::MAX) {
+            Ok(keys) => (keys, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        err.map(Err).into_iter().chain(keys.into_iter().map(Ok))
     }
 
     /// A workspace's snapshots, newest first.
@@ -378,14 +513,23 @@ impl Catalog {
         before_us: Option<u64>,
         limit: usize,
     ) -> Result<Vec<SnapshotRecord>> {
-        let mut out = Vec::new();
-        for item in self.snapshot_ids(ws, before_us).take(limit) {
-            let (_, id) = item?;
-            if let Some(s) = self.snapshot(id)? {
-                out.push(s);
+        let lo = snap_key(ws, 0, 0);
+        let hi = snap_key(ws, before_us.unwrap_or(u64::MAX), u64::MAX);
+        self.kv.read(|r| {
+            let keys = r.open_table(WS_SNAPS)?;
+            let snapshots = r.open_table(SNAPSHOTS)?;
+            let mut out = Vec::new();
+            for kv in keys.range(lo.as_slice()..=hi.as_slice())?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let k = kv?.0;
+                if let Some(v) = snapshots.get(be(u64_at(k.value(), 16)).as_slice())? {
+                    out.push(records::decode(v.value())?);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// A workspace's newest snapshot.
@@ -395,11 +539,13 @@ impl Catalog {
 
     /// Every snapshot in the store.
     pub fn all_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
-        self.snapshots
-            .iter()
-            .values()
-            .map(|v| records::decode(&v?))
-            .collect()
+        self.kv.read(|r| {
+            let mut out = Vec::new();
+            for kv in r.open_table(SNAPSHOTS)?.iter()? {
+                out.push(records::decode(kv?.1.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// Snapshots of workspace `ws` whose hex id starts with `prefix` (at most `limit`).
@@ -433,83 +579,73 @@ impl Catalog {
         }
         let lo = u64::from_str_radix(&format!("{prefix:0<16}"), 16).unwrap_or(0);
         let hi = u64::from_str_radix(&format!("{prefix:f<16}"), 16).unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        for v in self.snapshots.range(be(lo)..=be(hi)).values() {
-            let s: SnapshotRecord = records::decode(&v?)?;
-            if keep(&s) {
-                out.push(s);
-                if out.len() >= limit {
-                    break;
+        let (lo, hi) = (be(lo), be(hi));
+        self.kv.read(|r| {
+            let mut out = Vec::new();
+            for kv in r
+                .open_table(SNAPSHOTS)?
+                .range(lo.as_slice()..=hi.as_slice())?
+            {
+                let s: SnapshotRecord = records::decode(kv?.1.value())?;
+                if keep(&s) {
+                    out.push(s);
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     // ---- warm file index
-
-    fn index_key(ws: u64, seq: u64) -> [u8; 16] {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&be(ws));
-        k[8..].copy_from_slice(&be(seq));
-        k
-    }
 
     /// The persisted warm index of a workspace in path order, and the number of journal
     /// entries on top of its base.
     pub fn load_index(&self, ws: u64) -> Result<LoadedIndex> {
         let mut map: std::collections::BTreeMap<Vec<u8>, FileMeta> = Default::default();
         let mut journal = 0;
-        for kv in self.index_segments.scan_prefix(be(ws)) {
-            let (_, v) = kv?;
-            let (base, changes) = decode_index_segment(&v)?;
-            if !base {
-                journal += changes.len();
+        let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
+        self.kv.read(|r| {
+            for kv in r
+                .open_table(INDEX_SEGMENTS)?
+                .range(lo.as_slice()..=hi.as_slice())?
+            {
+                let (base, changes) = decode_index_segment(kv?.1.value())?;
+                if !base {
+                    journal += changes.len();
+                }
+                for (path, meta) in changes {
+                    match meta {
+                        Some(m) => map.insert(path, m),
+                        None => map.remove(&path),
+                    };
+                }
             }
-            for (path, meta) in changes {
-                match meta {
-                    Some(m) => map.insert(path, m),
-                    None => map.remove(&path),
-                };
-            }
-        }
+            Ok(())
+        })?;
         Ok((map.into_iter().collect(), journal))
     }
 
     /// Appends changes to a workspace's persisted warm index.
     pub fn append_index(&self, ws: u64, changes: &[IndexChange]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        let seqs = self.next_index_seq(ws)?..;
-        for (seq, chunk) in seqs.zip(changes.chunks(SEGMENT_ENTRIES)) {
-            batch.insert(&Self::index_key(ws, seq), index_segment(false, chunk));
-        }
-        self.index_segments.apply_batch(batch)?;
-        Ok(())
+        self.kv.write(|w| {
+            let mut t = w.open_table(INDEX_SEGMENTS)?;
+            let seqs = next_index_seq(&t, ws)?..;
+            for (seq, chunk) in seqs.zip(changes.chunks(SEGMENT_ENTRIES)) {
+                t.insert(
+                    index_key(ws, seq).as_slice(),
+                    index_segment(false, chunk).as_slice(),
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Replaces a workspace's persisted warm index by `entries`, atomically.
     pub fn write_index_base(&self, ws: u64, entries: &[IndexChange]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for k in self.index_segments.scan_prefix(be(ws)).keys() {
-            batch.remove(k?);
-        }
-        let seqs = self.next_index_seq(ws)?..;
-        for (seq, chunk) in seqs.zip(entries.chunks(SEGMENT_ENTRIES)) {
-            batch.insert(&Self::index_key(ws, seq), index_segment(true, chunk));
-        }
-        self.index_segments.apply_batch(batch)?;
-        Ok(())
-    }
-
-    fn next_index_seq(&self, ws: u64) -> Result<u64> {
-        Ok(self
-            .index_segments
-            .scan_prefix(be(ws))
-            .keys()
-            .next_back()
-            .transpose()?
-            .map(|k| u64_at(&k, 8) + 1)
-            .unwrap_or(0))
+        self.kv
+            .write(|w| put_index_base(&mut w.open_table(INDEX_SEGMENTS)?, ws, entries))
     }
 
     /// Content ids named by the persisted warm indexes (kept by garbage collection). Entries
@@ -518,24 +654,56 @@ impl Catalog {
         let mut out = HashSet::new();
         let mut ws = None;
         let mut current: HashMap<Vec<u8>, Id> = HashMap::new();
-        for kv in self.index_segments.iter() {
-            let (k, v) = kv?;
-            let seg_ws = u64_at(&k, 0);
-            if ws != Some(seg_ws) {
-                out.extend(current.drain().map(|(_, id)| id));
-                ws = Some(seg_ws);
+        self.kv.read(|r| {
+            for kv in r.open_table(INDEX_SEGMENTS)?.iter()? {
+                let (k, v) = kv?;
+                let seg_ws = u64_at(k.value(), 0);
+                if ws != Some(seg_ws) {
+                    out.extend(current.drain().map(|(_, id)| id));
+                    ws = Some(seg_ws);
+                }
+                let (_, changes) = decode_index_segment(v.value())?;
+                for (path, meta) in changes {
+                    match meta.filter(|m| m.kind != Kind::Dir) {
+                        Some(m) => current.insert(path, m.id),
+                        None => current.remove(&path),
+                    };
+                }
             }
-            let (_, changes) = decode_index_segment(&v)?;
-            for (path, meta) in changes {
-                match meta.filter(|m| m.kind != Kind::Dir) {
-                    Some(m) => current.insert(path, m.id),
-                    None => current.remove(&path),
-                };
-            }
-        }
+            Ok(())
+        })?;
         out.extend(current.into_values());
         Ok(out)
     }
+}
+
+fn index_key(ws: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&be(ws));
+    k[8..].copy_from_slice(&be(seq));
+    k
+}
+
+fn next_index_seq(t: &Table<'_>, ws: u64) -> Result<u64> {
+    let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
+    let last = t
+        .range(lo.as_slice()..=hi.as_slice())?
+        .next_back()
+        .transpose()?;
+    Ok(last.map(|(k, _)| u64_at(k.value(), 8) + 1).unwrap_or(0))
+}
+
+fn put_index_base(t: &mut Table<'_>, ws: u64, entries: &[IndexChange]) -> Result<()> {
+    let seqs = next_index_seq(t, ws)?..;
+    let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
+    t.retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
+    for (seq, chunk) in seqs.zip(entries.chunks(SEGMENT_ENTRIES)) {
+        t.insert(
+            index_key(ws, seq).as_slice(),
+            index_segment(true, chunk).as_slice(),
+        )?;
+    }
+    Ok(())
 }
 
 fn blob_segment(entries: &[(Id, Loc)]) -> Vec<u8> {
@@ -563,5 +731,14 @@ fn decode_index_segment(bytes: &[u8]) -> Result<(bool, Vec<IndexChange>)> {
         _ => Err(Error::Corrupt(
             "catalog warm index segment has an unknown format version".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+impl Catalog {
+    /// The tables in the file.
+    pub(crate) fn table_names(&self) -> Result<Vec<String>> {
+        self.kv
+            .read(|r| Ok(r.list_tables()?.map(|t| t.name().to_owned()).collect()))
     }
 }

@@ -4,9 +4,11 @@
 //! A data directory holds:
 //! 1. `lock`: an exclusively locked file with the holder's pid; one daemon per data directory.
 //! 2. `packs/`: pack files (see [`pack`] for their format).
-//! 3. `catalog/`: the sled database with the trees `blob_segments` (id → [`Loc`], loaded into
-//!    memory when the store opens), `packs` (pack number → committed length), `workspaces`,
-//!    `ws_paths`, `snapshots`, `ws_snaps` and `index_segments` (see [`catalog`]).
+//! 3. `catalog.redb`: the redb database with the tables `blob_segments` (id → [`Loc`], loaded
+//!    into memory when the store opens), `packs` (pack number → committed length),
+//!    `workspaces`, `ws_paths`, `snapshots`, `ws_snaps`, `index_segments` and `meta` (see
+//!    [`catalog`]). A store of an earlier version has a sled database in `catalog/` instead,
+//!    copied into `catalog.redb` at the first open and then kept as `catalog.sled-migrated/`.
 //!
 //! # Layers
 //! - `writers`: the pack files (the backend): writers, background fsyncs, maps.
@@ -18,8 +20,8 @@
 //! # Writing
 //! Objects are written through a [`Batch`]: they are appended to packs at once, and become
 //! visible in the blob index only when the batch commits, after the packs are fsynced. Catalog
-//! records that refer to them are written after that, and the sled flush that ends the batch makes
-//! everything durable. A crash at any moment therefore leaves a catalog that points only at fully
+//! records that refer to them are written after that, and the catalog flush that ends the batch
+//! (redb's durable commit) makes everything durable. A crash at any moment therefore leaves a catalog that points only at fully
 //! written data; the bytes of an interrupted batch are cut off when the store next opens.
 
 pub mod batch;
@@ -34,7 +36,6 @@ pub mod records;
 pub mod tree;
 pub(crate) mod writers;
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -53,15 +54,17 @@ use crate::error::{Error, IoContext, Result};
 
 /// Blobs at most this large are compressed in memory; larger ones are streamed.
 pub const IN_MEMORY_LIMIT: u64 = 8 << 20;
-/// sled's page cache: small, the daemon must stay lean while it watches large trees (the
-/// catalog holds few, large records: see [`catalog`]).
-const CATALOG_CACHE_BYTES: u64 = 8 << 20;
+/// The catalog's page cache (redb's default is 1 GiB): small, the daemon must stay lean while
+/// it watches large trees, and the catalog holds few, large records (see [`catalog`]).
+const CATALOG_CACHE_BYTES: usize = 8 << 20;
 
-/// Free space the disk must have before the catalog is written to. sled keeps the first error
-/// of a write that failed and returns it from every later operation, reads included, until the
-/// daemon restarts: a catalog that met a full disk would stop the daemon. So a write that might
-/// not fit fails first, as a full disk, with sled untouched. sled writes its log in segments of
-/// 512 KiB; four leave room for what one batch adds and for sled's own cleaning.
+/// Free space the disk must have before the catalog is written to. After an I/O error redb
+/// refuses every later call until the file is reopened, and a reopen loses the writes of every
+/// operation since the last flush (they fail: see `catalog`'s `kv`). So a write that might not
+/// fit fails first, as a full disk, with the catalog untouched. A batch's records are a few
+/// segments of at most ~370 KiB each, written as new pages (redb reuses freed pages only after
+/// a durable commit): 2 MiB covers a save of ordinary size; a larger one that still meets the
+/// full disk fails by the reopen, and the next write works.
 const CATALOG_HEADROOM: u64 = 2 << 20;
 
 /// Counters of work done, for tests, benchmarks and `Status`.
@@ -77,7 +80,6 @@ pub struct StoreCounters {
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    db: sled::Db,
     pub(crate) cat: catalog::Catalog,
     pub(crate) packs: Packs,
     pub(crate) index: BlobIndex,
@@ -85,8 +87,6 @@ pub struct Store {
     gc_epoch: AtomicU64,
     /// Work counters.
     pub counters: StoreCounters,
-    /// sled's files, which its flush does not make durable (see [`Store::flush`]).
-    catalog_files: CatalogFiles,
     _lock: File,
 }
 
@@ -112,43 +112,19 @@ impl Store {
             .at(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).at(&dir)?;
         let lock = take_lock(&dir)?;
-        // No background flush timer (it woke the idle daemon twice a second): every write path
-        // flushes explicitly before it acknowledges.
-        let config = sled::Config::new()
-            .flush_every_ms(None)
-            .path(dir.join("catalog"))
-            .cache_capacity(CATALOG_CACHE_BYTES);
-        // We hold the data directory's lock, so sled's own lock can only be held by a handle
-        // of this process that is still shutting down its flusher: wait for it briefly.
-        let mut attempts = 0;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if attempts < 50 && e.to_string().contains("could not acquire lock") =>
-                {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let cat = catalog::Catalog::open(&db)?;
+        let cat = catalog::Catalog::open(&dir, CATALOG_CACHE_BYTES)?;
         let packs = Packs::open(dir.join("packs"))?;
         sync_new_dirs(&dir, &created)?;
         packs.recover(&cat)?;
         let (committed, ignored) = cat.load_blob_index()?;
-        let catalog_files = CatalogFiles::new(dir.join("catalog"));
         let store = Store {
             dir,
-            db,
             cat,
             packs,
             index: BlobIndex::new(committed),
             gc_lock: RwLock::new(()),
             gc_epoch: AtomicU64::new(0),
             counters: StoreCounters::default(),
-            catalog_files,
             _lock: lock,
         };
         if ignored > 0 {
@@ -194,24 +170,18 @@ impl Store {
     pub fn close_writers(&self) {
         self.packs.close_writers();
     }
-    /// Flushes the catalog to disk, durably.
-    ///
-    /// sled 0.34's flush alone is not durable: it ends with `sync_file_range`, which writes the
-    /// pages out but neither the file's size nor the disk's cache (nor anything on a file
-    /// system that does not implement it, such as FUSE), and it writes its `conf` file and the
-    /// blob files of large values without any fsync. The power-loss harness
-    /// (`tests/powerloss.rs`) lost acknowledged snapshots to each of these; so after sled's
-    /// flush its files and directories are fsynced here.
+    /// Flushes the catalog to disk, durably: one durable redb commit. Fails when a catalog
+    /// write of this thread since its last flush may have been lost (see
+    /// [`catalog::Catalog::flush`]).
     pub fn flush(&self) -> Result<()> {
         self.catalog_room()?;
-        self.db.flush()?;
-        self.catalog_files.sync()
+        self.cat.flush()
     }
 
     /// Fails as a full disk when the catalog may not have room to write (see
     /// [`CATALOG_HEADROOM`]).
     pub(crate) fn catalog_room(&self) -> Result<()> {
-        let path = self.dir.join("catalog");
+        let path = self.dir.join(catalog::FILE);
         let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
             .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
         // SAFETY: a NUL-terminated path and a zeroed out-parameter of the right type.
@@ -236,69 +206,14 @@ impl Store {
     }
 }
 
-/// sled's files in `catalog/`: the log `db`, `conf`, snapshots, and `blobs/` (large values, each
-/// written once and never changed).
-#[derive(Debug)]
-struct CatalogFiles {
-    dir: PathBuf,
-    /// Blob files fsynced already.
-    synced: Mutex<HashSet<std::ffi::OsString>>,
-}
-
-impl CatalogFiles {
-    fn new(dir: PathBuf) -> CatalogFiles {
-        CatalogFiles {
-            dir,
-            synced: Mutex::default(),
-        }
-    }
-
-    fn sync(&self) -> Result<()> {
-        let fsync = |p: &Path| File::open(p).and_then(|f| f.sync_all()).at(p);
-        let blobs = self.dir.join("blobs");
-        let mut synced = lock_poisoned(&self.synced);
-        let mut listed = HashSet::new();
-        let mut new_blobs = false;
-        for e in fs::read_dir(&blobs).at(&blobs)? {
-            let name = e.at(&blobs)?.file_name();
-            if !synced.contains(&name) {
-                fsync(&blobs.join(&name))?;
-                new_blobs = true;
-            }
-            listed.insert(name);
-        }
-        // Blobs sled removed are forgotten.
-        let removed = synced.len() + usize::from(new_blobs) > listed.len();
-        *synced = listed;
-        drop(synced);
-        if new_blobs || removed {
-            fsync(&blobs)?;
-        }
-        for e in fs::read_dir(&self.dir).at(&self.dir)? {
-            let e = e.at(&self.dir)?;
-            if e.file_type().at(&self.dir)?.is_file() {
-                fsync(&e.path())?;
-            }
-        }
-        // Snapshots are renamed into place, old ones removed.
-        fsync(&self.dir)
-    }
-}
-
 /// A new directory's name survives a power loss only once its parent is fsynced, and a new
 /// file's only once its directory is: without this, a power cut after the first acknowledged
 /// save of a new data directory could take the whole store with it (packs' directory fsyncs
 /// cannot help while `packs/` itself, or the data directory, is not durably named).
 fn sync_new_dirs(dir: &Path, created: &[PathBuf]) -> Result<()> {
-    for d in [
-        dir.join("catalog/blobs"),
-        dir.join("catalog"),
-        dir.join("packs"),
-    ] {
-        if d.is_dir() {
-            File::open(&d).and_then(|f| f.sync_all()).at(&d)?;
-        }
-    }
+    let packs = dir.join("packs");
+    File::open(&packs).and_then(|f| f.sync_all()).at(&packs)?;
+    // The catalog's file is named here too.
     File::open(dir).and_then(|f| f.sync_all()).at(dir)?;
     // The folders above it that this open created (the first start, `~/.local/share/chkpt`).
     for c in created {
@@ -559,66 +474,5 @@ mod tests {
         c.put(&random(5_000, 3), false).unwrap();
         c.finish().unwrap();
         assert_eq!(store.read_vec(&x).unwrap(), random(5_000, 3));
-    }
-
-    /// A store written with one sled entry per object and per path opens with everything in
-    /// place (catalog format rule 7).
-    #[test]
-    fn a_per_entry_catalog_is_moved_into_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = random(100_000, 9);
-        let id = {
-            let store = Store::open(dir.path()).unwrap();
-            let b = store.batch();
-            let (id, _) = b.put(&data, false).unwrap();
-            b.finish().unwrap();
-            let old = store.db.open_tree("blobs").unwrap();
-            for (id, loc) in store.objects() {
-                old.insert(id.as_bytes(), &loc.encode()).unwrap();
-            }
-            store.db.drop_tree("blob_segments").unwrap();
-            let meta = catalog::FileMeta {
-                kind: Kind::File,
-                mode: 0o644,
-                size: data.len() as u64,
-                mtime_ns: 1,
-                ctime_ns: 2,
-                ino: 3,
-                dev: 4,
-                id,
-                racy: false,
-            };
-            let mut key = 7u64.to_be_bytes().to_vec();
-            key.extend_from_slice(b"src/a.bin");
-            let mut value = vec![catalog::SEGMENT_VERSION];
-            value.extend_from_slice(&bitcode::encode(&meta));
-            store
-                .db
-                .open_tree("files")
-                .unwrap()
-                .insert(key, value)
-                .unwrap();
-            store.flush().unwrap();
-            id
-        };
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.read_vec(&id).unwrap(), data);
-        let (entries, _) = store.cat.load_index(7).unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(
-            (entries[0].0.as_slice(), entries[0].1.id),
-            (&b"src/a.bin"[..], id)
-        );
-        let names = store.db.tree_names();
-        assert!(
-            !names
-                .iter()
-                .any(|n| n.as_ref() == b"blobs" || n.as_ref() == b"files")
-        );
-        drop(store);
-        // Once moved, a second open finds the same.
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.read_vec(&id).unwrap(), data);
-        assert_eq!(store.cat.load_index(7).unwrap().0.len(), 1);
     }
 }
