@@ -566,6 +566,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     workspace,
                     message,
                     pin,
+                    ..Default::default()
                 })
             })
             .boxed(),
@@ -736,6 +737,7 @@ fn hostile_rpcs_get_correct_codes_and_the_daemon_keeps_serving() {
             workspace: s(&ws),
             message: format!("save {i}"),
             pin: false,
+            ..Default::default()
         }))
         .unwrap();
     }
@@ -937,6 +939,7 @@ fn hostile_rpcs_get_correct_codes_and_the_daemon_keeps_serving() {
                 workspace: s(fresh.path()),
                 message: "after".into(),
                 pin: false,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -1331,6 +1334,7 @@ async fn concurrent_clients_under_constant_edits() {
                             workspace: wss.clone(),
                             message: format!("client {t}"),
                             pin: false,
+                            ..Default::default()
                         })
                         .await
                         .map(|r| {

@@ -56,6 +56,9 @@ enum Command {
         path: Option<PathBuf>,
     },
     /// Take a snapshot now and print its id
+    ///
+    /// When nothing changed since the latest snapshot, that one is printed and marked
+    /// unchanged (the message and tags are kept on it as a note) unless --allow-empty.
     Save {
         /// Message to attach to the snapshot
         #[arg(short, long, value_name = "MSG")]
@@ -63,6 +66,12 @@ enum Command {
         /// Pin the snapshot so pruning never removes it
         #[arg(long)]
         pin: bool,
+        /// A label, KEY=VALUE (repeatable), e.g. --tag agent=claude-code
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<v1::Tag>,
+        /// Record a new snapshot even when nothing changed since the latest one
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// List snapshots, newest first
     List {
@@ -72,6 +81,13 @@ enum Command {
         /// List the snapshots of all workspaces
         #[arg(long)]
         all: bool,
+        /// Only snapshots carrying this tag, KEY=VALUE (repeatable: all of them), by
+        /// themselves or in a note
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<v1::Tag>,
+        /// Only one agent session's checkpoints (the same as --tag session=ID)
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
         /// Only snapshots that changed these files or directories (after `--`)
         #[arg(last = true, value_name = "PATH", conflicts_with = "all")]
         paths: Vec<PathBuf>,
@@ -495,10 +511,34 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 || format!("stopped watching {}; its snapshots are kept\n", ws.path),
             )
         }
-        Command::Save { message, pin } => {
-            commands::save(&ctx, message.unwrap_or_default(), pin).await
+        Command::Save {
+            message,
+            pin,
+            tags,
+            allow_empty,
+        } => {
+            let req = v1::SaveRequest {
+                workspace: ctx.workspace()?,
+                message: message.unwrap_or_default(),
+                pin,
+                tags,
+                allow_empty,
+            };
+            commands::save(&ctx, req).await
         }
-        Command::List { limit, all, paths } => {
+        Command::List {
+            limit,
+            all,
+            mut tags,
+            session,
+            paths,
+        } => {
+            if let Some(id) = session {
+                tags.push(v1::Tag {
+                    key: "session".into(),
+                    value: id,
+                });
+            }
             let workspace = if all { String::new() } else { ctx.workspace()? };
             let limit = limit.map(|l| l as usize);
             let paths = paths
@@ -508,7 +548,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let snapshots = ctx
                 .client()
                 .await?
-                .list_touching(workspace, all, limit, paths)
+                .list_filtered(workspace, all, limit, paths, tags)
                 .await?;
             ctx.emit(
                 || snapshots.iter().map(output::snapshot_json).collect(),
@@ -611,6 +651,17 @@ async fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "chkptctl", &mut script);
             ctx.print(&String::from_utf8_lossy(&script))
         }
+    }
+}
+
+/// `KEY=VALUE` as a tag.
+pub fn parse_tag(text: &str) -> Result<v1::Tag, String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok(v1::Tag {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        }),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
 }
 
