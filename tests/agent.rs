@@ -10,9 +10,10 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::Daemon;
+use util::{Daemon, listing};
 
 /// What one `chkptctl` run produced.
 struct Out {
@@ -210,5 +211,184 @@ fn tags_are_shown_and_filter_the_list() {
     let bad = run_in(&d.socket, w, &["save", "--tag", "bad key=v"], "");
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("a key is letters"), "{}", bad.stderr);
+}
+
+/// One Claude Code hook call with this JSON on stdin; it must exit 0 and print nothing on
+/// stdout.
+fn claude_hook(d: &Daemon, cwd: &Path, input: &Value) -> Out {
+    let out = run_in(&d.socket, cwd, &["hook", "claude-code"], &input.to_string());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "", "a hook prints nothing on stdout");
+    out
+}
+
+#[test]
+fn hooks_tag_a_session_and_session_caret_restores_what_was_before_it() {
+    let (d, ws) = setup();
+    let w = ws.path();
+    let cwd = w.display().to_string();
+    let event = |name: &str, extra: Value| {
+        let mut v = serde_json::json!({
+            "session_id": "sess-1",
+            "transcript_path": "/tmp/t.jsonl",
+            "cwd": cwd,
+            "hook_event_name": name,
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    // The user's own edit before the session: part of "before".
+    fs::write(w.join("README"), b"edited by the user\n").unwrap();
+    let before = listing(w);
+    claude_hook(
+        &d,
+        w,
+        &event(
+            "UserPromptSubmit",
+            serde_json::json!({"prompt": "Refactor main\nand more details"}),
+        ),
+    );
+    claude_hook(
+        &d,
+        w,
+        &event(
+            "PreToolUse",
+            serde_json::json!({"tool_name": "Bash", "tool_input": {"command": "x"}}),
+        ),
+    );
+    // The tool runs: edits chkpt sees only on disk.
+    fs::write(w.join("src/main.rs"), b"fn main() { refactored() }\n").unwrap();
+    fs::write(w.join("new.rs"), b"pub fn refactored() {}\n").unwrap();
+    claude_hook(
+        &d,
+        w,
+        &event(
+            "PostToolUse",
+            serde_json::json!({"tool_name": "Bash", "tool_response": {"stdout": ""}}),
+        ),
+    );
+    claude_hook(&d, w, &event("Stop", serde_json::json!({})));
+    let after = listing(w);
+
+    let session = json(&d, w, &["list", "--session", "sess-1"]);
+    let rows = session.as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "the prompt's and the tool's checkpoints: {session:#}"
+    );
+    assert_eq!(rows[0]["message"], "after Bash");
+    assert_eq!(
+        rows[0]["tags"],
+        serde_json::json!([
+            "agent=claude-code",
+            "session=sess-1",
+            "phase=post-tool",
+            "tool=Bash"
+        ])
+    );
+    assert_eq!(rows[1]["message"], "prompt: Refactor main");
+    // The PreToolUse hook found nothing changed: a note on the prompt's checkpoint, which the
+    // tag filter finds.
+    assert_eq!(
+        ids(&json(&d, w, &["list", "--tag", "phase=pre-tool"])),
+        [rows[1]["id"].as_str().unwrap()]
+    );
+    assert_eq!(
+        ids(&json(&d, w, &["list", "--tag", "agent=claude-code"])).len(),
+        2
+    );
+    assert_eq!(
+        json(&d, w, &["show", "session:sess-1"])["id"],
+        rows[0]["id"]
+    );
+    assert_eq!(
+        json(&d, w, &["show", "session:sess-1^"])["id"],
+        rows[1]["id"]
+    );
+
+    // One command takes the whole session back out.
+    ok(&d, w, &["restore", "session:sess-1^"]);
+    assert_eq!(listing(w), before, "the state just before the session");
+    ok(&d, w, &["undo"]);
+    assert_eq!(listing(w), after);
+
+    // The generic hook takes the same facts as flags.
+    fs::write(w.join("c.txt"), b"codex was here\n").unwrap();
+    let out = run_in(
+        &d.socket,
+        w,
+        &[
+            "hook",
+            "generic",
+            "--agent",
+            "codex",
+            "--session",
+            "c-9",
+            "--phase",
+            "post-tool",
+            "--tool",
+            "shell",
+        ],
+        "",
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{}", out.stderr);
+    let codex = json(&d, w, &["list", "--tag", "agent=codex"]);
+    assert_eq!(codex[0]["message"], "after shell");
+    assert_eq!(
+        codex[0]["tags"],
+        serde_json::json!([
+            "agent=codex",
+            "session=c-9",
+            "phase=post-tool",
+            "tool=shell"
+        ])
+    );
+}
+
+#[test]
+fn a_hook_never_fails_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = serde_json::json!({
+        "session_id": "s", "cwd": dir.path(), "hook_event_name": "PreToolUse", "tool_name": "Edit"
+    })
+    .to_string();
+    let one_line = |out: &Out, needle: &str| {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.stdout, "");
+        assert_eq!(out.stderr.lines().count(), 1, "{:?}", out.stderr);
+        assert!(out.stderr.contains(needle), "{:?}", out.stderr);
+    };
+    // No daemon.
+    let gone = dir.path().join("no.sock");
+    one_line(
+        &run_in(&gone, dir.path(), &["hook", "claude-code"], &input),
+        "not running",
+    );
+    // Input that is not JSON.
+    one_line(
+        &run_in(&gone, dir.path(), &["hook", "claude-code"], "{oops"),
+        "not JSON",
+    );
+    // A daemon that accepts the connection and never answers: the wait is bounded.
+    let hung = dir.path().join("hung.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&hung).unwrap();
+    let t = Instant::now();
+    let out = run_in(
+        &hung,
+        dir.path(),
+        &["hook", "claude-code", "--timeout-ms", "300"],
+        &input,
+    );
+    one_line(&out, "did not answer within 300 ms");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    // A folder nobody watches.
+    let d = Daemon::start(&[]);
+    one_line(
+        &run_in(&d.socket, dir.path(), &["hook", "claude-code"], &input),
+        "no checkpoint taken",
+    );
 }
 

@@ -173,11 +173,55 @@ enum Command {
         #[command(subcommand)]
         action: ServiceAction,
     },
+    /// Take a tagged checkpoint from an AI agent's hook (never fails the agent: exits 0, with
+    /// one line on stderr when no checkpoint could be taken)
+    Hook {
+        #[command(subcommand)]
+        agent: HookAgent,
+    },
     /// Print a shell completion script
     Completions {
         /// Shell to complete for
         shell: Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum HookAgent {
+    /// Read a Claude Code hook's JSON from stdin (SessionStart, UserPromptSubmit,
+    /// PreToolUse, PostToolUse, Stop): tags agent=claude-code, session, phase, tool
+    ClaudeCode {
+        /// Longest wait for the daemon, in milliseconds
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// The same facts as flags, for any agent
+    Generic(GenericHookArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenericHookArgs {
+    /// The agent, e.g. codex (the `agent` tag)
+    #[arg(long)]
+    agent: String,
+    /// The agent's session id (the `session` tag; `session:ID^` restores what was before it)
+    #[arg(long, value_name = "ID", default_value = "")]
+    session: String,
+    /// When in the agent's turn this is
+    #[arg(long, value_enum)]
+    phase: crate::hook::Phase,
+    /// The tool about to run, or that ran
+    #[arg(long, default_value = "")]
+    tool: String,
+    /// The prompt (its first line goes into the message)
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// The agent's working directory [default: the workspace, else the current directory]
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Longest wait for the daemon, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -639,6 +683,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 },
             )
         }
+        Command::Hook { agent } => {
+            hook(&ctx, agent).await;
+            Ok(())
+        }
         Command::Daemon { action } => commands::daemon_action(&ctx, action).await,
         Command::Service { action } => commands::service_action(&ctx, action).await,
         Command::Completions { shell } => {
@@ -651,6 +699,41 @@ async fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "chkptctl", &mut script);
             ctx.print(&String::from_utf8_lossy(&script))
         }
+    }
+}
+
+/// `chkptctl hook`: every failure is one line on stderr, never an exit code the agent sees.
+async fn hook(ctx: &Ctx, agent: HookAgent) {
+    let (facts, timeout_ms) = match agent {
+        HookAgent::ClaudeCode { timeout_ms } => (
+            crate::hook::read_stdin()
+                .and_then(|input| crate::hook::Facts::from_claude_code(&input)),
+            timeout_ms,
+        ),
+        HookAgent::Generic(a) => (
+            Ok(crate::hook::Facts {
+                agent: a.agent,
+                session: a.session,
+                phase: Some(a.phase),
+                event: String::new(),
+                tool: a.tool,
+                prompt: a.prompt.lines().next().unwrap_or("").trim().to_owned(),
+                cwd: a.cwd,
+            }),
+            a.timeout_ms,
+        ),
+    };
+    let facts = match facts {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("chkpt hook: {e}; no checkpoint taken");
+            return;
+        }
+    };
+    let fallback = ctx.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    if let Err(e) = crate::hook::checkpoint(&ctx.socket, &facts, &fallback, timeout).await {
+        eprintln!("chkpt hook: {e}; no checkpoint taken");
     }
 }
 

@@ -45,6 +45,7 @@
 pub mod cli;
 pub mod connect;
 pub mod daemon;
+pub mod hook;
 #[cfg(target_os = "linux")]
 mod mount;
 mod output;
