@@ -392,3 +392,43 @@ fn a_hook_never_fails_the_agent() {
     );
 }
 
+#[test]
+fn the_mcp_server_serves_a_real_python_client_over_stdio() {
+    let python = util::python_with("test-python-mcp", "import mcp", &["mcp"], false);
+    let (d, ws) = setup();
+    let w = ws.path();
+    // Only a.txt, so the script knows the whole folder.
+    fs::remove_dir_all(w.join("src")).unwrap();
+    fs::remove_file(w.join("README")).unwrap();
+    fs::write(w.join("a.txt"), b"one\n").unwrap();
+    ok(&d, w, &["save", "-m", "start"]);
+    // The server's own working directory is not the workspace: it must use the client's root.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_client.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_chkptctl"))
+        .arg(&d.socket)
+        .arg(w)
+        .arg(elsewhere.path())
+        .env_remove("CHKPT_SOCKET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Python MCP client failed:\nstdout: {stdout}\nstderr: {}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["server"], "chkpt");
+    // What the client did is what the daemon has: the restore's pre-restore checkpoint, and
+    // the working tree as the undo left it.
+    let pre = summary["pre_restore"].as_str().unwrap();
+    let shown = json(&d, w, &["show", pre]);
+    assert_eq!(shown["trigger"], "pre-restore");
+    assert_eq!(fs::read(w.join("a.txt")).unwrap(), b"two\n");
+    assert_eq!(fs::read(w.join("b.txt")).unwrap(), b"new file\n");
+}
+

@@ -179,6 +179,9 @@ enum Command {
         #[command(subcommand)]
         agent: HookAgent,
     },
+    /// Serve the Model Context Protocol on stdin/stdout: tools an agent can call to
+    /// checkpoint, list, diff, read and restore the workspace
+    Mcp,
     /// Print a shell completion script
     Completions {
         /// Shell to complete for
@@ -687,6 +690,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             hook(&ctx, agent).await;
             Ok(())
         }
+        Command::Mcp => crate::mcp::serve(ctx.socket.clone(), ctx.workspace.clone()).await,
         Command::Daemon { action } => commands::daemon_action(&ctx, action).await,
         Command::Service { action } => commands::service_action(&ctx, action).await,
         Command::Completions { shell } => {

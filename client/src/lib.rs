@@ -46,6 +46,7 @@ pub mod cli;
 pub mod connect;
 pub mod daemon;
 pub mod hook;
+mod mcp;
 #[cfg(target_os = "linux")]
 mod mount;
 mod output;
