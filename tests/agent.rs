@@ -432,3 +432,357 @@ fn the_mcp_server_serves_a_real_python_client_over_stdio() {
     assert_eq!(fs::read(w.join("b.txt")).unwrap(), b"new file\n");
 }
 
+/// The plugin's JSON files, checked field by field against the documented schemas (Claude
+/// Code's plugin reference: the marketplace manifest, the plugin manifest, `.mcp.json`, and
+/// the hooks file, which has the settings' hook format).
+mod plugin {
+    use std::path::{Path, PathBuf};
+
+    use serde_json::{Map, Value};
+
+    /// Hook events the hooks reference names.
+    const EVENTS: &[&str] = &[
+        "PreToolUse",
+        "PostToolUse",
+        "PostToolUseFailure",
+        "Notification",
+        "UserPromptSubmit",
+        "SessionStart",
+        "SessionEnd",
+        "Stop",
+        "SubagentStart",
+        "SubagentStop",
+        "PreCompact",
+        "PostCompact",
+        "PermissionRequest",
+    ];
+    /// Top-level fields of plugin.json.
+    const PLUGIN_FIELDS: &[&str] = &[
+        "$schema",
+        "name",
+        "version",
+        "description",
+        "author",
+        "homepage",
+        "repository",
+        "license",
+        "keywords",
+        "commands",
+        "agents",
+        "skills",
+        "hooks",
+        "mcpServers",
+        "outputStyles",
+        "lspServers",
+    ];
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn read(path: &Path) -> Value {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
+        v.as_object()
+            .ok_or_else(|| format!("{what} must be an object"))
+    }
+
+    fn string<'a>(v: &'a Map<String, Value>, key: &str, what: &str) -> Result<&'a str, String> {
+        match v.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s),
+            Some(_) => Err(format!("{what}.{key} must be a non-empty string")),
+            None => Err(format!("{what}.{key} is required")),
+        }
+    }
+
+    fn optional_string(v: &Map<String, Value>, key: &str, what: &str) -> Result<(), String> {
+        match v.get(key) {
+            None | Some(Value::String(_)) => Ok(()),
+            Some(_) => Err(format!("{what}.{key} must be a string")),
+        }
+    }
+
+    /// "Use kebab-case, no spaces" (plugin and marketplace names).
+    fn kebab(name: &str, what: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        ok.then_some(())
+            .ok_or_else(|| format!("{what} {name:?} must be kebab-case"))
+    }
+
+    fn author(v: &Map<String, Value>, what: &str) -> Result<(), String> {
+        match v.get("author") {
+            None => Ok(()),
+            Some(a) => {
+                let a = object(a, &format!("{what}.author"))?;
+                string(a, "name", &format!("{what}.author")).map(drop)
+            }
+        }
+    }
+
+    fn semver(v: &Map<String, Value>, what: &str) -> Result<(), String> {
+        let Some(version) = v.get("version") else {
+            return Ok(());
+        };
+        let s = version
+            .as_str()
+            .ok_or_else(|| format!("{what}.version must be a string"))?;
+        let parts: Vec<&str> = s.split('-').next().unwrap_or("").split('.').collect();
+        (parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        .then_some(())
+        .ok_or_else(|| format!("{what}.version {s:?} is not MAJOR.MINOR.PATCH"))
+    }
+
+    fn keywords(v: &Map<String, Value>, what: &str) -> Result<(), String> {
+        match v.get("keywords") {
+            None => Ok(()),
+            Some(Value::Array(k)) if k.iter().all(Value::is_string) => Ok(()),
+            Some(_) => Err(format!("{what}.keywords must be an array of strings")),
+        }
+    }
+
+    /// `.claude-plugin/marketplace.json`: name, owner.name and plugins are required; each
+    /// plugin entry needs a name and a source.
+    pub fn marketplace(v: &Value) -> Result<Vec<(String, String)>, String> {
+        let m = object(v, "marketplace")?;
+        kebab(string(m, "name", "marketplace")?, "marketplace name")?;
+        let owner = object(
+            m.get("owner").ok_or("marketplace.owner is required")?,
+            "marketplace.owner",
+        )?;
+        string(owner, "name", "marketplace.owner")?;
+        optional_string(owner, "email", "marketplace.owner")?;
+        let plugins = m
+            .get("plugins")
+            .and_then(Value::as_array)
+            .ok_or("marketplace.plugins must be an array")?;
+        if plugins.is_empty() {
+            return Err("marketplace.plugins is empty".into());
+        }
+        let mut out = Vec::new();
+        for (i, p) in plugins.iter().enumerate() {
+            let what = format!("marketplace.plugins[{i}]");
+            let p = object(p, &what)?;
+            let name = string(p, "name", &what)?;
+            kebab(name, &format!("{what}.name"))?;
+            let source = match p.get("source") {
+                Some(Value::String(s)) if s.starts_with("./") => s.clone(),
+                Some(Value::String(s)) => {
+                    return Err(format!(
+                        "{what}.source {s:?}: a relative path starts with ./"
+                    ));
+                }
+                Some(Value::Object(o)) if o.contains_key("source") => {
+                    return Err(format!("{what}: this repository's plugin is a local path"));
+                }
+                _ => return Err(format!("{what}.source is required")),
+            };
+            for key in [
+                "description",
+                "license",
+                "category",
+                "homepage",
+                "repository",
+            ] {
+                optional_string(p, key, &what)?;
+            }
+            semver(p, &what)?;
+            author(p, &what)?;
+            keywords(p, &what)?;
+            out.push((name.to_owned(), source));
+        }
+        Ok(out)
+    }
+
+    /// `.claude-plugin/plugin.json`: name is required (kebab-case); only documented fields.
+    pub fn manifest(v: &Value) -> Result<String, String> {
+        let m = object(v, "plugin.json")?;
+        let name = string(m, "name", "plugin.json")?;
+        kebab(name, "plugin name")?;
+        if let Some(k) = m.keys().find(|k| !PLUGIN_FIELDS.contains(&k.as_str())) {
+            return Err(format!("plugin.json has an undocumented field {k:?}"));
+        }
+        for key in ["description", "homepage", "repository", "license"] {
+            optional_string(m, key, "plugin.json")?;
+        }
+        semver(m, "plugin.json")?;
+        author(m, "plugin.json")?;
+        keywords(m, "plugin.json")?;
+        Ok(name.to_owned())
+    }
+
+    /// `.mcp.json`: `mcpServers`, each a command with string args (and an env of strings).
+    pub fn mcp(v: &Value) -> Result<Vec<(String, Vec<String>)>, String> {
+        let m = object(v, ".mcp.json")?;
+        let servers = object(
+            m.get("mcpServers")
+                .ok_or(".mcp.json: mcpServers is required")?,
+            ".mcp.json mcpServers",
+        )?;
+        let mut out = Vec::new();
+        for (name, s) in servers {
+            let what = format!("mcpServers.{name}");
+            let s = object(s, &what)?;
+            let command = string(s, "command", &what)?;
+            let args = match s.get("args") {
+                None => Vec::new(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| format!("{what}.args must be strings"))?,
+                Some(_) => return Err(format!("{what}.args must be an array")),
+            };
+            if let Some(env) = s.get("env") {
+                let env = object(env, &format!("{what}.env"))?;
+                if !env.values().all(Value::is_string) {
+                    return Err(format!("{what}.env values must be strings"));
+                }
+            }
+            out.push((command.to_owned(), args));
+        }
+        Ok(out)
+    }
+
+    /// `hooks/hooks.json`: an optional description, and `hooks`: event name → matcher groups,
+    /// each with an optional string matcher and a non-empty list of hooks; a command hook has
+    /// `type: "command"`, a non-empty `command` and an optional positive `timeout` (seconds).
+    pub fn hooks(v: &Value) -> Result<Vec<(String, String)>, String> {
+        let m = object(v, "hooks.json")?;
+        if let Some(k) = m
+            .keys()
+            .find(|k| !["description", "hooks"].contains(&k.as_str()))
+        {
+            return Err(format!("hooks.json has an undocumented field {k:?}"));
+        }
+        optional_string(m, "description", "hooks.json")?;
+        let events = object(
+            m.get("hooks").ok_or("hooks.json: hooks is required")?,
+            "hooks",
+        )?;
+        let mut out = Vec::new();
+        for (event, groups) in events {
+            if !EVENTS.contains(&event.as_str()) {
+                return Err(format!("hooks: {event:?} is not a hook event"));
+            }
+            let groups = groups
+                .as_array()
+                .ok_or_else(|| format!("hooks.{event} must be an array"))?;
+            for (i, g) in groups.iter().enumerate() {
+                let what = format!("hooks.{event}[{i}]");
+                let g = object(g, &what)?;
+                optional_string(g, "matcher", &what)?;
+                let list = g
+                    .get("hooks")
+                    .and_then(Value::as_array)
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| format!("{what}.hooks must be a non-empty array"))?;
+                for (j, h) in list.iter().enumerate() {
+                    let what = format!("{what}.hooks[{j}]");
+                    let h = object(h, &what)?;
+                    if h.get("type").and_then(Value::as_str) != Some("command") {
+                        return Err(format!("{what}.type must be \"command\""));
+                    }
+                    let command = string(h, "command", &what)?;
+                    if let Some(t) = h.get("timeout") {
+                        if !t.as_f64().is_some_and(|t| t > 0.0) {
+                            return Err(format!("{what}.timeout must be a positive number"));
+                        }
+                    }
+                    out.push((event.clone(), command.to_owned()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The repository's marketplace, its plugin, the MCP server and the hooks it registers.
+    pub fn check_repository(root: &Path) -> Result<(), String> {
+        let plugins = marketplace(&read(&root.join(".claude-plugin/marketplace.json")))?;
+        let [(name, source)] = plugins.as_slice() else {
+            return Err(format!("one plugin expected: {plugins:?}"));
+        };
+        let dir = root.join(source);
+        let manifest_name = manifest(&read(&dir.join(".claude-plugin/plugin.json")))?;
+        if &manifest_name != name {
+            return Err(format!(
+                "marketplace names {name:?}, plugin.json {manifest_name:?}"
+            ));
+        }
+        let servers = mcp(&read(&dir.join(".mcp.json")))?;
+        if servers != [("chkptctl".to_owned(), vec!["mcp".to_owned()])] {
+            return Err(format!(
+                ".mcp.json must register `chkptctl mcp`: {servers:?}"
+            ));
+        }
+        let hooks = hooks(&read(&dir.join("hooks/hooks.json")))?;
+        for event in ["UserPromptSubmit", "PreToolUse", "PostToolUse", "Stop"] {
+            if !hooks
+                .iter()
+                .any(|(e, c)| e == event && c == "chkptctl hook claude-code")
+            {
+                return Err(format!(
+                    "no `chkptctl hook claude-code` on {event}: {hooks:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_claude_code_plugin_matches_the_documented_schemas() {
+        check_repository(&root()).unwrap();
+        // And the checks refuse what the schemas refuse.
+        let bad = |v: Value| v;
+        assert!(
+            marketplace(&bad(
+                serde_json::json!({"name": "x", "plugins": [{"name": "a", "source": "./a"}]})
+            ))
+            .is_err(),
+            "owner is required"
+        );
+        assert!(
+            marketplace(&bad(
+                serde_json::json!({"name": "x", "owner": {"name": "o"}, "plugins": [{"name": "a"}]})
+            ))
+            .is_err(),
+            "source is required"
+        );
+        assert!(marketplace(&bad(serde_json::json!({"name": "My Market", "owner": {"name": "o"}, "plugins": [{"name": "a", "source": "./a"}]}))).is_err(), "kebab-case");
+        assert!(
+            manifest(&bad(serde_json::json!({"version": "1.0.0"}))).is_err(),
+            "name is required"
+        );
+        assert!(manifest(&bad(serde_json::json!({"name": "a", "version": "one"}))).is_err());
+        assert!(
+            mcp(&bad(
+                serde_json::json!({"mcpServers": {"a": {"args": ["x"]}}})
+            ))
+            .is_err(),
+            "command is required"
+        );
+        assert!(
+            hooks(&bad(serde_json::json!({"hooks": {"BeforeTool": []}}))).is_err(),
+            "unknown event"
+        );
+        assert!(
+            hooks(&bad(
+                serde_json::json!({"hooks": {"Stop": [{"hooks": [{"type": "command"}]}]}})
+            ))
+            .is_err(),
+            "command is required"
+        );
+        assert!(hooks(&bad(serde_json::json!({"hooks": {"Stop": [{"hooks": [{"type": "command", "command": "x", "timeout": 0}]}]}}))).is_err());
+    }
+}
