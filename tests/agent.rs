@@ -695,10 +695,10 @@ mod plugin {
                         return Err(format!("{what}.type must be \"command\""));
                     }
                     let command = string(h, "command", &what)?;
-                    if let Some(t) = h.get("timeout") {
-                        if !t.as_f64().is_some_and(|t| t > 0.0) {
-                            return Err(format!("{what}.timeout must be a positive number"));
-                        }
+                    if let Some(t) = h.get("timeout")
+                        && !t.as_f64().is_some_and(|t| t > 0.0)
+                    {
+                        return Err(format!("{what}.timeout must be a positive number"));
                     }
                     out.push((event.clone(), command.to_owned()));
                 }
