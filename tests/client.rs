@@ -120,7 +120,11 @@ fn setup(quick: bool) -> (Daemon, tempfile::TempDir) {
 fn save_list_show_cat() {
     let (d, ws) = setup(false);
     let w = ws.path();
-    let id = save(&d, w, "first");
+    // Nothing changed since the baseline: only --allow-empty records a snapshot of its own.
+    let id = ok(&d, w, &["save", "--allow-empty", "-m", "first"])
+        .text()
+        .trim()
+        .to_owned();
 
     let snaps = list(&d, w);
     let s = snaps

@@ -241,6 +241,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                     workspace: w2,
                     message: format!("round {round}"),
                     pin: false,
+                    ..Default::default()
                 };
                 (
                     "save",
@@ -418,6 +419,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 workspace: w.clone(),
                 message: "re-seed".into(),
                 pin: false,
+                ..Default::default()
             };
             let id = c.save(req).await.unwrap().into_inner().snapshot.unwrap().id;
             acked.push(Acked {

@@ -120,6 +120,7 @@ async fn sigterm_during_a_save_finishes_or_abandons_it_and_the_next_start_verifi
                 workspace: w,
                 message: "in flight".into(),
                 pin: false,
+                ..Default::default()
             })
             .await
     });

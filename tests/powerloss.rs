@@ -453,6 +453,7 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
                     workspace: w2,
                     message: format!("round {round}"),
                     pin: false,
+                    ..Default::default()
                 };
                 (
                     if op == 5 {
@@ -633,6 +634,7 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
                 workspace: w.clone(),
                 message: "re-seed".into(),
                 pin: false,
+                ..Default::default()
             };
             let id = c.save(req).await.unwrap().into_inner().snapshot.unwrap().id;
             acked.push((id, listing(&ws)));

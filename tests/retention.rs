@@ -146,6 +146,7 @@ async fn a_workspace_budget_reaches_retention_and_prune() {
                 workspace: w,
                 message: format!("seed {seed}"),
                 pin,
+                ..Default::default()
             })
             .await
             .unwrap()

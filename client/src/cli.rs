@@ -56,6 +56,9 @@ enum Command {
         path: Option<PathBuf>,
     },
     /// Take a snapshot now and print its id
+    ///
+    /// When nothing changed since the latest snapshot, that one is printed and marked
+    /// unchanged (the message and tags are kept on it as a note) unless --allow-empty.
     Save {
         /// Message to attach to the snapshot
         #[arg(short, long, value_name = "MSG")]
@@ -63,6 +66,12 @@ enum Command {
         /// Pin the snapshot so pruning never removes it
         #[arg(long)]
         pin: bool,
+        /// A label, KEY=VALUE (repeatable), e.g. --tag agent=claude-code
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<v1::Tag>,
+        /// Record a new snapshot even when nothing changed since the latest one
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// List snapshots, newest first
     List {
@@ -72,6 +81,13 @@ enum Command {
         /// List the snapshots of all workspaces
         #[arg(long)]
         all: bool,
+        /// Only snapshots carrying this tag, KEY=VALUE (repeatable: all of them), by
+        /// themselves or in a note
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<v1::Tag>,
+        /// Only one agent session's checkpoints (the same as --tag session=ID)
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
         /// Only snapshots that changed these files or directories (after `--`)
         #[arg(last = true, value_name = "PATH", conflicts_with = "all")]
         paths: Vec<PathBuf>,
@@ -157,11 +173,58 @@ enum Command {
         #[command(subcommand)]
         action: ServiceAction,
     },
+    /// Take a tagged checkpoint from an AI agent's hook (never fails the agent: exits 0, with
+    /// one line on stderr when no checkpoint could be taken)
+    Hook {
+        #[command(subcommand)]
+        agent: HookAgent,
+    },
+    /// Serve the Model Context Protocol on stdin/stdout: tools an agent can call to
+    /// checkpoint, list, diff, read and restore the workspace
+    Mcp,
     /// Print a shell completion script
     Completions {
         /// Shell to complete for
         shell: Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum HookAgent {
+    /// Read a Claude Code hook's JSON from stdin (SessionStart, UserPromptSubmit,
+    /// PreToolUse, PostToolUse, Stop): tags agent=claude-code, session, phase, tool
+    ClaudeCode {
+        /// Longest wait for the daemon, in milliseconds
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// The same facts as flags, for any agent
+    Generic(GenericHookArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenericHookArgs {
+    /// The agent, e.g. codex (the `agent` tag)
+    #[arg(long)]
+    agent: String,
+    /// The agent's session id (the `session` tag; `session:ID^` restores what was before it)
+    #[arg(long, value_name = "ID", default_value = "")]
+    session: String,
+    /// When in the agent's turn this is
+    #[arg(long, value_enum)]
+    phase: crate::hook::Phase,
+    /// The tool about to run, or that ran
+    #[arg(long, default_value = "")]
+    tool: String,
+    /// The prompt (its first line goes into the message)
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// The agent's working directory [default: the workspace, else the current directory]
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Longest wait for the daemon, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -495,10 +558,34 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 || format!("stopped watching {}; its snapshots are kept\n", ws.path),
             )
         }
-        Command::Save { message, pin } => {
-            commands::save(&ctx, message.unwrap_or_default(), pin).await
+        Command::Save {
+            message,
+            pin,
+            tags,
+            allow_empty,
+        } => {
+            let req = v1::SaveRequest {
+                workspace: ctx.workspace()?,
+                message: message.unwrap_or_default(),
+                pin,
+                tags,
+                allow_empty,
+            };
+            commands::save(&ctx, req).await
         }
-        Command::List { limit, all, paths } => {
+        Command::List {
+            limit,
+            all,
+            mut tags,
+            session,
+            paths,
+        } => {
+            if let Some(id) = session {
+                tags.push(v1::Tag {
+                    key: "session".into(),
+                    value: id,
+                });
+            }
             let workspace = if all { String::new() } else { ctx.workspace()? };
             let limit = limit.map(|l| l as usize);
             let paths = paths
@@ -508,7 +595,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let snapshots = ctx
                 .client()
                 .await?
-                .list_touching(workspace, all, limit, paths)
+                .list_filtered(workspace, all, limit, paths, tags)
                 .await?;
             ctx.emit(
                 || snapshots.iter().map(output::snapshot_json).collect(),
@@ -599,6 +686,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 },
             )
         }
+        Command::Hook { agent } => {
+            hook(&ctx, agent).await;
+            Ok(())
+        }
+        Command::Mcp => crate::mcp::serve(ctx.socket.clone(), ctx.workspace.clone()).await,
         Command::Daemon { action } => commands::daemon_action(&ctx, action).await,
         Command::Service { action } => commands::service_action(&ctx, action).await,
         Command::Completions { shell } => {
@@ -611,6 +703,52 @@ async fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "chkptctl", &mut script);
             ctx.print(&String::from_utf8_lossy(&script))
         }
+    }
+}
+
+/// `chkptctl hook`: every failure is one line on stderr, never an exit code the agent sees.
+async fn hook(ctx: &Ctx, agent: HookAgent) {
+    let (facts, timeout_ms) = match agent {
+        HookAgent::ClaudeCode { timeout_ms } => (
+            crate::hook::read_stdin()
+                .and_then(|input| crate::hook::Facts::from_claude_code(&input)),
+            timeout_ms,
+        ),
+        HookAgent::Generic(a) => (
+            Ok(crate::hook::Facts {
+                agent: a.agent,
+                session: a.session,
+                phase: Some(a.phase),
+                event: String::new(),
+                tool: a.tool,
+                prompt: a.prompt.lines().next().unwrap_or("").trim().to_owned(),
+                cwd: a.cwd,
+            }),
+            a.timeout_ms,
+        ),
+    };
+    let facts = match facts {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("chkpt hook: {e}; no checkpoint taken");
+            return;
+        }
+    };
+    let fallback = ctx.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    if let Err(e) = crate::hook::checkpoint(&ctx.socket, &facts, &fallback, timeout).await {
+        eprintln!("chkpt hook: {e}; no checkpoint taken");
+    }
+}
+
+/// `KEY=VALUE` as a tag.
+pub fn parse_tag(text: &str) -> Result<v1::Tag, String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok(v1::Tag {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        }),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
 }
 

@@ -298,6 +298,20 @@ impl Client {
         limit: Option<usize>,
         paths: Vec<Vec<u8>>,
     ) -> Result<Vec<v1::Snapshot>, Error> {
+        self.list_filtered(workspace, all, limit, paths, Vec::new())
+            .await
+    }
+
+    /// Like [`Client::list_touching`], only the snapshots carrying every tag of `tags` (by
+    /// themselves or in one note).
+    pub async fn list_filtered(
+        &mut self,
+        workspace: String,
+        all: bool,
+        limit: Option<usize>,
+        paths: Vec<Vec<u8>>,
+        tags: Vec<v1::Tag>,
+    ) -> Result<Vec<v1::Snapshot>, Error> {
         let mut snapshots = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -308,6 +322,7 @@ impl Client {
                 page_token: std::mem::take(&mut page_token),
                 all,
                 paths: paths.clone(),
+                tags: tags.clone(),
             };
             let r = self.inner.list(req.clone()).await;
             let page = self.unary(r)?;

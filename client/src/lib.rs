@@ -45,6 +45,8 @@
 pub mod cli;
 pub mod connect;
 pub mod daemon;
+pub mod hook;
+mod mcp;
 #[cfg(target_os = "linux")]
 mod mount;
 mod output;

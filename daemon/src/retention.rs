@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::store::catalog::{SnapshotRecord, Trigger};
+use crate::store::catalog::SnapshotRecord;
 
 pub use crate::store::records::Policy;
 
@@ -62,7 +62,7 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<De
         let mut reason = None;
         if s.pinned {
             reason = Some("pinned".to_owned());
-        } else if s.trigger == Trigger::Manual {
+        } else if s.saved_by_hand() {
             reason = Some("manual snapshot".to_owned());
         } else if (i as u32) < policy.keep_last {
             reason = Some(format!("keep-last {}", policy.keep_last));
@@ -101,7 +101,7 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<De
             if used <= policy.max_store_bytes {
                 break;
             }
-            if d.keep && !d.snapshot.pinned && d.snapshot.trigger != Trigger::Manual {
+            if d.keep && !d.snapshot.pinned && !d.snapshot.saved_by_hand() {
                 d.keep = false;
                 d.reason = format!("over the store budget of {} bytes", policy.max_store_bytes);
                 used -= d.snapshot.new_bytes;
@@ -114,6 +114,7 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<De
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::catalog::Trigger;
 
     fn snap(id: u64, hours_ago: u64, trigger: Trigger) -> SnapshotRecord {
         let now = 1_000_000 * 3600 * 24 * 400;
@@ -145,5 +146,52 @@ mod tests {
         let d = decide(&snaps, &policy, 0);
         let kept: Vec<u64> = d.iter().filter(|x| x.keep).map(|x| x.snapshot.id).collect();
         assert_eq!(kept, vec![1, 3, 5, 6]);
+    }
+}
+
+#[cfg(test)]
+mod agent_tests {
+    use super::*;
+    use crate::store::catalog::{Tag, Trigger};
+
+    fn tag(k: &str, v: &str) -> Tag {
+        Tag {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn agent_checkpoints_follow_the_policy_and_a_note_by_hand_keeps_an_auto_snapshot() {
+        let now = 1_000_000 * 3600 * 24 * 400;
+        let at = |id: u64, hours_ago: u64, trigger: Trigger| SnapshotRecord {
+            id,
+            workspace: 1,
+            created_us: now - hours_ago * 3_600_000_000 - id,
+            trigger,
+            ..Default::default()
+        };
+        let newest = at(1, 0, Trigger::Auto);
+        let mut agent = at(2, 100, Trigger::Manual);
+        agent.tags = vec![tag("agent", "claude-code"), tag("session", "s1")];
+        let mut noted_by_hand = at(3, 200, Trigger::Auto);
+        noted_by_hand.add_note(now, "before the refactor", &[]);
+        let mut noted_by_agent = at(4, 300, Trigger::Auto);
+        noted_by_agent.add_note(now, "", &[tag("agent", "claude-code")]);
+        let by_hand = at(5, 400, Trigger::Manual);
+        let snaps = [newest, agent, noted_by_hand, noted_by_agent, by_hand];
+        let policy = Policy {
+            keep_last: 1,
+            keep_hourly: 1,
+            keep_daily: 1,
+            keep_weekly: 1,
+            ..Default::default()
+        };
+        let kept: Vec<u64> = decide(&snaps, &policy, 0)
+            .iter()
+            .filter(|x| x.keep)
+            .map(|x| x.snapshot.id)
+            .collect();
+        assert_eq!(kept, vec![1, 3, 5]);
     }
 }

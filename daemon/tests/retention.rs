@@ -212,6 +212,8 @@ fn record(id: u64, hours: u64, trigger: Trigger, pinned: bool, new_bytes: u64) -
         warnings: vec![],
         git_branch: String::new(),
         git_head: String::new(),
+        tags: vec![],
+        notes: vec![],
     }
 }
 

@@ -185,6 +185,7 @@ async fn steps(run: &Run, rows: &mut Vec<Row>) -> Result<(), String> {
             workspace: ws.clone(),
             message: format!("log {i}"),
             pin: false,
+            ..Default::default()
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -111,6 +111,7 @@ async fn save(c: &mut Client, ws: &str) -> Result<Option<pb::Snapshot>, String> 
             workspace: ws.to_owned(),
             message: "bench".into(),
             pin: false,
+            ..Default::default()
         })
         .await
         .map_err(err)?

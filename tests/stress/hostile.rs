@@ -461,6 +461,7 @@ fn hostile_rpcs_get_correct_codes_and_the_daemon_keeps_serving() {
             workspace: s(&ws),
             message: format!("save {i}"),
             pin: false,
+            ..Default::default()
         }))
         .unwrap();
     }
@@ -662,6 +663,7 @@ fn hostile_rpcs_get_correct_codes_and_the_daemon_keeps_serving() {
                 workspace: s(fresh.path()),
                 message: "after".into(),
                 pin: false,
+                ..Default::default()
             })
             .await?
             .into_inner();

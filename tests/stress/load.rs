@@ -104,6 +104,7 @@ async fn concurrent_clients_under_constant_edits() {
                             workspace: wss.clone(),
                             message: format!("client {t}"),
                             pin: false,
+                            ..Default::default()
                         })
                         .await
                         .map(|r| {

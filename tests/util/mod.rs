@@ -220,6 +220,7 @@ pub async fn save(c: &mut ChkptClient<Channel>, ws: &Path, message: &str) -> pb:
         workspace: ws.display().to_string(),
         message: message.to_owned(),
         pin: false,
+        ..Default::default()
     })
     .await
     .expect("save")
@@ -290,17 +291,30 @@ impl Daemon {
 /// A Python with `grpcio`, `grpcio-reflection` and `protobuf`: the system's if it has them
 /// (`.ci/run` installs them), else a virtualenv under `target/` made once for the tests.
 pub fn python_with_grpc() -> PathBuf {
+    python_with(
+        "test-python",
+        "import grpc, grpc_reflection, google.protobuf",
+        &["grpcio", "grpcio-reflection", "protobuf"],
+        true,
+    )
+}
+
+/// A Python that runs `check`: the system's when `system_ok` and it does, else the
+/// virtualenv `target/<venv>`, made once (with `pip install packages`) for the tests.
+pub fn python_with(venv: &str, check: &str, packages: &[&str], system_ok: bool) -> PathBuf {
     let has = |py: &Path| {
         Command::new(py)
-            .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
+            .args(["-c", check])
             .status()
             .is_ok_and(|s| s.success())
     };
     let system = PathBuf::from("python3");
-    if has(&system) {
+    if system_ok && has(&system) {
         return system;
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-python");
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(venv);
     let py = venv.join("bin/python");
     if !has(&py) {
         let made = Command::new("python3")
@@ -313,19 +327,16 @@ pub fn python_with_grpc() -> PathBuf {
             "python3 -m venv failed: install python3-venv"
         );
         let pip = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "grpcio",
-                "grpcio-reflection",
-                "protobuf",
-            ])
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(packages)
             .status();
         assert!(
             pip.is_ok_and(|s| s.success()),
-            "pip install grpcio grpcio-reflection protobuf failed"
+            "pip install {packages:?} failed"
+        );
+        assert!(
+            has(&py),
+            "{check:?} fails even after pip install {packages:?}"
         );
     }
     py

@@ -89,13 +89,8 @@ pub(super) const RESTORE_ENTRIES: &str =
 /// Operations faster than this show no spinner or bar.
 pub(super) const QUIET_FOR: Duration = Duration::from_millis(500);
 
-pub(super) async fn save(ctx: &Ctx, message: String, pin: bool) -> Result<(), Error> {
+pub(super) async fn save(ctx: &Ctx, req: v1::SaveRequest) -> Result<(), Error> {
     let mut client = ctx.client().await?;
-    let req = v1::SaveRequest {
-        workspace: ctx.workspace()?,
-        message,
-        pin,
-    };
     let call = client.save(req);
     tokio::pin!(call);
     let response = tokio::select! {
@@ -111,10 +106,14 @@ pub(super) async fn save(ctx: &Ctx, message: String, pin: bool) -> Result<(), Er
     if ctx.json {
         let mut value = output::snapshot_json(&snapshot);
         value["created"] = response.created.into();
+        value["unchanged"] = response.unchanged.into();
         return ctx.print_json(&value);
     }
-    if !response.created {
-        eprintln!("nothing changed since snapshot {}", snapshot.id);
+    if response.unchanged {
+        eprintln!(
+            "nothing changed since snapshot {}: no new one recorded (--allow-empty records one)",
+            snapshot.id
+        );
     }
     for warning in &snapshot.warnings {
         eprintln!("warning: {warning}");

@@ -49,6 +49,23 @@ pub fn snapshot_table(
                 message.push_str(&palette.paint(&format!("[{branch} {head}] "), Colour::Dim));
             }
             message.push_str(&s.message);
+            let tags = tags_text(&s.tags);
+            if !tags.is_empty() {
+                if !s.message.is_empty() {
+                    message.push(' ');
+                }
+                message.push_str(&palette.paint(&tags, Colour::Dim));
+            }
+            if !s.notes.is_empty() {
+                let saves: u64 = s.notes.iter().map(|n| n.count).sum();
+                message.push_str(&palette.paint(
+                    &format!(
+                        " (+{saves} unchanged save{})",
+                        if saves == 1 { "" } else { "s" }
+                    ),
+                    Colour::Dim,
+                ));
+            }
             row.push(Cell::plain(message));
             row
         })
@@ -90,10 +107,43 @@ pub fn snapshot_details(palette: Palette, now_ms: u64, s: &Snapshot) -> String {
         out.push_str(format!("{name:<10} {value}").trim_end());
         out.push('\n');
     }
+    if !s.tags.is_empty() {
+        out.push_str(&format!("{:<10} {}\n", "tags", tags_text(&s.tags)));
+    }
+    for n in &s.notes {
+        // A save that found nothing changed since this snapshot.
+        let times = if n.count == 1 {
+            age(now_ms, n.first_unix_ms)
+        } else {
+            format!(
+                "{} saves, {} to {}",
+                n.count,
+                age(now_ms, n.first_unix_ms),
+                age(now_ms, n.last_unix_ms)
+            )
+        };
+        let mut line = format!("{:<10} unchanged save {times}", "note");
+        if !n.message.is_empty() {
+            line.push_str(&format!(": {}", n.message));
+        }
+        if !n.tags.is_empty() {
+            line.push_str(&format!(" {}", tags_text(&n.tags)));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
     for w in &s.warnings {
         out.push_str(&format!("{} {w}\n", palette.paint("warning:", Colour::Red)));
     }
     out
+}
+
+/// Tags as `key=value key=value`.
+pub fn tags_text(tags: &[v1::Tag]) -> String {
+    tags.iter()
+        .map(|t| format!("{}={}", t.key, t.value))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn git_text(branch: &str, head: &str) -> String {

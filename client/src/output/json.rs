@@ -50,7 +50,22 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "warnings": s.warnings,
         "git_branch": s.git_branch,
         "git_head": s.git_head,
+        "tags": tags_json(&s.tags),
+        "notes": s.notes.iter().map(|n| json!({
+            "first_unix_ms": n.first_unix_ms,
+            "last_unix_ms": n.last_unix_ms,
+            "count": n.count,
+            "message": n.message,
+            "tags": tags_json(&n.tags),
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// Tags as JSON: `["key=value", …]`, in their order (a key may repeat).
+pub fn tags_json(tags: &[v1::Tag]) -> Value {
+    tags.iter()
+        .map(|t| Value::from(format!("{}={}", t.key, t.value)))
+        .collect()
 }
 
 /// A fired mass-change tripwire as JSON.

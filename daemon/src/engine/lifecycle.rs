@@ -30,6 +30,8 @@ impl Engine {
             message: String::new(),
             pin: false,
             walk: Walk::Full,
+            tags: Vec::new(),
+            allow_empty: false,
         };
         if let Some(h) = self.registry.get(record.id) {
             self.stop_worker(&h);

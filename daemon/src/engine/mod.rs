@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 pub use self::registry::{WatchState, WsHandle};
-pub use self::save::{SaveRequest, Walk};
+pub use self::save::{ManualSave, SaveRequest, Walk};
 use crate::store::Store;
 use crate::store::catalog::{SnapshotRecord, TripwireRecord};
 use crate::workspace::WatchOptions;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::Engine;
 use super::registry::WsHandle;
 use crate::error::{Error, Result};
-use crate::store::catalog::{SnapshotRecord, WorkspaceRecord};
+use crate::store::catalog::{SnapshotRecord, Tag, WorkspaceRecord};
 use crate::store::{Entry, Id, Kind};
 use crate::workspace::diff::{self, normalise, validate_rel};
 use crate::workspace::{Changes, display_rel};
@@ -60,7 +60,9 @@ impl Engine {
         ws.working_tree(&self.store, &changes)
     }
 
-    /// Snapshots of a workspace (or all), newest first, after the page token.
+    /// Snapshots of a workspace (or all), newest first, after the page token; with `paths`,
+    /// only those that changed one; with `tags`, only those carrying them all (by themselves
+    /// or in one note).
     pub fn list(
         &self,
         path: &str,
@@ -68,6 +70,7 @@ impl Engine {
         limit: usize,
         page_token: &str,
         paths: &[Vec<u8>],
+        tags: &[Tag],
     ) -> Result<(Vec<SnapshotRecord>, String)> {
         let before = if page_token.is_empty() {
             None
@@ -80,27 +83,31 @@ impl Engine {
             )
         };
         let limit = if limit == 0 { 100 } else { limit.min(10_000) };
-        let mut out = if !paths.is_empty() {
-            if all {
-                return Err(Error::InvalidArgument(
-                    "paths belong to one workspace: list them without `all`".into(),
-                ));
-            }
-            self.list_touching(path, paths, before, limit)?
-        } else if all {
-            let mut v = Vec::new();
-            for w in self.store.cat.workspaces()? {
-                v.extend(self.store.cat.snapshots_of(w.id, before, limit)?);
-            }
-            v.sort_by_key(|s| std::cmp::Reverse(s.created_us));
-            v.truncate(limit);
-            v
+        if !paths.is_empty() && all {
+            return Err(Error::InvalidArgument(
+                "paths belong to one workspace: list them without `all`".into(),
+            ));
+        }
+        let mut out = if tags.is_empty() {
+            self.list_page(path, all, paths, before, limit)?
         } else {
-            let record = self.record_for(path)?;
-            self.store.cat.snapshots_of(record.id, before, limit)?
+            // Tagged snapshots may be few among many: read pages until enough match.
+            const PAGE: usize = 500;
+            let mut out = Vec::new();
+            let mut cursor = before;
+            loop {
+                let page = self.list_page(path, all, paths, cursor, PAGE)?;
+                let more = page.len() == PAGE;
+                cursor = page.last().map(|s| s.created_us.saturating_sub(1));
+                out.extend(page.into_iter().filter(|s| s.has_tags(tags)));
+                if out.len() >= limit || !more || cursor.is_none() {
+                    break;
+                }
+            }
+            out
         };
-        let token = if out.len() == limit {
-            out.last()
+        let token = if out.len() >= limit {
+            out.get(limit - 1)
                 .map(|s| s.created_us.to_string())
                 .unwrap_or_default()
         } else {
@@ -108,6 +115,31 @@ impl Engine {
         };
         out.truncate(limit);
         Ok((out, token))
+    }
+
+    /// One page of [`Engine::list`] before the tag filter.
+    fn list_page(
+        &self,
+        path: &str,
+        all: bool,
+        paths: &[Vec<u8>],
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRecord>> {
+        if !paths.is_empty() {
+            self.list_touching(path, paths, before, limit)
+        } else if all {
+            let mut v = Vec::new();
+            for w in self.store.cat.workspaces()? {
+                v.extend(self.store.cat.snapshots_of(w.id, before, limit)?);
+            }
+            v.sort_by_key(|s| std::cmp::Reverse(s.created_us));
+            v.truncate(limit);
+            Ok(v)
+        } else {
+            let record = self.record_for(path)?;
+            self.store.cat.snapshots_of(record.id, before, limit)
+        }
     }
 
     /// The entry at a path in a snapshot, and the snapshot.

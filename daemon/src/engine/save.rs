@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::registry::{WsHandle, lock};
 use super::{Engine, EngineEvent, WatchState};
 use crate::error::{Error, Result};
-use crate::store::catalog::Trigger;
+use crate::store::catalog::{Tag, Trigger};
 use crate::workspace::{Changes, SaveOptions, SaveOutcome};
 
 /// How long a save waits for the watcher to report its event barrier before walking instead.
@@ -36,6 +36,23 @@ pub struct SaveRequest {
     pub pin: bool,
     /// What to look at.
     pub walk: Walk,
+    /// `key=value` labels.
+    pub tags: Vec<Tag>,
+    /// Record a manual snapshot even when nothing changed.
+    pub allow_empty: bool,
+}
+
+/// What a manual save asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ManualSave {
+    /// The user's message.
+    pub message: String,
+    /// Pin the snapshot.
+    pub pin: bool,
+    /// `key=value` labels.
+    pub tags: Vec<Tag>,
+    /// Record a new snapshot even when nothing changed since the latest.
+    pub allow_empty: bool,
 }
 
 impl Engine {
@@ -61,6 +78,8 @@ impl Engine {
         opts.message = req.message.clone();
         opts.pin = req.pin;
         opts.rescan = taken.rescan;
+        opts.tags = req.tags.clone();
+        opts.allow_empty = req.allow_empty;
         let full = matches!(opts.changes, Changes::Full);
         // Polling stays polling, and a missing folder missing, whatever a walk finds.
         let watched = matches!(h.state(), WatchState::Watching | WatchState::Rescanning);
@@ -115,6 +134,22 @@ impl Engine {
     /// git is half way through something, the save waits for it a while: a snapshot should
     /// not hold a half-written repository.
     pub fn save(&self, path: &str, message: &str, pin: bool) -> Result<SaveOutcome> {
+        self.save_manual(
+            path,
+            &ManualSave {
+                message: message.to_owned(),
+                pin,
+                ..ManualSave::default()
+            },
+        )
+    }
+
+    /// A manual save with tags; see [`Workspace::save`](crate::workspace::Workspace::save) for
+    /// what a save that finds nothing changed does.
+    pub fn save_manual(&self, path: &str, ask: &ManualSave) -> Result<SaveOutcome> {
+        for t in &ask.tags {
+            check_tag(t)?;
+        }
         let h = self.handle_for(path)?;
         let include_git = self.workspace_record(h.id)?.is_some_and(|r| r.include_git);
         if include_git && let Some(git_dir) = crate::workspace::git::find_git_dir(&h.root) {
@@ -130,12 +165,45 @@ impl Engine {
         self.sync_events(&h);
         let req = SaveRequest {
             trigger: Trigger::Manual,
-            message: message.to_owned(),
-            pin,
+            message: ask.message.clone(),
+            pin: ask.pin,
             walk: Walk::Dirty,
+            tags: ask.tags.clone(),
+            allow_empty: ask.allow_empty,
         };
         self.save_now(&h, &req)
     }
+}
+
+/// Longest tag key and value, in bytes.
+const MAX_TAG_BYTES: usize = 256;
+
+/// A tag's key is a word (letters, digits, `_`, `-`, `.`, `/`); its value anything printable
+/// short enough.
+fn check_tag(t: &Tag) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "tag {}={}: {why}",
+            t.key, t.value
+        )))
+    };
+    if t.key.is_empty() {
+        return bad("the key is empty");
+    }
+    if t.key.len() > MAX_TAG_BYTES || t.value.len() > MAX_TAG_BYTES {
+        return bad("longer than 256 bytes");
+    }
+    if !t
+        .key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b))
+    {
+        return bad("a key is letters, digits, '_', '-', '.' and '/'");
+    }
+    if t.value.chars().any(char::is_control) {
+        return bad("the value holds a control character");
+    }
+    Ok(())
 }
 
 /// Changes taken out of a workspace's dirty set for an operation, to be put back if it fails.

@@ -12,7 +12,13 @@
 //!    either).
 //! 5. `@` and an RFC 3339 time with an offset (`@2026-11-24T10:00:00+01:00`, `…Z`): the same,
 //!    at that instant.
-//! 6. Anything else is a [`Error::BadSelector`]; an impossible date (`@2026-02-30T10:00`) too.
+//! 6. `session:ID`: the newest snapshot an agent session `ID` tagged (`session=ID`, on the
+//!    snapshot itself or in a note a save that found nothing changed left on it).
+//! 7. `session:ID^`: the state just before that session began: the session's first checkpoint
+//!    when it was taken before the agent acted (the hooks before a prompt or a tool call, or a
+//!    save that found nothing changed), else (its first checkpoint was taken after a tool,
+//!    `phase=post-tool` or `phase=stop`) the snapshot before that one.
+//! 8. Anything else is a [`Error::BadSelector`]; an impossible date (`@2026-02-30T10:00`) too.
 
 use std::time::Duration;
 
@@ -22,12 +28,20 @@ use jiff::tz::{AmbiguousOffset, TimeZone};
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::store::catalog::SnapshotRecord;
+use crate::store::catalog::{SnapshotRecord, Tag};
 use crate::workspace::now_us;
 
 /// What every selector error suggests.
 const FORMS: &str = "use latest, latest~N, an id or unique id prefix, @10m, @2h, @1d, \
-                     @2026-11-24T10:00 (local time) or @2026-11-24T10:00:00+01:00";
+                     @2026-11-24T10:00 (local time), @2026-11-24T10:00:00+01:00, session:ID \
+                     or session:ID^";
+
+/// The tag key of an agent session's id.
+pub const SESSION_TAG: &str = "session";
+/// The tag key of the hook phase a checkpoint was taken in.
+pub const PHASE_TAG: &str = "phase";
+/// Phases whose checkpoint is taken after the agent acted.
+pub const AFTER_PHASES: [&str; 2] = ["post-tool", "stop"];
 
 /// A parsed snapshot selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +56,13 @@ pub enum Selector {
     Id(u64),
     /// The one snapshot whose id starts with these lowercase hex digits (1 to 15).
     Prefix(String),
+    /// An agent session's newest checkpoint, or (`before`) the state before it began.
+    Session {
+        /// The session's id, as tagged.
+        id: String,
+        /// The state just before the session began.
+        before: bool,
+    },
 }
 
 impl Selector {
@@ -65,6 +86,21 @@ impl Selector {
                 .parse()
                 .map(Selector::Latest)
                 .map_err(|_| bad("expected latest~N with N a number"));
+        }
+        if let Some(rest) = sel.strip_prefix("session:") {
+            let (id, before) = match rest.strip_suffix('^') {
+                Some(id) => (id, true),
+                None => (rest, false),
+            };
+            if id.is_empty() || id.contains('^') || id.chars().any(char::is_whitespace) {
+                return Err(bad(
+                    "expected session:ID or session:ID^ with the session's id",
+                ));
+            }
+            return Ok(Selector::Session {
+                id: id.to_owned(),
+                before,
+            });
         }
         if let Some(when) = sel.strip_prefix('@') {
             return parse_when(when, tz).ok_or_else(|| bad(FORMS));
@@ -154,6 +190,7 @@ impl Engine {
                 Some(s) => Err(self.other_workspace(sel, ws, s.workspace)),
                 None => Err(not_found(format!("no snapshot {sel} in this workspace"))),
             },
+            Selector::Session { id, before } => self.resolve_session(ws, sel, &id, before),
             Selector::Prefix(prefix) => {
                 let mut hits = cat.snapshots_with_prefix(ws, &prefix, PREFIX_MATCHES)?;
                 match hits.len() {
@@ -170,6 +207,81 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Selector forms 6 and 7.
+    fn resolve_session(
+        &self,
+        ws: u64,
+        sel: &str,
+        session: &str,
+        before: bool,
+    ) -> Result<SnapshotRecord> {
+        let not_found = |detail: String| Error::SnapshotNotFound {
+            selector: sel.to_owned(),
+            detail,
+        };
+        let want = [Tag {
+            key: SESSION_TAG.into(),
+            value: session.into(),
+        }];
+        // (when, taken after the agent acted, the snapshot) of the session's first and newest
+        // checkpoint: a snapshot's own tags date from its creation, a note's from its saves.
+        let mut first: Option<(u64, bool, SnapshotRecord)> = None;
+        let mut newest: Option<(u64, SnapshotRecord)> = None;
+        for item in self.store.cat.snapshot_ids(ws, None) {
+            let (_, id) = item?;
+            let Some(s) = self.store.cat.snapshot(id)? else {
+                continue;
+            };
+            let mut seen = |first_us: u64, last_us: u64, after: bool| {
+                if first.as_ref().is_none_or(|(t, ..)| first_us < *t) {
+                    first = Some((first_us, after, s.clone()));
+                }
+                if newest.as_ref().is_none_or(|(t, _)| last_us > *t) {
+                    newest = Some((last_us, s.clone()));
+                }
+            };
+            if want.iter().all(|w| s.tags.contains(w)) {
+                let after = s
+                    .tags
+                    .iter()
+                    .any(|t| t.key == PHASE_TAG && AFTER_PHASES.contains(&t.value.as_str()));
+                seen(s.created_us, s.created_us, after);
+            }
+            for n in s
+                .notes
+                .iter()
+                .filter(|n| want.iter().all(|w| n.tags.contains(w)))
+            {
+                // The tree did not change for that save: it is the state before it, whatever
+                // the phase.
+                seen(n.first_us, n.last_us, false);
+            }
+        }
+        let none = || {
+            not_found(format!(
+                "no snapshot of this workspace is tagged session={session}"
+            ))
+        };
+        if !before {
+            return newest.map(|(_, s)| s).ok_or_else(none);
+        }
+        let (_, after, s) = first.ok_or_else(none)?;
+        if !after {
+            return Ok(s);
+        }
+        self.store
+            .cat
+            .snapshots_of(ws, Some(s.created_us.saturating_sub(1)), 1)?
+            .pop()
+            .ok_or_else(|| {
+                not_found(format!(
+                    "the session's first checkpoint {} was taken after its first tool ran, and \
+                     no snapshot is older",
+                    s.hex_id()
+                ))
+            })
     }
 
     fn at_or_before(&self, ws: u64, sel: &str, us: u64) -> Result<SnapshotRecord> {
@@ -431,5 +543,94 @@ mod tests {
         mine.id = 0xcc00_ffff_0000_0000;
         store.cat.put_snapshot(&mine).unwrap();
         assert_eq!(e.resolve(a, "cc").unwrap().id, mine.id);
+    }
+
+    #[test]
+    fn session_forms_parse() {
+        let tz = berlin();
+        assert_eq!(
+            Selector::parse_in("session:abc-123", &tz).unwrap(),
+            Selector::Session {
+                id: "abc-123".into(),
+                before: false
+            }
+        );
+        assert_eq!(
+            Selector::parse_in(" session:abc-123^ ", &tz).unwrap(),
+            Selector::Session {
+                id: "abc-123".into(),
+                before: true
+            }
+        );
+        assert!(is_bad("session:"));
+        assert!(is_bad("session:^"));
+        assert!(is_bad("session:a^^"));
+        assert!(is_bad("session:a b"));
+    }
+
+    #[test]
+    fn resolve_sessions_by_their_tags_and_notes() {
+        use crate::store::catalog::{SnapshotRecord, Tag};
+        let tag = |k: &str, v: &str| Tag {
+            key: k.into(),
+            value: v.into(),
+        };
+        // Oldest first: 1 untagged, 2 session s1 before a tool, 3 s1 after it, 4 untagged,
+        // 5 session s2's first checkpoint taken after a tool, 6 noted by session s3, then
+        // by s1 again.
+        let (_d, e, a, b) = engine_with(&[
+            (0xaaaa_0000_0000_0001, 600),
+            (0xaaaa_0000_0000_0002, 500),
+            (0xaaaa_0000_0000_0003, 400),
+            (0xaaaa_0000_0000_0004, 300),
+            (0xaaaa_0000_0000_0005, 200),
+            (0xaaaa_0000_0000_0006, 100),
+        ]);
+        let store = &e.store;
+        let edit = |id: u64, f: &dyn Fn(&mut SnapshotRecord)| {
+            let mut s = store.cat.snapshot(id).unwrap().unwrap();
+            f(&mut s);
+            store.cat.put_snapshot(&s).unwrap();
+        };
+        edit(0xaaaa_0000_0000_0002, &|s| {
+            s.tags = vec![tag("session", "s1"), tag("phase", "pre-tool")];
+        });
+        edit(0xaaaa_0000_0000_0003, &|s| {
+            s.tags = vec![tag("session", "s1"), tag("phase", "post-tool")];
+        });
+        edit(0xaaaa_0000_0000_0005, &|s| {
+            s.tags = vec![tag("phase", "post-tool"), tag("session", "s2")];
+        });
+        let now = now_us();
+        edit(0xaaaa_0000_0000_0006, &|s| {
+            s.add_note(
+                now - 50_000_000,
+                "",
+                &[tag("session", "s3"), tag("phase", "post-tool")],
+            );
+            s.add_note(
+                now - 10_000_000,
+                "",
+                &[tag("session", "s1"), tag("phase", "stop")],
+            );
+        });
+        let id = |sel: &str| e.resolve(a, sel).map(|s| s.id);
+        // s1: its first checkpoint was before a tool ran: that state; newest: the note.
+        assert_eq!(id("session:s1^").unwrap(), 0xaaaa_0000_0000_0002);
+        assert_eq!(id("session:s1").unwrap(), 0xaaaa_0000_0000_0006);
+        // s2 began with a checkpoint after its first tool: the snapshot before it.
+        assert_eq!(id("session:s2^").unwrap(), 0xaaaa_0000_0000_0004);
+        assert_eq!(id("session:s2").unwrap(), 0xaaaa_0000_0000_0005);
+        // s3 only left a note: nothing had changed, so that snapshot is the state before it.
+        assert_eq!(id("session:s3^").unwrap(), 0xaaaa_0000_0000_0006);
+        assert!(matches!(
+            id("session:nobody"),
+            Err(Error::SnapshotNotFound { .. })
+        ));
+        // Another workspace's sessions are not this one's.
+        assert!(matches!(
+            e.resolve(b, "session:s1"),
+            Err(Error::SnapshotNotFound { .. })
+        ));
     }
 }

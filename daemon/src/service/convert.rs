@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::patch::{self, FilePatch, PatchKind};
 use crate::retention::Policy;
 use crate::store::Kind;
-use crate::store::catalog::{SnapshotRecord, Trigger, TripwireRecord, WorkspaceRecord};
+use crate::store::catalog::{Note, SnapshotRecord, Tag, Trigger, TripwireRecord, WorkspaceRecord};
 use crate::workspace::diff::{Change, DiffEntry, Side};
 use crate::workspace::restore::RestoreSummary;
 
@@ -126,9 +126,38 @@ pub fn snapshot(s: &SnapshotRecord, workspace_path: &str) -> pb::Snapshot {
         warnings: s.warnings.clone(),
         git_branch: s.git_branch.clone(),
         git_head: s.git_head.clone(),
+        tags: s.tags.iter().map(tag).collect(),
+        notes: s.notes.iter().map(note).collect(),
     };
     out.set_trigger(trigger(s.trigger));
     out
+}
+
+/// A tag on the wire.
+pub fn tag(t: &Tag) -> pb::Tag {
+    pb::Tag {
+        key: t.key.clone(),
+        value: t.value.clone(),
+    }
+}
+
+/// A tag from the wire.
+pub fn tag_from(t: pb::Tag) -> Tag {
+    Tag {
+        key: t.key,
+        value: t.value,
+    }
+}
+
+/// A note on the wire.
+fn note(n: &Note) -> pb::Note {
+    pb::Note {
+        first_unix_ms: n.first_us / 1000,
+        last_unix_ms: n.last_us / 1000,
+        count: n.count,
+        message: n.message.clone(),
+        tags: n.tags.iter().map(tag).collect(),
+    }
 }
 
 /// A workspace on the wire.

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use self::convert::status;
 use crate::engine::history::DiffQuery;
-use crate::engine::{Engine, WatchState};
+use crate::engine::{Engine, ManualSave, WatchState};
 use crate::error::{Error, Result};
 use crate::workspace::WatchOptions;
 use crate::workspace::restore::RestoreOptions;
@@ -236,10 +236,17 @@ impl Chkpt for Service {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
-                let out = e.save(&r.workspace, &r.message, r.pin)?;
+                let ask = ManualSave {
+                    message: r.message,
+                    pin: r.pin,
+                    tags: r.tags.into_iter().map(convert::tag_from).collect(),
+                    allow_empty: r.allow_empty,
+                };
+                let out = e.save_manual(&r.workspace, &ask)?;
                 Ok(pb::SaveResponse {
                     snapshot: Some(snap(e, &out.snapshot)?),
                     created: out.created,
+                    unchanged: !out.created,
                 })
             })
             .await?;
@@ -259,6 +266,10 @@ impl Chkpt for Service {
                     r.limit as usize,
                     &r.page_token,
                     &r.paths,
+                    &r.tags
+                        .into_iter()
+                        .map(convert::tag_from)
+                        .collect::<Vec<_>>(),
                 )?;
                 let paths = e.workspace_paths()?;
                 let snapshots = snaps

@@ -53,7 +53,7 @@ pub const FILE: &str = "catalog.redb";
 /// The version byte in front of blob and warm-index segments (format rule 6).
 pub const SEGMENT_VERSION: u8 = 1;
 
-pub use super::records::{SnapshotRecord, Trigger, TripwireRecord, WorkspaceRecord};
+pub use super::records::{Note, SnapshotRecord, Tag, Trigger, TripwireRecord, WorkspaceRecord};
 
 /// One entry of a workspace's warm index: what a path was when it was last read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]

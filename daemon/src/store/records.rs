@@ -90,9 +90,98 @@ pub struct SnapshotRecord {
     pub git_branch: String,
     /// The git HEAD commit (empty: not a git repository).
     pub git_head: String,
+    /// `key=value` labels given with the save (an agent's session, tool, phase, …), in the
+    /// order given.
+    pub tags: Vec<Tag>,
+    /// Later saves that found nothing changed since this snapshot: their messages and tags,
+    /// kept here instead of as empty snapshots (see [`Note`]).
+    pub notes: Vec<Note>,
 }
 
+/// A `key=value` label on a snapshot or a note.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tag {
+    /// The key, e.g. `session`.
+    pub key: String,
+    /// The value, e.g. the agent's session id.
+    pub value: String,
+}
+
+/// Saves that found the tree unchanged since the snapshot they were added to, with one set of
+/// tags. Saves with the same tags share one note (a hook before every tool call would
+/// otherwise grow the record by one note per call): the first time is kept, the message is
+/// the last one given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Note {
+    /// When the first of these saves happened, µs since the epoch.
+    pub first_us: u64,
+    /// When the last one happened.
+    pub last_us: u64,
+    /// How many saves the note stands for.
+    pub count: u64,
+    /// The last message given (empty: none).
+    pub message: String,
+    /// The tags given, in the order given.
+    pub tags: Vec<Tag>,
+}
+
+/// The tag key naming the agent whose hook took a checkpoint (`chkptctl hook`).
+pub const AGENT_TAG: &str = "agent";
+
+/// Notes a snapshot keeps at most; past that the one last used longest ago goes.
+pub const MAX_NOTES: usize = 200;
+
 impl SnapshotRecord {
+    /// Adds a save that found nothing changed: to the note with the same tags, else as a new
+    /// one.
+    pub fn add_note(&mut self, at_us: u64, message: &str, tags: &[Tag]) {
+        let mut sorted = tags.to_vec();
+        sorted.sort();
+        let same = |n: &Note| {
+            let mut t = n.tags.clone();
+            t.sort();
+            t == sorted
+        };
+        if let Some(n) = self.notes.iter_mut().find(|n| same(n)) {
+            n.last_us = at_us;
+            n.count += 1;
+            if !message.is_empty() {
+                n.message = message.to_owned();
+            }
+            return;
+        }
+        self.notes.push(Note {
+            first_us: at_us,
+            last_us: at_us,
+            count: 1,
+            message: message.to_owned(),
+            tags: tags.to_vec(),
+        });
+        if self.notes.len() > MAX_NOTES
+            && let Some(oldest) = (0..self.notes.len()).min_by_key(|&i| self.notes[i].last_us)
+        {
+            self.notes.remove(oldest);
+        }
+    }
+
+    /// Whether a person or a script asked for this state to be kept: a manual save made it,
+    /// or found it unchanged and left a note. Retention never removes such a snapshot. The
+    /// checkpoints an agent's hooks take (tagged `agent=…`) are not counted: one per tool
+    /// call would otherwise be kept forever; the policy thins them like automatic ones.
+    pub fn saved_by_hand(&self) -> bool {
+        let by_hand = |tags: &[Tag]| !tags.iter().any(|t| t.key == AGENT_TAG);
+        (self.trigger == Trigger::Manual && by_hand(&self.tags))
+            || self.notes.iter().any(|n| by_hand(&n.tags))
+    }
+
+    /// Whether the snapshot's own tags, or one note's, include every tag of `want`.
+    pub fn has_tags(&self, want: &[Tag]) -> bool {
+        let all_in = |set: &[Tag]| want.iter().all(|w| set.contains(w));
+        all_in(&self.tags) || self.notes.iter().any(|n| all_in(&n.tags))
+    }
+
     /// The id as shown to people: 16 lowercase hex digits.
     pub fn hex_id(&self) -> String {
         format!("{:016x}", self.id)
@@ -377,6 +466,8 @@ pub mod v1 {
                 warnings: s.warnings,
                 git_branch: s.git_branch,
                 git_head: s.git_head,
+                tags: Vec::new(),
+                notes: Vec::new(),
             }
         }
     }
@@ -453,6 +544,52 @@ mod tests {
         let read: SnapshotRecord = decode(&bytes).unwrap();
         assert_eq!((read.id, read.message.as_str()), (9, "m"));
         assert_eq!(read.git_head, "");
+        assert!(read.tags.is_empty() && read.notes.is_empty());
+    }
+
+    #[test]
+    fn tags_and_notes_round_trip_and_notes_with_the_same_tags_merge() {
+        let tag = |k: &str, v: &str| Tag {
+            key: k.into(),
+            value: v.into(),
+        };
+        let mut s = SnapshotRecord {
+            id: 1,
+            tags: vec![tag("agent", "claude-code"), tag("session", "s1")],
+            ..Default::default()
+        };
+        s.add_note(10, "first", &[tag("session", "s2"), tag("tool", "Bash")]);
+        s.add_note(20, "", &[tag("tool", "Bash"), tag("session", "s2")]);
+        s.add_note(30, "other", &[tag("session", "s2")]);
+        assert_eq!(
+            s.notes.len(),
+            2,
+            "the same tags in another order share a note"
+        );
+        assert_eq!(
+            (s.notes[0].first_us, s.notes[0].last_us, s.notes[0].count),
+            (10, 20, 2)
+        );
+        assert_eq!(
+            s.notes[0].message, "first",
+            "an empty message keeps the last one"
+        );
+        assert_eq!(decode::<SnapshotRecord>(&encode(&s)).unwrap(), s);
+        assert!(s.has_tags(&[tag("session", "s1"), tag("agent", "claude-code")]));
+        assert!(s.has_tags(&[tag("session", "s2"), tag("tool", "Bash")]));
+        assert!(
+            !s.has_tags(&[tag("session", "s1"), tag("tool", "Bash")]),
+            "all tags from one set: the snapshot's or one note's"
+        );
+        for i in 0..MAX_NOTES as u64 + 5 {
+            s.add_note(100 + i, "", &[tag("n", &i.to_string())]);
+        }
+        assert_eq!(s.notes.len(), MAX_NOTES);
+        assert_eq!(
+            s.notes[0].tags,
+            vec![tag("n", "5")],
+            "the oldest went first"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use self::index::Index;
 use self::rules::{Exclusion, Rules};
 use crate::error::{Error, Result};
-use crate::store::catalog::{SnapshotRecord, Trigger, WorkspaceRecord};
+use crate::store::catalog::{SnapshotRecord, Tag, Trigger, WorkspaceRecord};
 use crate::store::{Batch, Id, Store};
 
 /// A file read within this long of its last modification is re-read next time (a write in the
@@ -72,6 +72,10 @@ pub struct SaveOptions {
     pub changes: Changes,
     /// Changes before it may have been seen only by a rescan.
     pub rescan: bool,
+    /// `key=value` labels.
+    pub tags: Vec<Tag>,
+    /// Record a manual snapshot even when nothing changed since the latest one.
+    pub allow_empty: bool,
 }
 
 impl SaveOptions {
@@ -83,6 +87,8 @@ impl SaveOptions {
             pin: false,
             changes,
             rescan: false,
+            tags: Vec::new(),
+            allow_empty: false,
         }
     }
 }
@@ -90,7 +96,8 @@ impl SaveOptions {
 /// What a save did.
 #[derive(Debug, Clone)]
 pub struct SaveOutcome {
-    /// The new snapshot, or the latest one when nothing changed.
+    /// The new snapshot, or the latest one when nothing changed (with the save's message and
+    /// tags as a note).
     pub snapshot: SnapshotRecord,
     /// Whether a new snapshot was recorded.
     pub created: bool,
@@ -457,7 +464,11 @@ impl Workspace {
     }
 
     /// Takes a snapshot. An auto save that finds the tree unchanged since the last snapshot or
-    /// restore records nothing and returns the latest snapshot.
+    /// restore records nothing and returns the latest snapshot. A manual save that finds it
+    /// unchanged since the latest snapshot (unless `allow_empty`) records no snapshot either:
+    /// it returns the latest one with its message and tags added as a note (and pins it when
+    /// asked), so saves around every tool call of an agent do not fill the list with empty
+    /// rows.
     pub fn save(&mut self, store: &Store, opts: &SaveOptions) -> Result<SaveOutcome> {
         self.recovering(store, |ws| ws.save_or_fail(store, opts))
     }
@@ -487,6 +498,29 @@ impl Workspace {
             self.baseline = Some(root);
             return Ok(SaveOutcome {
                 snapshot: latest.clone(),
+                created: false,
+            });
+        }
+        if opts.trigger == Trigger::Manual
+            && !opts.allow_empty
+            && let Some(latest) = &latest
+            && latest.root == root
+        {
+            batch.commit_objects()?;
+            self.persist_index(store)?;
+            let mut noted = latest.clone();
+            noted.pinned |= opts.pin;
+            if !opts.message.is_empty() || !opts.tags.is_empty() {
+                noted.add_note(now_us(), &opts.message, &opts.tags);
+            }
+            if noted != *latest {
+                store.cat.put_snapshot(&noted)?;
+            }
+            batch.finish()?;
+            self.baseline = Some(root);
+            tracing::debug!(workspace = %self.root.display(), snapshot = %noted.hex_id(), "save: nothing changed, noted on the latest snapshot");
+            return Ok(SaveOutcome {
+                snapshot: noted,
                 created: false,
             });
         }
@@ -554,6 +588,8 @@ impl Workspace {
             warnings,
             git_branch,
             git_head,
+            tags: opts.tags.clone(),
+            notes: Vec::new(),
         };
         let count_ms = t.elapsed().as_millis() as u64;
         batch.commit_objects()?;

@@ -362,6 +362,8 @@ impl Autosave {
             message,
             pin: false,
             walk: Walk::Dirty,
+            tags: Vec::new(),
+            allow_empty: false,
         };
         match self.engine.save_now(&h, &req) {
             Ok(out) => {
