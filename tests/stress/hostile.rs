@@ -291,6 +291,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     workspace,
                     message,
                     pin,
+                    ..Default::default()
                 })
             })
             .boxed(),
