@@ -245,7 +245,7 @@ async fn prune_dry_run_shows_each_decision_and_what_it_would_free_then_frees_tha
         auto_snapshot(&c, &ws, 2).await,
         auto_snapshot(&c, &ws, 3).await,
     ];
-    let manual = chkptctl(&d, &ws, &["save", "-m", "by hand"])
+    let manual = chkptctl(&d, &ws, &["save", "-m", "by hand", "--allow-empty"])
         .trim()
         .to_owned();
     let before = ids(&snapshots(&mut c, &ws).await);
