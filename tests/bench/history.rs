@@ -269,10 +269,25 @@ fn in_tmux(cmd: &str, i: usize) -> Result<f64, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let waited = tmux().args(["wait-for", "done"]).status();
+    // Bounded: a signal lost while the server goes away must fail the step, not hang the run.
+    let waited = Command::new("timeout")
+        .args([
+            "120",
+            "tmux",
+            "-L",
+            &sock,
+            "-f",
+            "/dev/null",
+            "wait-for",
+            "done",
+        ])
+        .status();
     let dt = t0.elapsed().as_secs_f64();
     let _ = tmux().arg("kill-server").output();
-    waited.map_err(|e| e.to_string())?;
+    let waited = waited.map_err(|e| e.to_string())?;
+    if waited.code() == Some(124) {
+        return Err(format!("{cmd} did not end within 120 s in tmux"));
+    }
     Ok(dt)
 }
 
