@@ -24,38 +24,7 @@ impl Store {
             inner: sink,
             hasher: Hasher::default(),
         };
-        let res = if loc.flags & FLAG_LZ4_BLOCK != 0 {
-            if loc.raw_len > IN_MEMORY_LIMIT {
-                return Err(Error::Corrupt(format!(
-                    "object {id} in pack {} claims an impossible length",
-                    loc.pack
-                )));
-            }
-            match lz4_flex::block::decompress(stored, loc.raw_len as usize) {
-                Ok(raw) => hashing.write_all(&raw),
-                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            }
-        } else if loc.flags & FLAG_LZ4 != 0 {
-            io::copy(
-                &mut lz4_flex::frame::FrameDecoder::new(stored),
-                &mut hashing,
-            )
-            .map(|_| ())
-        } else {
-            hashing.write_all(stored)
-        };
-        match res {
-            Ok(()) => {}
-            Err(e)
-                if e.kind() == io::ErrorKind::InvalidData
-                    || e.kind() == io::ErrorKind::UnexpectedEof =>
-            {
-                return Err(Error::Corrupt(format!(
-                    "object {id} does not decompress: {e}"
-                )));
-            }
-            Err(e) => return Err(Error::io("(restore target)", e)),
-        }
+        decode(id, loc, stored, None, &mut hashing, "(restore target)")?;
         let (got, len) = hashing.hasher.finish();
         if got != *id || len != loc.raw_len {
             return Err(Error::Corrupt(format!(
@@ -102,40 +71,8 @@ impl Store {
         }
         let map = self.packs.map(loc.pack, loc.end())?;
         let stored = loc_bytes(&map, id, &loc)?;
-        let res = if loc.flags & FLAG_LZ4_BLOCK != 0 {
-            if loc.raw_len > IN_MEMORY_LIMIT {
-                return Err(Error::Corrupt(format!(
-                    "object {id} in pack {} claims an impossible length",
-                    loc.pack
-                )));
-            }
-            match lz4_flex::block::decompress(stored, loc.raw_len as usize) {
-                Ok(raw) => window.write_all(&raw),
-                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            }
-        } else if loc.flags & FLAG_LZ4 != 0 {
-            let mut decoder = lz4_flex::frame::FrameDecoder::new(stored);
-            // Decoded up to the range's end, not beyond.
-            io::copy(&mut io::Read::take(&mut decoder, end), &mut window).map(|_| ())
-        } else {
-            // Stored as is: the range is a slice of the map.
-            match stored.get(offset as usize..end as usize) {
-                Some(range) => window.inner.write_all(range),
-                None => Err(io::Error::new(io::ErrorKind::InvalidData, "short record")),
-            }
-        };
-        match res {
-            Ok(()) => Ok(end - offset),
-            Err(e)
-                if e.kind() == io::ErrorKind::InvalidData
-                    || e.kind() == io::ErrorKind::UnexpectedEof =>
-            {
-                Err(Error::Corrupt(format!(
-                    "object {id} does not decompress: {e}"
-                )))
-            }
-            Err(e) => Err(Error::io("(read target)", e)),
-        }
+        decode(id, &loc, stored, Some(end), &mut window, "(read target)")?;
+        Ok(end - offset)
     }
 
     /// An object's content, checked. Only for objects known to be small (trees, link targets).
@@ -165,6 +102,49 @@ impl Store {
             libc::malloc_trim(0);
         }
     }
+}
+
+/// Decodes an object's stored bytes into `sink`: all of it, or its first `end` bytes (then a
+/// frame is decoded no further, and a raw object is a slice of the map). `target` names what
+/// `sink` writes to, for its I/O errors; bytes that do not decode are [`Error::Corrupt`].
+fn decode(
+    id: &Id,
+    loc: &Loc,
+    stored: &[u8],
+    end: Option<u64>,
+    sink: &mut dyn Write,
+    target: &str,
+) -> Result<()> {
+    let res = if loc.flags & FLAG_LZ4_BLOCK != 0 {
+        if loc.raw_len > IN_MEMORY_LIMIT {
+            return Err(Error::Corrupt(format!(
+                "object {id} in pack {} claims an impossible length",
+                loc.pack
+            )));
+        }
+        match lz4_flex::block::decompress(stored, loc.raw_len as usize) {
+            Ok(raw) => sink.write_all(&raw),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    } else if loc.flags & FLAG_LZ4 != 0 {
+        let mut decoder = lz4_flex::frame::FrameDecoder::new(stored);
+        match end {
+            Some(end) => io::copy(&mut io::Read::take(&mut decoder, end), sink),
+            None => io::copy(&mut decoder, sink),
+        }
+        .map(|_| ())
+    } else {
+        match end.map_or(Some(stored), |end| stored.get(..end as usize)) {
+            Some(bytes) => sink.write_all(bytes),
+            None => Err(io::Error::new(io::ErrorKind::InvalidData, "short record")),
+        }
+    };
+    res.map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+            Error::Corrupt(format!("object {id} does not decompress: {e}"))
+        }
+        _ => Error::io(target, e),
+    })
 }
 
 /// Passes on the bytes of `from..to` of what is written through it, counting from 0.
