@@ -11,13 +11,13 @@ mod util;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
 use chkpt_testkit::Rng;
 use tonic::transport::Channel;
-use util::{Daemon, restore_to};
+use util::{Daemon, litter, ready, restore_to};
 
 type Listing = BTreeMap<PathBuf, Option<Vec<u8>>>;
 
@@ -35,17 +35,6 @@ fn listing(root: &Path) -> Listing {
     l
 }
 
-/// chkpt's own files left in the folder (there must be none while nothing runs).
-fn litter(root: &Path) -> Vec<PathBuf> {
-    util::listing(root)
-        .into_keys()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".chkpt-"))
-        })
-        .collect()
-}
-
 /// Edits a few files: rewrites, adds, deletes; sometimes a large one.
 fn mutate(rng: &mut Rng, ws: &Path) {
     for _ in 0..(1 + rng.below(8)) {
@@ -60,28 +49,6 @@ fn mutate(rng: &mut Rng, ws: &Path) {
                 fs::write(&f, rng.bytes(len)).unwrap()
             }
         }
-    }
-}
-
-async fn ready(d: &Daemon) -> ChkptClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut c = d.client().await;
-        if let Ok(st) = c.status(pb::StatusRequest {}).await
-            && st
-                .into_inner()
-                .workspaces
-                .first()
-                .is_some_and(|w| w.state() == pb::WorkspaceState::Watching)
-        {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the workspace was not re-watched:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -176,16 +143,7 @@ async fn restore_differences(
 async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let full = std::env::var_os("CHKPT_FULL").is_some();
     let kills = if full { 200 } else { 20 };
-    let seed = std::env::var("CHKPT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = chkpt_testkit::seed();
     let mut rng = Rng::new(seed);
     let ws_dir = tempfile::tempdir().unwrap();
     let ws = ws_dir.path().canonicalize().unwrap();

@@ -31,7 +31,7 @@ use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
 use chkpt_testkit::Rng;
 use tonic::transport::Channel;
-use util::{Daemon, restore_to};
+use util::{Daemon, litter, ready, restore_to};
 
 type Listing = BTreeMap<PathBuf, Option<Vec<u8>>>;
 
@@ -44,17 +44,6 @@ fn listing(root: &Path) -> Listing {
             .is_some_and(|n| n.to_string_lossy().starts_with(".chkpt-sync-"))
     });
     l
-}
-
-/// chkpt's own files left in the folder.
-fn litter(root: &Path) -> Vec<PathBuf> {
-    util::listing(root)
-        .into_keys()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".chkpt-"))
-        })
-        .collect()
 }
 
 fn sync_dir(dir: &Path) {
@@ -181,28 +170,6 @@ impl Rig {
         let report = self.fs.power_cut(how).unwrap();
         self.d.restart_after_stop();
         report
-    }
-}
-
-async fn ready(d: &Daemon) -> ChkptClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut c = d.client().await;
-        if let Ok(st) = c.status(pb::StatusRequest {}).await
-            && st
-                .into_inner()
-                .workspaces
-                .first()
-                .is_some_and(|w| w.state() == pb::WorkspaceState::Watching)
-        {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the workspace was not re-watched:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -669,16 +636,7 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
 async fn power_cuts_at_random_moments_lose_nothing_acknowledged() {
     let full = std::env::var_os("CHKPT_FULL").is_some();
     let per_mode = if full { 120 } else { 10 };
-    let seed = std::env::var("CHKPT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = chkpt_testkit::seed();
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let mut fig = Figures::default();

@@ -19,21 +19,11 @@ use std::time::{Duration, Instant};
 
 use chkpt_lazyfs::{Cut, LazyMount};
 use chkpt_proto::v1 as pb;
+use chkpt_testkit::Rng;
 use util::{Daemon, listing, restore_to, snapshots};
 
 /// The fixture's workspace, as its catalog names it (the folder itself is not needed).
 const FIXTURE_WS: &str = "/tmp/fx/ws";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// The fixture's `data/` and `expected/` unpacked into `into`, durably.
 fn unpack_fixture(fs: &LazyMount) {
@@ -116,17 +106,8 @@ async fn assert_everything_there(d: &Daemon, fs: &LazyMount, round: usize) {
 async fn a_power_cut_while_the_sled_catalog_moves_to_redb_loses_nothing() {
     let full = std::env::var_os("CHKPT_FULL").is_some();
     let rounds = if full { 40 } else { 6 };
-    let seed = std::env::var("CHKPT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    let mut rng = Rng(seed);
+    let seed = chkpt_testkit::seed();
+    let mut rng = Rng::new(seed);
 
     // How long a whole start takes here (the move included): the cuts fall within it.
     let dir = tempfile::tempdir().unwrap();
@@ -148,11 +129,11 @@ async fn a_power_cut_while_the_sled_catalog_moves_to_redb_loses_nothing() {
         unpack_fixture(&fs);
         let data = fs.path().join("data");
         let mut child = spawn_chkptd(&data, run.path());
-        let cut_ms = rng.next() % (start_ms * 2);
+        let cut_ms = rng.next_u64() % (start_ms * 2);
         std::thread::sleep(Duration::from_millis(cut_ms));
         let _ = child.kill();
         let _ = child.wait();
-        let report = fs.power_cut(Cut::Torn(rng.next())).unwrap();
+        let report = fs.power_cut(Cut::Torn(rng.next_u64())).unwrap();
         pages_lost += report.pages_lost;
         let switched = data.join("catalog.redb").exists();
         let copying = data.join("catalog.redb.migrating").exists();

@@ -48,6 +48,19 @@ impl Rng {
     }
 }
 
+/// The run's seed: `CHKPT_SEED` when set (to replay a run), else one from the clock. A test prints
+/// it, so any run can be replayed.
+pub fn seed() -> u64 {
+    std::env::var("CHKPT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 | 1)
+        })
+}
+
 /// `len` incompressible bytes, the same for the same seed: content no compressor shrinks and no
 /// two seeds share, for tests that count stored bytes.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {

@@ -368,3 +368,38 @@ pub fn kernel_watches(pid: u32) -> usize {
         .map(|t| t.lines().filter(|l| l.starts_with("inotify wd:")).count())
         .sum()
 }
+
+/// chkpt's own files left in the folder (there must be none while nothing runs).
+pub fn litter(root: &Path) -> Vec<PathBuf> {
+    listing(root)
+        .into_keys()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".chkpt-"))
+        })
+        .collect()
+}
+
+/// A client, once the daemon answers and has its (first) workspace watched again after a
+/// restart; fails with the daemon's log after 30 s.
+pub async fn ready(d: &Daemon) -> ChkptClient<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = d.client().await;
+        if let Ok(st) = c.status(pb::StatusRequest {}).await
+            && st
+                .into_inner()
+                .workspaces
+                .first()
+                .is_some_and(|w| w.state() == pb::WorkspaceState::Watching)
+        {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workspace was not re-watched:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
