@@ -2,8 +2,12 @@
 //! run: `chkptctl diff` with the patches of 5 changed files (against `diff -ru` of the same 5
 //! files), `chkptctl log -p` of one path across `list_n` snapshots (against `cat` of the same
 //! file as many times), and the first frame of `chkptctl ui` (against tmux running `true`).
-//! All three are whole `chkptctl` processes, timed end to end.
+//! Beside them, issue 22's hook: `chkptctl hook claude-code` on a warm daemon, once when the
+//! tool changed nothing (a note on the latest snapshot) and once after a tool changed a file (a
+//! new snapshot), against `chkptctl --version` (the same process's start alone).
+//! All are whole `chkptctl` processes, timed end to end.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +19,7 @@ use crate::tree;
 use crate::util::Daemon;
 
 /// One step's samples (seconds), its baseline's, and its target.
+#[derive(Clone)]
 struct Row {
     what: String,
     ours: Vec<f64>,
@@ -52,7 +57,7 @@ pub async fn run(run: &Run) -> Report {
         errors.push(e);
     }
     let mut table = String::from(
-        "\n| history step (issue 19) | ours | baseline | ours/baseline | target | met? |\n|---|---|---|---|---|---|\n",
+        "\n| history and hook step (issues 19, 22) | ours | baseline | ours/baseline | target | met? |\n|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let (o, b) = (median(&r.ours), median(&r.baseline));
@@ -83,13 +88,24 @@ pub async fn run(run: &Run) -> Report {
     }
 }
 
-/// Runs `cmd` to the end with its output thrown away; the seconds it took and its stdout size.
+/// Runs `cmd` to the end with its output thrown away; the seconds it took and its stdout.
 fn time(cmd: &mut Command) -> Result<(f64, Vec<u8>), String> {
+    time_fed(cmd, b"")
+}
+
+/// As `time`, with `input` on the command's stdin.
+fn time_fed(cmd: &mut Command, input: &[u8]) -> Result<(f64, Vec<u8>), String> {
     let t0 = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let dt = t0.elapsed().as_secs_f64();
     if !out.status.success() {
         return Err(format!(
@@ -241,6 +257,104 @@ async fn steps(run: &Run, rows: &mut Vec<Row>) -> Result<(), String> {
     }
     eprintln!("bench: history ui first frame: {}", ms(median(&row.ours)));
     rows.push(row);
+
+    hook_steps(&d, &mut c, run, reps, rows).await
+}
+
+/// `chkptctl hook claude-code` as Claude Code runs it: a PreToolUse hook after nothing changed,
+/// and a PostToolUse hook after the tool changed one file. Each must leave what it claims: the
+/// snapshot count unchanged, or one more.
+async fn hook_steps(
+    d: &Daemon,
+    c: &mut pb::chkpt_client::ChkptClient<tonic::transport::Channel>,
+    run: &Run,
+    reps: usize,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let t = run.tree.as_path();
+    let ws = t.display().to_string();
+    let event = |name: &str| {
+        serde_json::json!({
+            "session_id": "bench", "cwd": t, "hook_event_name": name, "tool_name": "Bash",
+            "tool_input": { "command": "true" },
+        })
+        .to_string()
+    };
+    let latest = async |c: &mut pb::chkpt_client::ChkptClient<tonic::transport::Channel>| {
+        c.list(pb::ListRequest {
+            workspace: ws.clone(),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner()
+        .snapshots
+        .first()
+        .map(|s| s.id.clone())
+        .ok_or_else(|| "no snapshot".to_string())
+    };
+    let version = || {
+        let mut v = Command::new(env!("CARGO_BIN_EXE_chkptctl"));
+        v.arg("--version");
+        v
+    };
+    let hook = |input: &str| -> Result<f64, String> {
+        let (dt, out) = time_fed(
+            chkptctl(d, t).args(["hook", "claude-code"]),
+            input.as_bytes(),
+        )?;
+        if !out.is_empty() {
+            return Err("the hook printed on stdout".into());
+        }
+        Ok(dt)
+    };
+    let mut unchanged = Row {
+        what: "`chkptctl hook claude-code`, nothing changed".into(),
+        ours: Vec::new(),
+        baseline: Vec::new(),
+        baseline_name: "`chkptctl --version`",
+        target: 0.05,
+    };
+    let mut changed = Row {
+        what: "`chkptctl hook claude-code`, 1 file changed".into(),
+        ..unchanged.clone()
+    };
+    let path = &run.picks[1];
+    let original = tree::read_files(t, std::slice::from_ref(path));
+    // The working tree equal to the latest snapshot first, so the first hook finds nothing.
+    c.save(pb::SaveRequest {
+        workspace: ws.clone(),
+        message: "before the hooks".into(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    for i in 0..reps {
+        let before = latest(c).await?;
+        unchanged.ours.push(hook(&event("PreToolUse"))?);
+        unchanged.baseline.push(time(&mut version())?.0);
+        if latest(c).await? != before {
+            tree::put_back(t, &original);
+            return Err("a hook that found nothing changed added a snapshot".into());
+        }
+        tree::append_line(t, std::slice::from_ref(path), &format!("hook {i}"));
+        wait_pending(c, 1).await?;
+        changed.ours.push(hook(&event("PostToolUse"))?);
+        changed.baseline.push(time(&mut version())?.0);
+        if latest(c).await? == before {
+            tree::put_back(t, &original);
+            return Err("a hook after a change added no snapshot".into());
+        }
+    }
+    tree::put_back(t, &original);
+    eprintln!(
+        "bench: hook: {} unchanged, {} changed",
+        ms(median(&unchanged.ours)),
+        ms(median(&changed.ours))
+    );
+    rows.push(unchanged);
+    rows.push(changed);
     Ok(())
 }
 
