@@ -370,7 +370,10 @@ fn in_tmux(cmd: &str, i: usize) -> Result<f64, String> {
         c.args(["-L", &sock, "-f", "/dev/null"]);
         c
     };
-    let line = format!("{cmd}; tmux -L {sock} wait-for -S done");
+    // The pane outlives the signal: when a quick command's session ended at once, the server
+    // exited with it, and a `wait-for` that reached the server as it went hung (seen with
+    // `true`). `kill-server` below ends the sleep.
+    let line = format!("{cmd}; tmux -L {sock} wait-for -S done; exec sleep 600");
     let t0 = Instant::now();
     let out = tmux()
         .args(["new-session", "-d", "-x", "200", "-y", "50"])
@@ -401,6 +404,9 @@ fn in_tmux(cmd: &str, i: usize) -> Result<f64, String> {
     let waited = waited.map_err(|e| e.to_string())?;
     if waited.code() == Some(124) {
         return Err(format!("{cmd} did not end within 120 s in tmux"));
+    }
+    if !waited.success() {
+        return Err(format!("tmux wait-for failed ({waited}) for {cmd}"));
     }
     Ok(dt)
 }
