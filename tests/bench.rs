@@ -27,6 +27,11 @@
 //! - `bench/git.rs`: what saving a real repository's `.git` costs (its own table)
 //! - `bench/history.rs`: the targets of issue 19 (diff with patches, `log -p`, the UI's first
 //!   frame), with a table of their own
+//! - `bench/scale.rs`: monorepo-sized generated trees, and a folder of 200,000 entries (its own
+//!   table; a smoke run measures 100,000 files, a full run 100,000, 500,000 and 1,000,000)
+//!
+//! `--only scale` runs the scale section alone (its table goes to
+//! `target/bench-results-scale.md`), `--scale-sizes 100000,500000` picks its tree sizes.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -40,6 +45,8 @@ mod others;
 mod ours;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/scale.rs"]
+mod scale;
 #[path = "bench/tree.rs"]
 mod tree;
 mod util;
@@ -172,6 +179,14 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let full = args.iter().any(|a| a == "--full");
+    let sizes: Vec<usize> = match arg_value(&args, "--scale-sizes") {
+        Some(list) => list.split(',').filter_map(|n| n.parse().ok()).collect(),
+        None if full => vec![100_000, 500_000, 1_000_000],
+        None => vec![100_000],
+    };
+    if arg_value(&args, "--only").as_deref() == Some("scale") {
+        return only_scale(&sizes);
+    }
     let reps = arg_value(&args, "--reps")
         .and_then(|n| n.parse().ok())
         .unwrap_or(if full { 3 } else { 1 });
@@ -253,14 +268,18 @@ fn main() -> ExitCode {
     let git_table = rt.block_on(git::section(scratch.path()));
     eprintln!("bench: the history section");
     let history = rt.block_on(history::run(&run));
+    eprintln!("bench: the scale section");
+    let scale = rt.block_on(scale::section(&target, scratch.path(), &sizes, true));
 
     let machine = report::machine();
     let table = format!(
-        "{}\n{watcher_table}\n{git_table}{}",
+        "{}\n{watcher_table}\n{git_table}{}\n{}",
         res.table(),
-        history.table
+        history.table,
+        scale.table()
     );
     println!("\n{table}\n{machine}");
+    println!("{}", scale.figures());
     println!("Took {:.0} s.", started.elapsed().as_secs_f64());
     let file = target.join(if full {
         "bench-results.md"
@@ -271,7 +290,7 @@ fn main() -> ExitCode {
     if let Err(e) = std::fs::write(&file, doc) {
         eprintln!("bench: could not write {}: {e}", file.display());
     }
-    if res.ours_failed() || history.failed {
+    if res.ours_failed() || history.failed || scale.failed() {
         eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
         return ExitCode::FAILURE;
     }
@@ -280,6 +299,32 @@ fn main() -> ExitCode {
             "bench: FAILED: not measured: {} (see the top of the table)",
             res.missing.join("; ")
         );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--only scale`: the scale section alone, its table in `target/bench-results-scale.md`.
+fn only_scale(sizes: &[usize]) -> ExitCode {
+    let started = Instant::now();
+    let target = target_dir();
+    let scratch = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let scale = rt.block_on(scale::section(&target, scratch.path(), sizes, true));
+    let machine = report::machine();
+    let table = scale.table();
+    println!("\n{table}\n{machine}\n{}", scale.figures());
+    println!("Took {:.0} s.", started.elapsed().as_secs_f64());
+    let file = target.join("bench-results-scale.md");
+    let doc = format!("# chkpt benchmark: scale\n\n{machine}\n\n{table}");
+    if let Err(e) = std::fs::write(&file, doc) {
+        eprintln!("bench: could not write {}: {e}", file.display());
+    }
+    if scale.failed() {
+        eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -16,7 +16,7 @@ use crate::report::{Results, Sample, Step, Tool};
 use crate::tree;
 use crate::util::Daemon;
 
-type Client = ChkptClient<Channel>;
+pub type Client = ChkptClient<Channel>;
 
 /// Quiet period while timing steps 1–4: no auto snapshot may interfere.
 const LONG_IDLE_MS: u64 = 3_600_000;
@@ -38,7 +38,7 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-async fn workspace_status(c: &mut Client) -> Result<pb::WorkspaceStatus, String> {
+pub async fn workspace_status(c: &mut Client) -> Result<pb::WorkspaceStatus, String> {
     let st = c.status(pb::StatusRequest {}).await.map_err(err)?;
     st.into_inner()
         .workspaces
@@ -61,7 +61,7 @@ async fn wait_pending(c: &mut Client, n: u64) -> Result<(), String> {
 }
 
 /// Waits until the daemon is watching (not rescanning) on two polls in a row.
-async fn settle(c: &mut Client) -> Result<(), String> {
+pub async fn settle(c: &mut Client) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut calm = 0;
     while calm < 2 {
@@ -77,8 +77,11 @@ async fn settle(c: &mut Client) -> Result<(), String> {
 
 /// `chkptctl --json <args>` against `d`, timed as a whole process like the peer's CLI; its
 /// parsed output.
-fn ctl(d: &Daemon, args: &[&str]) -> Result<(serde_json::Value, f64), String> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chkptctl"));
+pub fn ctl(d: &Daemon, args: &[&str]) -> Result<(serde_json::Value, f64), String> {
+    let mut cmd = Command::new(crate::util::bench_bin(
+        "chkptctl",
+        env!("CARGO_BIN_EXE_chkptctl"),
+    ));
     cmd.arg("--socket").arg(&d.socket).arg("--json").args(args);
     let t0 = Instant::now();
     let out = cmd.output();
@@ -120,7 +123,7 @@ async fn save(c: &mut Client, ws: &str) -> Result<Option<pb::Snapshot>, String> 
 }
 
 /// A `kB` field of /proc/<pid>/status, in bytes (`VmRSS`, `RssAnon`, `RssFile`).
-fn proc_status(pid: u32, field: &str) -> Option<u64> {
+pub fn proc_status(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

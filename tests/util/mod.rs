@@ -62,10 +62,10 @@ impl Daemon {
         let mut cmd = match self.prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(env!("CARGO_BIN_EXE_chkptd"));
+                c.args(rest).arg(chkptd_bin());
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_chkptd")),
+            None => Command::new(chkptd_bin()),
         };
         let child = cmd
             .arg("--socket")
@@ -122,6 +122,12 @@ impl Daemon {
         }
     }
 
+    /// Starts it again after [`Daemon::stop`] or [`Daemon::kill9`], on the same data dir and
+    /// socket; returns once the socket accepts connections.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Stops and starts again on the same data dir and socket.
     pub fn restart(&mut self) {
         assert!(
@@ -145,6 +151,18 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// The `chkptd` to start: this build's, or the one in `$CHKPT_BENCH_BIN_DIR` when set (the
+/// benchmark measures an earlier build that way, on the same machine and trees).
+pub fn chkptd_bin() -> PathBuf {
+    bench_bin("chkptd", env!("CARGO_BIN_EXE_chkptd"))
+}
+
+/// `name` in `$CHKPT_BENCH_BIN_DIR` when it is set, else `built`.
+pub fn bench_bin(name: &str, built: &str) -> PathBuf {
+    std::env::var_os("CHKPT_BENCH_BIN_DIR")
+        .map_or_else(|| PathBuf::from(built), |d| PathBuf::from(d).join(name))
 }
 
 /// Connects to a daemon's socket.
