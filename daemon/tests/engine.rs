@@ -302,6 +302,65 @@ fn save_of_one_change_in_20k_files_costs_the_change_only() {
     );
 }
 
+/// A folder of 6,000 files is stored as parts (tree format rule 5): one changed file writes
+/// its part and the split tree, not the whole folder's tree; diff names only that file; both
+/// snapshots restore exactly; and after the first is deleted, a GC keeps the parts the second
+/// shares with it and verify stays clean.
+#[test]
+fn one_change_in_a_folder_of_6000_entries_rewrites_one_part() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let big = ws_dir.path().join("cache");
+    fs::create_dir_all(&big).unwrap();
+    for f in 0..6_000 {
+        fs::write(
+            big.join(format!("entry-{f:05}.json")),
+            format!("{{\"n\": {f}}}\n"),
+        )
+        .unwrap();
+    }
+    let store = Store::open(store_dir.path()).unwrap();
+    let mut ws = open(&store, ws_dir.path());
+    let first = save(&mut ws, &store, Changes::Full);
+    assert_eq!(first.files, 6_000);
+    let before = listing(ws_dir.path());
+
+    let rel = b"cache/entry-02345.json".to_vec();
+    fs::write(big.join("entry-02345.json"), b"changed\n").unwrap();
+    let bytes_before = store.counters.pack_bytes_written.load(Ordering::Relaxed);
+    let second = save(&mut ws, &store, Changes::Paths(vec![rel.clone()]));
+    let written = store.counters.pack_bytes_written.load(Ordering::Relaxed) - bytes_before;
+    // The folder's tree whole holds 6,000 ids of 16 random bytes: at least 94 KiB.
+    assert!(written < 32 * 1024, "one change wrote {written} bytes");
+    assert_eq!((second.modified, second.added, second.deleted), (1, 0, 0));
+    let diff =
+        chkpt_daemon::workspace::diff::diff(&store, Some(first.root), Some(second.root)).unwrap();
+    let paths: Vec<&[u8]> = diff.iter().map(|e| e.path.as_slice()).collect();
+    assert_eq!(paths, [rel.as_slice()]);
+    let after = listing(ws_dir.path());
+
+    let restored = |ws: &mut Workspace, snap| {
+        let to = tempfile::tempdir().unwrap();
+        restore(
+            ws,
+            &store,
+            snap,
+            RestoreOptions {
+                to: Some(to.path().to_path_buf()),
+                ..Default::default()
+            },
+        );
+        listing(to.path())
+    };
+    assert!(restored(&mut ws, &first) == before, "the first snapshot");
+    assert!(restored(&mut ws, &second) == after, "the second snapshot");
+    store.catalog().remove_snapshot(&first).unwrap();
+    store.gc().unwrap();
+    let problems = store.verify(None).unwrap().problems;
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(restored(&mut ws, &second) == after, "the second after a GC");
+}
+
 /// Runs a full save of `ws` with its watch placed only after `before_watch` has run, once the
 /// walk has read `read` files: what `before_watch` changes reaches neither the walk's first
 /// look nor a watcher.

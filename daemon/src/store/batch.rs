@@ -6,6 +6,8 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLockReadGuard};
 
+use rayon::prelude::*;
+
 use super::compress::{copy_hashing, with_compressed};
 use super::pack::{FLAG_LZ4, FLAG_LZ4_BLOCK, FLAG_TREE, Loc};
 use super::{Id, Store, Tree, lock_poisoned};
@@ -69,9 +71,32 @@ impl Batch<'_> {
         Ok((id, true))
     }
 
-    /// Stores a tree.
-    pub fn put_tree(&self, tree: &Tree) -> Result<Id> {
-        Ok(self.put(&tree.encode(), true)?.0)
+    /// Stores a directory's tree: whole, or as parts and the split tree naming them when it is
+    /// large (tree format rule 5). Those parts that did not change encode to bytes the store
+    /// holds, so only the changed ones are written.
+    pub fn put_tree(&self, tree: Tree) -> Result<Id> {
+        let Some(cuts) = super::tree::parts(&tree.entries) else {
+            return Ok(self.put(&tree.encode(), true)?.0);
+        };
+        // Split off from the end: the entries move into their parts, none is copied.
+        let mut entries = tree.entries;
+        let mut parts: Vec<Tree> = Vec::with_capacity(cuts.len());
+        for cut in cuts.iter().rev() {
+            parts.push(Tree {
+                entries: entries.split_off(cut.start),
+            });
+        }
+        parts.reverse();
+        let ids = parts
+            .par_iter()
+            .map(|p| Ok(self.put(&p.encode(), true)?.0))
+            .collect::<Result<Vec<Id>>>()?;
+        let named: Vec<(Id, &[super::Entry])> = ids
+            .into_iter()
+            .zip(&parts)
+            .map(|(id, p)| (id, p.entries.as_slice()))
+            .collect();
+        Ok(self.put(&Tree::split_of(&named).encode(), true)?.0)
     }
 
     /// Stores `raw_len` bytes read from `reader` under `id` (known from an earlier pass), without

@@ -80,7 +80,8 @@ impl Store {
         }
         while let Some(tree_id) = stack.pop() {
             // A tree that cannot be read would hide what it holds: stop rather than sweep it.
-            let tree = self.tree(&tree_id)?;
+            // As stored: a split tree's parts are directory entries, marked and walked.
+            let tree = self.tree_node(&tree_id)?;
             for e in tree.entries {
                 if live.insert(e.id) && e.kind == Kind::Dir {
                     stack.push(e.id);
@@ -294,12 +295,14 @@ impl Store {
         let mut out = Vec::new();
         let tree = match bad.get(&id) {
             Some(problem) => Err(problem.clone()),
-            None => self.tree(&id).map_err(|e| e.to_string()),
+            None => self.tree_node(&id).map_err(|e| e.to_string()),
         };
         match tree {
             Err(problem) => out.push((Vec::new(), id, problem)),
             Ok(tree) => {
                 *trees_checked += 1;
+                // A split tree's parts hold the directory's own entries: no name of theirs.
+                let split = tree.is_split();
                 for e in &tree.entries {
                     reachable.insert(e.id);
                     if e.kind == Kind::Dir {
@@ -307,9 +310,11 @@ impl Store {
                             .bad_paths(e.id, bad, memo, trees_checked, reachable)
                             .iter()
                         {
-                            let mut p = e.name.clone();
+                            let mut p = if split { Vec::new() } else { e.name.clone() };
                             if !sub.is_empty() {
-                                p.push(b'/');
+                                if !p.is_empty() {
+                                    p.push(b'/');
+                                }
                                 p.extend_from_slice(sub);
                             }
                             out.push((p, *obj, problem.clone()));

@@ -475,4 +475,51 @@ mod tests {
         c.finish().unwrap();
         assert_eq!(store.read_vec(&x).unwrap(), random(5_000, 3));
     }
+
+    /// Tree format rule 5: a directory of 50,000 entries is stored as parts, reads back whole,
+    /// and one changed entry writes its part and the split tree, nothing else.
+    #[test]
+    fn a_large_directory_is_stored_in_parts_and_one_change_writes_one_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut tree = Tree {
+            entries: (0..50_000u32)
+                .map(|i| Entry {
+                    name: format!("f{i:06}").into_bytes(),
+                    kind: Kind::File,
+                    mode: 0o644,
+                    size: 1,
+                    id: Id::of(&i.to_le_bytes()),
+                })
+                .collect(),
+        };
+        let b = store.batch();
+        let id = b.put_tree(tree.clone()).unwrap();
+        let (objects, _) = b.written();
+        b.finish().unwrap();
+        assert!(objects > 20, "{objects} objects");
+        assert!(store.tree_node(&id).unwrap().is_split());
+        assert_eq!(store.tree(&id).unwrap(), tree);
+        for (name, want) in [
+            (&b"f012345"[..], Some(&tree.entries[12_345])),
+            (b"f000000", Some(&tree.entries[0])),
+            (b"f049999", Some(&tree.entries[49_999])),
+            (b"f0123450", None),
+            (b"a", None),
+            (b"g", None),
+        ] {
+            assert_eq!(store.tree_entry(&id, name).unwrap().as_ref(), want);
+        }
+        tree.entries[30_000].id = Id::of(b"changed");
+        let b = store.batch();
+        let id2 = b.put_tree(tree.clone()).unwrap();
+        let (objects, bytes) = b.written();
+        b.finish().unwrap();
+        assert_eq!(objects, 2, "the changed part and the split tree");
+        assert!(bytes < 64 << 10, "{bytes} bytes");
+        assert_eq!(store.tree(&id2).unwrap(), tree);
+        let d = crate::workspace::diff::diff(&store, Some(id), Some(id2)).unwrap();
+        let paths: Vec<&[u8]> = d.iter().map(|e| e.path.as_slice()).collect();
+        assert_eq!(paths, [&b"f030000"[..]]);
+    }
 }

@@ -82,10 +82,70 @@ impl Store {
         Ok(out)
     }
 
-    /// Reads and decodes a tree.
+    /// Reads a directory's entries: a split tree's parts are read and joined (tree format
+    /// rule 5).
     pub fn tree(&self, id: &Id) -> Result<Tree> {
+        let node = self.tree_node(id)?;
+        if !node.is_split() {
+            return Ok(node);
+        }
+        self.join_parts(id, &node, &|_| true)
+    }
+
+    /// Reads and decodes a tree as it is stored: a split tree's parts are not read.
+    pub fn tree_node(&self, id: &Id) -> Result<Tree> {
         let bytes = self.read_vec(id)?;
         Tree::decode(&bytes).map_err(|e| Error::Corrupt(format!("tree {id}: {e}")))
+    }
+
+    /// The entries of the parts of the split tree `node` (stored as `id`) that `keep` keeps,
+    /// in order, each part checked against rule 5: not split, not empty, its first name the
+    /// one the split tree gives, all its names before the next part's.
+    pub fn join_parts(&self, id: &Id, node: &Tree, keep: &dyn Fn(&Id) -> bool) -> Result<Tree> {
+        let bad = |what: &str| Error::Corrupt(format!("split tree {id}: {what}"));
+        let total: u64 = node.entries.iter().map(|e| e.size).sum();
+        let mut entries = Vec::with_capacity(usize::try_from(total).unwrap_or(0).min(1 << 24));
+        for (i, p) in node.entries.iter().enumerate() {
+            if !keep(&p.id) {
+                continue;
+            }
+            let part = self.tree_node(&p.id)?;
+            if part.is_split() || part.entries.is_empty() {
+                return Err(bad("a part is split or empty"));
+            }
+            if part.entries[0].name != p.name[1..] || part.entries.len() as u64 != p.size {
+                return Err(bad("a part is not the one the split tree names"));
+            }
+            if let Some(next) = node.entries.get(i + 1)
+                && part
+                    .entries
+                    .last()
+                    .is_some_and(|e| e.name[..] >= next.name[1..])
+            {
+                return Err(bad("parts overlap"));
+            }
+            entries.extend(part.entries);
+        }
+        Ok(Tree { entries })
+    }
+
+    /// The entry `name` of the directory whose tree is `id`, reading only the part of a split
+    /// tree that would hold it.
+    pub fn tree_entry(&self, id: &Id, name: &[u8]) -> Result<Option<super::Entry>> {
+        let node = self.tree_node(id)?;
+        if !node.is_split() {
+            return Ok(node.get(name).cloned());
+        }
+        // The last part whose first name is not after `name`.
+        let at = node.entries.partition_point(|p| p.name[1..] <= *name);
+        let Some(i) = at.checked_sub(1) else {
+            return Ok(None);
+        };
+        let one = Tree {
+            entries: node.entries[i..].iter().take(2).cloned().collect(),
+        };
+        let part = self.join_parts(id, &one, &|p| *p == node.entries[i].id)?;
+        Ok(part.get(name).cloned())
     }
 
     /// Gives memory back after a heavy operation: unmaps the packs (their pages count as the

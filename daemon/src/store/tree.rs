@@ -1,6 +1,7 @@
-//! Tree objects: one per directory, the nodes of a snapshot's Merkle DAG.
+//! Tree objects: one per directory (a large directory: a few), the nodes of a snapshot's
+//! Merkle DAG.
 //!
-//! # Format
+//! # Format (version 2)
 //! 1. A tree is the bitcode encoding of [`Tree`]; its id is the xxh3-128 of those bytes.
 //! 2. Entries are sorted by name (bytewise) and names are unique within a tree.
 //! 3. A name is one path component: non-empty, not `.` or `..`, without `/` or NUL. Names are raw
@@ -8,8 +9,38 @@
 //! 4. A file entry's id is its content's blob id, a symlink's the blob of its target bytes, a
 //!    directory's the id of its own tree. `size` is the file's length (the target's for symlinks,
 //!    the number of entries for directories).
+//! 5. (Version 2.) A directory of more than [`SPLIT_MIN`] entries is stored split: its entries,
+//!    in order, are cut into runs called parts, each stored as a tree of rules 1–4, and the
+//!    directory's id is that of a *split tree* naming the parts in order. A split tree's
+//!    entries are directories whose name is a NUL byte followed by the part's first name,
+//!    mode 0, size the part's number of entries, id the part's tree id; it has at least two.
+//!    A part is never itself split, is not empty, and every name in it sorts after the names
+//!    of the part before it. The NUL makes a split tree unreadable as a directory by rule 3,
+//!    so it can be told apart and a version-1 reader refuses it instead of misreading it.
+//! 6. (Version 2.) Parts end after an entry whose name's xxh3-64 is 0 modulo [`PART_AVG`]
+//!    (content-defined, as bup's and prolly trees' split points: a change to one entry, or an
+//!    entry added or removed, changes only its own part, so the others keep their ids and
+//!    are neither stored again nor compared again), and after [`PART_MAX`] entries whatever
+//!    the names. Writers must cut this way for equal directories to get equal ids; readers
+//!    accept any cut that keeps rule 5.
+//!
+//! Version 1 (rules 1–4, every directory one tree) is what a directory of at most
+//! [`SPLIT_MIN`] entries still is, byte for byte: stores written before version 2 read, and
+//! their trees keep their ids.
+
+use std::ops::Range;
 
 use super::Id;
+
+/// Directories of more entries than this are split (format rule 5).
+pub const SPLIT_MIN: usize = 4096;
+/// Entries of a part on average (format rule 6).
+pub const PART_AVG: u64 = 512;
+/// Most entries of a part (format rule 6).
+pub const PART_MAX: usize = 4 * PART_AVG as usize;
+
+/// The first byte of a split tree's entry names (format rule 5).
+const PART_MARK: u8 = 0;
 
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, bitcode::Encode, bitcode::Decode)]
@@ -57,12 +88,24 @@ impl Tree {
         bitcode::encode(self)
     }
 
-    /// Decodes and checks rules 2 and 3, so a crafted tree cannot name a path outside its
-    /// directory.
+    /// Decodes and checks rules 2 and 3 (rule 5 for a split tree), so a crafted tree cannot
+    /// name a path outside its directory. A split tree is returned as it is stored: see
+    /// [`Tree::is_split`].
     pub fn decode(bytes: &[u8]) -> Result<Tree, String> {
         let tree: Tree = bitcode::decode(bytes).map_err(|e| format!("undecodable tree: {e}"))?;
+        let split = tree.entries.first().is_some_and(is_part_entry);
+        if split && tree.entries.len() < 2 {
+            return Err("a split tree of one part".to_owned());
+        }
         for (i, e) in tree.entries.iter().enumerate() {
-            if !is_valid_name(&e.name) {
+            if split && !is_part_entry(e) {
+                return Err(format!(
+                    "a split tree names {:?}, not a part",
+                    String::from_utf8_lossy(&e.name)
+                ));
+            }
+            let name = if split { &e.name[1..] } else { &e.name[..] };
+            if !is_valid_name(name) {
                 return Err(format!(
                     "invalid entry name {:?}",
                     String::from_utf8_lossy(&e.name)
@@ -75,6 +118,31 @@ impl Tree {
         Ok(tree)
     }
 
+    /// Whether this is a split tree, whose entries name parts (format rule 5).
+    pub fn is_split(&self) -> bool {
+        self.entries.first().is_some_and(is_part_entry)
+    }
+
+    /// The split tree naming `parts`, each given as its id and its entries.
+    pub fn split_of(parts: &[(Id, &[Entry])]) -> Tree {
+        let entries = parts
+            .iter()
+            .map(|(id, part)| {
+                let mut name = Vec::with_capacity(1 + part[0].name.len());
+                name.push(PART_MARK);
+                name.extend_from_slice(&part[0].name);
+                Entry {
+                    name,
+                    kind: Kind::Dir,
+                    mode: 0,
+                    size: part.len() as u64,
+                    id: *id,
+                }
+            })
+            .collect();
+        Tree { entries }
+    }
+
     /// The entry called `name`.
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
         self.entries
@@ -82,6 +150,32 @@ impl Tree {
             .ok()
             .map(|i| &self.entries[i])
     }
+}
+
+/// Where a directory's entries are cut into parts (format rule 6); `None` when it is stored
+/// whole (rule 5). `entries` are sorted.
+pub fn parts(entries: &[Entry]) -> Option<Vec<Range<usize>>> {
+    if entries.len() <= SPLIT_MIN {
+        return None;
+    }
+    let mut out = Vec::with_capacity(entries.len() / PART_AVG as usize + 1);
+    let mut start = 0;
+    for (i, e) in entries.iter().enumerate() {
+        let cut = xxhash_rust::xxh3::xxh3_64(&e.name) % PART_AVG == 0;
+        if cut || i + 1 - start >= PART_MAX {
+            out.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < entries.len() {
+        out.push(start..entries.len());
+    }
+    Some(out)
+}
+
+/// Whether `e` names a part of a split tree (format rule 5).
+fn is_part_entry(e: &Entry) -> bool {
+    e.kind == Kind::Dir && e.mode == 0 && e.name.first() == Some(&PART_MARK)
 }
 
 /// Whether `name` may be a path component in a tree (format rule 3).
@@ -163,6 +257,102 @@ mod tests {
             .map(|i| u8::from_str_radix(&SAMPLE_BYTES[i * 2..i * 2 + 2], 16).unwrap())
             .collect();
         assert_eq!(Tree::decode(&stored).unwrap(), sample());
+    }
+
+    fn big(n: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| entry(format!("file{i:07}.json").as_bytes()))
+            .collect()
+    }
+
+    /// The names of each part's entries.
+    fn cut(entries: &[Entry]) -> Vec<Vec<Vec<u8>>> {
+        parts(entries)
+            .unwrap()
+            .into_iter()
+            .map(|r| entries[r].iter().map(|e| e.name.clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_directory_of_split_min_entries_is_one_tree_as_in_version_1() {
+        assert_eq!(parts(&big(SPLIT_MIN)), None);
+        let n = SPLIT_MIN + 1;
+        let cuts = parts(&big(n)).unwrap();
+        assert!(cuts.len() >= 3, "{} parts", cuts.len());
+        assert_eq!(cuts.first().unwrap().start, 0);
+        assert_eq!(cuts.last().unwrap().end, n);
+        assert!(cuts.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(cuts.iter().all(|r| !r.is_empty() && r.len() <= PART_MAX));
+    }
+
+    /// Rule 6: an entry changed, added or removed changes only its own part (and, added or
+    /// removed where a cut falls, the one beside it); every other part stays equal.
+    #[test]
+    fn a_change_leaves_every_other_part_equal() {
+        let before = big(200_000);
+        let parts_before = cut(&before);
+        let avg = before.len() / parts_before.len();
+        assert!((256..=1024).contains(&avg), "{avg} entries a part");
+        let mut changed = before.clone();
+        changed[100_000].id = Id::of(b"new content");
+        assert_eq!(cut(&changed), parts_before, "same cuts");
+        let mut added = before.clone();
+        added.insert(150_001, entry(b"file0150000.json~"));
+        added.remove(30_000);
+        let parts_after = cut(&added);
+        let kept = parts_after
+            .iter()
+            .filter(|p| parts_before.contains(p))
+            .count();
+        assert!(
+            kept + 4 >= parts_before.len(),
+            "{kept} of {} parts kept",
+            parts_before.len()
+        );
+    }
+
+    /// Rule 6 pinned: equal directories get equal ids only while every build cuts them
+    /// alike, so a change to the cut (the hash, [`PART_AVG`], [`PART_MAX`]) is a format change.
+    #[test]
+    fn the_cuts_are_pinned() {
+        let cuts = parts(&big(20_000)).unwrap();
+        let ends: Vec<usize> = cuts.iter().take(6).map(|r| r.end).collect();
+        assert_eq!((cuts.len(), ends), (PINNED_PARTS, PINNED_ENDS.to_vec()));
+    }
+    const PINNED_PARTS: usize = 40;
+    const PINNED_ENDS: [usize; 6] = [1545, 1842, 1913, 3277, 4338, 4659];
+
+    #[test]
+    fn a_split_tree_decodes_as_stored_and_must_name_only_parts() {
+        let entries = big(5000);
+        let cuts = parts(&entries).unwrap();
+        let named: Vec<(Id, &[Entry])> = cuts
+            .iter()
+            .map(|r| (Id::of(&r.start.to_le_bytes()), &entries[r.clone()]))
+            .collect();
+        let split = Tree::split_of(&named);
+        assert!(split.is_split() && !Tree { entries: big(3) }.is_split());
+        assert_eq!(Tree::decode(&split.encode()).unwrap(), split);
+        let mut mixed = split.clone();
+        mixed.entries.push(entry(b"zzz"));
+        assert!(
+            Tree::decode(&mixed.encode()).is_err(),
+            "a name beside parts"
+        );
+        let one = Tree {
+            entries: split.entries[..1].to_vec(),
+        };
+        assert!(Tree::decode(&one.encode()).is_err(), "one part");
+        let mut escape = split.clone();
+        escape.entries[0].name = b"\0..".to_vec();
+        assert!(Tree::decode(&escape.encode()).is_err(), "a part named ..");
+        let mut nul = Tree { entries: big(2) };
+        nul.entries[0].name = b"\0a".to_vec();
+        assert!(
+            Tree::decode(&nul.encode()).is_err(),
+            "a file entry named with a NUL"
+        );
     }
 
     #[test]

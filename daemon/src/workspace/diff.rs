@@ -1,5 +1,7 @@
 //! Differences between two trees, found by walking both and skipping equal subtrees.
 
+use std::collections::HashSet;
+
 use crate::error::{Error, Result};
 use crate::store::{Entry, Id, Kind, Store, Tree};
 use crate::workspace::rules::join;
@@ -65,11 +67,25 @@ pub struct Counts {
     pub deleted: u64,
 }
 
-fn load(store: &Store, id: Option<Id>) -> Result<Tree> {
-    match id {
-        Some(id) => store.tree(&id),
-        None => Ok(Tree::default()),
-    }
+/// The entries of two directories' trees, without the parts both hold: a part with the same id
+/// holds the same entries on both sides (tree format rules 5 and 6), so leaving it out of both
+/// changes no difference, and a large directory's unchanged parts are not even read.
+fn load_pair(store: &Store, a: Option<Id>, b: Option<Id>) -> Result<(Tree, Tree)> {
+    let node = |id: Option<Id>| id.map_or_else(|| Ok(Tree::default()), |id| store.tree_node(&id));
+    let (na, nb) = (node(a)?, node(b)?);
+    let part_ids = |t: &Tree| -> HashSet<Id> {
+        if t.is_split() {
+            t.entries.iter().map(|e| e.id).collect()
+        } else {
+            HashSet::new()
+        }
+    };
+    let (pa, pb) = (part_ids(&na), part_ids(&nb));
+    let join = |id: Option<Id>, t: Tree, other: &HashSet<Id>| match id {
+        Some(id) if t.is_split() => store.join_parts(&id, &t, &|p| !other.contains(p)),
+        _ => Ok(t),
+    };
+    Ok((join(a, na, &pb)?, join(b, nb, &pa)?))
 }
 
 /// Walks two trees. `with_dirs` also reports directories added, deleted or re-moded (restore
@@ -101,7 +117,7 @@ impl<'a> Differ<'a> {
         if a == b {
             return Ok(());
         }
-        let (ta, tb) = (load(self.store, a)?, load(self.store, b)?);
+        let (ta, tb) = load_pair(self.store, a, b)?;
         let (mut i, mut j) = (0, 0);
         while i < ta.entries.len() || j < tb.entries.len() {
             let ea = ta.entries.get(i);
@@ -241,13 +257,13 @@ pub fn normalise(path: &[u8]) -> Vec<u8> {
 
 /// The entry at `path` in the tree `root`.
 pub fn lookup(store: &Store, root: Id, path: &[u8]) -> Result<Option<Entry>> {
-    let mut tree = store.tree(&root)?;
+    let mut tree = root;
     let comps: Vec<&[u8]> = path
         .split(|&b| b == b'/')
         .filter(|c| !c.is_empty())
         .collect();
     for (i, c) in comps.iter().enumerate() {
-        let Some(e) = tree.get(c).cloned() else {
+        let Some(e) = store.tree_entry(&tree, c)? else {
             return Ok(None);
         };
         if i + 1 == comps.len() {
@@ -256,7 +272,7 @@ pub fn lookup(store: &Store, root: Id, path: &[u8]) -> Result<Option<Entry>> {
         if e.kind != Kind::Dir {
             return Ok(None);
         }
-        tree = store.tree(&e.id)?;
+        tree = e.id;
     }
     Ok(None)
 }

@@ -326,7 +326,7 @@ impl Index {
                 };
                 entries.push(entry);
             }
-            let id = batch.put_tree(&Tree { entries })?;
+            let id = batch.put_tree(Tree { entries })?;
             dir.tree = Some(id);
             Ok((id, below + 1))
         }
