@@ -161,7 +161,7 @@ pub fn parts(entries: &[Entry]) -> Option<Vec<Range<usize>>> {
     let mut out = Vec::with_capacity(entries.len() / PART_AVG as usize + 1);
     let mut start = 0;
     for (i, e) in entries.iter().enumerate() {
-        let cut = xxhash_rust::xxh3::xxh3_64(&e.name) % PART_AVG == 0;
+        let cut = xxhash_rust::xxh3::xxh3_64(&e.name).is_multiple_of(PART_AVG);
         if cut || i + 1 - start >= PART_MAX {
             out.push(start..i + 1);
             start = i + 1;
