@@ -28,7 +28,8 @@
 //! - `bench/history.rs`: the targets of issue 19 (diff with patches, `log -p`, the UI's first
 //!   frame), with a table of their own
 //! - `bench/scale.rs`: monorepo-sized generated trees, and a folder of 200,000 entries (its own
-//!   table; a smoke run measures 100,000 files, a full run 100,000, 500,000 and 1,000,000)
+//!   table; a smoke run measures 100,000 files, a full run 100,000, 500,000 and 1,000,000 and
+//!   the folder, `--only scale` the folder too)
 //!
 //! `--only scale` runs the scale section alone (its table goes to
 //! `target/bench-results-scale.md`), `--scale-sizes 100000,500000` picks its tree sizes.
@@ -269,7 +270,7 @@ fn main() -> ExitCode {
     eprintln!("bench: the history section");
     let history = rt.block_on(history::run(&run));
     eprintln!("bench: the scale section");
-    let scale = rt.block_on(scale::section(&target, scratch.path(), &sizes, true));
+    let scale = rt.block_on(scale::section(&target, scratch.path(), &sizes, full));
 
     let machine = report::machine();
     let table = format!(
