@@ -162,7 +162,7 @@ fn content(rng: &mut Rng, i: usize) -> Vec<u8> {
     let len = 20 + (rng.next() % 51) as usize;
     while out.len() < len {
         out.extend_from_slice(WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes());
-        out.push(if rng.next() % 4 == 0 { b'\n' } else { b' ' });
+        out.push(if rng.next().is_multiple_of(4) { b'\n' } else { b' ' });
     }
     out.truncate(len);
     out.push(b'\n');
