@@ -28,7 +28,7 @@
 //! - `bench/history.rs`: the targets of issue 19 (diff with patches, `log -p`, the UI's first
 //!   frame), with a table of their own
 //! - `bench/scale.rs`: monorepo-sized generated trees, and a folder of 200,000 entries (its own
-//!   table; a smoke run measures 100,000 files, a full run 100,000, 500,000 and 1,000,000 and
+//!   table; a smoke run measures 20,000 files, a full run 100,000, 500,000 and 1,000,000 and
 //!   the folder, `--only scale` the folder too)
 //!
 //! `--only scale` runs the scale section alone (its table goes to
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
     let sizes: Vec<usize> = match arg_value(&args, "--scale-sizes") {
         Some(list) => list.split(',').filter_map(|n| n.parse().ok()).collect(),
         None if full => vec![100_000, 500_000, 1_000_000],
-        None => vec![100_000],
+        None => vec![20_000],
     };
     if arg_value(&args, "--only").as_deref() == Some("scale") {
         return only_scale(&sizes);

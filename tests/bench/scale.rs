@@ -1,7 +1,7 @@
 //! The scale section: what a monorepo-sized workspace costs chkptd (issue 24's targets).
 //!
 //! Generated trees of 100,000, 500,000 and 1,000,000 small source files (a smoke run measures
-//! only the first), generated once from a fixed seed and kept under `target/bench-scale/`: about
+//! one of 20,000), generated once from a fixed seed and kept under `target/bench-scale/`: about
 //! 25 files a folder, folders 1 to 8 deep, names of 6 to 30 bytes, files of 20 to 70 bytes.
 //! For each: the first snapshot (`chkptctl watch`), the daemon's resident memory after it and
 //! its peak (VmRSS, VmHWM), the time from a restart until the workspace is watched again and
@@ -21,11 +21,13 @@ use std::time::Instant;
 use chkpt_proto::v1 as pb;
 
 use crate::ours::{Client, ctl, proc_status, settle, workspace_status};
-use crate::tree::{self, Rng};
+use chkpt_testkit::Rng;
+
+use crate::tree;
 use crate::util::Daemon;
 
 /// Bump when the generator changes, so a cached tree of the old shape is made again.
-const GENERATOR: &str = "scale-tree v1";
+const GENERATOR: &str = "scale-tree v2 (testkit generator)";
 /// Files a folder holds on average.
 const FILES_PER_DIR: usize = 25;
 /// Entries of the huge folder.
@@ -151,7 +153,7 @@ fn name(rng: &mut Rng, min: usize) -> String {
         if !s.is_empty() {
             s.push('_');
         }
-        s.push_str(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
+        s.push_str(WORDS[rng.index(WORDS.len())]);
     }
     s
 }
@@ -159,10 +161,10 @@ fn name(rng: &mut Rng, min: usize) -> String {
 /// 20 to 70 bytes of source-like text, unique to file `i`.
 fn content(rng: &mut Rng, i: usize) -> Vec<u8> {
     let mut out = format!("// {i}\n").into_bytes();
-    let len = 20 + (rng.next() % 51) as usize;
+    let len = 20 + rng.below(51) as usize;
     while out.len() < len {
-        out.extend_from_slice(WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes());
-        out.push(if rng.next().is_multiple_of(4) { b'\n' } else { b' ' });
+        out.extend_from_slice(WORDS[rng.index(WORDS.len())].as_bytes());
+        out.push(if rng.below(4) == 0 { b'\n' } else { b' ' });
     }
     out.truncate(len);
     out.push(b'\n');
@@ -176,20 +178,20 @@ fn generate(root: &Path, n: usize) {
     let ndirs = (n / FILES_PER_DIR).max(1);
     let mut dirs: Vec<(PathBuf, usize)> = vec![(root.to_path_buf(), 0)];
     while dirs.len() < ndirs {
-        let (parent, depth) = dirs[(rng.next() % dirs.len() as u64) as usize].clone();
+        let (parent, depth) = dirs[rng.index(dirs.len())].clone();
         if depth >= 8 {
             continue;
         }
-        let min = 4 + (rng.next() % 12) as usize;
+        let min = 4 + rng.below(12) as usize;
         let dir = parent.join(format!("{}{}", name(&mut rng, min), dirs.len() % 100));
         fs::create_dir_all(&dir).unwrap();
         dirs.push((dir, depth + 1));
     }
     let plan: Vec<(PathBuf, Vec<u8>)> = (0..n)
         .map(|i| {
-            let dir = &dirs[(rng.next() % dirs.len() as u64) as usize].0;
-            let min = 4 + (rng.next() % 18) as usize;
-            let ext = EXTS[(rng.next() % EXTS.len() as u64) as usize];
+            let dir = &dirs[rng.index(dirs.len())].0;
+            let min = 4 + rng.below(18) as usize;
+            let ext = EXTS[rng.index(EXTS.len())];
             let file = dir.join(format!("{}{i}.{ext}", name(&mut rng, min)));
             (file, content(&mut rng, i))
         })
@@ -204,7 +206,7 @@ fn generate_huge(root: &Path) {
     fs::create_dir_all(root.join("src")).unwrap();
     let mut plan: Vec<(PathBuf, Vec<u8>)> = (0..HUGE)
         .map(|i| {
-            let min = 6 + (rng.next() % 14) as usize;
+            let min = 6 + rng.below(14) as usize;
             let file = root.join(format!("cache/{}{i:06}.json", name(&mut rng, min)));
             (file, content(&mut rng, i))
         })
