@@ -165,7 +165,7 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use super::{SLED_ASIDE, SLED_DIR};
-    use crate::store::catalog::{FILE, FileMeta, SEGMENT_VERSION, WorkspaceRecord};
+    use crate::store::catalog::{FILE, FileMeta, SEGMENT_V1, WorkspaceRecord};
     use crate::store::{Id, Kind, Store};
 
     /// Set in a test's child process: the migration stops the process dead (SIGKILL) at this
@@ -220,7 +220,7 @@ pub(crate) mod tests {
         };
         let mut key = 7u64.to_be_bytes().to_vec();
         key.extend_from_slice(b"src/a.bin");
-        let mut value = vec![SEGMENT_VERSION];
+        let mut value = vec![SEGMENT_V1];
         value.extend_from_slice(&bitcode::encode(&meta));
         sled.open_tree("files").unwrap().insert(key, value).unwrap();
         // As the sled catalog had them: ids from sled's counter.
