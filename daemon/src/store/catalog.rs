@@ -850,7 +850,7 @@ mod tests {
             ino: 1000 + i,
             dev: 42,
             id: Id::of(&i.to_le_bytes()),
-            racy: i % 7 == 0,
+            racy: i.is_multiple_of(7),
         }
     }
 
@@ -858,7 +858,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let path = format!("src/module_{}/file_{i}.rs", i / 25).into_bytes();
-                (path, (i % 11 != 0).then(|| meta(i)))
+                (path, (!i.is_multiple_of(11)).then(|| meta(i)))
             })
             .collect()
     }
