@@ -47,8 +47,10 @@ fn fill(dir: &Path, room: u64) {
 }
 
 /// A warm index far larger than the room left: its write must meet the full disk.
+/// A warm index larger than the room left, even compressed (catalog segment version 2 is an
+/// LZ4 block): every path and id carries 32 bytes that do not compress.
 fn big_index() -> Vec<IndexChange> {
-    (0..40_000u64)
+    (0..200_000u64)
         .map(|i| {
             let meta = FileMeta {
                 kind: Kind::File,
@@ -61,7 +63,7 @@ fn big_index() -> Vec<IndexChange> {
                 id: Id::of(&i.to_le_bytes()),
                 racy: false,
             };
-            let path = format!("src/{:032x}/{i}.rs", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let path = format!("src/{}/{i}.rs", Id::of(&i.to_be_bytes()).to_hex());
             (path.into_bytes(), Some(meta))
         })
         .collect()

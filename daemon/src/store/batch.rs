@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::compress::{copy_hashing, with_compressed};
 use super::pack::{FLAG_LZ4, FLAG_LZ4_BLOCK, FLAG_TREE, Loc};
+use super::tree::PartRef;
 use super::{Id, Store, Tree, lock_poisoned};
 use crate::error::Result;
 
@@ -89,14 +90,28 @@ impl Batch<'_> {
         parts.reverse();
         let ids = parts
             .par_iter()
-            .map(|p| Ok(self.put(&p.encode(), true)?.0))
+            .map(|p| self.put_part(p))
             .collect::<Result<Vec<Id>>>()?;
-        let named: Vec<(Id, &[super::Entry])> = ids
+        let named: Vec<PartRef> = ids
             .into_iter()
             .zip(&parts)
-            .map(|(id, p)| (id, p.entries.as_slice()))
+            .map(|(id, p)| PartRef {
+                id,
+                first: p.entries[0].name.clone(),
+                len: p.entries.len(),
+            })
             .collect();
-        Ok(self.put(&Tree::split_of(&named).encode(), true)?.0)
+        self.put_split(&named)
+    }
+
+    /// Stores one part of a split directory (tree format rule 5): a tree never split itself.
+    pub fn put_part(&self, part: &Tree) -> Result<Id> {
+        Ok(self.put(&part.encode(), true)?.0)
+    }
+
+    /// Stores the split tree naming `parts` (tree format rule 5).
+    pub fn put_split(&self, parts: &[PartRef]) -> Result<Id> {
+        Ok(self.put(&Tree::split_of(parts).encode(), true)?.0)
     }
 
     /// Stores `raw_len` bytes read from `reader` under `id` (known from an earlier pass), without

@@ -123,20 +123,20 @@ impl Tree {
         self.entries.first().is_some_and(is_part_entry)
     }
 
-    /// The split tree naming `parts`, each given as its id and its entries.
-    pub fn split_of(parts: &[(Id, &[Entry])]) -> Tree {
+    /// The split tree naming `parts` (format rule 5).
+    pub fn split_of(parts: &[PartRef]) -> Tree {
         let entries = parts
             .iter()
-            .map(|(id, part)| {
-                let mut name = Vec::with_capacity(1 + part[0].name.len());
+            .map(|p| {
+                let mut name = Vec::with_capacity(1 + p.first.len());
                 name.push(PART_MARK);
-                name.extend_from_slice(&part[0].name);
+                name.extend_from_slice(&p.first);
                 Entry {
                     name,
                     kind: Kind::Dir,
                     mode: 0,
-                    size: part.len() as u64,
-                    id: *id,
+                    size: p.len as u64,
+                    id: p.id,
                 }
             })
             .collect();
@@ -152,6 +152,23 @@ impl Tree {
     }
 }
 
+/// A part of a split directory as its split tree names it (format rule 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRef {
+    /// The part's tree id.
+    pub id: Id,
+    /// The name of its first entry.
+    pub first: Vec<u8>,
+    /// Its number of entries.
+    pub len: usize,
+}
+
+/// Whether a part ends after the entry `name`, the `n`-th of its part counting from 0 (format
+/// rule 6).
+pub fn ends_part(name: &[u8], n: usize) -> bool {
+    xxhash_rust::xxh3::xxh3_64(name).is_multiple_of(PART_AVG) || n + 1 >= PART_MAX
+}
+
 /// Where a directory's entries are cut into parts (format rule 6); `None` when it is stored
 /// whole (rule 5). `entries` are sorted.
 pub fn parts(entries: &[Entry]) -> Option<Vec<Range<usize>>> {
@@ -161,8 +178,7 @@ pub fn parts(entries: &[Entry]) -> Option<Vec<Range<usize>>> {
     let mut out = Vec::with_capacity(entries.len() / PART_AVG as usize + 1);
     let mut start = 0;
     for (i, e) in entries.iter().enumerate() {
-        let cut = xxhash_rust::xxh3::xxh3_64(&e.name).is_multiple_of(PART_AVG);
-        if cut || i + 1 - start >= PART_MAX {
+        if ends_part(&e.name, i - start) {
             out.push(start..i + 1);
             start = i + 1;
         }
@@ -327,9 +343,13 @@ mod tests {
     fn a_split_tree_decodes_as_stored_and_must_name_only_parts() {
         let entries = big(5000);
         let cuts = parts(&entries).unwrap();
-        let named: Vec<(Id, &[Entry])> = cuts
+        let named: Vec<PartRef> = cuts
             .iter()
-            .map(|r| (Id::of(&r.start.to_le_bytes()), &entries[r.clone()]))
+            .map(|r| PartRef {
+                id: Id::of(&r.start.to_le_bytes()),
+                first: entries[r.start].name.clone(),
+                len: r.len(),
+            })
             .collect();
         let split = Tree::split_of(&named);
         assert!(split.is_split() && !Tree { entries: big(3) }.is_split());

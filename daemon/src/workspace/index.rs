@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::rules::split_last;
 use crate::error::Result;
 use crate::store::catalog::FileMeta;
+use crate::store::tree::{PartRef, SPLIT_MIN, ends_part};
 use crate::store::{Batch, Entry, Id, Kind, Tree};
 
 /// Sibling directories whose trees are encoded in parallel from this many on (an incremental
@@ -24,6 +25,49 @@ pub struct DirNode {
     pub children: BTreeMap<Vec<u8>, Node>,
     /// The id of this directory's tree, if computed since the last change below it.
     pub tree: Option<Id>,
+    /// A directory stored split (tree format rule 5): its parts as last stored, so that a
+    /// change re-encodes only the part it falls in.
+    parts: Option<Box<Parts>>,
+}
+
+/// The parts of a split directory as last stored, in name order.
+#[derive(Debug, Clone, Default)]
+struct Parts {
+    list: Vec<CachedPart>,
+}
+
+/// One stored part: a change to a name from `first` up to the next part's first name makes
+/// it stale.
+#[derive(Debug, Clone)]
+struct CachedPart {
+    part: PartRef,
+    stale: bool,
+}
+
+impl DirNode {
+    fn new(meta: FileMeta) -> DirNode {
+        DirNode {
+            meta,
+            children: BTreeMap::new(),
+            tree: None,
+            parts: None,
+        }
+    }
+
+    /// Invalidates the cached tree id after a change to the entry `name` (or below it), and
+    /// the part that holds `name`.
+    fn touch(&mut self, name: &[u8]) {
+        self.tree = None;
+        if let Some(parts) = self.parts.as_mut() {
+            let at = parts
+                .list
+                .partition_point(|p| p.part.first.as_slice() <= name)
+                .saturating_sub(1);
+            if let Some(p) = parts.list.get_mut(at) {
+                p.stale = true;
+            }
+        }
+    }
 }
 
 /// An index entry.
@@ -102,11 +146,7 @@ impl Log {
 impl Default for Index {
     fn default() -> Self {
         Index {
-            root: DirNode {
-                meta: dir_meta(0o755),
-                children: BTreeMap::new(),
-                tree: None,
-            },
+            root: DirNode::new(dir_meta(0o755)),
             log: Log::default(),
         }
     }
@@ -204,6 +244,7 @@ impl Index {
         }
         let (parent, name) = split_last(path);
         let dir = dir_mut(&mut self.root, parent, &mut self.log);
+        dir.touch(name);
         if let Some(old) = dir.children.remove(name) {
             forget(path, &old, &mut self.log);
         }
@@ -247,8 +288,16 @@ impl Index {
                     valid &= rec(d, stored, forgotten);
                 }
             }
+            let parts_stored = dir
+                .parts
+                .as_ref()
+                .is_none_or(|p| p.list.iter().all(|c| stored(&c.part.id)));
+            if !(valid && parts_stored) {
+                // Parts name the subtrees: none is trusted once one below is gone.
+                dir.parts = None;
+            }
             match dir.tree {
-                Some(id) if valid && stored(&id) => true,
+                Some(id) if valid && parts_stored && stored(&id) => true,
                 Some(_) => {
                     dir.tree = None;
                     *forgotten += 1;
@@ -306,26 +355,18 @@ impl Index {
                 }
                 n
             };
-            let mut entries = Vec::with_capacity(dir.children.len());
-            for (name, node) in &dir.children {
-                let entry = match node {
-                    Node::Leaf(m) => Entry {
-                        name: name.clone(),
-                        kind: m.kind,
-                        mode: m.mode,
-                        size: m.size,
-                        id: m.id,
-                    },
-                    Node::Dir(d) => Entry {
-                        name: name.clone(),
-                        kind: Kind::Dir,
-                        mode: d.meta.mode,
-                        size: d.children.len() as u64,
-                        id: d.tree.unwrap_or_default(),
-                    },
-                };
-                entries.push(entry);
+            if dir.children.len() > SPLIT_MIN {
+                let (id, parts) = split_tree(dir, batch)?;
+                dir.tree = Some(id);
+                dir.parts = Some(Box::new(parts));
+                return Ok((id, below + 1));
             }
+            dir.parts = None;
+            let entries = dir
+                .children
+                .iter()
+                .map(|(n, node)| entry(n, node))
+                .collect();
             let id = batch.put_tree(Tree { entries })?;
             dir.tree = Some(id);
             Ok((id, below + 1))
@@ -379,6 +420,81 @@ impl Index {
     }
 }
 
+/// The tree entry of the child `name`; a directory's tree id must be computed.
+fn entry(name: &[u8], node: &Node) -> Entry {
+    match node {
+        Node::Leaf(m) => Entry {
+            name: name.to_vec(),
+            kind: m.kind,
+            mode: m.mode,
+            size: m.size,
+            id: m.id,
+        },
+        Node::Dir(d) => Entry {
+            name: name.to_vec(),
+            kind: Kind::Dir,
+            mode: d.meta.mode,
+            size: d.children.len() as u64,
+            id: d.tree.unwrap_or_default(),
+        },
+    }
+}
+
+/// Stores a directory of more than [`SPLIT_MIN`] entries as parts and a split tree, cut as
+/// tree format rule 6 says, re-encoding only parts that changed since it was last stored: a
+/// part's end depends only on where it starts and on its entries, so a stored part that was
+/// not changed and starts where the cut before it ends is the part the rule would cut again.
+/// The parts after a changed one are cut anew until a cut meets a stored part's start.
+fn split_tree(dir: &DirNode, batch: &Batch<'_>) -> Result<(Id, Parts)> {
+    use std::ops::Bound;
+    let old = dir.parts.as_deref().map_or(&[][..], |p| p.list.as_slice());
+    let mut out: Vec<PartRef> = Vec::with_capacity(old.len().max(1));
+    let mut k = 0;
+    let mut from: Bound<&[u8]> = Bound::Unbounded;
+    loop {
+        let mut rest = dir
+            .children
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .peekable();
+        let Some(&(first, _)) = rest.peek() else {
+            break;
+        };
+        while old.get(k).is_some_and(|c| c.part.first < *first) {
+            k += 1;
+        }
+        if let Some(c) = old.get(k).filter(|c| !c.stale && c.part.first == *first) {
+            out.push(c.part.clone());
+            k += 1;
+            match old.get(k) {
+                Some(next) => from = Bound::Included(next.part.first.as_slice()),
+                None => break,
+            }
+            continue;
+        }
+        let mut part = Tree::default();
+        let mut last: &[u8] = first;
+        for (name, node) in rest {
+            part.entries.push(entry(name, node));
+            last = name;
+            if ends_part(name, part.entries.len() - 1) {
+                break;
+            }
+        }
+        out.push(PartRef {
+            id: batch.put_part(&part)?,
+            first: first.clone(),
+            len: part.entries.len(),
+        });
+        from = Bound::Excluded(last);
+    }
+    let id = batch.put_split(&out)?;
+    let list = out
+        .into_iter()
+        .map(|part| CachedPart { part, stale: false })
+        .collect();
+    Ok((id, Parts { list }))
+}
+
 fn count(node: &Node) -> (u64, u64) {
     match node {
         Node::Leaf(m) => (1, m.size),
@@ -416,16 +532,12 @@ fn forget(path: &[u8], node: &Node, log: &mut Log) {
 type Journal = Vec<(Vec<u8>, Option<FileMeta>)>;
 
 fn new_dir(meta: FileMeta) -> Node {
-    Node::Dir(Box::new(DirNode {
-        meta,
-        children: BTreeMap::new(),
-        tree: None,
-    }))
+    Node::Dir(Box::new(DirNode::new(meta)))
 }
 
 /// Puts `meta` as the entry `name` of `dir` (which is at the parent of `path`).
 fn put(dir: &mut DirNode, path: &[u8], name: &[u8], meta: FileMeta, log: &mut Log) {
-    dir.tree = None;
+    dir.touch(name);
     match (meta.kind, dir.children.get_mut(name)) {
         (Kind::Dir, Some(Node::Dir(d))) => {
             d.meta = meta;
@@ -484,6 +596,7 @@ fn dir_mut<'a>(root: &'a mut DirNode, path: &[u8], log: &mut Log) -> &'a mut Dir
         if c.is_empty() {
             continue;
         }
+        dir.touch(c);
         if !matches!(dir.children.get(c), Some(Node::Dir(_))) {
             if let Some(old) = dir.children.remove(c) {
                 forget(prefix, &old, log);
@@ -628,5 +741,112 @@ mod tests {
         assert_eq!(ix.cached_trees(), 1);
         let batch = store.batch();
         assert_eq!(ix.root_tree(&batch).unwrap(), (root, 3), "re-encoded alike");
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use chkpt_testkit::Rng;
+
+    use super::*;
+    use crate::store::Store;
+
+    fn file(size: u64, seed: u64) -> FileMeta {
+        FileMeta {
+            kind: Kind::File,
+            size,
+            id: Id::of(&seed.to_le_bytes()),
+            ..dir_meta(0o644)
+        }
+    }
+
+    /// The root tree of `index`, and that of an index loaded afresh from the same entries
+    /// (no cached tree or part): equal trees must get equal ids.
+    fn both_roots(index: &mut Index, store: &Store) -> (Id, Id, u64) {
+        let b = store.batch();
+        let (cached, _) = index.root_tree(&b).unwrap();
+        let (written, _) = b.written();
+        let entries = index
+            .entries()
+            .into_iter()
+            .filter_map(|(p, m)| Some((p, m?)));
+        let (fresh, _) = Index::load(entries).root_tree(&b).unwrap();
+        b.finish().unwrap();
+        (cached, fresh, written)
+    }
+
+    /// Tree format rule 6 through the cache: after every kind of change to a directory of
+    /// thousands of entries (a name added or removed anywhere, one a part ends on included, a
+    /// file changed, a folder inside changed, the folder shrunk below the split size and grown
+    /// again), the cached parts give the id a fresh index computes, and one change writes a
+    /// few objects, not the folder.
+    #[test]
+    fn cached_parts_give_the_ids_a_fresh_index_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut rng = Rng::new(chkpt_testkit::seed());
+        let mut index = Index::default();
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for i in 0..SPLIT_MIN as u64 * 3 {
+            let name = format!("big/{:08x}.json", rng.next_u64() as u32).into_bytes();
+            index.insert(&name, file(i, i));
+            names.push(name);
+        }
+        index.insert(b"big/sub/inner.txt", file(1, 1));
+        let (a, b, _) = both_roots(&mut index, &store);
+        assert_eq!(a, b);
+        for round in 0..60u64 {
+            let what = rng.below(6);
+            match what {
+                0 => {
+                    let name = format!("big/{:08x}.json", rng.next_u64() as u32).into_bytes();
+                    index.insert(&name, file(round, round + 1_000_000));
+                    names.push(name);
+                }
+                1 if !names.is_empty() => {
+                    let at = rng.index(names.len());
+                    index.remove(&names.swap_remove(at));
+                }
+                2 if !names.is_empty() => {
+                    let name = names[rng.index(names.len())].clone();
+                    index.insert(&name, file(round, round + 2_000_000));
+                }
+                3 => index.insert(b"big/sub/inner.txt", file(round, round + 3_000_000)),
+                4 => {
+                    // Several changes between two saves, far apart.
+                    for _ in 0..5 {
+                        let name = format!("big/{:08x}.json", rng.next_u64() as u32).into_bytes();
+                        index.insert(&name, file(round, round + 4_000_000));
+                        names.push(name);
+                    }
+                }
+                _ => {}
+            }
+            let (cached, fresh, written) = both_roots(&mut index, &store);
+            assert_eq!(cached, fresh, "round {round}, change {what}");
+            assert!(written <= 12, "round {round}: {written} objects written");
+        }
+        // Shrink below the split size and grow again: stored whole, then split again.
+        while names.len() > SPLIT_MIN / 2 {
+            index.remove(&names.pop().unwrap());
+        }
+        let (a, b, _) = both_roots(&mut index, &store);
+        assert_eq!(a, b);
+        for i in 0..SPLIT_MIN as u64 {
+            let name = format!("big/grow{i:06}").into_bytes();
+            index.insert(&name, file(i, i + 5_000_000));
+        }
+        let (a, b, _) = both_roots(&mut index, &store);
+        assert_eq!(a, b);
+        assert!(
+            store
+                .tree_node(&store_tree_of(&store, a, b"big"))
+                .unwrap()
+                .is_split()
+        );
+    }
+
+    fn store_tree_of(store: &Store, root: Id, name: &[u8]) -> Id {
+        store.tree(&root).unwrap().get(name).unwrap().id
     }
 }
