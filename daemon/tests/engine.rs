@@ -330,8 +330,9 @@ fn one_change_in_a_folder_of_6000_entries_rewrites_one_part() {
     let bytes_before = store.counters.pack_bytes_written.load(Ordering::Relaxed);
     let second = save(&mut ws, &store, Changes::Paths(vec![rel.clone()]));
     let written = store.counters.pack_bytes_written.load(Ordering::Relaxed) - bytes_before;
-    // The folder's tree whole holds 6,000 ids of 16 random bytes: at least 94 KiB.
-    assert!(written < 32 * 1024, "one change wrote {written} bytes");
+    // The folder's tree whole holds 6,000 ids of 16 random bytes: at least 94 KiB. One part
+    // holds at most 2,048 entries (tree format rule 6): here the changed one has 1,911, ~39 KiB.
+    assert!(written < 48 * 1024, "one change wrote {written} bytes");
     assert_eq!((second.modified, second.added, second.deleted), (1, 0, 0));
     let diff =
         chkpt_daemon::workspace::diff::diff(&store, Some(first.root), Some(second.root)).unwrap();
