@@ -35,15 +35,38 @@ fn listing(root: &Path) -> Listing {
     l
 }
 
+/// Writes a few KiB into a large file (made 3 MiB the first time), at its end, past its end
+/// (a hole) or anywhere in it.
+fn edit_chunked(rng: &mut Rng, path: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    if !path.exists() {
+        fs::write(path, rng.bytes(3 << 20)).unwrap();
+        return;
+    }
+    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let at = match rng.below(3) {
+        0 => len,
+        1 if len < 64 << 20 => len + rng.below(4 << 20),
+        _ => rng.below(len),
+    };
+    f.seek(SeekFrom::Start(at)).unwrap();
+    let n = 1 + rng.below(16_384) as usize;
+    f.write_all(&rng.bytes(n)).unwrap();
+}
+
 /// Edits a few files: rewrites, adds, deletes; sometimes a large one.
 fn mutate(rng: &mut Rng, ws: &Path) {
     for _ in 0..(1 + rng.below(8)) {
         let d = ws.join(format!("d{}", rng.below(12)));
         fs::create_dir_all(&d).unwrap();
         let f = d.join(format!("f{}", rng.below(10)));
-        match rng.below(5) {
+        match rng.below(6) {
             0 if f.exists() => fs::remove_file(&f).unwrap(),
             1 => fs::write(&f, rng.bytes(1 << 20)).unwrap(),
+            // A large file saved as chunks, edited in place, grown or given a hole: saves that
+            // share most of their chunks with the versions before.
+            5 => edit_chunked(rng, &ws.join("big.db")),
             _ => {
                 let len = 1 + rng.below(20_000) as usize;
                 fs::write(&f, rng.bytes(len)).unwrap()

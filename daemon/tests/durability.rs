@@ -6,7 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use chkpt_daemon::store::catalog::Trigger;
-use chkpt_daemon::store::{IN_MEMORY_LIMIT, Id, Store, Streamed};
+use chkpt_daemon::store::{CHUNK_THRESHOLD, Store};
+use chkpt_daemon::workspace::chunking;
 use chkpt_daemon::workspace::restore::RestoreOptions;
 use chkpt_daemon::workspace::{Changes, SaveOptions, WatchOptions, Workspace, register};
 use chkpt_testkit::noise;
@@ -16,15 +17,15 @@ fn open(store: &Store, dir: &Path) -> Workspace {
     Workspace::open(store, rec).unwrap()
 }
 
-/// A large file (streamed, not read into memory) whose content another workspace's batch has
-/// written but not committed: a save must adopt the object, so that its own commit makes it
+/// A large file (chunked, not read into memory) whose chunks and chunk list another
+/// workspace's batch has written but not committed: a save must adopt the object, so that its own commit makes it
 /// durable; counting on the other batch, which then fails (or the machine stops first), left
 /// an acknowledged snapshot naming an object the store never kept.
 #[test]
 fn a_large_file_another_open_batch_wrote_is_committed_by_the_save_that_names_it() {
     let store_dir = tempfile::tempdir().unwrap();
     let ws_dir = tempfile::tempdir().unwrap();
-    let big = noise(IN_MEMORY_LIMIT as usize + 100_000, 5);
+    let big = noise(3 * CHUNK_THRESHOLD as usize + 100_000, 5);
     fs::write(ws_dir.path().join("big.bin"), &big).unwrap();
     fs::write(ws_dir.path().join("small"), b"small").unwrap();
     let snapshot = {
@@ -32,11 +33,13 @@ fn a_large_file_another_open_batch_wrote_is_committed_by_the_save_that_names_it(
         let mut ws = open(&store, ws_dir.path());
         // Another workspace's save, still reading when this one runs.
         let other = store.batch();
-        let (id, len) = Id::of_reader(&big[..]).unwrap();
-        assert_eq!(
-            other.put_stream(id, len, &mut &big[..], false).unwrap(),
-            Streamed::Stored { new: true }
-        );
+        let file = fs::File::open(ws_dir.path().join("big.bin")).unwrap();
+        let (id, list) = chunking::store_chunks(&other, &file, big.len() as u64, None, |e| {
+            std::io::Error::other(e.to_string())
+        })
+        .unwrap()
+        .unwrap();
+        assert!(other.put_chunked(id, &list).unwrap(), "the other batch wrote it");
         let snap = ws
             .save(&store, &SaveOptions::new(Trigger::Manual, Changes::Full))
             .unwrap()

@@ -166,3 +166,89 @@ fn a_store_of_record_format_1_opens_lists_restores_and_verifies() {
     let added = register(&store, other.path(), WatchOptions::default()).unwrap();
     assert!(added.id > record.id, "{} after {}", added.id, record.id);
 }
+
+/// The content of the second fixture's large files (the Python that made them, in Rust).
+fn fixture_text(n: usize, tag: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0;
+    while out.len() < n {
+        if i % 4096 == 0 {
+            out.extend_from_slice(format!("{tag} block {i:06}\n").as_bytes());
+        } else {
+            out.extend_from_slice(b"the same line again and again\n");
+        }
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn a_store_of_unchunked_large_files_reads_them_and_the_next_save_chunks_them() {
+    let dir = unpack("store-large-files-unchunked.tar.gz");
+    let store = Store::open(dir.path().join("data")).unwrap();
+    let record = store.catalog().workspaces().unwrap().remove(0);
+    let snaps = store.catalog().snapshots_of(record.id, None, 10).unwrap();
+    assert_eq!(
+        snaps.iter().map(|s| s.message.as_str()).collect::<Vec<_>>(),
+        ["appended", "baseline"]
+    );
+    let report = store.verify(None).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let medium = fixture_text(3 << 20, "medium");
+    let mut big = fixture_text(9 << 20, "big");
+    let baseline_big = big.clone();
+    big.extend(b"appended line\n".repeat(1000));
+    let mut ws = Workspace::open(&store, record).unwrap();
+    for (snap, big) in [(&snaps[0], &big), (&snaps[1], &baseline_big)] {
+        let out = tempfile::tempdir().unwrap();
+        let to = out.path().join("restored");
+        let opts = RestoreOptions {
+            to: Some(to.clone()),
+            skip_checkpoint: true,
+            ..Default::default()
+        };
+        ws.restore(
+            &store,
+            snap,
+            &opts,
+            &Changes::Paths(vec![]),
+            &mut |_, _, _, _| {},
+        )
+        .unwrap();
+        assert!(fs::read(to.join("data/big.log")).unwrap() == *big);
+        assert!(fs::read(to.join("data/medium.log")).unwrap() == medium);
+        assert_eq!(fs::read(to.join("small.txt")).unwrap(), b"small file\n");
+    }
+    // The same files in a workspace of today: the unchanged one keeps its old blob, the
+    // changed one is chunked, and both read back.
+    let old_medium = chkpt_daemon::store::Id::of(&medium);
+    assert!(store.chunk_list(&old_medium).unwrap().is_none());
+    let folder = tempfile::tempdir().unwrap();
+    fs::write(folder.path().join("medium.log"), &medium).unwrap();
+    big.extend_from_slice(b"one more line\n");
+    fs::write(folder.path().join("big.log"), &big).unwrap();
+    let rec = chkpt_daemon::workspace::register(
+        &store,
+        folder.path(),
+        chkpt_daemon::workspace::WatchOptions::default(),
+    )
+    .unwrap();
+    let mut now = Workspace::open(&store, rec).unwrap();
+    let snap = now
+        .save(
+            &store,
+            &chkpt_daemon::workspace::SaveOptions::new(Trigger::Manual, Changes::Full),
+        )
+        .unwrap()
+        .snapshot;
+    let tree = store.tree(&snap.root).unwrap();
+    let big_id = tree.get(b"big.log").unwrap().id;
+    assert_eq!(tree.get(b"medium.log").unwrap().id, old_medium);
+    assert!(store.chunk_list(&big_id).unwrap().is_some(), "chunked now");
+    let mut back = Vec::new();
+    store.read_into(&big_id, &mut back).unwrap();
+    assert!(back == big);
+    let report = store.verify(None).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

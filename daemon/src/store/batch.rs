@@ -2,30 +2,16 @@
 //! between the pack files and the blob index).
 
 use std::collections::HashMap;
-use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLockReadGuard};
 
 use rayon::prelude::*;
 
-use super::compress::{copy_hashing, with_compressed};
-use super::pack::{FLAG_LZ4, FLAG_LZ4_BLOCK, FLAG_TREE, Loc};
+use super::compress::with_compressed;
+use super::pack::{FLAG_LZ4_BLOCK, FLAG_TREE, Loc};
 use super::tree::PartRef;
 use super::{Id, Store, Tree, lock_poisoned};
 use crate::error::Result;
-
-/// What a streamed write found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Streamed {
-    /// Stored (or already present) under the expected id.
-    Stored {
-        /// Whether the bytes were new to the store.
-        new: bool,
-    },
-    /// The source yielded different bytes than expected (it changed while being read); nothing
-    /// was kept.
-    Changed,
-}
 
 /// A group of writes that becomes visible together. Usable from many threads at once.
 #[derive(Debug)]
@@ -55,8 +41,15 @@ impl Batch<'_> {
     /// and whether it was new.
     pub fn put(&self, data: &[u8], tree: bool) -> Result<(Id, bool)> {
         let id = Id::of(data);
+        Ok((id, self.put_known(id, data, tree)?))
+    }
+
+    /// [`Batch::put`] of `data` whose id the caller computed already; returns whether it was
+    /// new.
+    pub fn put_known(&self, id: Id, data: &[u8], tree: bool) -> Result<bool> {
+        debug_assert_eq!(id, Id::of(data));
         if self.adopt(&id)? {
-            return Ok((id, false));
+            return Ok(false);
         }
         let res = with_compressed(data, |compressed| {
             let flags = if tree { FLAG_TREE } else { 0 }
@@ -69,7 +62,7 @@ impl Batch<'_> {
             w.append(id, flags, data.len() as u64, compressed.unwrap_or(data))
         });
         self.record(id, res?);
-        Ok((id, true))
+        Ok(true)
     }
 
     /// Stores a directory's tree: whole, or as parts and the split tree naming them when it is
@@ -114,41 +107,6 @@ impl Batch<'_> {
         Ok(self.put(&Tree::split_of(parts).encode(), true)?.0)
     }
 
-    /// Stores `raw_len` bytes read from `reader` under `id` (known from an earlier pass), without
-    /// holding them in memory. When the bytes read do not hash to `id`, nothing is kept.
-    pub fn put_stream(
-        &self,
-        id: Id,
-        raw_len: u64,
-        reader: &mut dyn Read,
-        compress: bool,
-    ) -> Result<Streamed> {
-        if self.adopt(&id)? {
-            return Ok(Streamed::Stored { new: false });
-        }
-        let flags = if compress { FLAG_LZ4 } else { 0 };
-        let mut w = self.store.packs.take_writer()?;
-        let res = w.append_with(flags, raw_len, |sink| {
-            let got = if compress {
-                let mut enc = lz4_flex::frame::FrameEncoder::new(sink);
-                let got = copy_hashing(reader, &mut enc)?;
-                enc.finish().map_err(io::Error::other)?;
-                got
-            } else {
-                copy_hashing(reader, sink)?
-            };
-            Ok((got == (id, raw_len)).then_some(id))
-        });
-        drop(w);
-        match res? {
-            Some(loc) => {
-                self.record(id, loc);
-                Ok(Streamed::Stored { new: true })
-            }
-            None => Ok(Streamed::Changed),
-        }
-    }
-
     /// Whether `id` is already stored; one written by another open batch is adopted, so this
     /// batch's commit makes it durable too.
     pub(crate) fn adopt(&self, id: &Id) -> Result<bool> {
@@ -162,7 +120,7 @@ impl Batch<'_> {
         Ok(self.store.index.committed(id).is_some())
     }
 
-    fn record(&self, id: Id, loc: Loc) {
+    pub(super) fn record(&self, id: Id, loc: Loc) {
         self.store
             .counters
             .pack_bytes_written

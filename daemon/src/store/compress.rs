@@ -1,9 +1,7 @@
-//! Compression: LZ4 blocks for objects held in memory (liblz4, with a buffer per thread), and
-//! the hashing copy that streamed objects go through.
+//! Compression: LZ4 blocks for objects held in memory (liblz4, with a buffer per thread). A
+//! large file is stored as chunks, each one such block (see [`chunked`](super::chunked)).
 
-use std::io::{self, Read, Write};
-
-use super::{Hasher, IN_MEMORY_LIMIT, Id};
+use super::IN_MEMORY_LIMIT;
 
 thread_local! {
     /// Each thread's LZ4 output buffer, reused from one object to the next.
@@ -40,20 +38,4 @@ pub(crate) fn with_compressed<T>(data: &[u8], f: impl FnOnce(Option<&[u8]>) -> T
         let n = lz4_block(data, &mut buf);
         f(n.map(|n| &buf[..n]))
     })
-}
-
-/// Copies `reader` to `out`, returning the id and length of what passed.
-pub(crate) fn copy_hashing(reader: &mut dyn Read, out: &mut dyn Write) -> io::Result<(Id, u64)> {
-    let mut hasher = Hasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(hasher.finish()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-    }
 }

@@ -4,10 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 
-use super::pack::{self, Loc};
+use super::pack::{self, FLAG_CHUNKED, Loc};
 use super::read::loc_bytes;
 use super::{Id, Kind, Store};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// Packs whose dead fraction passes this are rewritten.
 pub const REPACK_DEAD_FRACTION: f64 = 0.3;
@@ -89,6 +89,16 @@ impl Store {
             }
         }
         live.extend(self.cat.index_ids()?);
+        // The chunks of live chunked files (a list that cannot be read would hide them: stop).
+        let mut chunks = Vec::new();
+        for id in &live {
+            if let Some(loc) = self.index.committed(id)
+                && loc.flags & FLAG_CHUNKED != 0
+            {
+                chunks.extend(self.list_at(id, &loc)?.chunk_ids());
+            }
+        }
+        live.extend(chunks);
         Ok(live)
     }
 
@@ -234,6 +244,17 @@ impl Store {
         let mut bad: HashMap<Id, String> = HashMap::new();
         for (id, loc) in self.objects() {
             report.objects_checked += 1;
+            if loc.flags & FLAG_CHUNKED != 0 {
+                // Its chunks are objects checked on their own: the list is checked here, and
+                // whether they are all there (reading it whole would read them twice).
+                match self.check_chunked(&id, &loc) {
+                    Ok(n) => report.bytes_checked += n,
+                    Err(e) => {
+                        bad.insert(id, e.to_string());
+                    }
+                }
+                continue;
+            }
             match self.read_loc_into(&id, &loc, &mut io::sink()) {
                 Ok(n) => report.bytes_checked += n,
                 Err(e) => {
@@ -279,6 +300,28 @@ impl Store {
         Ok(report)
     }
 
+    /// Checks a chunked file's list and that every chunk it names is stored as a blob;
+    /// returns the bytes of the list.
+    fn check_chunked(&self, id: &Id, loc: &Loc) -> Result<u64> {
+        let list = self.list_at(id, loc)?;
+        for chunk in list.chunk_ids() {
+            match self.index.committed(&chunk) {
+                Some(c) if c.flags & FLAG_CHUNKED == 0 => {}
+                Some(_) => {
+                    return Err(Error::Corrupt(format!(
+                        "chunked file {id} names another chunked file as a chunk"
+                    )));
+                }
+                None => {
+                    return Err(Error::Corrupt(format!(
+                        "chunk {chunk} of file {id} is missing from the store"
+                    )));
+                }
+            }
+        }
+        Ok(loc.len)
+    }
+
     /// Paths below tree `id` whose objects are bad or missing (memoised per tree).
     fn bad_paths(
         &self,
@@ -321,7 +364,27 @@ impl Store {
                         }
                     } else if let Some(problem) = bad.get(&e.id) {
                         out.push((e.name.clone(), e.id, problem.clone()));
-                    } else if self.index.committed(&e.id).is_none() {
+                    } else if let Some(loc) = self.index.committed(&e.id) {
+                        if loc.flags & FLAG_CHUNKED != 0
+                            && let Ok(list) = self.list_at(&e.id, &loc)
+                        {
+                            // A damaged chunk hurts every file that has it.
+                            let mut hurt = None;
+                            for chunk in list.chunk_ids() {
+                                reachable.insert(chunk);
+                                if hurt.is_none() {
+                                    hurt = bad.get(&chunk).map(|p| (chunk, p));
+                                }
+                            }
+                            if let Some((chunk, problem)) = hurt {
+                                out.push((
+                                    e.name.clone(),
+                                    chunk,
+                                    format!("a chunk of it: {problem}"),
+                                ));
+                            }
+                        }
+                    } else {
                         out.push((e.name.clone(), e.id, "missing from the store".into()));
                     }
                 }

@@ -15,7 +15,8 @@
 //! - [`batch`]: groups of writes that become durable together (the packer).
 //! - `blob_index`: where each object is, committed or pending (the index).
 //! - [`read`] and [`compress`]: objects back out, and LZ4 in.
-//! - [`pack`], [`tree`], [`catalog`]: the on-disk formats; [`gc`]: collection and verify.
+//! - [`pack`], [`tree`], [`chunked`], [`catalog`]: the on-disk formats (chunked files: lists of
+//!   content-defined chunks); [`gc`]: collection and verify.
 //!
 //! # Writing
 //! Objects are written through a [`Batch`]: they are appended to packs at once, and become
@@ -27,6 +28,7 @@
 pub mod batch;
 pub(crate) mod blob_index;
 pub mod catalog;
+pub mod chunked;
 pub mod compress;
 pub mod gc;
 pub mod id;
@@ -43,8 +45,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
-pub use self::batch::{Batch, Streamed};
+pub use self::batch::Batch;
 use self::blob_index::BlobIndex;
+pub use self::chunked::{CHUNK_THRESHOLD, ChunkList, Piece};
 pub use self::compress::{lz4_block, release_thread_buffers};
 pub use self::id::{Hasher, Id};
 pub use self::pack::Loc;
@@ -317,26 +320,6 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(store.read_vec(id).unwrap(), random(3000, i as u64 + 1));
         }
-    }
-
-    #[test]
-    fn stream_detects_changed_source() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let data = random(3 << 20, 3);
-        let (id, len) = Id::of_reader(&data[..]).unwrap();
-        let b = store.batch();
-        let other = random(3 << 20, 4);
-        assert_eq!(
-            b.put_stream(id, len, &mut &other[..], true).unwrap(),
-            Streamed::Changed
-        );
-        assert_eq!(
-            b.put_stream(id, len, &mut &data[..], false).unwrap(),
-            Streamed::Stored { new: true }
-        );
-        b.finish().unwrap();
-        assert_eq!(store.read_vec(&id).unwrap(), data);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use super::pack::{self, FLAG_LZ4, FLAG_LZ4_BLOCK, Loc};
+use super::pack::{self, FLAG_CHUNKED, FLAG_LZ4, FLAG_LZ4_BLOCK, Loc};
 use super::{Hasher, IN_MEMORY_LIMIT, Id, Store, Tree};
 use crate::error::{Error, Result};
 
@@ -18,6 +18,9 @@ impl Store {
     }
 
     pub(crate) fn read_loc_into(&self, id: &Id, loc: &Loc, sink: &mut dyn Write) -> Result<u64> {
+        if loc.flags & FLAG_CHUNKED != 0 {
+            return self.read_chunked_into(id, loc, sink);
+        }
         let map = self.packs.map(loc.pack, loc.end())?;
         let stored = loc_bytes(&map, id, loc)?;
         let mut hashing = HashingWriter {

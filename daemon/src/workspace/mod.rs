@@ -5,6 +5,7 @@
 //! watcher saw change: the cost grows with the change) or for the whole tree (a stat-walk that
 //! re-reads only entries whose metadata changed).
 
+pub mod chunking;
 pub mod diff;
 pub mod git;
 pub mod index;

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use super::chunking;
 use super::index::Node;
 use super::rules::join;
 use super::rules::{self, Rules, abs};
@@ -23,7 +24,7 @@ use super::scan::{self, Found, Looked, ScanResult, Stat};
 use super::{Changes, RACY_WINDOW_NS, Workspace, WorkspaceCounters, now_ns};
 use crate::error::{Error, Result};
 use crate::store::catalog::FileMeta;
-use crate::store::{Batch, IN_MEMORY_LIMIT, Id, Kind, Streamed};
+use crate::store::{Batch, CHUNK_THRESHOLD, Id, Kind};
 
 /// Attempts at reading a file that keeps changing before its previous version is kept.
 const READ_ATTEMPTS: usize = 4;
@@ -32,6 +33,14 @@ const READ_ATTEMPTS: usize = 4;
 const PARALLEL_SORT: usize = 4096;
 /// After reading a file larger than this, rayon's threads free their buffers.
 const KEPT_BUFFER: u64 = 1 << 20;
+
+/// The content id the index holds for `rel` (the version saved before), if any.
+fn previous(index: &super::Index, rel: &[u8]) -> Option<Id> {
+    match index.get(rel) {
+        Some(Node::Leaf(m)) if m.kind == Kind::File => Some(m.id),
+        _ => None,
+    }
+}
 
 /// How one path's content was read.
 enum ReadOutcome {
@@ -259,7 +268,7 @@ impl Workspace {
             {
                 return Walked::Link;
             }
-            match read_object(batch, counters, path, st, opened) {
+            match read_object(batch, counters, path, st, opened, previous(index, rel)) {
                 Ok(outcome) => Walked::Read(outcome, had),
                 Err(e) => {
                     failed.store(true, Ordering::Relaxed);
@@ -598,6 +607,7 @@ impl Workspace {
         }
         let root = &self.root;
         let counters = &self.counters;
+        let index = &self.index;
         let outcomes: Vec<Result<Option<ReadOutcome>>> = to_read
             .par_iter()
             .enumerate()
@@ -605,13 +615,15 @@ impl Workspace {
                 if link_of[i].is_some() {
                     return Ok(None); // a link of an inode read at another path
                 }
-                read_object(batch, counters, &abs(root, rel), st, None).map(Some)
+                let prev = previous(index, rel);
+                read_object(batch, counters, &abs(root, rel), st, None, prev).map(Some)
             })
             .collect();
         if to_read.iter().any(|(_, st, _)| st.size > KEPT_BUFFER) {
             // rayon's threads outlive the save: they keep no large buffers.
             rayon::broadcast(|_| {
                 release_thread_buffers();
+                chunking::release_thread_buffers();
                 crate::store::release_thread_buffers();
             });
         }
@@ -644,7 +656,8 @@ impl Workspace {
                     ..*m
                 }),
                 None => {
-                    let o = read_object(batch, counters, &abs(root, &rel), &st, None)?;
+                    let prev = previous(&self.index, &rel);
+                    let o = read_object(batch, counters, &abs(root, &rel), &st, None, prev)?;
                     if let ReadOutcome::Stored(m) = &o {
                         stored.insert((st.dev, st.ino), *m);
                     }
@@ -692,14 +705,15 @@ fn read_object(
     path: &Path,
     first: &Stat,
     mut opened: Option<File>,
+    previous: Option<Id>,
 ) -> Result<ReadOutcome> {
     let mut expected = *first;
     for _ in 0..READ_ATTEMPTS {
         let started = now_ns();
         let attempt = match (expected.kind, opened.take()) {
-            (Kind::File, Some(file)) => read_open(batch, file, path, &expected),
+            (Kind::File, Some(file)) => read_open(batch, file, path, &expected, previous),
             (Kind::Symlink, _) => read_symlink(batch, path, &expected),
-            _ => read_file(batch, path, &expected),
+            _ => read_file(batch, path, &expected, previous),
         };
         match attempt {
             Ok(Some((st, id))) => {
@@ -830,79 +844,78 @@ fn read_expected(file: &mut File, size: usize, data: &mut Vec<u8>) -> io::Result
     Ok(())
 }
 
-fn read_file(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<Option<(Stat, Id)>> {
+fn read_file(
+    batch: &Batch<'_>,
+    path: &Path,
+    expected: &Stat,
+    previous: Option<Id>,
+) -> io::Result<Option<(Stat, Id)>> {
     let file = open_nofollow(path)?;
     let before =
         Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
     if before.kind != Kind::File || before.ino != expected.ino {
         return Ok(None);
     }
-    read_open(batch, file, path, &before)
+    read_open(batch, file, path, &before, previous)
 }
 
 /// Reads and stores the open regular file whose `fstat` is `before`; none when it changed
-/// while read.
+/// while read. `previous` is the content id of the version saved before, if any.
 fn read_open(
     batch: &Batch<'_>,
     mut file: File,
     path: &Path,
     before: &Stat,
+    previous: Option<Id>,
 ) -> io::Result<Option<(Stat, Id)>> {
     let before = *before;
-    if before.size <= IN_MEMORY_LIMIT {
+    if before.size <= CHUNK_THRESHOLD {
         return READ_BUF.with(|buf| {
             let mut data = buf.borrow_mut();
             data.clear();
             read_small(batch, &mut file, path, &before, &mut data)
         });
     }
-    // Large: hash in a first pass; store in a second only if the content is new.
-    let (id, len) = Id::of_reader(&mut file)?;
-    let after =
-        Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
-    if !same_version(&before, &after) || len != after.size {
-        return Ok(None);
-    }
-    // Already stored: committed, or written by another open batch, which this one adopts so
-    // that its own commit makes the object durable (the other batch may fail, or the machine
-    // stop, before it commits; the snapshot this save records must not count on it).
-    if batch.adopt(&id).map_err(store_err)? {
-        return Ok(Some((after, id)));
-    }
-    let compress = worth_compressing(&mut file)?;
-    let mut file = open_nofollow(path)?;
-    match batch
-        .put_stream(id, len, &mut file, compress)
-        .map_err(store_err)?
-    {
-        Streamed::Stored { .. } => {
-            let last = Stat::from_meta(&file.metadata()?)
-                .ok_or_else(|| io::Error::other("not a regular file"))?;
-            if same_version(&after, &last) {
-                Ok(Some((last, id)))
-            } else {
-                Ok(None)
-            }
-        }
-        Streamed::Changed => Ok(None),
-    }
+    read_large(batch, &file, path, &before, previous)
 }
 
-/// Compresses a 1 MiB sample from the start of a large file to decide whether LZ4 pays.
-fn worth_compressing(file: &mut File) -> io::Result<bool> {
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0))?;
-    let mut sample = vec![0u8; 1 << 20];
-    let mut n = 0;
-    while n < sample.len() {
-        match file.read(&mut sample[n..])? {
-            0 => break,
-            k => n += k,
+/// Stores a large file as chunks (see [`super::chunking`]), cut with the help of the version
+/// saved before when it was chunked too; none when it changed while read.
+fn read_large(
+    batch: &Batch<'_>,
+    file: &File,
+    path: &Path,
+    before: &Stat,
+    previous: Option<Id>,
+) -> io::Result<Option<(Stat, Id)>> {
+    let store = batch.store();
+    let previous = previous.and_then(|id| match store.chunk_list(&id) {
+        Ok(list) => list,
+        Err(e) => {
+            // Costs this save the help of the old cuts, nothing else; verify names the damage.
+            tracing::warn!(path = %path.display(), error = %e, "the previous version's chunk list is unreadable");
+            None
         }
+    });
+    let Some((id, list)) =
+        chunking::store_chunks(batch, file, before.size, previous.as_ref(), store_err)?
+    else {
+        return Ok(None);
+    };
+    let after =
+        Stat::from_meta(&file.metadata()?).ok_or_else(|| io::Error::other("not a regular file"))?;
+    if !same_version(before, &after) {
+        return Ok(None);
     }
-    sample.truncate(n);
-    let mut out = Vec::new();
-    Ok(crate::store::lz4_block(&sample, &mut out).is_some_and(|c| c < n - n / 10))
+    // Written within the racy window, a write during the read can leave the metadata as it
+    // was: a second read must give the same content.
+    if after.mtime_ns >= now_ns() - RACY_WINDOW_NS
+        && chunking::content_id(file, after.size)? != Some(id)
+    {
+        return Ok(None);
+    }
+    batch.put_chunked(id, &list).map_err(store_err)?;
+    Ok(Some((after, id)))
 }
 
 fn open_nofollow(path: &Path) -> io::Result<File> {

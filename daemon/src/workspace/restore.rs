@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -364,11 +364,10 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<Written> {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(tmp)
                 .at(tmp)?;
-            let mut w = BufWriter::with_capacity(256 * 1024, file);
-            let res = store.read_into(&side.id, &mut w);
-            let res = res
-                .and_then(|_| w.flush().at(tmp))
-                .and_then(|()| w.get_ref().metadata().at(tmp));
+            // Chunked files come chunk by chunk, their holes left as holes.
+            let res = store
+                .read_to_file(&side.id, &file)
+                .and_then(|_| file.metadata().at(tmp));
             let meta = match res {
                 Ok(m) => m,
                 Err(e) => {
