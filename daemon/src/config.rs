@@ -47,9 +47,41 @@ pub struct Config {
     /// Keep every snapshot younger than this many seconds [default rule: 3600].
     #[arg(long, default_value_t = 0)]
     pub keep_within: u64,
-    /// Per-workspace budget, in bytes, for what automatic snapshots add (0 = none).
-    #[arg(long, default_value_t = 0)]
-    pub max_store_bytes: u64,
+    /// Budget for the whole data directory: past it, the oldest automatic snapshots go (never
+    /// manual or pinned ones, nor a workspace's newest). Bytes, or with K, M, G or T (powers
+    /// of 1024); 0 = no budget [default: the smaller of 10 % of its file system and 20 GiB].
+    #[arg(long, value_parser = parse_size)]
+    pub max_store_bytes: Option<u64>,
+    /// Free space on the data directory's disk below which automatic snapshots pause (they
+    /// resume by themselves; manual saves still work). Bytes or K/M/G/T; 0 = never pause
+    /// [default: the smaller of 5 % of the file system and 2 GiB].
+    #[arg(long, value_parser = parse_size)]
+    pub min_free_bytes: Option<u64>,
+}
+
+/// Parses `1234`, `512K`, `64M`, `20G`, `1T` (powers of 1024; `KiB`, `MB`… accepted too).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 20G, 512M, 1048576)"))?;
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 impl Config {
@@ -61,7 +93,17 @@ impl Config {
             keep_daily: self.keep_daily,
             keep_weekly: self.keep_weekly,
             keep_within_us: self.keep_within.saturating_mul(1_000_000),
-            max_store_bytes: self.max_store_bytes,
+            max_store_bytes: 0,
+        }
+    }
+
+    /// The data directory's budget and the free-space floor.
+    pub fn limits(&self) -> crate::engine::space::Limits {
+        use crate::engine::space::Limit;
+        let limit = |v: Option<u64>| v.map_or(Limit::Auto, Limit::Bytes);
+        crate::engine::space::Limits {
+            budget: limit(self.max_store_bytes),
+            floor: limit(self.min_free_bytes),
         }
     }
 

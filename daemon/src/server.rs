@@ -169,6 +169,7 @@ pub async fn run(
         Duration::from_secs_f64(config.poll_interval.max(1.0)),
         socket.clone(),
     );
+    engine.set_limits(config.limits());
     tracing::info!(socket = %socket.display(), data_dir = %engine.store.dir().display(), version = env!("CARGO_PKG_VERSION"), activated = !owns_socket, "chkptd ready");
     sd_notify("READY=1");
 

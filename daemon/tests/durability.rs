@@ -39,7 +39,10 @@ fn a_large_file_another_open_batch_wrote_is_committed_by_the_save_that_names_it(
         })
         .unwrap()
         .unwrap();
-        assert!(other.put_chunked(id, &list).unwrap(), "the other batch wrote it");
+        assert!(
+            other.put_chunked(id, &list).unwrap(),
+            "the other batch wrote it"
+        );
         let snap = ws
             .save(&store, &SaveOptions::new(Trigger::Manual, Changes::Full))
             .unwrap()

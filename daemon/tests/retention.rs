@@ -214,6 +214,7 @@ fn record(id: u64, hours: u64, trigger: Trigger, pinned: bool, new_bytes: u64) -
         git_head: String::new(),
         tags: vec![],
         notes: vec![],
+        costs: vec![],
     }
 }
 

@@ -202,6 +202,9 @@ pub fn status_text(palette: Palette, now_ms: u64, s: &v1::StatusResponse) -> Str
         s.socket,
         s.data_dir
     );
+    if let Some(st) = &s.store {
+        out.push_str(&store_line(st));
+    }
     if s.workspaces.is_empty() {
         out.push_str("no workspaces watched: start with `chkptctl watch PATH`\n");
         return out;
@@ -274,8 +277,47 @@ pub fn status_text(palette: Palette, now_ms: u64, s: &v1::StatusResponse) -> Str
                 palette.paint("warning:", Colour::Red)
             ));
         }
+        if !w.top_files.is_empty() {
+            out.push_str(&format!(
+                "{path}: stored most in the last day (what need not be kept belongs in .chkptignore):\n"
+            ));
+            for f in w.top_files.iter().take(TOP_FILES_SHOWN) {
+                let n = f.snapshots;
+                out.push_str(&format!(
+                    "  {:>10}  {} ({n} snapshot{})\n",
+                    human_bytes(f.bytes_added),
+                    path_text(&f.path),
+                    if n == 1 { "" } else { "s" }
+                ));
+            }
+        }
     }
     out
+}
+
+/// Files listed under "stored most" (`--json` has them all).
+const TOP_FILES_SHOWN: usize = 5;
+
+/// The store's line of `status`: its size against its budget, and the disk's free space.
+fn store_line(st: &v1::StoreSpace) -> String {
+    let budget = if st.budget_bytes == 0 {
+        "no budget".to_owned()
+    } else {
+        format!("of a {} budget", human_bytes(st.budget_bytes))
+    };
+    let floor = if st.floor_bytes == 0 {
+        String::new()
+    } else {
+        format!(
+            " (automatic snapshots pause below {})",
+            human_bytes(st.floor_bytes)
+        )
+    };
+    format!(
+        "store  {} {budget}; {} free on its disk{floor}\n",
+        human_bytes(st.size_bytes),
+        human_bytes(st.free_bytes)
+    )
 }
 
 /// The `workspaces` table, plus the folders each one excludes.

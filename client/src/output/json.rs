@@ -118,6 +118,11 @@ pub fn status_json(s: &v1::StatusResponse) -> Value {
                 "last_snapshot": w.last_snapshot.as_ref().map(|s| s.id.as_str()),
                 "warnings": w.warnings,
                 "tripwire": w.tripwire.as_ref().map(tripwire_json),
+                "top_files": w.top_files.iter().map(|f| json!({
+                    "path": path_text(&f.path),
+                    "bytes_added": f.bytes_added,
+                    "snapshots": f.snapshots,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -129,6 +134,13 @@ pub fn status_json(s: &v1::StatusResponse) -> Value {
         "socket": s.socket,
         "data_dir": s.data_dir,
         "workspaces": workspaces,
+        "store": s.store.as_ref().map(|st| json!({
+            "size_bytes": st.size_bytes,
+            "budget_bytes": st.budget_bytes,
+            "free_bytes": st.free_bytes,
+            "floor_bytes": st.floor_bytes,
+            "fs_bytes": st.fs_bytes,
+        })),
     })
 }
 

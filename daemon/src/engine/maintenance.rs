@@ -16,6 +16,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 enum Job {
     /// Workspace `0` took an auto snapshot: apply its retention policy if it is time.
     RetentionDue(u64),
+    /// A snapshot was taken, or automatic ones paused for space: keep the data directory
+    /// within its budget.
+    BudgetDue,
     Stop,
 }
 
@@ -52,6 +55,11 @@ impl Maintenance {
         let _ = lock(&self.tx).send(Job::RetentionDue(ws));
     }
 
+    /// The store grew (or the disk is short of space): the budget is checked.
+    pub fn budget_due(&self) {
+        let _ = lock(&self.tx).send(Job::BudgetDue);
+    }
+
     /// Stops the worker after the job in progress.
     pub fn stop(&self) {
         let _ = lock(&self.tx).send(Job::Stop);
@@ -63,24 +71,54 @@ impl Maintenance {
 
 fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
     let mut last_run: HashMap<u64, Instant> = HashMap::new();
-    for job in rx {
+    while let Ok(job) = rx.recv() {
         let ws = match job {
             Job::Stop => break,
             Job::RetentionDue(ws) => ws,
+            Job::BudgetDue => {
+                // Requests that queued up while one ran are one check.
+                let mut stop = false;
+                let mut due = Vec::new();
+                while let Ok(next) = rx.try_recv() {
+                    match next {
+                        Job::Stop => stop = true,
+                        Job::RetentionDue(ws) => due.push(ws),
+                        Job::BudgetDue => {}
+                    }
+                }
+                let Some(engine) = engine.upgrade() else {
+                    break;
+                };
+                if let Err(e) = engine.enforce_budget() {
+                    tracing::warn!(error = %e, "enforcing the store budget failed");
+                }
+                if stop {
+                    break;
+                }
+                for ws in due {
+                    retention(&engine, ws, &mut last_run);
+                }
+                continue;
+            }
         };
-        if last_run
-            .get(&ws)
-            .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
-        {
-            continue;
-        }
         let Some(engine) = engine.upgrade() else {
             break;
         };
-        last_run.insert(ws, Instant::now());
-        if let Err(e) = engine.apply_retention(ws) {
-            tracing::warn!(workspace = ws, error = %e, "retention failed");
-        }
+        retention(&engine, ws, &mut last_run);
     }
     tracing::debug!("maintenance stopped");
+}
+
+/// Applies workspace `ws`'s retention policy, unless it ran in the last [`RETENTION_EVERY`].
+fn retention(engine: &Engine, ws: u64, last_run: &mut HashMap<u64, Instant>) {
+    if last_run
+        .get(&ws)
+        .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
+    {
+        return;
+    }
+    last_run.insert(ws, Instant::now());
+    if let Err(e) = engine.apply_retention(ws) {
+        tracing::warn!(workspace = ws, error = %e, "retention failed");
+    }
 }

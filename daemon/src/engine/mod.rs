@@ -11,8 +11,11 @@
 //! - `mutate`: restore, delete, pin, prune, retention, the tripwire.
 //! - [`autosave`]: the per-workspace worker that debounces and takes auto snapshots.
 //! - [`maintenance`]: the store-wide worker that applies retention and collects garbage.
+//! - [`space`]: the data directory's budget and the free-space floor.
+//! - [`costs`]: which files' new versions added the most to the store.
 
 pub mod autosave;
+pub mod costs;
 pub mod history;
 mod lifecycle;
 pub mod maintenance;
@@ -21,6 +24,7 @@ mod query;
 pub mod registry;
 pub mod save;
 pub mod selector;
+pub mod space;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -70,6 +74,8 @@ pub struct Engine {
     pub socket: PathBuf,
     /// When the mass-change tripwire fires.
     pub tripwire: autosave::tripwire::Thresholds,
+    /// The data directory's budget and the free-space floor (see [`space`]).
+    limits: Mutex<space::Limits>,
 }
 
 impl Engine {
@@ -92,6 +98,7 @@ impl Engine {
             poll_interval,
             socket,
             tripwire: autosave::tripwire::Thresholds::default(),
+            limits: Mutex::new(space::Limits::default()),
         })
     }
 

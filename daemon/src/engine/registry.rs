@@ -28,6 +28,9 @@ pub enum WatchState {
     Missing(String),
     /// Something is wrong (permissions, …).
     Failed(String),
+    /// Watching, but automatic snapshots wait: the disk is short of free space (why, for
+    /// `Status`). They resume by themselves once there is room.
+    Paused(String),
 }
 
 /// A watched workspace.
@@ -54,6 +57,8 @@ pub struct WsHandle {
     pub(super) worker: Mutex<Option<Worker>>,
     /// The size of `.git`, and when it was measured.
     git_size: Mutex<Option<(Instant, u64)>>,
+    /// The last answer of [`Engine::top_files`](super::Engine::top_files).
+    pub(super) costs: Mutex<Option<super::costs::CostCache>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,6 +79,7 @@ impl WsHandle {
             snapshots_taken: AtomicU64::new(0),
             worker: Mutex::new(None),
             git_size: Mutex::new(None),
+            costs: Mutex::new(None),
         }
     }
 

@@ -61,7 +61,8 @@ impl Engine {
     /// read-only folder, no answer in time) the dirty set is marked for a full stat-walk
     /// instead, which is always right.
     pub fn sync_events(&self, h: &WsHandle) {
-        let watching = h.state() == WatchState::Watching && lock(&h.worker).is_some();
+        let watching = matches!(h.state(), WatchState::Watching | WatchState::Paused(_))
+            && lock(&h.worker).is_some();
         if !watching || !h.feed.sync(&h.root, h.id, BARRIER_TIMEOUT) {
             h.feed.dirty().full = true;
         }
@@ -110,6 +111,7 @@ impl Engine {
                     h.set_state(WatchState::Watching);
                 }
                 if out.created {
+                    self.maintenance().budget_due();
                     h.count_snapshot();
                     self.emit(EngineEvent::SnapshotTaken(out.snapshot.clone()));
                     for w in &out.snapshot.warnings {

@@ -108,6 +108,7 @@ impl Chkpt for Service {
                         WatchState::Polling(m) => (pb::WorkspaceState::Polling, m),
                         WatchState::Missing(m) => (pb::WorkspaceState::Missing, m),
                         WatchState::Failed(m) => (pb::WorkspaceState::Error, m),
+                        WatchState::Paused(m) => (pb::WorkspaceState::Paused, m),
                     };
                     let last = e.latest(h.id)?;
                     let path = String::from_utf8_lossy(&record.path).into_owned();
@@ -128,6 +129,15 @@ impl Chkpt for Service {
                             kernel_watches: h.feed.counters.watches.load(Ordering::Relaxed),
                         }),
                         warnings: h.warnings(),
+                        top_files: e
+                            .top_files(&h)?
+                            .into_iter()
+                            .map(|c| pb::FileCost {
+                                path: c.path,
+                                bytes_added: c.bytes,
+                                snapshots: c.snapshots,
+                            })
+                            .collect(),
                     };
                     st.set_state(state);
                     workspaces.push(st);
@@ -140,6 +150,20 @@ impl Chkpt for Service {
                     data_dir: e.store.dir().display().to_string(),
                     socket: e.socket.display().to_string(),
                     workspaces,
+                    store: Some(match e.space() {
+                        Ok(s) => pb::StoreSpace {
+                            size_bytes: s.store_bytes,
+                            budget_bytes: s.budget_bytes,
+                            free_bytes: s.free_bytes,
+                            floor_bytes: s.floor_bytes,
+                            fs_bytes: s.fs_bytes,
+                        },
+                        // Status must answer even when the disk cannot be asked.
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot measure the data directory");
+                            pb::StoreSpace::default()
+                        }
+                    }),
                 })
             })
             .await?;

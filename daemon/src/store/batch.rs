@@ -13,6 +13,17 @@ use super::tree::PartRef;
 use super::{Id, Store, Tree, lock_poisoned};
 use crate::error::Result;
 
+thread_local! {
+    /// Bytes this thread's writes added to packs (see [`added_by_this_thread`]).
+    static ADDED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes the writes of this thread have added to packs so far, any batch: the difference over
+/// a file's read is what storing it cost (a file is read by one thread).
+pub fn added_by_this_thread() -> u64 {
+    ADDED_HERE.with(|a| a.get())
+}
+
 /// A group of writes that becomes visible together. Usable from many threads at once.
 #[derive(Debug)]
 pub struct Batch<'s> {
@@ -121,6 +132,7 @@ impl Batch<'_> {
     }
 
     pub(super) fn record(&self, id: Id, loc: Loc) {
+        ADDED_HERE.with(|a| a.set(a.get() + loc.record_len()));
         self.store
             .counters
             .pack_bytes_written

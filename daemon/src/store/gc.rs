@@ -105,6 +105,12 @@ impl Store {
     /// Drops objects nothing refers to, rewrites packs that are mostly dead and deletes empty
     /// and orphaned packs. Waits for open batches; new ones wait for it.
     pub fn gc(&self) -> Result<GcReport> {
+        self.gc_with(REPACK_DEAD_FRACTION)
+    }
+
+    /// [`Store::gc`], rewriting packs more dead than `repack_dead_fraction` (the store
+    /// budget uses a lower one: its bytes must really go).
+    pub fn gc_with(&self, repack_dead_fraction: f64) -> Result<GcReport> {
         let _exclusive = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
         self.close_writers();
         let live = self.mark(&HashSet::new())?;
@@ -130,7 +136,7 @@ impl Store {
         self.gc_epoch
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 
-        for (no, fate) in self.pack_fates(&live_bytes)? {
+        for (no, fate) in self.pack_fates(&live_bytes, repack_dead_fraction)? {
             match fate {
                 Fate::Delete => self.delete_pack(no, &mut report)?,
                 Fate::Repack => {
@@ -152,7 +158,11 @@ impl Store {
 
     /// What becomes of each committed pack, given the bytes of live records in each: deleted
     /// when none is live, rewritten when more than [`REPACK_DEAD_FRACTION`] is dead.
-    fn pack_fates(&self, live_bytes: &HashMap<u32, u64>) -> Result<Vec<(u32, Fate)>> {
+    fn pack_fates(
+        &self,
+        live_bytes: &HashMap<u32, u64>,
+        repack_dead_fraction: f64,
+    ) -> Result<Vec<(u32, Fate)>> {
         let mut out = Vec::new();
         for (no, committed) in self.cat.pack_lengths()? {
             let total = committed.saturating_sub(pack::MAGIC.len() as u64);
@@ -160,7 +170,7 @@ impl Store {
             if live == 0 {
                 out.push((no, Fate::Delete));
             } else if total > 0
-                && (total - live.min(total)) as f64 / total as f64 > REPACK_DEAD_FRACTION
+                && (total - live.min(total)) as f64 / total as f64 > repack_dead_fraction
             {
                 out.push((no, Fate::Repack));
             }
@@ -182,7 +192,7 @@ impl Store {
         }
         let size = |no: u32| std::fs::metadata(self.packs.path(no)).map_or(0, |m| m.len());
         let mut bytes = 0;
-        for (no, fate) in self.pack_fates(&live_bytes)? {
+        for (no, fate) in self.pack_fates(&live_bytes, REPACK_DEAD_FRACTION)? {
             bytes += match fate {
                 Fate::Delete => size(no),
                 // The live records move to a new pack with a header of its own.

@@ -96,6 +96,23 @@ pub struct SnapshotRecord {
     /// Later saves that found nothing changed since this snapshot: their messages and tags,
     /// kept here instead of as empty snapshots (see [`Note`]).
     pub notes: Vec<Note>,
+    /// The files whose new versions added the most stored bytes in this snapshot, most
+    /// first (at most [`MAX_COSTS`]).
+    pub costs: Vec<FileCost>,
+}
+
+/// Files listed in a snapshot's [`SnapshotRecord::costs`], at most.
+pub const MAX_COSTS: usize = 20;
+
+/// What storing a file's new version cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileCost {
+    /// Its path, relative to the workspace.
+    #[serde(with = "serde_bytes_vec")]
+    pub path: Vec<u8>,
+    /// Stored bytes it added (records and their headers).
+    pub bytes: u64,
 }
 
 /// A `key=value` label on a snapshot or a note.
@@ -468,6 +485,7 @@ pub mod v1 {
                 git_head: s.git_head,
                 tags: Vec::new(),
                 notes: Vec::new(),
+                costs: Vec::new(),
             }
         }
     }

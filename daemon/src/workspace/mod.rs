@@ -27,6 +27,7 @@ use self::index::Index;
 use self::rules::{Exclusion, Rules};
 use crate::error::{Error, Result};
 use crate::store::catalog::{SnapshotRecord, Tag, Trigger, WorkspaceRecord};
+use crate::store::records::{FileCost, MAX_COSTS};
 use crate::store::{Batch, Id, Store};
 
 /// A file read within this long of its last modification is re-read next time (a write in the
@@ -133,6 +134,8 @@ pub struct Workspace {
     unpersisted: bool,
     /// The index could not be taken back from the catalog: the next refresh walks everything.
     must_walk: bool,
+    /// Stored bytes each file's new versions added since the last snapshot recorded them.
+    costs: std::collections::HashMap<Vec<u8>, u64>,
 }
 
 /// µs since the epoch.
@@ -296,6 +299,7 @@ impl Workspace {
             watching: None,
             unpersisted: false,
             must_walk: false,
+            costs: Default::default(),
         };
         ws.limit_journal();
         Ok(ws)
@@ -386,6 +390,8 @@ impl Workspace {
     /// the last operation that succeeded left, so it is taken back; the changes the failed
     /// operation looked at stay pending and are looked at again.
     fn recover_index(&mut self, store: &Store) {
+        // What the failed operation stored may not be committed: its costs are not counted.
+        self.costs.clear();
         if !self.unpersisted {
             return;
         }
@@ -569,6 +575,13 @@ impl Workspace {
         let (files, bytes) = self.index.totals();
         let created_us = unique_now_us();
         warnings.truncate(100);
+        let mut costs: Vec<FileCost> = self
+            .costs
+            .drain()
+            .map(|(path, bytes)| FileCost { path, bytes })
+            .collect();
+        costs.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.path.cmp(&b.path)));
+        costs.truncate(MAX_COSTS);
         let snapshot = SnapshotRecord {
             id: snapshot_id(self.record.id, created_us, &root),
             workspace: self.record.id,
@@ -591,6 +604,7 @@ impl Workspace {
             git_head,
             tags: opts.tags.clone(),
             notes: Vec::new(),
+            costs,
         };
         let count_ms = t.elapsed().as_millis() as u64;
         batch.commit_objects()?;

@@ -23,6 +23,7 @@ use super::rules::{self, Rules, abs};
 use super::scan::{self, Found, Looked, ScanResult, Stat};
 use super::{Changes, RACY_WINDOW_NS, Workspace, WorkspaceCounters, now_ns};
 use crate::error::{Error, Result};
+use crate::store::batch::added_by_this_thread;
 use crate::store::catalog::FileMeta;
 use crate::store::{Batch, CHUNK_THRESHOLD, Id, Kind};
 
@@ -44,7 +45,8 @@ fn previous(index: &super::Index, rel: &[u8]) -> Option<Id> {
 
 /// How one path's content was read.
 enum ReadOutcome {
-    Stored(FileMeta),
+    /// Stored, and the bytes storing it added to the packs.
+    Stored(FileMeta, u64),
     Gone,
     Skipped(String),
 }
@@ -637,7 +639,7 @@ impl Workspace {
         let mut stored: HashMap<(u64, u64), FileMeta> = read
             .iter()
             .filter_map(|(_, st, _, o)| match o {
-                ReadOutcome::Stored(m) if st.kind == Kind::File && st.nlink > 1 => {
+                ReadOutcome::Stored(m, _) if st.kind == Kind::File && st.nlink > 1 => {
                     Some(((st.dev, st.ino), *m))
                 }
                 _ => None,
@@ -651,14 +653,17 @@ impl Workspace {
             // Another link of the same inode was read: share its content, keep this mode. When
             // that read found nothing (the other link was removed), read this one.
             let outcome = match stored.get(&(st.dev, st.ino)) {
-                Some(m) => ReadOutcome::Stored(FileMeta {
-                    mode: st.mode,
-                    ..*m
-                }),
+                Some(m) => ReadOutcome::Stored(
+                    FileMeta {
+                        mode: st.mode,
+                        ..*m
+                    },
+                    0,
+                ),
                 None => {
                     let prev = previous(&self.index, &rel);
                     let o = read_object(batch, counters, &abs(root, &rel), &st, None, prev)?;
-                    if let ReadOutcome::Stored(m) = &o {
+                    if let ReadOutcome::Stored(m, _) = &o {
                         stored.insert((st.dev, st.ino), *m);
                     }
                     o
@@ -671,7 +676,12 @@ impl Workspace {
         let mut stored_now = Vec::with_capacity(n);
         for (rel, _, had, outcome) in read {
             match outcome {
-                ReadOutcome::Stored(meta) => stored_now.push((rel, meta)),
+                ReadOutcome::Stored(meta, added) => {
+                    if added > 0 {
+                        *self.costs.entry(rel.clone()).or_default() += added;
+                    }
+                    stored_now.push((rel, meta));
+                }
                 ReadOutcome::Gone => self.index.remove(&rel),
                 ReadOutcome::Skipped(why) => {
                     let kept = if had {
@@ -708,6 +718,7 @@ fn read_object(
     previous: Option<Id>,
 ) -> Result<ReadOutcome> {
     let mut expected = *first;
+    let added_before = added_by_this_thread();
     for _ in 0..READ_ATTEMPTS {
         let started = now_ns();
         let attempt = match (expected.kind, opened.take()) {
@@ -720,7 +731,8 @@ fn read_object(
                 counters.files_hashed.fetch_add(1, Ordering::Relaxed);
                 counters.bytes_hashed.fetch_add(st.size, Ordering::Relaxed);
                 let racy = st.mtime_ns >= started - RACY_WINDOW_NS;
-                return Ok(ReadOutcome::Stored(st.to_meta(id, racy)));
+                let added = added_by_this_thread() - added_before;
+                return Ok(ReadOutcome::Stored(st.to_meta(id, racy), added));
             }
             Ok(None) => match Stat::lstat(path) {
                 // Changed while being read: try again with what it is now.

@@ -32,6 +32,8 @@ const GONE_RECHECK: Duration = Duration::from_secs(10);
 const GIT_POLL: Duration = Duration::from_millis(200);
 /// Quiet period for the snapshot after a mass change.
 const AFTER_BURST_QUIET: Duration = Duration::from_secs(1);
+/// How often paused automatic snapshots look again for free space.
+const SPACE_RECHECK: Duration = Duration::from_secs(1);
 
 /// A running autosave worker; the engine keeps one per watched workspace.
 #[derive(Debug)]
@@ -74,6 +76,8 @@ impl Worker {
             git_limit: None,
             git_retry: None,
             after_burst: None,
+            space_retry: None,
+            paused_from: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("autosave-{}", h.id))
@@ -141,6 +145,10 @@ struct Autosave {
     git_retry: Option<Instant>,
     /// A burst fired the tripwire: the next snapshot is the state after it.
     after_burst: Option<Fired>,
+    /// Paused for want of free space: when to look again.
+    space_retry: Option<Instant>,
+    /// The state the pause replaced (polling stays polling once it is over).
+    paused_from: Option<WatchState>,
 }
 
 impl Autosave {
@@ -156,7 +164,7 @@ impl Autosave {
                 .deadline()
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(Duration::from_secs(3600));
-            if let Some(t) = w.git_retry {
+            if let Some(t) = w.git_retry.or(w.space_retry) {
                 wait = wait.max(t.saturating_duration_since(now));
             }
             if let Some(p) = w.poll {
@@ -177,7 +185,10 @@ impl Autosave {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
-            if w.debounce.due(now) && w.git_retry.is_none_or(|t| now >= t) {
+            if w.debounce.due(now)
+                && w.git_retry.is_none_or(|t| now >= t)
+                && w.space_retry.is_none_or(|t| now >= t)
+            {
                 w.on_due(now);
             }
         }
@@ -330,6 +341,35 @@ impl Autosave {
         self.debounce.change(Instant::now());
     }
 
+    /// Whether there is room for an automatic snapshot. Below the free-space floor they pause
+    /// (the changes stay pending, `Status` says why, one `Events` warning goes out) and look
+    /// again every [`SPACE_RECHECK`]; they resume by themselves once there is room.
+    fn room_to_save(&mut self, now: Instant) -> bool {
+        let h = &self.h;
+        match self.engine.below_floor() {
+            Some(why) => {
+                let state = h.state();
+                if !matches!(state, WatchState::Paused(_)) {
+                    self.paused_from = Some(state);
+                    tracing::warn!(workspace = %h.root.display(), "{why}");
+                    self.engine.emit(EngineEvent::Warning(h.id, why.clone()));
+                    // Dropping old automatic snapshots may be what makes room.
+                    self.engine.maintenance().budget_due();
+                }
+                h.set_state(WatchState::Paused(why));
+                self.space_retry = Some(now + SPACE_RECHECK);
+                false
+            }
+            None => {
+                if self.space_retry.take().is_some() && matches!(h.state(), WatchState::Paused(_)) {
+                    tracing::info!(workspace = %h.root.display(), "free space is back above the floor: automatic snapshots resume");
+                    h.set_state(self.paused_from.take().unwrap_or(WatchState::Watching));
+                }
+                true
+            }
+        }
+    }
+
     /// The quiet period passed: take the auto snapshot, unless git is half way through
     /// something (then wait, at most `max_delay` longer).
     fn on_due(&mut self, now: Instant) {
@@ -347,6 +387,9 @@ impl Autosave {
         }
         self.git_limit = None;
         self.git_retry = None;
+        if !self.room_to_save(now) {
+            return;
+        }
         self.debounce.reset();
         if !h.root.is_dir() {
             self.gone();
