@@ -228,12 +228,7 @@ fn a_store_of_unchunked_large_files_reads_them_and_the_next_save_chunks_them() {
     fs::write(folder.path().join("medium.log"), &medium).unwrap();
     big.extend_from_slice(b"one more line\n");
     fs::write(folder.path().join("big.log"), &big).unwrap();
-    let rec = chkpt_daemon::workspace::register(
-        &store,
-        folder.path(),
-        chkpt_daemon::workspace::WatchOptions::default(),
-    )
-    .unwrap();
+    let rec = register(&store, folder.path(), WatchOptions::default()).unwrap();
     let mut now = Workspace::open(&store, rec).unwrap();
     let snap = now
         .save(

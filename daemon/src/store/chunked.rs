@@ -265,6 +265,54 @@ impl Store {
         Ok(list.len())
     }
 
+    /// Streams bytes `from..to` (within its length) of a chunked file into `sink`: only the
+    /// chunks the range overlaps are read, each checked against its id where the range covers
+    /// its end (see [`Store::read_range_into`]).
+    pub(crate) fn read_chunked_range(
+        &self,
+        id: &Id,
+        loc: &Loc,
+        from: u64,
+        to: u64,
+        sink: &mut dyn Write,
+    ) -> Result<()> {
+        let list = self.list_at(id, loc)?;
+        let zeros = [0u8; 64 << 10];
+        let mut pos = 0u64;
+        for piece in &list.pieces {
+            let (start, stop) = (pos, pos + piece.len());
+            pos = stop;
+            if stop <= from {
+                continue;
+            }
+            if start >= to {
+                break;
+            }
+            let (lo, hi) = (from.max(start) - start, to.min(stop) - start);
+            match *piece {
+                Piece::Data { id: chunk, len } => {
+                    let cloc = self.chunk_loc(id, &chunk)?;
+                    if cloc.raw_len != len {
+                        return Err(Error::Corrupt(format!(
+                            "chunk {chunk} of file {id} has another length than its list says"
+                        )));
+                    }
+                    self.read_blob_range(&chunk, &cloc, lo, hi, sink)?;
+                }
+                Piece::Hole { .. } => {
+                    let mut n = hi - lo;
+                    while n > 0 {
+                        let k = n.min(zeros.len() as u64) as usize;
+                        sink.write_all(&zeros[..k])
+                            .map_err(|e| Error::io("(read target)", e))?;
+                        n -= k as u64;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes object `id` into `file` (new and empty), checked: a chunked file's data pieces
     /// at their offsets and its holes left as holes (the length is set at the end), so a
     /// restored sparse file takes the disk space of its data only.
