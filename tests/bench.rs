@@ -25,6 +25,8 @@
 //! - `bench/report.rs`: statistics, targets and the table
 //! - `bench/watcher.rs`: what watching a busy Rust project costs (its own table)
 //! - `bench/git.rs`: what saving a real repository's `.git` costs (its own table)
+//! - `bench/bigfiles.rs`: the targets of issue 17 (a small change to a big file, a SQLite
+//!   database, a sparse file's restore), with a table of their own
 //! - `bench/history.rs`: the targets of issue 19 (diff with patches, `log -p`, the UI's first
 //!   frame), with a table of their own
 //! - `bench/scale.rs`: monorepo-sized generated trees, and a folder of 200,000 entries (its own
@@ -36,6 +38,8 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+#[path = "bench/bigfiles.rs"]
+mod bigfiles;
 #[path = "bench/git.rs"]
 mod git;
 #[path = "bench/history.rs"]
@@ -271,13 +275,16 @@ fn main() -> ExitCode {
     let history = rt.block_on(history::run(&run));
     eprintln!("bench: the scale section");
     let scale = rt.block_on(scale::section(&target, scratch.path(), &sizes, full));
+    eprintln!("bench: the big files section");
+    let big = rt.block_on(bigfiles::section(scratch.path(), full));
 
     let machine = report::machine();
     let table = format!(
-        "{}\n{watcher_table}\n{git_table}{}\n{}",
+        "{}\n{watcher_table}\n{git_table}{}\n{}{}",
         res.table(),
         history.table,
-        scale.table()
+        scale.table(),
+        big.table
     );
     println!("\n{table}\n{machine}");
     println!("{}", scale.figures());
@@ -291,7 +298,7 @@ fn main() -> ExitCode {
     if let Err(e) = std::fs::write(&file, doc) {
         eprintln!("bench: could not write {}: {e}", file.display());
     }
-    if res.ours_failed() || history.failed || scale.failed() {
+    if res.ours_failed() || history.failed || scale.failed() || big.failed {
         eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
         return ExitCode::FAILURE;
     }

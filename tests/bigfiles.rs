@@ -340,7 +340,10 @@ async fn a_hot_file_keeps_the_store_within_its_budget() {
     );
     // Each snapshot after the first costs the places that changed (a few 4 KiB writes, a
     // chunk or two each), not the file again.
-    let whole = snaps.iter().filter(|s| s.new_bytes > size as u64 / 4).count();
+    let whole = snaps
+        .iter()
+        .filter(|s| s.new_bytes > size as u64 / 4)
+        .count();
     assert!(
         whole <= 1,
         "{whole} snapshots stored a quarter of the file or more: {:?}",

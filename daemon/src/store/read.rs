@@ -420,7 +420,9 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let last = bounds[bounds.len() - 2];
         let mut out = Vec::new();
-        store.read_range_into(&file, last + 7, 1000, &mut out).unwrap();
+        store
+            .read_range_into(&file, last + 7, 1000, &mut out)
+            .unwrap();
         assert!(out == whole[last as usize + 7..last as usize + 1007]);
         let err = store.read_range_into(&file, 60_000, 20_000, &mut Vec::new());
         assert!(
