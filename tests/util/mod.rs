@@ -41,12 +41,20 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run/chkptd.sock");
         let data = data.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // The default free-space floor (2 GiB at most) would pause every test's automatic
+        // snapshots whenever the shared disk the temp dirs live on runs low, and tests that
+        // wait for one would time out: the floor is off unless a test sets it (the fill test
+        // does, on a file system of its own).
+        if !args.iter().any(|a| a == "--min-free-bytes") {
+            args.extend(["--min-free-bytes".into(), "0".into()]);
+        }
         let mut d = Daemon {
             dir,
             socket,
             data,
             child: None,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args,
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
