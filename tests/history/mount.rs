@@ -119,6 +119,55 @@ impl Drop for Mount {
     }
 }
 
+/// Where chkptd cuts `path` into chunks (content-defined, so the same cuts as its own store's):
+/// every piece boundary of a chunk list made for the file in a scratch store.
+fn chunk_boundaries(path: &Path) -> Vec<u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chkpt_daemon::store::Store::open(dir.path().to_path_buf()).unwrap();
+    let file = fs::File::open(path).unwrap();
+    let size = file.metadata().unwrap().len();
+    let batch = store.batch();
+    let (_, list) =
+        chkpt_daemon::workspace::chunking::store_chunks(&batch, &file, size, None, |e| {
+            std::io::Error::other(e.to_string())
+        })
+        .unwrap()
+        .unwrap();
+    let mut at = 0;
+    let mut out = Vec::new();
+    for p in &list.pieces {
+        at += p.len();
+        out.push(at);
+    }
+    out.pop();
+    out
+}
+
+/// Reads around each chunk boundary of `path` (a byte on each side, a byte at it, and a range
+/// across several chunks) and compares with `want`.
+fn boundary_reads_match(path: &Path, want: &[u8]) {
+    let bounds = chunk_boundaries(path);
+    assert!(bounds.len() > 10, "{} chunks only", bounds.len() + 1);
+    let f = fs::File::open(path).unwrap();
+    for &b in &bounds {
+        for (offset, len) in [
+            (b - 1, 2),
+            (b, 1),
+            (b - 1, 1),
+            (b.saturating_sub(70_000), 200_000),
+        ] {
+            let mut buf = vec![0; len];
+            let n = std::os::unix::fs::FileExt::read_at(&f, &mut buf, offset).unwrap();
+            let end = (offset as usize + len).min(want.len());
+            assert!(
+                buf[..n] == want[offset as usize..end],
+                "{} at {offset}+{len} (boundary {b})",
+                path.display()
+            );
+        }
+    }
+}
+
 /// Reads at many offsets of `path` and compares with `want`.
 fn random_reads_match(path: &Path, want: &[u8], reads: usize) {
     let mut f = fs::File::open(path).unwrap();
@@ -159,17 +208,24 @@ fn a_snapshot_folder_is_its_restore_and_random_reads_match() {
     symlink("/nowhere/at/all", w.join("dangling")).unwrap();
     let odd = std::ffi::OsStr::from_bytes(b"caf\xe9 latin-1");
     fs::write(w.join(odd), b"not UTF-8 named\n").unwrap();
-    // Stored raw (random), as one LZ4 block (text under 8 MiB) and as an LZ4 frame (larger).
+    // Files past 1 MiB are stored as chunks: raw ones (random), LZ4 blocks (text), and a sparse
+    // file's holes as nothing.
     let raw = noise(3 << 20, 7);
     fs::write(w.join("raw.bin"), &raw).unwrap();
     let text: Vec<u8> = (0..1_300_000u32)
         .flat_map(|i| format!("{i:07}\n").into_bytes())
         .collect();
     fs::write(w.join("big.txt"), &text).unwrap();
-    assert!(
-        text.len() > 8 << 20,
-        "big.txt must be an LZ4 frame, read in windows"
-    );
+    let mut sparse = vec![0u8; 6 << 20];
+    sparse[(2 << 20)..(2 << 20) + 70_000].copy_from_slice(&noise(70_000, 8));
+    sparse[(5 << 20) + 3..(5 << 20) + 5].copy_from_slice(b"hi");
+    {
+        let f = fs::File::create(w.join("sparse.img")).unwrap();
+        f.set_len(sparse.len() as u64).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &sparse[2 << 20..(2 << 20) + 70_000], 2 << 20)
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"hi", (5 << 20) + 3).unwrap();
+    }
     let snap = save(&d, w, "mounted");
 
     let scratch = tempfile::tempdir().unwrap();
@@ -224,8 +280,10 @@ fn a_snapshot_folder_is_its_restore_and_random_reads_match() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 
     random_reads_match(&inside.join("raw.bin"), &raw, 200);
-    // Each read of a file stored as an LZ4 frame decodes it from its start: fewer reads.
-    random_reads_match(&inside.join("big.txt"), &text, 10);
+    random_reads_match(&inside.join("big.txt"), &text, 100);
+    random_reads_match(&inside.join("sparse.img"), &sparse, 100);
+    boundary_reads_match(&inside.join("raw.bin"), &raw);
+    boundary_reads_match(&inside.join("big.txt"), &text);
     drop(m);
 }
 
