@@ -1,9 +1,11 @@
 //! Black-box tests of issue 19 (see what changed): content diffs, `show -p`, `log -p`, the
-//! terminal UI and the FUSE mount, each against a real `chkptd` driven by the real
+//! terminal UI and the FUSE mount (and big files through them: chunked, sparse), each against a real `chkptd` driven by the real
 //! `chkptctl`.
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "history/chunked.rs"]
+mod chunked;
 #[path = "history/cli.rs"]
 mod cli;
 #[path = "history/diff.rs"]
