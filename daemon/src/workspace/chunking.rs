@@ -3,11 +3,12 @@
 //! cut by FastCDC, every chunk stored once.
 //!
 //! A file saved before is cut with the help of its previous version: where a previous chunk
-//! starts at a cut point and its bytes are unchanged (one xxh3 of the range, far cheaper than
-//! the gear hash), it is taken as it is; FastCDC runs only from a chunk that changed until its
-//! cuts meet the previous ones again. The result is the one FastCDC gives on the whole file
-//! (each cut depends only on the bytes since the last), so appending 4 KiB to a 256 MiB file
-//! hashes the file and cuts only its last chunks.
+//! starts at a cut point and its bytes and the first byte after it are unchanged (one xxh3 of
+//! it and of the chunk after it, far cheaper than the gear hash), it is taken as it is; FastCDC
+//! runs only from a chunk that changed until its cuts meet the previous ones again. The result
+//! is the one FastCDC gives on the whole file (each cut depends only on the bytes since the last
+//! and the one byte at the cut, and on how much of the region is left, which [`same_cut`]
+//! checks), so appending 4 KiB to a 256 MiB file hashes the file and cuts only its last chunks.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -77,21 +78,40 @@ pub fn data_regions(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-/// Where a previous version's chunks started: offset → (length, id, whether the chunk ended
-/// its data region, which makes its end a cut only where the new region ends there too).
-type Previous = HashMap<u64, (u64, Id, bool)>;
+/// Where a previous version's chunks started: offset → (length, id, bytes from its start to
+/// the end of its data region).
+type Previous = HashMap<u64, (u64, Id, u64)>;
 
 fn previous_cuts(list: &ChunkList) -> Previous {
     let mut out = HashMap::with_capacity(list.pieces.len());
     let mut pos = 0u64;
+    // Walk backwards so each chunk knows where its data region ends.
+    let mut ends = vec![0u64; list.pieces.len()];
+    let mut region_end = list.len();
+    let mut at = list.len();
+    for (i, p) in list.pieces.iter().enumerate().rev() {
+        if matches!(p, Piece::Hole { .. }) {
+            region_end = at - p.len();
+        }
+        ends[i] = region_end;
+        at -= p.len();
+    }
     for (i, p) in list.pieces.iter().enumerate() {
         if let Piece::Data { id, len } = *p {
-            let ends_region = !matches!(list.pieces.get(i + 1), Some(Piece::Data { .. }));
-            out.insert(pos, (len, id, ends_region));
+            out.insert(pos, (len, id, ends[i] - pos));
         }
         pos += p.len();
     }
     out
+}
+
+/// Whether FastCDC, started at a chunk's start, would cut it where it cut the previous version
+/// (given the same bytes): it saw the same input both times, a full [`CHUNK_MAX`] or exactly
+/// the chunk (the last of its region, then and now). Near a region's end it may not have (the
+/// cut depends on how much is left), and the chunk is cut afresh.
+fn same_cut(len: u64, rem_before: u64, rem_now: u64) -> bool {
+    let max = CHUNK_MAX as u64;
+    (rem_before >= max && rem_now >= max) || (rem_before == len && rem_now == len)
 }
 
 /// Hashes `n` zero bytes.
@@ -133,9 +153,12 @@ pub fn store_chunks(
             }
             // The buffer holds the file's bytes [at, at + filled).
             let (mut at, mut filled) = (start, 0usize);
+            // A previous chunk found unchanged by looking ahead (not hashed again).
+            let mut verified: Option<u64> = None;
             pos = start;
             while pos < end {
-                let want = (pos + CHUNK_MAX as u64).min(end);
+                // A chunk and the one after it (see below) are in the buffer.
+                let want = (pos + 2 * CHUNK_MAX as u64).min(end);
                 if at + (filled as u64) < want {
                     let keep = (pos - at) as usize;
                     buf.copy_within(keep..filled, 0);
@@ -151,11 +174,25 @@ pub fn store_chunks(
                         }
                     }
                 }
-                let avail = &buf[(pos - at) as usize..(want - at) as usize];
-                let unchanged = prev.get(&pos).and_then(|&(len, id, ends_region)| {
-                    let fits = pos + len <= end && (!ends_region || pos + len == end);
-                    let bytes = fits.then(|| &avail[..len as usize])?;
-                    (Id::of(bytes) == id).then_some((bytes, id))
+                let window = &buf[(pos - at) as usize..(want - at) as usize];
+                let avail = &window[..window.len().min(CHUNK_MAX)];
+                // FastCDC's cut at a chunk's end looked at the byte there, the next chunk's
+                // first: a previous chunk is taken as it is only when the next one is unchanged
+                // too (or the region ends with it), so the result is what a fresh cut gives.
+                let same = |from_pos: u64, verified: bool| -> Option<(u64, Id)> {
+                    let &(len, id, rem) = prev.get(&from_pos)?;
+                    let from = (from_pos - pos) as usize;
+                    let fits = from_pos + len <= end && same_cut(len, rem, end - from_pos);
+                    let bytes = window.get(from..from + len as usize).filter(|_| fits)?;
+                    (verified || Id::of(bytes) == id).then_some((len, id))
+                };
+                let unchanged = same(pos, verified == Some(pos)).and_then(|(len, id)| {
+                    let next = pos + len;
+                    if next < end {
+                        same(next, false)?;
+                        verified = Some(next);
+                    }
+                    Some((&avail[..len as usize], id))
                 });
                 let (bytes, id) = match unchanged {
                     Some(hit) => hit,
@@ -286,6 +323,29 @@ mod tests {
             }),
             Box::new(|d| d.truncate(d.len() - 200_000)),
         ];
+        // Overwrites that start exactly at a chunk's first byte: the cut before it looked at
+        // that byte, so the chunk before must be cut again (a few times, at different chunks).
+        let starts: Vec<usize> = {
+            let mut at = 0usize;
+            list0
+                .pieces
+                .iter()
+                .map(|p| {
+                    let s = at;
+                    at += p.len() as usize;
+                    s
+                })
+                .collect()
+        };
+        let mut edits = edits;
+        for k in [5usize, 17, 30] {
+            let s = starts[k];
+            edits.push(Box::new(move |d: &mut Vec<u8>| {
+                for b in &mut d[s..s + 3] {
+                    *b ^= 0x5a;
+                }
+            }));
+        }
         let mut prev = list0;
         for edit in edits {
             edit(&mut data);
