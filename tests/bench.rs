@@ -6,7 +6,7 @@
 //! cargo test --release --test bench -- --full  # the kernel source, median of 3 repetitions
 //! ```
 //!
-//! `--corpus generated|kernel` picks the corpus, `--reps N` the repetitions (a full run takes at
+//! `--only big-files` runs the big files section alone. `--corpus generated|kernel` picks the corpus, `--reps N` the repetitions (a full run takes at
 //! least 5 samples of the cold save, the noisiest step, still alternating). The table goes to
 //! stdout and to `target/bench-results.md` (`target/bench-results-smoke.md` for smoke runs, so CI
 //! never overwrites a full run's table). Every restore is checked against the expected tree, for
@@ -192,6 +192,9 @@ fn main() -> ExitCode {
     if arg_value(&args, "--only").as_deref() == Some("scale") {
         return only_scale(&sizes);
     }
+    if arg_value(&args, "--only").as_deref() == Some("big-files") {
+        return only_big_files(full);
+    }
     let reps = arg_value(&args, "--reps")
         .and_then(|n| n.parse().ok())
         .unwrap_or(if full { 3 } else { 1 });
@@ -333,6 +336,22 @@ fn only_scale(sizes: &[usize]) -> ExitCode {
     }
     if scale.failed() {
         eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--only big-files`: the big files section alone (it needs no corpus), e.g. to measure the
+/// issue's sizes with `--full` without the kernel tree.
+fn only_big_files(full: bool) -> ExitCode {
+    let scratch = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let big = rt.block_on(bigfiles::section(scratch.path(), full));
+    println!("{}\n{}", big.table, report::machine());
+    if big.failed {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
