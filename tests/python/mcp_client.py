@@ -167,6 +167,24 @@ async def main():
                 pass
             await call(s, "list_checkpoints", {"limit": 1})
 
+            # A file past the chunking threshold (3.6 MiB, stored as chunks): lines from its
+            # middle, the count of all of them, and a last line without its newline.
+            (ws / "huge.log").write_text(
+                "".join(f"row {n:07}\n" for n in range(1, 300_001)) + "last, no newline"
+            )
+            r = await call(s, "checkpoint", {"message": "huge"})
+            c4 = data(r)["id"]
+            r = await call(s, "read_file_at",
+                           {"snapshot": c4, "path": "huge.log", "start_line": 150000, "end_line": 150002})
+            assert data(r)["content"] == "row 0150000\nrow 0150001\nrow 0150002\n", data(r)
+            assert data(r)["total_lines"] == 300_001, data(r)
+            r = await call(s, "read_file_at", {"snapshot": c4, "path": "huge.log", "start_line": 300_001})
+            assert data(r)["content"] == "last, no newline", data(r)
+            r = await call(s, "read_file_at", {"snapshot": c4, "path": "huge.log"})
+            assert data(r)["cut"] is True and len(data(r)["content"]) <= 100_000, data(r)["end_line"]
+            assert data(r)["content"].startswith("row 0000001\n"), data(r)["content"][:40]
+            (ws / "huge.log").unlink()
+
             # Past the size limit the patch is cut, with a note on how to see the rest.
             for i in range(40):
                 (ws / f"big{i:02}.txt").write_text(

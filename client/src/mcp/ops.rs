@@ -347,13 +347,48 @@ pub async fn read_file_at(mut c: Client, ws: PathBuf, args: ReadFileArgs) -> Res
             ..v1::ReadFileRequest::default()
         })
         .await?;
-    let mut bytes = Vec::new();
+    // Streamed: only the lines asked for are kept (a file may be a 4 GiB image), and the
+    // rest is only counted.
+    let wanted = |n: u64| n >= first && args.end_line.is_none_or(|e| n <= e);
+    let mut probe: Vec<u8> = Vec::with_capacity(8000);
     let mut total = 0;
+    let (mut line_no, mut in_line) = (1u64, false);
+    let mut cur: Vec<u8> = Vec::new();
+    let mut body = String::new();
+    let mut cut = false;
+    let take_line = |cur: &mut Vec<u8>, body: &mut String, cut: &mut bool| {
+        let line = String::from_utf8_lossy(cur);
+        if body.len() + line.len() > READ_LIMIT {
+            *cut = true;
+        } else {
+            body.push_str(&line);
+        }
+        cur.clear();
+    };
     while let Some(chunk) = stream.next().await? {
         total = chunk.total_size;
-        bytes.extend_from_slice(&chunk.data);
+        if probe.len() < 8000 {
+            let n = (8000 - probe.len()).min(chunk.data.len());
+            probe.extend_from_slice(&chunk.data[..n]);
+            if probe.contains(&0) {
+                break;
+            }
+        }
+        for piece in chunk.data.split_inclusive(|&b| b == b'\n') {
+            let ends = piece.last() == Some(&b'\n');
+            if wanted(line_no) && !cut && cur.len() <= READ_LIMIT {
+                cur.extend_from_slice(piece);
+            }
+            in_line = !ends;
+            if ends {
+                if wanted(line_no) && !cut {
+                    take_line(&mut cur, &mut body, &mut cut);
+                }
+                line_no += 1;
+            }
+        }
     }
-    if bytes.iter().take(8000).any(|&b| b == 0) {
+    if probe.contains(&0) {
         let text = format!(
             "{} in checkpoint {} is a binary file of {total} bytes.",
             args.path, snap.id
@@ -361,31 +396,18 @@ pub async fn read_file_at(mut c: Client, ws: PathBuf, args: ReadFileArgs) -> Res
         let data = json!({ "snapshot": snap.id, "path": args.path, "binary": true, "size": total });
         return Ok(Answer { text, data });
     }
-    let content = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = content.split_inclusive('\n').collect();
-    let last = args
-        .end_line
-        .unwrap_or(lines.len() as u64)
-        .min(lines.len() as u64);
-    let mut body = String::new();
-    let mut cut = false;
-    for line in lines
-        .iter()
-        .skip(first.saturating_sub(1) as usize)
-        .take(last.saturating_sub(first.saturating_sub(1)) as usize)
-    {
-        if body.len() + line.len() > READ_LIMIT {
-            cut = true;
-            break;
+    // A last line without its newline.
+    if in_line {
+        if wanted(line_no) && !cut {
+            take_line(&mut cur, &mut body, &mut cut);
         }
-        body.push_str(line);
+        line_no += 1;
     }
+    let total_lines = line_no - 1;
     let shown_last = first.saturating_sub(1) + body.split_inclusive('\n').count() as u64;
     let mut text = format!(
-        "{} in checkpoint {} (lines {first}-{shown_last} of {}):\n{body}",
-        args.path,
-        snap.id,
-        lines.len()
+        "{} in checkpoint {} (lines {first}-{shown_last} of {total_lines}):\n{body}",
+        args.path, snap.id,
     );
     if cut {
         text.push_str(&format!(
@@ -398,7 +420,7 @@ pub async fn read_file_at(mut c: Client, ws: PathBuf, args: ReadFileArgs) -> Res
         "path": args.path,
         "start_line": first,
         "end_line": shown_last,
-        "total_lines": lines.len(),
+        "total_lines": total_lines,
         "content": body,
         "cut": cut,
     });
