@@ -283,7 +283,7 @@ async fn a_hot_file_keeps_the_store_within_its_budget() {
                 f.seek(SeekFrom::Start((seed >> 16) % len)).unwrap();
                 f.write_all(&random(4096, seed)).unwrap();
             }
-            if seed % 5 == 0 {
+            if seed.is_multiple_of(5) {
                 f.seek(SeekFrom::End(0)).unwrap();
                 f.write_all(&random(4096, seed ^ 1)).unwrap();
             }

@@ -254,7 +254,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
     let (secs, added, _) = save(&mut c, &ws, "overwrite").await?;
     eprintln!("bench: big files: overwrite 4 KiB: +{added} B in {secs:.3} s");
     rows.push(Row {
-        what: format!("overwrite 4 KiB in the middle of that file, save: store growth"),
+        what: "overwrite 4 KiB in the middle of that file, save: store growth".into(),
         ours: added as f64,
         baseline: big as f64,
         baseline_name: "the file's size".into(),

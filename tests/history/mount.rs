@@ -123,7 +123,7 @@ impl Drop for Mount {
 /// every piece boundary of a chunk list made for the file in a scratch store.
 fn chunk_boundaries(path: &Path) -> Vec<u64> {
     let dir = tempfile::tempdir().unwrap();
-    let store = chkpt_daemon::store::Store::open(dir.path().to_path_buf()).unwrap();
+    let store = chkpt_daemon::store::Store::open(dir.path()).unwrap();
     let file = fs::File::open(path).unwrap();
     let size = file.metadata().unwrap().len();
     let batch = store.batch();
