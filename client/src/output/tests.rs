@@ -109,9 +109,20 @@ fn status_json_gives_last_snapshot_as_id_or_null() {
         version: "0.1.0".into(),
         protocol: 1,
         workspaces: vec![ws("/a", Some(snapshot())), ws("/b", None)],
+        store: Some(v1::StoreSpace {
+            size_bytes: 10,
+            budget_bytes: 20,
+            free_bytes: 30,
+            floor_bytes: 5,
+            fs_bytes: 100,
+        }),
         ..v1::StatusResponse::default()
     };
     let value = status_json(&status);
+    assert_eq!(
+        value["store"],
+        json!({"size_bytes": 10, "budget_bytes": 20, "free_bytes": 30, "floor_bytes": 5, "fs_bytes": 100})
+    );
     assert_eq!(value["version"], json!("0.1.0"));
     assert_eq!(
         value["workspaces"][0],
@@ -123,6 +134,7 @@ fn status_json_gives_last_snapshot_as_id_or_null() {
             "last_snapshot": "0123456789abcdef",
             "warnings": [],
             "tripwire": null,
+            "top_files": [],
         })
     );
     assert_eq!(value["workspaces"][1]["last_snapshot"], json!(null));
