@@ -22,18 +22,22 @@ use crate::{
     output::{self, Palette},
 };
 
+/// The help heading of the options every subcommand takes, kept apart from its own.
+const GLOBAL: &str = "Global options";
+
 /// Talk to chkptd, the daemon that checkpoints your workspaces.
 #[derive(Debug, Parser)]
 #[command(name = "chkptctl", version, propagate_version = true)]
 pub struct Cli {
     /// Socket of chkptd [default: $XDG_RUNTIME_DIR/chkpt/chkptd.sock, else /tmp/chkpt-<uid>/chkptd.sock]
-    #[arg(long, global = true, env = connect::SOCKET_ENV, value_name = "PATH")]
+    #[arg(long, global = true, env = connect::SOCKET_ENV, value_name = "PATH", help_heading = GLOBAL)]
     socket: Option<PathBuf>,
-    /// Print one JSON document on stdout instead of text
-    #[arg(long, global = true)]
+    /// Print one JSON document on stdout instead of text (errors too, as {"error": …})
+    #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
-    /// Workspace to act on (any path inside it) [default: the current directory]
-    #[arg(short, long, global = true, value_name = "PATH")]
+    /// Workspace to act on (any path inside it) [default: the current directory]. Run from
+    /// outside it, relative paths in the workspace are taken from PATH, as with `git -C`
+    #[arg(short, long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     workspace: Option<PathBuf>,
     /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
@@ -231,11 +235,13 @@ struct GenericHookArgs {
 struct WatchArgs {
     /// Directory to watch [default: the workspace]
     path: Option<PathBuf>,
-    /// Quiet period after the last change before a snapshot, in seconds
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// Quiet period after the last change before a snapshot, e.g. 5s, 2m or 0.3 (seconds)
+    /// [default: chkptd's --idle]
+    #[arg(long, value_name = "DURATION", value_parser = chkpt_proto::duration::parse_ms)]
     idle: Option<u64>,
-    /// Longest wait for a snapshot while changes keep coming, in seconds
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// Longest wait for a snapshot while changes keep coming, e.g. 60s, 5m or 90 (seconds)
+    /// [default: chkptd's --max-delay]
+    #[arg(long, value_name = "DURATION", value_parser = chkpt_proto::duration::parse_ms)]
     max_delay: Option<u64>,
     /// Snapshot dependency and build folders (node_modules, target, ...) too
     #[arg(long)]
@@ -254,15 +260,16 @@ struct WatchArgs {
 
 #[derive(Debug, Args)]
 struct PruneArgs {
-    #[command(flatten)]
-    policy: PolicyArgs,
     /// Only show what would be removed
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 /// Retention rules (restic-style); unset rules leave the defaults.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Retention rules")]
 struct PolicyArgs {
     /// Keep the newest N snapshots
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -276,8 +283,8 @@ struct PolicyArgs {
     /// Keep the newest snapshot of each of the last N weeks
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     keep_weekly: Option<u32>,
-    /// Keep every snapshot younger than this, e.g. 90m, 2h, 3d, 1w, 1d12h
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Keep every snapshot younger than this, e.g. 90m, 2h, 3d, 1w, 1d12h or 3600 (seconds)
+    #[arg(long, value_name = "DURATION", value_parser = chkpt_proto::duration::parse_secs)]
     keep_within: Option<u64>,
 }
 
@@ -321,7 +328,6 @@ enum Shell {
     Fish,
 }
 
-/// Parses seconds (`2`, `0.5`) into whole milliseconds, at least 1.
 impl PolicyArgs {
     /// The policy to send with `watch`: `None` (the daemon's default) when nothing is set.
     fn to_wire(&self, max_store_bytes: Option<u64>) -> Option<v1::RetentionPolicy> {
@@ -335,51 +341,6 @@ impl PolicyArgs {
         };
         (policy != v1::RetentionPolicy::default()).then_some(policy)
     }
-}
-
-fn parse_secs(text: &str) -> Result<u64, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    let ms = (secs * 1000.0).round();
-    // 1e12 ms is about 31 years: far beyond any useful delay, well inside u64.
-    if !(1.0..=1e12).contains(&ms) {
-        return Err(format!(
-            "`{text}` must be between 0.001 and 1000000000 seconds"
-        ));
-    }
-    Ok(ms as u64)
-}
-
-/// Parses a duration such as `90m`, `2h`, `3d`, `1w` or `1d12h` into seconds.
-fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad = || format!("`{text}` is not a duration like 90s, 30m, 2h, 3d, 1w or 1d12h");
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|secs| total.checked_add(secs))
-            .ok_or_else(|| format!("`{text}` is too long"))?;
-        digits.clear();
-    }
-    if !digits.is_empty() || total == 0 {
-        return Err(bad());
-    }
-    Ok(total)
 }
 
 /// Runs `chkptctl` and returns its exit code; the whole of the binary.
@@ -428,6 +389,24 @@ impl Ctx {
     /// The workspace to send: `-w` made absolute, else the current directory.
     fn workspace(&self) -> Result<String, Error> {
         path_string(self.workspace.as_deref().unwrap_or(Path::new(".")))
+    }
+
+    /// A path in the workspace, for a `bytes` field. A relative path is taken from the current
+    /// directory, unless `-w DIR` was given and the current directory is outside DIR: then it
+    /// is taken from DIR (`chkptctl -w ~/p cat latest src/main.rs`, run from anywhere).
+    fn ws_path(&self, path: &Path) -> Result<Vec<u8>, Error> {
+        if let Some(dir) = &self.workspace
+            && path.is_relative()
+        {
+            let dir = absolute(dir)?;
+            let cwd = absolute(Path::new("."))?;
+            // Compared as the file system sees them, so a symlinked way in still counts.
+            let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            if !real(&cwd).starts_with(real(&dir)) {
+                return Ok(dir.join(path).into_os_string().into_vec());
+            }
+        }
+        path_bytes(path)
     }
 
     fn print(&self, text: &str) -> Result<(), Error> {
@@ -590,7 +569,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let limit = limit.map(|l| l as usize);
             let paths = paths
                 .iter()
-                .map(|p| path_bytes(p))
+                .map(|p| ctx.ws_path(p))
                 .collect::<Result<_, _>>()?;
             let snapshots = ctx
                 .client()
@@ -622,7 +601,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 snapshot: snap,
                 paths: paths
                     .iter()
-                    .map(|p| path_bytes(p))
+                    .map(|p| ctx.ws_path(p))
                     .collect::<Result<_, _>>()?,
                 dry_run,
                 to: to

@@ -4,6 +4,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -22,41 +23,61 @@ pub struct Config {
     /// Start watching these folders (besides those watched before).
     #[arg(long = "watch", value_name = "PATH")]
     pub watch: Vec<PathBuf>,
-    /// Default quiet period, in seconds, before an auto snapshot.
-    #[arg(long, default_value_t = 5.0)]
-    pub idle: f64,
-    /// Default longest wait, in seconds, after the first unsaved change.
-    #[arg(long, default_value_t = 60.0)]
-    pub max_delay: f64,
-    /// Seconds between stat-walks of a workspace the kernel cannot watch (out of inotify
-    /// watches).
-    #[arg(long, default_value_t = 30.0)]
-    pub poll_interval: f64,
-    /// Default retention for new workspaces: keep the newest N automatic snapshots.
-    #[arg(long, default_value_t = 0)]
-    pub keep_last: u32,
-    /// Keep the newest snapshot of each of the last N hours [default rule: 24].
-    #[arg(long, default_value_t = 0)]
-    pub keep_hourly: u32,
-    /// Keep the newest snapshot of each of the last N days [default rule: 14].
-    #[arg(long, default_value_t = 0)]
-    pub keep_daily: u32,
-    /// Keep the newest snapshot of each of the last N weeks [default rule: 8].
-    #[arg(long, default_value_t = 0)]
-    pub keep_weekly: u32,
-    /// Keep every snapshot younger than this many seconds [default rule: 3600].
-    #[arg(long, default_value_t = 0)]
-    pub keep_within: u64,
+    /// Default quiet period after the last change before an auto snapshot, e.g. 5s, 1m or
+    /// 0.5 (seconds)
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub idle: Duration,
+    /// Default longest wait after the first unsaved change, e.g. 60s, 2m or 90 (seconds)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub max_delay: Duration,
+    /// Time between stat-walks of a workspace the kernel cannot watch (out of inotify
+    /// watches), e.g. 30s or 1m; at least 1s
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub poll_interval: Duration,
+    /// Default retention for new workspaces: keep the newest N automatic snapshots [default:
+    /// no such rule]
+    #[arg(long, value_name = "N", help_heading = RETENTION)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours [default: 24, with the other
+    /// built-in rules, when no retention flag is given]
+    #[arg(long, value_name = "N", help_heading = RETENTION)]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days [default: 14, as above]
+    #[arg(long, value_name = "N", help_heading = RETENTION)]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N weeks [default: 8, as above]
+    #[arg(long, value_name = "N", help_heading = RETENTION)]
+    pub keep_weekly: Option<u32>,
+    /// Keep every snapshot younger than this, e.g. 90m, 2h, 3d or 3600 (seconds) [default: 1h,
+    /// as above]
+    #[arg(long, value_name = "DURATION", value_parser = duration_secs, help_heading = RETENTION)]
+    pub keep_within: Option<u64>,
     /// Budget for the whole data directory: past it, the oldest automatic snapshots go (never
     /// manual or pinned ones, nor a workspace's newest). Bytes, or with K, M, G or T (powers
-    /// of 1024); 0 = no budget [default: the smaller of 10 % of its file system and 20 GiB].
-    #[arg(long, value_parser = parse_size)]
+    /// of 1024); 0 = no budget [default: the smaller of 10 % of its file system and 20 GiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = STORE)]
     pub max_store_bytes: Option<u64>,
     /// Free space on the data directory's disk below which automatic snapshots pause (they
     /// resume by themselves; manual saves still work). Bytes or K/M/G/T; 0 = never pause
-    /// [default: the smaller of 5 % of the file system and 2 GiB].
-    #[arg(long, value_parser = parse_size)]
+    /// [default: the smaller of 5 % of the file system and 2 GiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = STORE)]
     pub min_free_bytes: Option<u64>,
+    /// Print chkptd's manual page (roff) on stdout and exit (`chkptctl man` installs it)
+    #[arg(long, hide = true)]
+    pub man: bool,
+}
+
+/// The help heading of the retention defaults.
+const RETENTION: &str = "Retention defaults for new workspaces";
+/// The help heading of the store's budget and free-space floor.
+const STORE: &str = "Store budget";
+
+fn duration(text: &str) -> Result<Duration, String> {
+    chkpt_proto::duration::parse(text)
+}
+
+fn duration_secs(text: &str) -> Result<u64, String> {
+    chkpt_proto::duration::parse_secs(text)
 }
 
 /// Parses `1234`, `512K`, `64M`, `20G`, `1T` (powers of 1024; `KiB`, `MB`… accepted too).
@@ -88,11 +109,11 @@ impl Config {
     /// The default retention policy (all zero rules = the built-in default rules).
     pub fn retention(&self) -> crate::retention::Policy {
         crate::retention::Policy {
-            keep_last: self.keep_last,
-            keep_hourly: self.keep_hourly,
-            keep_daily: self.keep_daily,
-            keep_weekly: self.keep_weekly,
-            keep_within_us: self.keep_within.saturating_mul(1_000_000),
+            keep_last: self.keep_last.unwrap_or(0),
+            keep_hourly: self.keep_hourly.unwrap_or(0),
+            keep_daily: self.keep_daily.unwrap_or(0),
+            keep_weekly: self.keep_weekly.unwrap_or(0),
+            keep_within_us: self.keep_within.unwrap_or(0).saturating_mul(1_000_000),
             max_store_bytes: 0,
         }
     }

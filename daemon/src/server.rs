@@ -157,8 +157,8 @@ pub async fn run(
         }
     };
     let defaults = WatchOptions {
-        idle_ms: (config.idle * 1000.0) as u64,
-        max_delay_ms: (config.max_delay * 1000.0) as u64,
+        idle_ms: duration_ms(config.idle),
+        max_delay_ms: duration_ms(config.max_delay),
         include_dependency_dirs: false,
         include_git: false,
         retention: config.retention(),
@@ -166,7 +166,7 @@ pub async fn run(
     let engine = Engine::new(
         store,
         defaults,
-        Duration::from_secs_f64(config.poll_interval.max(1.0)),
+        config.poll_interval.max(Duration::from_secs(1)),
         socket.clone(),
     );
     engine.set_limits(config.limits());
@@ -228,6 +228,11 @@ fn sd_notify(state: &str) {
     if let Err(e) = crate::systemd::notify(state) {
         tracing::warn!(state, error = %e, "could not notify systemd");
     }
+}
+
+/// Whole milliseconds, at least 1 (a zero quiet period would mean "the default" on the wire).
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@
 //!   - Client: [`v1::chkpt_client::ChkptClient`].
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptor set, for gRPC reflection.
 //! - [`PROTOCOL_VERSION`]: the protocol version this contract describes.
+//! - [`duration`]: the duration syntax both binaries' flags take (`90m`, `2h`, `5`).
+
+pub mod duration;
 
 /// Generated code for the `chkpt.v1` protobuf package.
 #[allow(

@@ -2,7 +2,9 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
+use std::io::Write;
+
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +35,9 @@ fn limit_malloc_arenas() {
 
 async fn run(activation: Option<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
     let config = chkpt_daemon::config::Config::parse();
+    if config.man {
+        return print_man_page();
+    }
     // Past a file-size limit, writes must fail with EFBIG (reported as a full disk), not kill
     // the daemon mid-save.
     // SAFETY: ignoring a signal has no preconditions.
@@ -67,5 +72,15 @@ async fn run(activation: Option<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
         tracing::error!("{e}");
         return Err(e.into());
     }
+    Ok(())
+}
+
+/// `chkptd --man`: the manual page, for `chkptctl man` to install beside its own.
+fn print_man_page() -> anyhow::Result<()> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(chkpt_daemon::config::Config::command()).render(&mut page)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&page)?;
+    out.flush()?;
     Ok(())
 }

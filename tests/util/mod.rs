@@ -11,6 +11,8 @@ use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod cli;
+
 /// A running daemon, stopped with SIGTERM when dropped.
 pub struct Daemon {
     pub dir: tempfile::TempDir,

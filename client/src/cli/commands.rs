@@ -11,7 +11,7 @@ use chkpt_proto::v1::{self, Trigger, restore_event};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::{Ctx, DaemonAction, ServiceAction, WatchArgs, path_bytes, path_string};
+use super::{Ctx, DaemonAction, ServiceAction, WatchArgs, path_string};
 use crate::{
     connect::{Client, Error},
     daemon,
@@ -190,7 +190,7 @@ pub(super) async fn cat(ctx: &Ctx, snapshot: String, path: &Path) -> Result<(), 
     let req = v1::ReadFileRequest {
         workspace: ctx.workspace()?,
         snapshot,
-        path: path_bytes(path)?,
+        path: ctx.ws_path(path)?,
         ..v1::ReadFileRequest::default()
     };
     let mut stream = ctx.client().await?.read_file(req).await?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use chkpt_proto::v1;
 use clap::{Args, ValueEnum};
 
-use super::{Ctx, now_ms, path_bytes};
+use super::{Ctx, now_ms};
 use crate::connect::Error;
 use crate::output::{self, LogForm};
 
@@ -131,8 +131,10 @@ impl PatchArgs {
     }
 }
 
-fn paths(list: &[PathBuf]) -> Result<Vec<Vec<u8>>, Error> {
-    list.iter().map(|p| path_bytes(p)).collect()
+/// The paths after `--`, each taken as `Ctx::ws_path` takes one (`..`, and `-w DIR` from
+/// elsewhere).
+fn paths(ctx: &Ctx, list: &[PathBuf]) -> Result<Vec<Vec<u8>>, Error> {
+    list.iter().map(|p| ctx.ws_path(p)).collect()
 }
 
 /// The terminal's width for `--stat` bars (git's 80 elsewhere).
@@ -149,7 +151,7 @@ pub(super) async fn diff(ctx: &Ctx, args: DiffArgs) -> Result<(), Error> {
         workspace: ctx.workspace()?,
         from: args.snap.unwrap_or_default(),
         to: args.snap2.unwrap_or_default(),
-        paths: paths(&args.paths)?,
+        paths: paths(ctx, &args.paths)?,
         patch,
         from_parent: false,
     };
@@ -187,7 +189,7 @@ pub(super) async fn show(ctx: &Ctx, args: ShowArgs) -> Result<(), Error> {
         from: String::new(),
         // The id, not the selector: `latest` must not move between the two calls.
         to: snapshot.id.clone(),
-        paths: paths(&args.paths)?,
+        paths: paths(ctx, &args.paths)?,
         patch: Some(args.patch.options(args.stat)),
         from_parent: true,
     };
@@ -214,7 +216,7 @@ pub(super) async fn show(ctx: &Ctx, args: ShowArgs) -> Result<(), Error> {
 }
 
 pub(super) async fn log(ctx: &Ctx, args: LogArgs) -> Result<(), Error> {
-    let mut all = paths(&args.paths)?;
+    let mut all = paths(ctx, &args.paths)?;
     let first = all.remove(0);
     let form = if args.patch_form {
         Some(LogForm::Patch)

@@ -23,32 +23,30 @@ fn progress_templates_parse() {
 }
 
 #[test]
-fn keep_within_accepts_units_and_combinations() {
-    assert_eq!(parse_duration("90s"), Ok(90));
-    assert_eq!(parse_duration("30m"), Ok(1800));
-    assert_eq!(parse_duration("2h"), Ok(7200));
-    assert_eq!(parse_duration("3d"), Ok(3 * 86_400));
-    assert_eq!(parse_duration("1w"), Ok(7 * 86_400));
-    assert_eq!(parse_duration("1d12h"), Ok(86_400 + 12 * 3600));
-}
-
-#[test]
-fn keep_within_rejects_garbage_zero_and_overflow() {
-    for bad in ["", "2", "h", "2x", "0h", "2h5", "-1d", "1.5h"] {
-        assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
-    }
-    assert!(parse_duration("99999999999999999999w").is_err());
-    assert!(parse_duration("9999999999999999w").is_err());
-}
-
-#[test]
-fn secs_become_milliseconds() {
-    assert_eq!(parse_secs("2"), Ok(2000));
-    assert_eq!(parse_secs("0.5"), Ok(500));
-    assert!(parse_secs("0").is_err());
-    assert!(parse_secs("-1").is_err());
-    assert!(parse_secs("NaN").is_err());
-    assert!(parse_secs("soon").is_err());
+fn durations_take_units_or_seconds() {
+    let idle = |args: &[&str]| match parse(args) {
+        Ok(Cli {
+            command: Command::Watch(w),
+            ..
+        }) => (w.idle, w.max_delay, w.policy.keep_within),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        idle(&[
+            "watch",
+            "--idle",
+            "0.3",
+            "--max-delay",
+            "2m",
+            "--keep-within",
+            "1d12h"
+        ]),
+        (Some(300), Some(120_000), Some(129_600))
+    );
+    assert_eq!(
+        idle(&["watch", "--idle", "1m30s", "--keep-within", "3600"]),
+        (Some(90_000), None, Some(3600))
+    );
 }
 
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -72,6 +70,8 @@ fn usage_errors_exit_with_2() {
         &["delete"][..],
         &["list", "--limit", "0"],
         &["prune", "--keep-within", "soon"],
+        &["prune", "--keep-within", "0.5"],
+        &["watch", "--idle", "0"],
         &["completions", "powershell"],
         &["diff", "a", "b", "c"],
         &["diff", "--stat", "--name-status"],

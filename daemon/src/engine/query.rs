@@ -9,7 +9,7 @@ use super::registry::WsHandle;
 use crate::error::{Error, Result};
 use crate::store::catalog::{SnapshotRecord, Tag, WorkspaceRecord};
 use crate::store::{Entry, Id, Kind};
-use crate::workspace::diff::{self, normalise, validate_rel};
+use crate::workspace::diff::{self, validate_rel};
 use crate::workspace::{Changes, display_rel};
 
 /// An entry of a directory in a snapshot, with a symlink's target (empty for other kinds).
@@ -17,27 +17,29 @@ pub type DirEntry = (Entry, Vec<u8>);
 
 impl Engine {
     /// Turns a path from a request (relative to the workspace, or absolute inside it) into a
-    /// checked relative path.
+    /// checked relative path. `.` and `..` are resolved lexically (as the shell does with `cd
+    /// -L`): `src/../README.md` is `README.md`; only a path whose `..` climbs out of the
+    /// workspace is refused.
     pub fn rel_path(&self, root: &Path, raw: &[u8]) -> Result<Vec<u8>> {
         if raw.contains(&0) {
             return Err(Error::InvalidArgument("a path contains a NUL byte".into()));
         }
-        let rel: &[u8] = if raw.starts_with(b"/") {
+        let outside = || Error::OutsideWorkspace {
+            path: display_rel(raw),
+            workspace: root.display().to_string(),
+        };
+        let rel = if raw.starts_with(b"/") {
+            let path = lexical(raw).ok_or_else(outside)?;
             let root_b = root.as_os_str().as_bytes();
-            match raw.strip_prefix(root_b) {
-                Some([]) => b"",
-                Some(rest) if rest.starts_with(b"/") => &rest[1..],
-                _ => {
-                    return Err(Error::OutsideWorkspace {
-                        path: display_rel(raw),
-                        workspace: root.display().to_string(),
-                    });
-                }
+            match path.strip_prefix(root_b) {
+                Some([]) => Vec::new(),
+                Some(rest) if rest.starts_with(b"/") => rest[1..].to_vec(),
+                // The root itself may be given lexically different (`/a/./b`).
+                _ => return Err(outside()),
             }
         } else {
-            raw
+            lexical(raw).ok_or_else(outside)?
         };
-        let rel = normalise(rel);
         if !rel.is_empty() {
             validate_rel(&rel)?;
         }
@@ -174,6 +176,27 @@ impl Engine {
     }
 }
 
+/// `path` with `.`, `..` and empty components resolved lexically, keeping a leading `/`;
+/// `None` when a `..` climbs above its start (the root, for an absolute path).
+fn lexical(path: &[u8]) -> Option<Vec<u8>> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    if path.starts_with(b"/") {
+        out.push(b'/');
+    }
+    out.extend_from_slice(&parts.join(&b'/'));
+    Some(out)
+}
+
 impl Engine {
     /// Every workspace's path by id (snapshots outlive watching).
     pub fn workspace_paths(&self) -> Result<HashMap<u64, String>> {
@@ -273,5 +296,22 @@ impl Engine {
     /// Checks every object the snapshots (of one workspace, or all) need.
     pub fn verify(&self, only: Option<u64>) -> Result<crate::store::gc::VerifyReport> {
         self.store.verify(only)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lexical;
+
+    #[test]
+    fn dot_dot_is_resolved_lexically_and_may_not_climb_out() {
+        let l = |p: &str| lexical(p.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(l("src/../README.md").as_deref(), Some("README.md"));
+        assert_eq!(l("./a//b/./c/").as_deref(), Some("a/b/c"));
+        assert_eq!(l("/ws/src/../x").as_deref(), Some("/ws/x"));
+        assert_eq!(l("a/b/../..").as_deref(), Some(""));
+        assert_eq!(l("../x"), None);
+        assert_eq!(l("a/../../x"), None);
+        assert_eq!(l("/.."), None);
     }
 }

@@ -1,0 +1,80 @@
+//! Running the real `chkptctl` against a test daemon, from any directory.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::Daemon;
+
+/// What one `chkptctl` run produced.
+pub struct Out {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Runs `chkptctl --socket SOCKET args...` in `cwd`, with no other workspace flag.
+pub fn run_in(socket: &Path, cwd: &Path, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_chkptctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("CHKPT_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chkptctl");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// [`run_in`], asserting it succeeded.
+pub fn ok_in(d: &Daemon, cwd: &Path, args: &[&str]) -> Out {
+    let out = run_in(&d.socket, cwd, args);
+    assert_eq!(
+        out.code,
+        0,
+        "chkptctl {args:?} in {} failed:\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+        cwd.display(),
+        out.text(),
+        out.stderr,
+        d.log()
+    );
+    out
+}
+
+/// [`run_in`], asserting it failed with exit code 1, and returns what it printed.
+pub fn fails_in(d: &Daemon, cwd: &Path, args: &[&str]) -> Out {
+    let out = run_in(&d.socket, cwd, args);
+    assert_eq!(
+        out.code,
+        1,
+        "chkptctl {args:?} in {} did not fail with 1:\nstdout: {}\nstderr: {}",
+        cwd.display(),
+        out.text(),
+        out.stderr,
+    );
+    out
+}
+
+/// Runs `chkptctl --json args...` in `cwd` and parses its output.
+pub fn json_in(d: &Daemon, cwd: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    ok_in(d, cwd, &all).json()
+}
