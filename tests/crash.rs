@@ -243,6 +243,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 let req = pb::DeleteRequest {
                     workspace: w2,
                     snapshots: vec![target_id.clone()],
+                    force: false,
                 };
                 let snap = target_id.clone();
                 (

@@ -191,3 +191,334 @@ fn with_w_relative_paths_are_taken_from_the_workspace_when_run_from_elsewhere() 
         out.text()
     );
 }
+
+/// The snapshot id `save` prints.
+fn save(d: &Daemon, ws: &std::path::Path, msg: &str) -> String {
+    ok_in(d, ws, &["save", "-m", msg]).text().trim().to_owned()
+}
+
+fn snapshots(d: &Daemon, ws: &std::path::Path) -> Vec<serde_json::Value> {
+    json_in(d, ws, &["list"]).as_array().unwrap().clone()
+}
+
+#[test]
+fn a_folder_or_file_replaced_by_a_symlink_is_restored_and_the_link_is_never_followed() {
+    let d = Daemon::start(&[]);
+    let ws = project(&d);
+    let w = ws.path();
+    fs::create_dir_all(w.join("a/deep")).unwrap();
+    fs::write(w.join("a/x"), b"x in a").unwrap();
+    fs::write(w.join("a/deep/y"), b"y in a/deep").unwrap();
+    fs::create_dir(w.join("b")).unwrap();
+    fs::write(w.join("b/z"), b"z in b").unwrap();
+    let saved = util::listing(w);
+    let id = save(&d, w, "with a/");
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("x"), b"outside's own x").unwrap();
+    let outside_before = util::listing(outside.path());
+
+    // As in the issue: `rm -rf a && ln -s b a`, then a link to anywhere, then a file made a
+    // link out of the workspace.
+    let targets = [
+        std::path::PathBuf::from("b"),
+        outside.path().to_path_buf(),
+        std::path::PathBuf::from("/"),
+    ];
+    for target in &targets {
+        fs::remove_dir_all(w.join("a")).unwrap();
+        std::os::unix::fs::symlink(target, w.join("a")).unwrap();
+        fs::remove_file(w.join("README.md")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x"), w.join("README.md")).unwrap();
+        let out = ok_in(&d, w, &["restore", &id]);
+        assert!(
+            !fs::symlink_metadata(w.join("a")).unwrap().is_symlink(),
+            "a is still a link to {}: {}",
+            target.display(),
+            out.text()
+        );
+        assert_eq!(
+            util::listing(w),
+            saved,
+            "after the link to {}",
+            target.display()
+        );
+        assert_eq!(util::listing(outside.path()), outside_before);
+    }
+}
+
+#[test]
+fn a_restore_that_fails_before_changing_anything_leaves_no_checkpoint_and_a_retry_restores_the_snapshot()
+ {
+    let d = Daemon::start(&[]);
+    let ws = project(&d);
+    let w = ws.path();
+    fs::create_dir(w.join("a")).unwrap();
+    fs::write(w.join("a/x"), b"x in a").unwrap();
+    let id = save(&d, w, "with a/");
+    let saved = util::listing(w);
+    let outside = tempfile::tempdir().unwrap();
+    fs::remove_dir_all(w.join("a")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), w.join("a")).unwrap();
+    let before = snapshots(&d, w).len();
+
+    // Only `a/x`: the link `a` is the user's, not in what was asked for, and is never written
+    // through, so the restore stops before it changes anything.
+    let out = fails_in(&d, w, &["restore", "latest", "a/x"]);
+    assert!(out.stderr.contains("symlink"), "{}", out.stderr);
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    let after = snapshots(&d, w);
+    assert_eq!(after.len(), before, "a checkpoint was left: {after:?}");
+    assert_eq!(after[0]["id"], id.as_str());
+
+    // So `latest` is still the snapshot, and the retry restores it.
+    ok_in(&d, w, &["restore", "latest"]);
+    assert_eq!(util::listing(w), saved);
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn delete_of_a_pinned_snapshot_needs_force() {
+    let d = Daemon::start(&[]);
+    let ws = project(&d);
+    let w = ws.path();
+    fs::write(w.join("new"), b"new").unwrap();
+    let id = ok_in(&d, w, &["save", "--pin"]).text().trim().to_owned();
+    let out = fails_in(&d, w, &["delete", &id]);
+    assert!(
+        out.stderr.contains("pinned") && out.stderr.contains("--force"),
+        "{}",
+        out.stderr
+    );
+    assert!(snapshots(&d, w).iter().any(|s| s["id"] == id.as_str()));
+    ok_in(&d, w, &["delete", "--force", &id]);
+    assert!(!snapshots(&d, w).iter().any(|s| s["id"] == id.as_str()));
+}
+
+#[test]
+fn restore_to_refuses_a_used_folder_and_the_workspace_and_makes_a_new_folder_with_the_umask() {
+    let d = Daemon::start(&[]);
+    let ws = project(&d);
+    let w = ws.path();
+    let id = save(&d, w, "one");
+
+    let used = tempfile::tempdir().unwrap();
+    fs::write(used.path().join("mine"), b"mine").unwrap();
+    let u = used.path().display().to_string();
+    let out = fails_in(&d, w, &["restore", &id, "--to", &u]);
+    assert!(
+        out.stderr.contains("not empty") && out.stderr.contains("--force"),
+        "{}",
+        out.stderr
+    );
+    assert!(!used.path().join("README.md").exists());
+    ok_in(&d, w, &["restore", &id, "--to", &u, "--force"]);
+    assert_eq!(
+        fs::read(used.path().join("README.md")).unwrap(),
+        b"read me\n"
+    );
+    assert_eq!(fs::read(used.path().join("mine")).unwrap(), b"mine");
+
+    let inside = w.join("sub/copy").display().to_string();
+    let out = fails_in(&d, w, &["restore", &id, "--to", &inside]);
+    assert!(
+        out.stderr.contains("inside the workspace"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !w.join("sub").exists(),
+        "the refused --to left folders behind"
+    );
+
+    // A new folder gets the user's umask, not the daemon's 077.
+    let parent = tempfile::tempdir().unwrap();
+    let fresh = parent.path().join("new/copy");
+    let script = format!("umask 022 && exec \"$0\" --socket \"$1\" restore {id} --to \"$2\"",);
+    let st = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_chkptctl")])
+        .arg(&d.socket)
+        .arg(&fresh)
+        .current_dir(w)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [&fresh, &parent.path().join("new")] {
+        let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{}", dir.display());
+    }
+    assert_eq!(
+        fs::read(fresh.join("src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
+}
+
+#[test]
+fn restore_marks_each_path_and_counts_what_the_daemon_counted() {
+    let d = Daemon::start(&[]);
+    let ws = project(&d);
+    let w = ws.path();
+    fs::create_dir(w.join("many")).unwrap();
+    for i in 0..1100 {
+        fs::write(w.join(format!("many/f{i:04}")), format!("{i}")).unwrap();
+    }
+    let id = save(&d, w, "many");
+    for i in 0..1050 {
+        fs::remove_file(w.join(format!("many/f{i:04}"))).unwrap();
+    }
+    fs::write(w.join("README.md"), b"changed").unwrap();
+    fs::write(w.join("extra"), b"not in the snapshot").unwrap();
+
+    let text = ok_in(&d, w, &["restore", &id, "--dry-run"]).text();
+    assert!(text.contains("\nM README.md\n"), "{text}");
+    assert!(text.contains("\nD extra\n"), "{text}");
+    assert!(text.contains("\nA many/f0000\n"), "{text}");
+
+    let out = ok_in(&d, w, &["restore", &id]).text();
+    assert!(
+        out.starts_with(&format!("restored {id}: +1050 ~1 -1")),
+        "{out}"
+    );
+    // 1,052 paths: 20 listed, and the rest counted by the daemon (not the 1,000 it sent).
+    assert!(out.contains("  … and 1032 more\n"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("A many/")).count(),
+        18,
+        "{out}"
+    );
+
+    // The JSON has the total too, beside the capped list and its marks.
+    for i in 0..1050 {
+        fs::remove_file(w.join(format!("many/f{i:04}"))).unwrap();
+    }
+    let r = json_in(&d, w, &["restore", &id]);
+    assert_eq!(r["changed_total"], 1050, "{r}");
+    assert_eq!(r["changed_paths"].as_array().unwrap().len(), 1000);
+    assert_eq!(r["changes"][0], "added");
+}
+
+#[test]
+fn an_empty_diff_says_no_changes_and_log_of_a_folder_shows_no_size() {
+    let d = Daemon::start(&[]);
+    let ws = project(&d);
+    let w = ws.path();
+    save(&d, w, "one");
+    let out = ok_in(&d, w, &["diff"]);
+    assert_eq!(out.text(), "no changes\n");
+    assert_eq!(json_in(&d, w, &["diff"]), serde_json::json!([]));
+
+    let table = ok_in(&d, w, &["log", "src/"]).text();
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.get(3..5), Some(&["added", "-"][..]), "{table}");
+    let log = json_in(&d, w, &["log", "src/"]);
+    assert_eq!(log[0]["kind"], "directory", "{log}");
+    assert_eq!(log[0]["size"], 0, "{log}");
+    let log = json_in(&d, w, &["log", "src/main.rs"]);
+    assert_eq!(log[0]["kind"], "file", "{log}");
+    assert_eq!(log[0]["size"], 13, "{log}");
+}
+
+#[test]
+fn with_json_and_no_daemon_stdout_has_an_error_object_and_the_exit_is_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    for args in [&["--json", "status"][..], &["--json", "list"]] {
+        let out = run_in(&socket, dir.path(), args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        let doc = out.json();
+        let msg = doc["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("chkptctl daemon start"), "{doc}");
+        assert_eq!(doc["exit_code"], 1);
+    }
+    // Without --json, stdout stays empty.
+    let out = run_in(&socket, dir.path(), &["status"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_paths_come_with_display_strings() {
+    use chkpt_proto::v1 as pb;
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    let w = ws.path();
+    fs::create_dir_all(w.join("node_modules/x")).unwrap();
+    fs::write(w.join("package.json"), b"{}").unwrap();
+    let mut c = d.client().await;
+    let watched = util::watch(&mut c, w, 3_600_000, 3_600_000).await;
+    let excluded = &watched.workspace.unwrap().excluded;
+    assert!(
+        excluded
+            .iter()
+            .any(|e| e.path_text == "node_modules" && e.path == b"node_modules"),
+        "{excluded:?}"
+    );
+    let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"caf\xe9");
+    fs::write(w.join(name), b"latin-1 name").unwrap();
+    let diff = c
+        .diff(pb::DiffRequest {
+            workspace: w.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = diff
+        .entries
+        .iter()
+        .find(|e| e.path == b"caf\xe9")
+        .expect("the new file");
+    assert_eq!(e.path_text, "caf\u{fffd}");
+}
+
+#[test]
+fn a_small_burst_in_a_tiny_project_pins_quietly_and_raises_no_alarm() {
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    let w = ws.path();
+    for i in 0..10 {
+        fs::write(w.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let dir = w.display().to_string();
+    let watched = json_in(
+        &d,
+        w,
+        &["watch", &dir, "--idle", "300ms", "--max-delay", "5s"],
+    );
+    let baseline = watched["baseline"]["id"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        fs::remove_file(w.join(format!("f{i}"))).unwrap();
+    }
+    // The burst fired (half the project): the snapshot after it says so ...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let after = loop {
+        let list = snapshots(&d, w);
+        if let Some(s) = list.iter().find(|s| {
+            s["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("after a mass change"))
+        }) {
+            break s.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no after-burst snapshot: {list:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(after["deleted"], 5, "{after}");
+    // ... and the snapshot before it is pinned, but `status` raises nothing to acknowledge.
+    let list = snapshots(&d, w);
+    let before = list.iter().find(|s| s["id"] == baseline.as_str()).unwrap();
+    assert_eq!(before["pinned"], true, "{before}");
+    let st = json_in(&d, w, &["status"]);
+    assert!(st["workspaces"][0]["tripwire"].is_null(), "{st}");
+    let text = ok_in(&d, w, &["status"]).text();
+    assert!(!text.contains("tripwire"), "{text}");
+}

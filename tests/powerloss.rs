@@ -464,6 +464,7 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
                 let req = pb::DeleteRequest {
                     workspace: w2,
                     snapshots: vec![snap.clone()],
+                    force: false,
                 };
                 (
                     "delete+gc",

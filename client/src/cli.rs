@@ -131,9 +131,14 @@ enum Command {
         /// Only show what would change
         #[arg(long)]
         dry_run: bool,
-        /// Restore into this directory instead of in place
+        /// Restore into this directory instead of in place: a new or empty one outside the
+        /// workspace (a new one is made with your umask)
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+        /// With --to, restore into a folder that is not empty (files of the same names are
+        /// replaced, the others kept)
+        #[arg(long, requires = "to")]
+        force: bool,
         /// Roll `.git` back too (in place it is left alone unless asked; a workspace without
         /// `.git`, or `--to`, gets the snapshot's)
         #[arg(long)]
@@ -145,11 +150,14 @@ enum Command {
         #[arg(long)]
         include_git: bool,
     },
-    /// Delete snapshots
+    /// Delete snapshots (a pinned one only with --force)
     Delete {
         /// Snapshot selectors
         #[arg(required = true)]
         snaps: Vec<String>,
+        /// Delete pinned snapshots too
+        #[arg(long)]
+        force: bool,
     },
     /// Pin a snapshot so pruning never removes it
     Pin {
@@ -346,6 +354,7 @@ impl PolicyArgs {
 /// Runs `chkptctl` and returns its exit code; the whole of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     // The mount's FUSE threads wait on the runtime's futures: it needs threads of its own.
     let mut builder = if matches!(cli.command, Command::Mount { .. }) {
         tokio::runtime::Builder::new_multi_thread()
@@ -365,6 +374,12 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            if json {
+                // A script reading stdout gets a document too, never nothing.
+                let doc = json!({ "error": e.to_string(), "exit_code": e.exit_code() });
+                let mut out = io::stdout().lock();
+                let _ = writeln!(out, "{doc}").and_then(|()| out.flush());
+            }
             ExitCode::from(e.exit_code())
         }
     }
@@ -468,6 +483,24 @@ fn path_string(path: &Path) -> Result<String, Error> {
 /// An absolute path for a `bytes` field of the protocol (any file name works).
 fn path_bytes(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(absolute(path)?.into_os_string().into_vec())
+}
+
+/// Makes a missing `restore --to` folder here, not in chkptd: the daemon's umask is 077 for
+/// its own files, and the copy is the user's, made with the user's umask. An existing one is
+/// left for chkptd to judge (empty, or `--force`).
+/// Returns the folders it made, deepest first.
+fn make_restore_target(to: &Path) -> Result<Vec<PathBuf>, Error> {
+    let to = absolute(to)?;
+    let made: Vec<PathBuf> = to
+        .ancestors()
+        .take_while(|a| std::fs::symlink_metadata(a).is_err())
+        .map(Path::to_path_buf)
+        .collect();
+    if !made.is_empty() {
+        std::fs::create_dir_all(&to)
+            .map_err(|e| Error::io(format!("make --to {}", to.display()), e))?;
+    }
+    Ok(made)
 }
 
 fn now_ms() -> u64 {
@@ -594,8 +627,13 @@ async fn run(cli: Cli) -> Result<(), Error> {
             paths,
             dry_run,
             to,
+            force,
             include_git,
         } => {
+            let made = match to.as_deref() {
+                Some(to) if !dry_run => make_restore_target(to)?,
+                _ => Vec::new(),
+            };
             let req = v1::RestoreRequest {
                 workspace: ctx.workspace()?,
                 snapshot: snap,
@@ -610,18 +648,29 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     .transpose()?
                     .unwrap_or_default(),
                 include_git,
+                force,
             };
-            let summary = commands::restore(&ctx, &mut ctx.client().await?, req).await?;
+            let summary = match ctx.client().await {
+                Ok(mut client) => commands::restore(&ctx, &mut client, req).await,
+                Err(e) => Err(e),
+            };
+            let summary = summary.inspect_err(|_| {
+                // Refused (inside the workspace, say) or failed: the folders made for it go.
+                for dir in &made {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            })?;
             ctx.emit(
                 || output::restore_json(&summary, dry_run),
                 || output::restore_text(p, &summary, dry_run),
             )
         }
         Command::Undo { include_git } => commands::undo(&ctx, include_git).await,
-        Command::Delete { snaps } => {
+        Command::Delete { snaps, force } => {
             let req = v1::DeleteRequest {
                 workspace: ctx.workspace()?,
                 snapshots: snaps,
+                force,
             };
             let deleted = ctx.client().await?.delete(req).await?;
             ctx.emit(

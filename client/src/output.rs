@@ -11,8 +11,8 @@ mod patch;
 use chkpt_proto::v1::{ChangeKind, Trigger, WorkspaceState};
 
 pub use human::{
-    diff_lines, log_table, prune_text, restore_text, snapshot_details, snapshot_table, status_text,
-    workspaces_text,
+    change_letter, diff_lines, log_table, prune_text, restore_text, snapshot_details,
+    snapshot_table, status_text, workspaces_text,
 };
 pub use json::{
     diff_json, log_json, prune_json, restore_json, snapshot_json, status_json, tripwire_json,

@@ -200,8 +200,11 @@ fn disk_use(root: &Path) -> BTreeMap<Vec<u8>, u64> {
         .collect()
 }
 
-/// Random changes to a built tree: deletions, rewrites, additions, mode flips, type changes.
-fn mutate(root: &Path, seed: u64) {
+/// Random changes to a built tree: deletions, rewrites, additions, mode flips, type changes
+/// (file → folder, folder → symlink, file → symlink, symlink → file, symlink → folder). The
+/// new links point inside the workspace (a sibling, the root) or `outside` it, which a restore
+/// must never write into.
+fn mutate(root: &Path, outside: &Path, seed: u64) {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         x ^= x << 13;
@@ -210,12 +213,40 @@ fn mutate(root: &Path, seed: u64) {
         x
     };
     let all: Vec<_> = listing(root).into_iter().collect();
+    let mut linked: Vec<Vec<u8>> = Vec::new();
     for (rel, (kind, _, _)) in all {
         let p = root.join(OsStr::from_bytes(&rel));
-        if fs::symlink_metadata(&p).is_err() {
+        // What was under a folder now a link is not the workspace's any more.
+        let under_link = linked
+            .iter()
+            .any(|l| rel.starts_with(l) && rel.get(l.len()) == Some(&b'/'));
+        if under_link || fs::symlink_metadata(&p).is_err() {
             continue;
         }
+        let link_target = match next() % 3 {
+            0 => outside.as_os_str().as_bytes().to_vec(),
+            1 => b".".to_vec(),
+            _ => root.as_os_str().as_bytes().to_vec(),
+        };
         match (next() % 7, kind) {
+            (5, 'd') => {
+                fs::remove_dir_all(&p).unwrap();
+                symlink(OsStr::from_bytes(&link_target), &p).unwrap();
+                linked.push(rel.clone());
+            }
+            (5, 'f') => {
+                fs::remove_file(&p).unwrap();
+                symlink(OsStr::from_bytes(&link_target), &p).unwrap();
+            }
+            (5, 'l') => {
+                fs::remove_file(&p).unwrap();
+                fs::write(&p, b"was a link").unwrap();
+            }
+            (6, 'l') => {
+                fs::remove_file(&p).unwrap();
+                fs::create_dir(&p).unwrap();
+                fs::write(p.join("inner"), b"was a link").unwrap();
+            }
             (0, 'd') => fs::remove_dir_all(&p).unwrap(),
             (0, _) => fs::remove_file(&p).unwrap(),
             (1, 'f') => fs::write(&p, data((next() % 3000) as usize, next(), true)).unwrap(),
@@ -233,7 +264,7 @@ fn mutate(root: &Path, seed: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     /// save → random mutations → restore gives back exactly what was saved, in place and --to
     /// (small files, chunked ones past the threshold, sparse ones), and a restored file takes
@@ -250,9 +281,13 @@ proptest! {
         let snap = save(&mut ws, &store, Changes::Full);
         prop_assert_eq!(snap.files as usize, saved.values().filter(|v| v.0 != 'd').count());
 
-        mutate(ws_dir.path(), seed);
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("sentinel"), b"not the workspace's").unwrap();
+        let outside_before = listing(outside.path());
+        mutate(ws_dir.path(), outside.path(), seed);
         restore(&mut ws, &store, &snap, RestoreOptions::default());
         prop_assert_eq!(&listing(ws_dir.path()), &saved);
+        prop_assert_eq!(&listing(outside.path()), &outside_before);
 
         let to = tempfile::tempdir().unwrap();
         restore(&mut ws, &store, &snap, RestoreOptions { to: Some(to.path().to_path_buf()), ..Default::default() });

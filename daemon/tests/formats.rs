@@ -127,6 +127,7 @@ fn a_store_of_record_format_1_opens_lists_restores_and_verifies() {
             to: Some(to.clone()),
             skip_checkpoint: true,
             include_git: false,
+            force: false,
         };
         ws.restore(
             &store,

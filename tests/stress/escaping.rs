@@ -78,6 +78,7 @@ async fn escaping_paths_are_refused_and_nothing_is_written_outside() {
                         dry_run,
                         to: String::new(),
                         include_git: false,
+                        force: false,
                     },
                 )
                 .await;

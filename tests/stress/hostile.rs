@@ -353,6 +353,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                     dry_run,
                     to,
                     include_git: false,
+                    force: false,
                 })
             })
             .boxed(),
@@ -381,6 +382,7 @@ fn request_strategy(p: &Places) -> BoxedStrategy<Req> {
                 Req::Delete(pb::DeleteRequest {
                     workspace,
                     snapshots,
+                    force: false,
                 })
             })
             .boxed(),

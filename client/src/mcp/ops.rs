@@ -452,11 +452,15 @@ pub async fn file_history(
     };
     for e in &entries {
         let s = e.snapshot.clone().unwrap_or_default();
+        // A folder's size says nothing; a deleted path has none.
+        let size = match e.kind() {
+            v1::EntryKind::Directory | v1::EntryKind::Unspecified => String::new(),
+            _ => format!(" ({} bytes after)", e.size),
+        };
         text.push_str(&format!(
-            "{} {} ({} bytes after): {}\n",
+            "{} {}{size}: {}\n",
             output::change_name(e.change()),
             s.id,
-            e.size,
             snapshot_line(&s)
         ));
     }
@@ -482,13 +486,13 @@ async fn run_restore(c: &mut Client, req: v1::RestoreRequest) -> Result<v1::Rest
 }
 
 fn restore_answer(s: &v1::RestoreSummary, dry_run: bool, what: &str) -> Answer {
-    let changed: Vec<String> = s.changed_paths.iter().map(|p| path_text(p)).collect();
+    // The daemon caps the list; its total counts every path.
+    let total = s.changed_total.max(s.changed_paths.len() as u64);
     let mut text = if dry_run {
         format!(
-            "Dry run: restoring checkpoint {} would change {} paths ({}); nothing was written. \
-             Call restore with dry_run false to do it.\n",
+            "Dry run: restoring checkpoint {} would change {total} paths ({}); nothing was \
+             written. Call restore with dry_run false to do it.\n",
             s.snapshot,
-            changed.len(),
             counts(s.added, s.modified, s.deleted)
         )
     } else {
@@ -501,9 +505,21 @@ fn restore_answer(s: &v1::RestoreSummary, dry_run: bool, what: &str) -> Answer {
             s.pre_restore_snapshot
         )
     };
-    for p in &changed {
-        text.push_str(p);
-        text.push('\n');
+    for (i, p) in s.changed_paths.iter().enumerate() {
+        let change = s
+            .changes
+            .get(i)
+            .and_then(|c| v1::ChangeKind::try_from(*c).ok())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "{} {}\n",
+            output::change_letter(change),
+            path_text(p)
+        ));
+    }
+    let listed = s.changed_paths.len() as u64;
+    if total > listed {
+        text.push_str(&format!("… and {} more\n", total - listed));
     }
     Answer {
         text,

@@ -155,8 +155,28 @@ fn git_text(branch: &str, head: &str) -> String {
     }
 }
 
-/// One diff line per changed path: "A  path  (12 B)", "M  path  (1.0 KiB -> 2.0 KiB)".
+/// The one-letter mark of a change, as `diff` and `restore` print it (git's letters).
+fn change_mark(change: ChangeKind) -> (&'static str, Colour) {
+    match change {
+        ChangeKind::Added => ("A", Colour::Green),
+        ChangeKind::Deleted => ("D", Colour::Red),
+        ChangeKind::TypeChanged => ("T", Colour::Cyan),
+        ChangeKind::Modified => ("M", Colour::Yellow),
+        ChangeKind::Unspecified => (" ", Colour::Dim),
+    }
+}
+
+/// The one-letter mark of a change, uncoloured (for the MCP server's text).
+pub fn change_letter(change: ChangeKind) -> &'static str {
+    change_mark(change).0
+}
+
+/// One diff line per changed path: "A  path  (12 B)", "M  path  (1.0 KiB -> 2.0 KiB)"; "no
+/// changes" when there are none.
 pub fn diff_lines(palette: Palette, entries: &[v1::DiffEntry]) -> String {
+    if entries.is_empty() {
+        return "no changes\n".to_owned();
+    }
     let mut out = String::new();
     for e in entries {
         let (mark, colour, sizes) = match e.change() {
@@ -369,7 +389,10 @@ pub fn log_table(palette: Palette, now_ms: u64, entries: &[v1::LogEntry]) -> Str
                 Cell::coloured(short_id(&s.id), Colour::Yellow),
                 Cell::plain(age(now_ms, s.created_unix_ms)),
                 Cell::plain(change_name(e.change())),
-                Cell::plain(human_bytes(e.size)),
+                Cell::plain(match e.kind() {
+                    EntryKind::Directory => "-".to_owned(),
+                    _ => human_bytes(e.size),
+                }),
                 Cell::plain(s.message),
             ]
         })
@@ -427,13 +450,26 @@ pub fn restore_text(palette: Palette, r: &v1::RestoreSummary, dry_run: bool) -> 
         counts(r.added, r.modified, r.deleted),
         r.unchanged
     );
-    // A dry run lists every path; a real restore the first few (the rest is in --json).
+    // A dry run lists every path; a real restore the first few (the rest is in --json). The
+    // total is the daemon's: it sends a real restore's first thousand paths only.
     let shown = if dry_run { r.changed_paths.len() } else { 20 };
-    for path in r.changed_paths.iter().take(shown) {
-        out.push_str(&format!("  {}\n", path_text(path)));
+    for (i, path) in r.changed_paths.iter().take(shown).enumerate() {
+        let change = r
+            .changes
+            .get(i)
+            .and_then(|c| ChangeKind::try_from(*c).ok())
+            .unwrap_or(ChangeKind::Unspecified);
+        let (mark, colour) = change_mark(change);
+        out.push_str(&format!(
+            "{} {}\n",
+            palette.paint(mark, colour),
+            path_text(path)
+        ));
     }
-    if r.changed_paths.len() > shown {
-        out.push_str(&format!("  … and {} more\n", r.changed_paths.len() - shown));
+    let total = r.changed_total.max(r.changed_paths.len() as u64);
+    let listed = r.changed_paths.len().min(shown) as u64;
+    if total > listed {
+        out.push_str(&format!("  … and {} more\n", total - listed));
     }
     if !r.pre_restore_snapshot.is_empty() {
         out.push_str(&format!(

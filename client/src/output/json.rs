@@ -219,6 +219,8 @@ pub fn restore_json(r: &v1::RestoreSummary, dry_run: bool) -> Value {
         "unchanged": r.unchanged,
         "dry_run": dry_run,
         "changed_paths": changed,
+        "changed_total": r.changed_total.max(r.changed_paths.len() as u64),
+        "changes": r.changes.iter().map(|c| change_name(v1::ChangeKind::try_from(*c).unwrap_or_default())).collect::<Vec<_>>(),
     })
 }
 
@@ -231,6 +233,7 @@ pub fn log_json(entries: &[v1::LogEntry], with_changes: bool) -> Value {
             let mut v = json!({
                 "change": change_name(e.change()),
                 "size": e.size,
+                "kind": entry_kind_json(e.kind()),
                 "snapshot": e.snapshot.as_ref().map(snapshot_json),
             });
             if with_changes {

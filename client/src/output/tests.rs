@@ -150,7 +150,7 @@ fn diff_json_is_an_array_with_lossy_paths() {
             size_after: 12,
             kind_before: EntryKind::File.into(),
             kind_after: EntryKind::File.into(),
-            patch: None,
+            ..v1::DiffEntry::default()
         },
         v1::DiffEntry {
             path: b"link".to_vec(),
@@ -177,6 +177,9 @@ fn restore_json_has_the_contract_fields() {
         deleted: 3,
         unchanged: 4,
         changed_paths: vec![b"a".to_vec()],
+        changed_total: 1500,
+        changes: vec![ChangeKind::Added.into()],
+        changed_paths_text: vec!["a".into()],
     };
     let value = restore_json(&summary, false);
     assert_eq!(value["snapshot"], json!("0123456789abcdef"));
@@ -191,6 +194,8 @@ fn restore_json_has_the_contract_fields() {
         (&json!(1), &json!(2), &json!(3), &json!(4))
     );
     assert_eq!(value["changed_paths"], json!(["a"]));
+    assert_eq!(value["changed_total"], json!(1500));
+    assert_eq!(value["changes"], json!(["added"]));
 }
 
 #[test]

@@ -210,6 +210,8 @@ async fn restore(
         to: String::new(),
         // As `chkptctl restore` without --include-git: a living .git is left alone.
         include_git: false,
+        // In place: `force` is only about a non-empty `to`.
+        force: false,
     };
     let mut stream = client.restore(req).await?;
     while let Some(ev) = stream.next().await? {

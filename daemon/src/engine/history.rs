@@ -60,6 +60,8 @@ pub struct LogItem {
     pub change: Change,
     /// Its size after.
     pub size: u64,
+    /// Its kind and mode after; none when it was deleted.
+    pub after: Option<(Kind, u32)>,
     /// Everything that changed under the paths, when patches were asked for.
     pub changes: Vec<Patched>,
     /// Patches were left out when the response's budget ran out.
@@ -440,6 +442,7 @@ impl Engine {
             _ => Change::Modified,
         };
         let size = now[first].as_ref().map_or(0, |e| e.size);
+        let after = now[first].as_ref().map(|e| (e.kind, e.mode));
         let (changes, truncated) = match patches {
             Some(opts) => {
                 let mut d = Differ::new(&self.store, false);
@@ -473,6 +476,7 @@ impl Engine {
             snapshot: s,
             change,
             size,
+            after,
             changes,
             truncated,
         }))

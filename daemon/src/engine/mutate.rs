@@ -32,6 +32,9 @@ impl Engine {
         if opts.paths.iter().any(|p| p.is_empty()) {
             opts.paths.clear();
         }
+        if let Some(to) = &opts.to {
+            check_restore_target(&h.root, to, opts.force)?;
+        }
         // The pre-restore snapshot must hold every edit made before the restore was asked for.
         self.sync_events(&h);
         let in_place = !opts.dry_run && opts.to.is_none();
@@ -63,7 +66,13 @@ impl Engine {
 
     /// Deletes snapshots, then collects garbage. Returns the snapshots deleted and the bytes
     /// reclaimed.
-    pub fn delete(&self, path: &str, selectors: &[String]) -> Result<(Vec<SnapshotRecord>, u64)> {
+    /// A pinned snapshot is deleted only with `force`.
+    pub fn delete(
+        &self,
+        path: &str,
+        selectors: &[String],
+        force: bool,
+    ) -> Result<(Vec<SnapshotRecord>, u64)> {
         if selectors.is_empty() {
             return Err(Error::InvalidArgument(
                 "name at least one snapshot to delete".into(),
@@ -74,6 +83,13 @@ impl Engine {
             .iter()
             .map(|s| self.resolve(record.id, s))
             .collect::<Result<_>>()?;
+        if !force && let Some(s) = snaps.iter().find(|s| s.pinned) {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {} is pinned: nothing was deleted; `chkptctl unpin {}` first, or pass --force",
+                s.hex_id(),
+                &s.hex_id()[..8]
+            )));
+        }
         let reclaimed = self.forget(&snaps)?;
         Ok((snaps, reclaimed))
     }
@@ -185,11 +201,29 @@ impl Engine {
             tracing::info!(workspace = %h.root.display(), changed, "a mass change git made over committed work; the snapshot before it is pinned");
             return Ok(None);
         }
+        if changed < self.tripwire.alarm_files {
+            // Big for this workspace, small in itself: pinned, and the alarm waits for the
+            // recount once the burst is over (see `settle_tripwire`).
+            self.store.flush()?;
+            tracing::info!(workspace = %h.root.display(), changed, "a burst of changes; the snapshot before it is pinned");
+            return Ok(None);
+        }
+        self.raise_tripwire(h, pinned, changed, loss.describe())
+    }
+
+    /// Records a tripwire (shown by `Status` until acknowledged) and tells subscribers.
+    fn raise_tripwire(
+        &self,
+        h: &super::WsHandle,
+        pinned: Option<u64>,
+        changed: u64,
+        detail: String,
+    ) -> Result<Option<TripwireRecord>> {
         let trip = TripwireRecord {
             pinned,
             changed,
             fired_us: now_us(),
-            detail: loss.describe(),
+            detail,
         };
         if let Some(mut record) = self.store.cat.workspace(h.id)? {
             record.tripwire = Some(trip.clone());
@@ -236,13 +270,24 @@ impl Engine {
             s.message = format!("after a mass change ({changed} files deleted or rewritten)");
             self.store.cat.put_snapshot(&s)?;
         }
-        if let Some(mut record) = self.store.cat.workspace(h.id)?
-            && let Some(trip) = record.tripwire.as_mut()
-            && trip.pinned == Some(pre.id)
-        {
-            trip.changed = changed;
-            trip.detail = self.judge_burst(h, &pre, &lost).describe();
-            self.store.cat.put_workspace(&record)?;
+        if let Some(mut record) = self.store.cat.workspace(h.id)? {
+            match record.tripwire.as_mut() {
+                Some(trip) if trip.pinned == Some(pre.id) => {
+                    trip.changed = changed;
+                    trip.detail = self.judge_burst(h, &pre, &lost).describe();
+                    self.store.cat.put_workspace(&record)?;
+                }
+                // Not raised when it fired (too few paths then): raised now if the whole
+                // burst is big enough and destroyed work git does not have.
+                None if changed >= self.tripwire.alarm_files => {
+                    let loss = self.judge_burst(h, &pre, &lost);
+                    if loss != Loss::None {
+                        self.store.flush()?;
+                        self.raise_tripwire(h, Some(pre.id), changed, loss.describe())?;
+                    }
+                }
+                _ => {}
+            }
         }
         self.store.flush()
     }
@@ -306,4 +351,37 @@ impl Engine {
         }
         Ok(cleared)
     }
+}
+
+/// `restore --to DIR`: refused inside the workspace (the copy would be snapshotted with it, and
+/// could overwrite what it copies), and into a folder that holds anything unless `force`
+/// (a merge there would be silent).
+fn check_restore_target(root: &std::path::Path, to: &std::path::Path, force: bool) -> Result<()> {
+    // As given and as the file system resolves it (a symlinked way into the workspace).
+    let real = |p: &std::path::Path| p.canonicalize().ok();
+    let mut resolved = real(to);
+    if resolved.is_none() {
+        // Not there yet: its nearest existing ancestor decides.
+        resolved = to
+            .ancestors()
+            .find_map(|a| real(a).map(|r| r.join(to.strip_prefix(a).unwrap_or(to))));
+    }
+    let root_real = real(root).unwrap_or_else(|| root.to_path_buf());
+    if to.starts_with(root) || resolved.as_ref().is_some_and(|r| r.starts_with(&root_real)) {
+        return Err(Error::InvalidArgument(format!(
+            "--to {} is inside the workspace {}: its copy would be snapshotted with it; pick a \
+             folder outside the workspace",
+            to.display(),
+            root.display()
+        )));
+    }
+    let used = std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some());
+    if used && !force {
+        return Err(Error::FailedPrecondition(format!(
+            "--to {} is not empty: nothing was restored; pick an empty or new folder, or pass \
+             --force to restore into it (files of the same names are replaced, others kept)",
+            to.display()
+        )));
+    }
+    Ok(())
 }

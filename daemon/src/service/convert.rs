@@ -178,6 +178,7 @@ pub fn workspace(
             .map(|(p, r)| pb::ExcludedDir {
                 path: p.clone(),
                 reason: r.clone(),
+                path_text: String::from_utf8_lossy(p).into_owned(),
             })
             .collect(),
         retention: Some(policy_to_wire(&w.retention.or_default())),
@@ -231,14 +232,16 @@ pub fn change(c: Change) -> pb::ChangeKind {
 }
 
 fn kind(s: Option<&Side>) -> pb::EntryKind {
-    match s {
-        None => pb::EntryKind::Unspecified,
-        Some(s) => match s.kind {
-            Kind::Dir => pb::EntryKind::Directory,
-            Kind::Symlink => pb::EntryKind::Symlink,
-            Kind::File if s.mode & 0o111 != 0 => pb::EntryKind::Executable,
-            Kind::File => pb::EntryKind::File,
-        },
+    s.map_or(pb::EntryKind::Unspecified, |s| entry_kind(s.kind, s.mode))
+}
+
+/// An entry's kind on the wire.
+pub fn entry_kind(kind: Kind, mode: u32) -> pb::EntryKind {
+    match kind {
+        Kind::Dir => pb::EntryKind::Directory,
+        Kind::Symlink => pb::EntryKind::Symlink,
+        Kind::File if mode & 0o111 != 0 => pb::EntryKind::Executable,
+        Kind::File => pb::EntryKind::File,
     }
 }
 
@@ -251,6 +254,8 @@ pub fn tree_entry(e: &crate::store::Entry, target: &[u8]) -> pb::TreeEntry {
         mode: e.mode,
         size: e.size,
         symlink_target: target.to_vec(),
+        name_text: String::from_utf8_lossy(&e.name).into_owned(),
+        symlink_target_text: String::from_utf8_lossy(target).into_owned(),
     };
     out.set_kind(kind(Some(&side)));
     out
@@ -266,6 +271,7 @@ pub fn diff_entry(e: &DiffEntry, patch: Option<&FilePatch>) -> pb::DiffEntry {
         kind_before: 0,
         kind_after: 0,
         patch: patch.map(file_patch),
+        path_text: String::from_utf8_lossy(&e.path).into_owned(),
     };
     out.set_change(change(e.change));
     out.set_kind_before(kind(e.before.as_ref()));
@@ -341,7 +347,18 @@ pub fn restore_summary(s: &RestoreSummary) -> pb::RestoreSummary {
         modified: s.modified,
         deleted: s.deleted,
         unchanged: s.unchanged,
-        changed_paths: s.changed_paths.clone(),
+        changed_paths: s.changed_paths.iter().map(|(p, _)| p.clone()).collect(),
+        changed_total: s.changed_total,
+        changes: s
+            .changed_paths
+            .iter()
+            .map(|(_, c)| change(*c) as i32)
+            .collect(),
+        changed_paths_text: s
+            .changed_paths
+            .iter()
+            .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+            .collect(),
     }
 }
 

@@ -22,6 +22,7 @@ use self::convert::status;
 use crate::engine::history::DiffQuery;
 use crate::engine::{Engine, ManualSave, WatchState};
 use crate::error::{Error, Result};
+use crate::store::Kind;
 use crate::workspace::WatchOptions;
 use crate::workspace::restore::RestoreOptions;
 
@@ -374,6 +375,7 @@ impl Chkpt for Service {
                 to: (!r.to.is_empty()).then(|| PathBuf::from(&r.to)),
                 skip_checkpoint: false,
                 include_git: r.include_git,
+                force: r.force,
             };
             let mut last = Instant::now();
             let progress_tx = tx.clone();
@@ -483,7 +485,12 @@ impl Chkpt for Service {
                         let mut le = pb::LogEntry {
                             snapshot: Some(snap(e, &item.snapshot)?),
                             change: 0,
-                            size: item.size,
+                            // A directory's own size is its listing's: no use to anyone.
+                            size: match item.after {
+                                Some((Kind::Dir, _)) => 0,
+                                _ => item.size,
+                            },
+                            kind: 0,
                             changes: item
                                 .changes
                                 .iter()
@@ -492,6 +499,9 @@ impl Chkpt for Service {
                             truncated: item.truncated,
                         };
                         le.set_change(convert::change(item.change));
+                        if let Some((k, mode)) = item.after {
+                            le.set_kind(convert::entry_kind(k, mode));
+                        }
                         Ok(le)
                     })
                     .collect::<Result<_>>()?;
@@ -509,7 +519,7 @@ impl Chkpt for Service {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
-                let (deleted, reclaimed) = e.delete(&r.workspace, &r.snapshots)?;
+                let (deleted, reclaimed) = e.delete(&r.workspace, &r.snapshots, r.force)?;
                 Ok(pb::DeleteResponse {
                     deleted: deleted.iter().map(|s| s.hex_id()).collect(),
                     reclaimed_bytes: reclaimed,
@@ -600,6 +610,7 @@ impl Chkpt for Service {
                             snapshot: p.snapshot.map(|s| format!("{s:016x}")).unwrap_or_default(),
                             path: p.path.clone(),
                             problem: p.problem.clone(),
+                            path_text: String::from_utf8_lossy(&p.path).into_owned(),
                         })
                         .collect(),
                 })

@@ -46,6 +46,8 @@ pub struct RestoreOptions {
     /// Roll `.git` back too, in place, when the workspace has one now (otherwise `.git` is
     /// left alone there: a restore must not rewind a living repository by surprise).
     pub include_git: bool,
+    /// Restore into a `to` that holds files (checked by the engine, which refuses otherwise).
+    pub force: bool,
 }
 
 /// A restore in progress: written (and fsynced) before the workspace is touched, removed when
@@ -246,8 +248,10 @@ pub struct RestoreSummary {
     pub deleted: u64,
     /// Files and symlinks already as in the snapshot.
     pub unchanged: u64,
-    /// Paths that change (all for a dry run, else the first thousand).
-    pub changed_paths: Vec<Vec<u8>>,
+    /// Paths that change (all for a dry run, else the first thousand), with how.
+    pub changed_paths: Vec<(Vec<u8>, Change)>,
+    /// How many paths change in all (also past the thousand).
+    pub changed_total: u64,
 }
 
 /// Progress: (entries done, entries total, bytes done, bytes total).
@@ -310,10 +314,13 @@ fn tmp_name(target: &Path) -> PathBuf {
 
 /// Makes sure every directory from `base` down to `dir` exists as a real directory (never a
 /// symlink), creating what is missing. Returns false when something that is not a directory is
-/// in the way (the caller defers until it is removed).
+/// in the way (the caller defers until it is removed): a file, or a symlink the plan removes
+/// (`replaced`; a folder the user replaced by a link comes back as a folder, and the link is
+/// never followed). Any other symlink on the way is refused.
 fn ensure_dirs(
     base: &Path,
     rel_dir: &[u8],
+    replaced: &HashSet<&[u8]>,
     verified: &mut HashSet<Vec<u8>>,
     created: &mut Vec<PathBuf>,
 ) -> Result<bool> {
@@ -329,6 +336,9 @@ fn ensure_dirs(
         let path = abs(base, &prefix);
         match fs::symlink_metadata(&path) {
             Ok(m) if m.file_type().is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() && replaced.contains(prefix.as_slice()) => {
+                return Ok(false);
+            }
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(Error::FailedPrecondition(format!(
                     "refusing to restore through the symlink {}: it could lead outside the target",
@@ -407,6 +417,7 @@ fn apply_plan(
     mode: Mode,
     progress: &mut ProgressFn<'_>,
     written: &mut HashMap<Vec<u8>, Written>,
+    touched: &mut bool,
 ) -> Result<()> {
     let total = plan.len() as u64;
     let total_bytes: u64 = plan
@@ -416,6 +427,17 @@ fn apply_plan(
         .map(|s| s.size)
         .sum();
     let mut verified = HashSet::new();
+    // Symlinks the plan removes (only in place: elsewhere nothing is removed), where it then
+    // makes a directory.
+    let replaced: HashSet<&[u8]> = if mode == Mode::InPlace {
+        plan.iter()
+            .filter(|e| e.before.as_ref().is_some_and(|b| b.kind == Kind::Symlink))
+            .filter(|e| e.after.as_ref().is_some_and(|a| a.kind == Kind::Dir))
+            .map(|e| e.path.as_slice())
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let mut stage = Stage {
         staged: Vec::new(),
         created_dirs: Vec::new(),
@@ -430,7 +452,13 @@ fn apply_plan(
             continue;
         };
         let (parent, _) = split_last(&e.path);
-        if ensure_dirs(base, parent, &mut verified, &mut stage.created_dirs)? {
+        if ensure_dirs(
+            base,
+            parent,
+            &replaced,
+            &mut verified,
+            &mut stage.created_dirs,
+        )? {
             to_stage.push((e, after));
         } else {
             // A file stands where a parent directory goes; it is removed in phase 2. Check the
@@ -497,6 +525,7 @@ fn apply_plan(
         .collect();
     touched_dirs.insert(base.to_path_buf());
     let (mut done, mut done_bytes) = (done.into_inner(), done_bytes.into_inner());
+    *touched = true;
     // Phase 2: remove what goes (deepest first), create directories, rename files into place.
     if mode == Mode::InPlace {
         let mut removals: Vec<&DiffEntry> = plan
@@ -539,7 +568,13 @@ fn apply_plan(
         .collect();
     dirs.sort_by(|a, b| a.path.cmp(&b.path));
     for e in &dirs {
-        ensure_dirs(base, &e.path, &mut verified, &mut stage.created_dirs)?;
+        ensure_dirs(
+            base,
+            &e.path,
+            &replaced,
+            &mut verified,
+            &mut stage.created_dirs,
+        )?;
     }
     stage
         .staged
@@ -553,7 +588,7 @@ fn apply_plan(
             continue;
         };
         let (parent, _) = split_last(&e.path);
-        if !ensure_dirs(base, parent, &mut verified, &mut Vec::new())? {
+        if !ensure_dirs(base, parent, &replaced, &mut verified, &mut Vec::new())? {
             return Err(Error::FailedPrecondition(format!(
                 "cannot restore {}: a file is in the way of its directory",
                 abs(base, &e.path).display()
@@ -592,8 +627,9 @@ fn apply_plan(
         // before it leaves what the journal finishes, or a `--to` never acknowledged).
         return sync_fs(base);
     }
-    // A directory the plan removed is no longer there to sync (its parent is).
-    touched_dirs.retain(|d| d.is_dir());
+    // A directory the plan removed is no longer there to sync (its parent is), nor one a
+    // symlink now stands for.
+    touched_dirs.retain(|d| fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()));
     let dirs: Vec<&Path> = touched_dirs.iter().map(PathBuf::as_path).collect();
     sync_paths(&dirs)?;
     Ok(())
@@ -638,6 +674,22 @@ fn plan_for(
         plan.dedup_by(|a, b| a.path == b.path);
         Ok(plan)
     }
+}
+
+/// The folders on the way to the plan's paths that are symlinks on disk.
+fn symlinked_parents(root: &Path, plan: &[DiffEntry]) -> Vec<Vec<u8>> {
+    let mut seen: HashSet<&[u8]> = HashSet::new();
+    let mut linked = Vec::new();
+    for e in plan {
+        let mut parent = split_last(&e.path).0;
+        while !parent.is_empty() && seen.insert(parent) {
+            if fs::symlink_metadata(abs(root, parent)).is_ok_and(|m| m.is_symlink()) {
+                linked.push(parent.to_vec());
+            }
+            parent = split_last(parent).0;
+        }
+    }
+    linked
 }
 
 /// Moves every entry of `from` into `to`, never replacing anything there.
@@ -699,8 +751,9 @@ fn summarise(
             }
             _ => {}
         }
+        s.changed_total += 1;
         if all_paths || s.changed_paths.len() < 1000 {
-            s.changed_paths.push(e.path.clone());
+            s.changed_paths.push((e.path.clone(), e.change));
         }
     }
     s.unchanged = in_scope_files.saturating_sub(s.added + s.modified);
@@ -766,9 +819,17 @@ impl Workspace {
             return self.restore_to(store, snapshot, opts, to, in_scope, progress);
         }
         let batch = store.batch();
-        let warnings = self.refresh(&batch, changes)?;
-        let current = self.root_tree(&batch)?;
+        let mut warnings = self.refresh(&batch, changes)?;
+        let mut current = self.root_tree(&batch)?;
         let mut plan = plan_for(store, Some(current), snapshot, &opts.paths)?;
+        // A folder just replaced by a symlink, whose events are still on the way, is a folder
+        // to the index: looked at again, it is a link the plan removes, never writes through.
+        let linked = symlinked_parents(&self.root, &plan);
+        if !linked.is_empty() {
+            warnings.extend(self.refresh(&batch, &Changes::Paths(linked))?);
+            current = self.root_tree(&batch)?;
+            plan = plan_for(store, Some(current), snapshot, &opts.paths)?;
+        }
         // A living repository's `.git` is rolled back only when asked, and never removed by a
         // snapshot that holds none.
         if self.root.join(".git").exists()
@@ -813,6 +874,7 @@ impl Workspace {
         write_journal(store, self.record.id, &journal)?;
 
         let mut written = HashMap::new();
+        let mut touched = false;
         let applied = apply_plan(
             store,
             &self.root,
@@ -820,7 +882,14 @@ impl Workspace {
             Mode::InPlace,
             progress,
             &mut written,
+            &mut touched,
         );
+        if applied.is_err() && !touched {
+            // Failed before changing anything: the workspace is as the checkpoint has it, and
+            // left behind, the checkpoint would be `latest`, which a retried `restore latest`
+            // would then restore instead of the snapshot asked for.
+            self.forget_checkpoint(store, summary.pre_restore_snapshot.take());
+        }
         // Whatever happened, bring the index back in line with the disk for the paths touched.
         let noted = self.note_restored(&plan, &written);
         let touched: Vec<Vec<u8>> = plan
@@ -839,6 +908,19 @@ impl Workspace {
         applied?;
         settled?;
         Ok(summary)
+    }
+
+    /// Removes the checkpoint a restore took, when the restore changed nothing after all.
+    fn forget_checkpoint(&mut self, store: &Store, id: Option<u64>) {
+        let Some(id) = id else { return };
+        let res = store
+            .cat
+            .snapshot(id)
+            .and_then(|s| s.map_or(Ok(()), |s| store.cat.remove_snapshot(&s)))
+            .and_then(|()| store.flush());
+        if let Err(e) = res {
+            tracing::warn!(workspace = %self.root.display(), error = %e, "could not remove the checkpoint of a restore that changed nothing");
+        }
     }
 
     /// Finishes a restore the daemon died in (its journal is still there): removes staged
@@ -985,6 +1067,7 @@ impl Workspace {
                 Mode::Staged,
                 progress,
                 &mut HashMap::new(),
+                &mut false,
             )?;
             sync_created()?;
             return Ok(summary);
@@ -1004,6 +1087,7 @@ impl Workspace {
             Mode::Direct,
             progress,
             &mut HashMap::new(),
+            &mut false,
         )
         .and_then(|()| move_children(&staging, &target));
         if res.is_err() {

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 pub use crate::watch::PathChange;
 
 /// Thresholds: fire when more than `files` paths, or more than `percent` % of the workspace
-/// (and at least 5 paths), were deleted or rewritten within `window`.
+/// (and at least 5 paths), were deleted or rewritten within `window`. Firing pins the snapshot
+/// from before (which costs nothing); the alarm that `status` shows until `ack` is raised only
+/// for a burst of at least `alarm_files` paths, so a small change in a tiny project (5 of its
+/// 10 files) needs no acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
     /// Absolute count.
@@ -16,6 +19,8 @@ pub struct Thresholds {
     pub percent: u64,
     /// The window.
     pub window: Duration,
+    /// The fewest paths a burst must hit to raise the alarm.
+    pub alarm_files: u64,
 }
 
 impl Default for Thresholds {
@@ -24,6 +29,7 @@ impl Default for Thresholds {
             files: 50,
             percent: 20,
             window: Duration::from_secs(10),
+            alarm_files: 20,
         }
     }
 }
