@@ -522,3 +522,33 @@ fn a_small_burst_in_a_tiny_project_pins_quietly_and_raises_no_alarm() {
     let text = ok_in(&d, w, &["status"]).text();
     assert!(!text.contains("tripwire"), "{text}");
 }
+
+#[test]
+fn man_writes_the_pages_of_chkptctl_its_subcommands_and_chkptd() {
+    let d = Daemon::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let man1 = dir.path().join("share/man/man1");
+    let m = man1.display().to_string();
+    let out = json_in(&d, dir.path(), &["man", &m]);
+    let pages: Vec<&str> = out["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    for page in [
+        "chkptctl.1",
+        "chkptctl-restore.1",
+        "chkptctl-prune.1",
+        "chkptd.1",
+    ] {
+        assert!(pages.contains(&page), "{page} missing: {pages:?}");
+    }
+    let read = |p: &str| fs::read_to_string(man1.join(p)).unwrap();
+    assert!(read("chkptctl.1").starts_with(".ie"), "not roff");
+    assert!(read("chkptctl.1").contains(".TH chkptctl 1"));
+    assert!(read("chkptctl-restore.1").contains("force"));
+    let chkptd = read("chkptd.1");
+    assert!(chkptd.contains(".TH chkptd 1"), "{chkptd}");
+    assert!(chkptd.contains("keep\\-within"), "{chkptd}");
+}

@@ -199,6 +199,12 @@ enum Command {
         /// Shell to complete for
         shell: Shell,
     },
+    /// Write the manual pages (chkptctl.1, one per subcommand, and chkptd.1) into DIR, e.g.
+    /// ~/.local/share/man/man1
+    Man {
+        /// Folder to write the pages into (made if missing)
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -731,6 +737,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "chkptctl", &mut script);
             ctx.print(&String::from_utf8_lossy(&script))
         }
+        Command::Man { dir } => commands::man_pages(&ctx, &dir).await,
     }
 }
 

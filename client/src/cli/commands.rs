@@ -11,7 +11,7 @@ use chkpt_proto::v1::{self, Trigger, restore_event};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::{Ctx, DaemonAction, ServiceAction, WatchArgs, path_string};
+use super::{Cli, Ctx, DaemonAction, ServiceAction, WatchArgs, path_string};
 use crate::{
     connect::{Client, Error},
     daemon,
@@ -32,7 +32,19 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
         include_git: args.include_git,
         retention: args.policy.to_wire(args.max_store_bytes),
     };
-    let response = ctx.client().await?.watch(req).await?;
+    let mut client = ctx.client().await?;
+    let call = client.watch(req);
+    tokio::pin!(call);
+    // The baseline of a large tree takes seconds: say so on a terminal (never in a pipe).
+    let response = tokio::select! {
+        response = &mut call => response,
+        () = tokio::time::sleep(QUIET_FOR) => {
+            let spinner = progress_bar(ctx, None, WATCH_SPINNER);
+            let response = call.await;
+            spinner.finish_and_clear();
+            response
+        }
+    }?;
     let ws = response.workspace.unwrap_or_default();
     let baseline = response.baseline.unwrap_or_default();
     ctx.emit(
@@ -81,6 +93,8 @@ fn progress_bar(ctx: &Ctx, len: Option<u64>, template: &str) -> ProgressBar {
 
 /// Progress templates (checked by a test: a bad one would silently lose its style).
 pub(super) const SAVE_SPINNER: &str = "{spinner} saving a snapshot... {elapsed}";
+pub(super) const WATCH_SPINNER: &str =
+    "{spinner} taking the baseline snapshot (every file is read once)... {elapsed}";
 pub(super) const RESTORE_BYTES: &str =
     "{spinner} restoring [{bar:30}] {bytes}/{total_bytes} ({eta})";
 pub(super) const RESTORE_ENTRIES: &str =
@@ -503,6 +517,49 @@ async fn service_status(ctx: &Ctx) -> Result<(), Error> {
             }
             text.push_str(&format!("logs: {}\n", st.logs));
             text
+        },
+    )
+}
+
+/// `chkptctl man DIR`: chkptctl's pages from its clap definitions, chkptd's from `chkptd --man`
+/// (the daemon's flags live in its own binary).
+pub(super) async fn man_pages(ctx: &Ctx, dir: &Path) -> Result<(), Error> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("make {}", dir.display()), e))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .map_err(|e| Error::io(format!("write the manual pages into {}", dir.display()), e))?;
+    let chkptd = daemon::find_chkptd()?;
+    let out = tokio::process::Command::new(&chkptd)
+        .arg("--man")
+        .output()
+        .await
+        .map_err(|e| Error::io(format!("run {} --man", chkptd.display()), e))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(Error::Failed(format!(
+            "{} --man wrote no manual page ({}): is it as new as chkptctl?",
+            chkptd.display(),
+            out.status
+        )));
+    }
+    let page = dir.join("chkptd.1");
+    std::fs::write(&page, &out.stdout)
+        .map_err(|e| Error::io(format!("write {}", page.display()), e))?;
+    let mut pages: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("list {}", dir.display()), e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("chkpt") && n.ends_with(".1"))
+        .collect();
+    pages.sort();
+    let shown = dir.display().to_string();
+    ctx.emit(
+        || json!({ "dir": shown, "pages": pages }),
+        || {
+            format!(
+                "wrote {} manual pages into {shown}\n`man chkptctl` finds them if {shown} is a man1 folder on MANPATH \
+                 (~/.local/share/man/man1 is, on most systems)\n",
+                pages.len()
+            )
         },
     )
 }

@@ -7,7 +7,7 @@ use std::{
 use clap::CommandFactory;
 use indicatif::ProgressStyle;
 
-use super::commands::{RESTORE_BYTES, RESTORE_ENTRIES, SAVE_SPINNER};
+use super::commands::{RESTORE_BYTES, RESTORE_ENTRIES, SAVE_SPINNER, WATCH_SPINNER};
 use super::*;
 
 #[test]
@@ -17,7 +17,7 @@ fn clap_definition_is_valid() {
 
 #[test]
 fn progress_templates_parse() {
-    for template in [SAVE_SPINNER, RESTORE_BYTES, RESTORE_ENTRIES] {
+    for template in [SAVE_SPINNER, WATCH_SPINNER, RESTORE_BYTES, RESTORE_ENTRIES] {
         assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
     }
 }
