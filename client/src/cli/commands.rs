@@ -2,6 +2,7 @@
 //! process control.
 
 use std::{
+    future::Future,
     io::{self, Write},
     path::Path,
     time::{Duration, Instant},
@@ -25,7 +26,7 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
         None => ctx.workspace()?,
     };
     let req = v1::WatchRequest {
-        path,
+        path: path.clone(),
         idle_ms: args.idle.unwrap_or(0),
         max_delay_ms: args.max_delay.unwrap_or(0),
         include_dependency_dirs: args.include_deps,
@@ -40,7 +41,7 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
         response = &mut call => response,
         () = tokio::time::sleep(QUIET_FOR) => {
             let spinner = progress_bar(ctx, None, WATCH_SPINNER);
-            let response = call.await;
+            let response = baseline_progress(ctx, &path, &spinner, &mut call).await;
             spinner.finish_and_clear();
             response
         }
@@ -76,6 +77,47 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
     )
 }
 
+/// Waits for `call` (a watch), showing on `spinner` what the workspace's counters say the
+/// baseline has read so far (asked of `Status` on a second connection; an answer that is slow
+/// to come is skipped, never waited for).
+async fn baseline_progress<F: Future>(
+    ctx: &Ctx,
+    path: &str,
+    spinner: &ProgressBar,
+    call: &mut std::pin::Pin<&mut F>,
+) -> F::Output {
+    let mut status = if ctx.progress {
+        ctx.client().await.ok()
+    } else {
+        None
+    };
+    spinner.set_message("reading every file once,");
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            response = call.as_mut() => return response,
+            _ = tick.tick() => {
+                let Some(client) = status.as_mut() else { continue };
+                let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(200), client.status()).await else {
+                    continue;
+                };
+                let counters = st
+                    .workspaces
+                    .iter()
+                    .find(|w| w.workspace.as_ref().is_some_and(|w| w.path == path))
+                    .and_then(|w| w.counters);
+                if let Some(c) = counters {
+                    spinner.set_message(format!(
+                        "{} files read, {}",
+                        c.files_hashed,
+                        output::human_bytes(c.bytes_hashed)
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// A spinner or bar on stderr, drawn only on a terminal.
 fn progress_bar(ctx: &Ctx, len: Option<u64>, template: &str) -> ProgressBar {
     let target = if ctx.progress {
@@ -93,8 +135,7 @@ fn progress_bar(ctx: &Ctx, len: Option<u64>, template: &str) -> ProgressBar {
 
 /// Progress templates (checked by a test: a bad one would silently lose its style).
 pub(super) const SAVE_SPINNER: &str = "{spinner} saving a snapshot... {elapsed}";
-pub(super) const WATCH_SPINNER: &str =
-    "{spinner} taking the baseline snapshot (every file is read once)... {elapsed}";
+pub(super) const WATCH_SPINNER: &str = "{spinner} taking the baseline snapshot: {msg} {elapsed}";
 pub(super) const RESTORE_BYTES: &str =
     "{spinner} restoring [{bar:30}] {bytes}/{total_bytes} ({eta})";
 pub(super) const RESTORE_ENTRIES: &str =
