@@ -287,7 +287,10 @@ fn pin_unpin_delete_verify_log() {
     assert_eq!(json(&d, w, &["unpin", &b])["pinned"], false);
     assert_eq!(json(&d, w, &["show", &b])["pinned"], false);
 
-    let pinned = json(&d, w, &["save", "--pin", "-m", "pinned"]);
+    // A snapshot of its own (nothing changed since c: without --allow-empty this would pin c,
+    // which `delete` below then refuses without --force).
+    let pinned = json(&d, w, &["save", "--pin", "--allow-empty", "-m", "pinned"]);
+    assert_ne!(pinned["id"], c.as_str());
     assert_eq!(pinned["pinned"], true);
 
     // README changed in b (and was created at or before a).

@@ -160,7 +160,8 @@ pub(super) async fn diff(ctx: &Ctx, args: DiffArgs) -> Result<(), Error> {
         return ctx.print_json(&output::diff_json(&diff.entries));
     }
     let p = ctx.palette;
-    if args.name_status {
+    // Every form says so, rather than print nothing (`diff_lines` does it for --name-status).
+    if args.name_status || diff.entries.is_empty() {
         return ctx.print(&output::diff_lines(p, &diff.entries));
     }
     if args.stat {
