@@ -398,7 +398,7 @@ struct Ctx {
     json: bool,
     workspace: Option<PathBuf>,
     palette: Palette,
-    /// Whether progress bars and spinners may be drawn (stderr is a terminal).
+    /// Whether progress bars and spinners may be drawn (stderr is a terminal, and no --json).
     progress: bool,
 }
 
@@ -534,7 +534,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
         json: cli.json,
         workspace: cli.workspace,
         palette: Palette { enabled: colour },
-        progress: io::stderr().is_terminal(),
+        // --json is for scripts: nothing but the document, on any terminal.
+        progress: !cli.json && io::stderr().is_terminal(),
     };
     let now = now_ms();
     let p = ctx.palette;

@@ -128,6 +128,8 @@ impl Chkpt for Service {
                             events_received: h.feed.counters.received.load(Ordering::Relaxed),
                             events_ignored: h.feed.counters.ignored.load(Ordering::Relaxed),
                             kernel_watches: h.feed.counters.watches.load(Ordering::Relaxed),
+                            files_walked: h.counters.files_walked.load(Ordering::Relaxed),
+                            bytes_stored: h.counters.bytes_stored.load(Ordering::Relaxed),
                         }),
                         warnings: h.warnings(),
                         top_files: e

@@ -37,6 +37,8 @@ pub struct Batch<'s> {
     /// Objects recorded in the catalog, committed in memory once a flush made them durable.
     recorded: Mutex<Vec<(Id, Loc)>>,
     new_bytes: AtomicU64,
+    /// Also counts the stored bytes here, as they are written (a workspace's progress).
+    stored_into: Option<&'s AtomicU64>,
 }
 
 /// Batch ids.
@@ -143,6 +145,9 @@ impl Batch<'_> {
             .fetch_add(1, Ordering::Relaxed);
         self.new_bytes
             .fetch_add(loc.record_len(), Ordering::Relaxed);
+        if let Some(sink) = self.stored_into {
+            sink.fetch_add(loc.record_len(), Ordering::Relaxed);
+        }
         self.store.index.add_pending(id, loc, self.id);
         lock_poisoned(&self.new).push((id, loc));
     }
@@ -241,6 +246,15 @@ impl Store {
             new: Mutex::new(Vec::new()),
             recorded: Mutex::new(Vec::new()),
             new_bytes: AtomicU64::new(0),
+            stored_into: None,
         }
+    }
+
+    /// [`Store::batch`], also adding the bytes it stores to `sink` as it writes them, so
+    /// a long save's progress can be read while it runs.
+    pub fn batch_counting<'a>(&'a self, sink: &'a AtomicU64) -> Batch<'a> {
+        let mut batch = self.batch();
+        batch.stored_into = Some(sink);
+        batch
     }
 }

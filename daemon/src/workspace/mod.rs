@@ -52,6 +52,11 @@ pub struct WorkspaceCounters {
     pub files_hashed: AtomicU64,
     /// Bytes read and hashed.
     pub bytes_hashed: AtomicU64,
+    /// Files and symlinks the stat-walks looked at, counted as they go (a baseline's
+    /// progress).
+    pub files_walked: AtomicU64,
+    /// Bytes the saves added to the store (after compression), counted as they are written.
+    pub bytes_stored: AtomicU64,
     /// Paths stat-ed.
     pub paths_stated: AtomicU64,
     /// Full stat-walks.
@@ -447,7 +452,8 @@ impl Workspace {
     /// The current tree after `changes` are looked at: its objects committed, the index
     /// persisted.
     fn current_tree(&mut self, store: &Store, changes: &Changes) -> Result<Id> {
-        let batch = store.batch();
+        let counters = Arc::clone(&self.counters);
+        let batch = store.batch_counting(&counters.bytes_stored);
         self.refresh(&batch, changes)?;
         let root = self.root_tree(&batch)?;
         batch.commit_objects()?;
@@ -482,7 +488,8 @@ impl Workspace {
 
     fn save_or_fail(&mut self, store: &Store, opts: &SaveOptions) -> Result<SaveOutcome> {
         let started = Instant::now();
-        let batch = store.batch();
+        let counters = Arc::clone(&self.counters);
+        let batch = store.batch_counting(&counters.bytes_stored);
         let warnings = self.refresh(&batch, &opts.changes)?;
         #[cfg(test)]
         test_hooks::maybe_panic_after_refresh();

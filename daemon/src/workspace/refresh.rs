@@ -255,6 +255,7 @@ impl Workspace {
             if st.kind == Kind::Dir {
                 return Walked::Nothing;
             }
+            counters.files_walked.fetch_add(1, Ordering::Relaxed);
             let Some(had) = known(index, rel, st) else {
                 return Walked::Nothing;
             };
