@@ -112,12 +112,17 @@ pub enum Error {
         workspace: String,
     },
     /// A path the snapshot does not hold.
-    #[error("{path} is not in snapshot {snapshot}")]
+    #[error("{path} is not in snapshot {snapshot}{}", did_you_mean(nearest.as_deref()))]
     PathNotInSnapshot {
         /// The path, relative to the workspace.
         path: String,
         /// The snapshot's id.
         snapshot: String,
+        /// The snapshot's path nearest to it, if one is close (a typo, a file elsewhere).
+        nearest: Option<String>,
+        /// The workspace's root (empty where it is filled in later), so a client can name
+        /// the path the way its user would.
+        workspace: String,
     },
     /// A request that can never succeed as given.
     #[error("{0}")]
@@ -216,8 +221,21 @@ impl Error {
             Error::OutsideWorkspace { path, workspace } => {
                 vec![("path", path.clone()), ("workspace", workspace.clone())]
             }
-            Error::PathNotInSnapshot { path, snapshot } => {
-                vec![("path", path.clone()), ("snapshot", snapshot.clone())]
+            Error::PathNotInSnapshot {
+                path,
+                snapshot,
+                nearest,
+                workspace,
+            } => {
+                let mut m = vec![
+                    ("path", path.clone()),
+                    ("snapshot", snapshot.clone()),
+                    ("workspace", workspace.clone()),
+                ];
+                if let Some(n) = nearest {
+                    m.push(("nearest", n.clone()));
+                }
+                m
             }
             Error::Catalog(_)
             | Error::Corrupt(_)
@@ -225,6 +243,11 @@ impl Error {
             | Error::FailedPrecondition(_) => Vec::new(),
         }
     }
+}
+
+/// The end of a "not in snapshot" message: the nearest path, when there is one.
+fn did_you_mean(nearest: Option<&str>) -> String {
+    nearest.map_or_else(String::new, |n| format!("; did you mean {n}?"))
 }
 
 /// Adds a path to `io::Result`s.

@@ -18,8 +18,10 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptor set, for gRPC reflection.
 //! - [`PROTOCOL_VERSION`]: the protocol version this contract describes.
 //! - [`duration`]: the duration syntax both binaries' flags take (`90m`, `2h`, `5`).
+//! - [`nearest`]: the nearest name to one not found, for both sides' "did you mean" hints.
 
 pub mod duration;
+pub mod nearest;
 
 /// Generated code for the `chkpt.v1` protobuf package.
 #[allow(

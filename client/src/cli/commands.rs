@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{Cli, Ctx, DaemonAction, ServiceAction, WatchArgs, path_string};
 use crate::{
-    connect::{Client, Error},
+    connect::{Client, Error, error_reason, shell_word},
     daemon,
     output::{self, Colour},
     service::{self, Manager, Outcome, Plan},
@@ -45,7 +45,17 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
             spinner.finish_and_clear();
             response
         }
-    }?;
+    };
+    let response = match response {
+        Err(Error::Rpc(status)) if error_reason(&status).as_deref() == Some("NO_SUCH_PATH") => {
+            return Err(Error::Failed(format!(
+                "{}{}",
+                status.message(),
+                missing_folder_hint(Path::new(&path))
+            )));
+        }
+        r => r?,
+    };
     let ws = response.workspace.unwrap_or_default();
     let baseline = response.baseline.unwrap_or_default();
     ctx.emit(
@@ -77,9 +87,52 @@ pub(super) async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<(), Error> {
     )
 }
 
+/// The next step after `watch` of a folder that does not exist: the nearest folder beside where
+/// it would be (a typo), else the deepest folder on its way that does exist, to look into.
+fn missing_folder_hint(path: &Path) -> String {
+    let mut missing = path;
+    let Some(found) = path.ancestors().skip(1).find(|a| {
+        let exists = a.is_dir();
+        if !exists {
+            missing = a;
+        }
+        exists
+    }) else {
+        return String::new();
+    };
+    let Some(name) = missing.file_name() else {
+        return String::new();
+    };
+    let folders: Vec<Vec<u8>> = std::fs::read_dir(found)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().into_encoded_bytes())
+        .collect();
+    let wanted = name.as_encoded_bytes();
+    match chkpt_proto::nearest::nearest(wanted, folders.iter().map(Vec::as_slice)) {
+        Some(n) => {
+            let mut meant = found.join(String::from_utf8_lossy(n).as_ref());
+            if let Ok(rest) = path.strip_prefix(missing)
+                && !rest.as_os_str().is_empty()
+            {
+                meant.push(rest);
+            }
+            format!("; did you mean {}?", meant.display())
+        }
+        None => format!(
+            "; {} holds no folder named like {}: `ls {}` shows what it holds",
+            found.display(),
+            name.to_string_lossy(),
+            shell_word(&found.display().to_string())
+        ),
+    }
+}
+
 /// Waits for `call` (a watch), showing on `spinner` what the workspace's counters say the
-/// baseline has read so far (asked of `Status` on a second connection; an answer that is slow
-/// to come is skipped, never waited for).
+/// baseline has done so far: files walked and bytes stored (asked of `Status` on a second
+/// connection; an answer that is slow to come is skipped, never waited for).
 async fn baseline_progress<F: Future>(
     ctx: &Ctx,
     path: &str,
@@ -91,7 +144,7 @@ async fn baseline_progress<F: Future>(
     } else {
         None
     };
-    spinner.set_message("reading every file once,");
+    spinner.set_message("walking the tree,");
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -107,15 +160,20 @@ async fn baseline_progress<F: Future>(
                     .find(|w| w.workspace.as_ref().is_some_and(|w| w.path == path))
                     .and_then(|w| w.counters);
                 if let Some(c) = counters {
-                    spinner.set_message(format!(
-                        "{} files read, {}",
-                        c.files_hashed,
-                        output::human_bytes(c.bytes_hashed)
-                    ));
+                    spinner.set_message(baseline_message(&c));
                 }
             }
         }
     }
+}
+
+/// The baseline spinner's words: "12345 files walked, 3.2 MiB stored,".
+fn baseline_message(c: &v1::WorkspaceCounters) -> String {
+    format!(
+        "{} files walked, {} stored,",
+        c.files_walked,
+        output::human_bytes(c.bytes_stored)
+    )
 }
 
 /// A spinner or bar on stderr, drawn only on a terminal.

@@ -381,6 +381,10 @@ pub fn workspaces_text(palette: Palette, now_ms: u64, workspaces: &[v1::Workspac
 
 /// The `log` table: one row per snapshot in which the path changed.
 pub fn log_table(palette: Palette, now_ms: u64, entries: &[v1::LogEntry]) -> String {
+    if entries.is_empty() {
+        // Not a bare header: a typo'd path is the usual cause.
+        return "no snapshot has held this path\n".to_owned();
+    }
     let rows: Vec<Vec<Cell>> = entries
         .iter()
         .map(|e| {

@@ -164,6 +164,8 @@ impl Engine {
             Error::PathNotInSnapshot {
                 path: display_rel(&rel),
                 snapshot: snap.hex_id(),
+                nearest: diff::nearest_path(&self.store, snap.root, &rel),
+                workspace: root.display().to_string(),
             }
         })?;
         if entry.kind == Kind::Dir {
@@ -276,6 +278,8 @@ impl Engine {
                     return Err(Error::PathNotInSnapshot {
                         path: display_rel(&rel),
                         snapshot: snap.hex_id(),
+                        nearest: diff::nearest_path(&self.store, snap.root, &rel),
+                        workspace: root.display().to_string(),
                     });
                 }
             }

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::store::{Entry, Id, Kind, Store, Tree};
+use crate::workspace::display_rel;
 use crate::workspace::rules::join;
 
 /// How a path differs.
@@ -253,6 +254,35 @@ pub fn normalise(path: &[u8]) -> Vec<u8> {
         out.extend_from_slice(c);
     }
     out
+}
+
+/// Most entries of a snapshot [`nearest_path`] looks at: a hint must not cost a long walk.
+const NEAREST_BUDGET: usize = 200_000;
+
+/// The path of snapshot `root` nearest to `path`, which it does not hold (a typo, or the file
+/// in another folder), for an error's "did you mean"; none when nothing is close or the tree
+/// cannot be read.
+pub fn nearest_path(store: &Store, root: Id, path: &[u8]) -> Option<String> {
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    let mut stack: Vec<(Vec<u8>, Id)> = vec![(Vec::new(), root)];
+    while let Some((prefix, id)) = stack.pop() {
+        let tree = store.tree(&id).ok()?;
+        for e in &tree.entries {
+            if all.len() >= NEAREST_BUDGET {
+                break;
+            }
+            let mut p = prefix.clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(&e.name);
+            if e.kind == Kind::Dir {
+                stack.push((p.clone(), e.id));
+            }
+            all.push(p);
+        }
+    }
+    chkpt_proto::nearest::nearest(path, all.iter().map(Vec::as_slice)).map(display_rel)
 }
 
 /// The entry at `path` in the tree `root`.

@@ -664,6 +664,9 @@ fn plan_for(
                 return Err(Error::PathNotInSnapshot {
                     path: String::from_utf8_lossy(&p).into_owned(),
                     snapshot: snapshot.hex_id(),
+                    nearest: super::diff::nearest_path(store, target, &p),
+                    // Filled in by `Workspace::restore`, which knows it.
+                    workspace: String::new(),
                 });
             }
             d.entries(&p, old.as_ref(), new.as_ref())?;
@@ -795,6 +798,20 @@ impl Workspace {
     ) -> Result<RestoreSummary> {
         self.recovering(store, |ws| {
             ws.restore_or_fail(store, snapshot, opts, changes, progress)
+        })
+        .map_err(|e| match e {
+            Error::PathNotInSnapshot {
+                path,
+                snapshot,
+                nearest,
+                workspace,
+            } if workspace.is_empty() => Error::PathNotInSnapshot {
+                path,
+                snapshot,
+                nearest,
+                workspace: self.root.display().to_string(),
+            },
+            e => e,
         })
     }
 
