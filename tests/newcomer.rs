@@ -406,7 +406,11 @@ fn an_empty_diff_says_no_changes_and_log_of_a_folder_shows_no_size() {
     let out = ok_in(&d, w, &["diff"]);
     assert_eq!(out.text(), "no changes\n");
     for form in ["--stat", "--name-status"] {
-        assert_eq!(ok_in(&d, w, &["diff", form]).text(), "no changes\n", "{form}");
+        assert_eq!(
+            ok_in(&d, w, &["diff", form]).text(),
+            "no changes\n",
+            "{form}"
+        );
     }
     assert_eq!(json_in(&d, w, &["diff"]), serde_json::json!([]));
 
