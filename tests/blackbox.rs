@@ -295,19 +295,27 @@ async fn errors_map_to_status_codes() {
     assert_eq!(escape.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
 
-/// Python's grpcio, with our descriptors learnt through reflection, calls Status and List.
+/// Python's grpcio, with our descriptors learnt through reflection, calls Status and List, and
+/// finds a display string beside every bytes path of Diff, ListTree, Restore and the excluded
+/// folders (JSON clients would otherwise see only base64).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_independent_python_grpc_client_can_call_status_and_list() {
     let d = Daemon::start(&[]);
     let ws = tempfile::tempdir().unwrap();
     fs::write(ws.path().join("a.txt"), b"hello").unwrap();
+    fs::write(ws.path().join("ünï cödé.txt"), b"accents").unwrap();
+    fs::create_dir_all(ws.path().join("node_modules/left-pad")).unwrap();
+    fs::write(ws.path().join("node_modules/left-pad/index.js"), b"//").unwrap();
     let mut c = d.client().await;
     let baseline = watch(&mut c, ws.path(), 300, 5000).await.baseline.unwrap();
+    fs::write(ws.path().join("a.txt"), b"changed").unwrap();
+    fs::write(ws.path().join("new file.txt"), b"new").unwrap();
     let python = util::python_with_grpc();
     let out = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/grpc_client.py"))
         .arg(&d.socket)
         .arg(ws.path())
+        .arg(&baseline.id)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -324,6 +332,22 @@ async fn an_independent_python_grpc_client_can_call_status_and_list() {
         stdout.contains(&baseline.id),
         "List did not return the baseline: {stdout}"
     );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let checked = &doc["checked"];
+    let names = |k: &str| -> Vec<String> {
+        let mut v: Vec<String> = checked[k]
+            .as_array()
+            .unwrap_or_else(|| panic!("{k} not checked: {stdout}"))
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("diff"), ["a.txt", "new file.txt"], "{stdout}");
+    assert_eq!(names("tree"), ["a.txt", "ünï cödé.txt"], "{stdout}");
+    assert_eq!(names("restore"), ["a.txt", "new file.txt"], "{stdout}");
+    assert_eq!(names("excluded"), ["node_modules"], "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
