@@ -115,6 +115,9 @@ async def main():
 
             r = await call(s, "read_file_at", {"snapshot": c1, "path": "a.txt"})
             assert data(r)["content"] == "one\n", data(r)
+            # `..` inside the workspace is resolved, as on the command line.
+            r = await call(s, "read_file_at", {"snapshot": c1, "path": "nowhere/../a.txt"})
+            assert data(r)["content"] == "one\n", data(r)
             (ws / "lines.txt").write_text("".join(f"line {i}\n" for i in range(1, 11)))
             r = await call(s, "checkpoint", {"message": "lines"})
             c3 = data(r)["id"]
@@ -138,6 +141,12 @@ async def main():
             r = await call(s, "restore", {"snapshot": c1})
             assert data(r)["dry_run"] is True, data(r)
             assert sorted(data(r)["changed_paths"]) == ["a.txt", "b.txt", "lines.txt"]
+            # The daemon's total and each path's change, as `chkptctl restore` prints them.
+            assert data(r)["changed_total"] == 3, data(r)
+            said = text_of(r)
+            assert "would change 3 paths" in said, said
+            for line in ["M a.txt", "D b.txt", "D lines.txt"]:
+                assert line in said.splitlines(), (line, said)
             assert on_disk() == before_restore, "a dry run wrote files"
 
             r = await call(s, "restore", {"snapshot": c1, "dry_run": False})
