@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 mod commands;
 mod history;
+mod watch;
 
 use crate::{
     connect::{self, Client, Error},
@@ -564,7 +565,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 || output::workspaces_text(p, now, &workspaces),
             )
         }
-        Command::Watch(args) => commands::watch(&ctx, args).await,
+        Command::Watch(args) => watch::watch(&ctx, args).await,
         Command::Unwatch { path } => {
             let path = match path {
                 Some(path) => path_string(&path)?,
