@@ -1,5 +1,6 @@
 //! A new user's first minutes (issue 20): the README's one command from a fresh clone, the
-//! progress `watch` shows on a terminal (and nowhere else), and the hints that follow a typo.
+//! progress `watch` shows on a terminal (and nowhere else), the hints that follow a typo or a
+//! snapshot of another workspace, and paths in the history commands given as in `cat`.
 //! Real `chkptd`, real `chkptctl`, real socket; a real pseudo-terminal (`script`).
 
 #![allow(clippy::unwrap_used)]
@@ -12,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use util::Daemon;
-use util::cli::{fails_in, ok_in};
+use util::cli::{fails_in, json_in, ok_in, project, save};
 
 /// The repository's root (the clone the README's command runs in).
 fn repo() -> &'static Path {
@@ -420,4 +421,83 @@ fn cat_of_a_missing_path_names_the_nearest_one_or_the_log_to_read() {
     // That hint works as given.
     let out = ok_in(&d, elsewhere.path(), &["-w", &wd, "log", "nosuch.txt"]);
     assert_eq!(out.text(), "no snapshot has held this path\n");
+}
+
+/// The history commands (`log -p`, `show -p`, `diff --`, `list --`) take paths as `cat` does:
+/// `..` from a subfolder, and `-w DIR`'s own relative paths when run from elsewhere.
+#[test]
+fn history_commands_take_dot_dot_and_w_paths_too() {
+    let d = Daemon::start(&[]);
+    let ws = project(&d);
+    let w = ws.path();
+    let wd = w.display().to_string();
+    let one = save(&d, w, "one");
+    fs::write(w.join("README.md"), b"read me again\n").unwrap();
+    let two = save(&d, w, "two");
+    let src = w.join("src");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let e = elsewhere.path();
+    let changed = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (cwd, pre, path) in [
+        (src.as_path(), vec![], "../README.md"),
+        (e, vec!["-w", wd.as_str()], "README.md"),
+    ] {
+        let with = |args: &[&str]| -> Vec<String> {
+            let mut all: Vec<String> = pre.iter().map(|s| (*s).to_owned()).collect();
+            all.extend(args.iter().map(|s| (*s).to_owned()));
+            all
+        };
+        let run = |args: &[&str]| {
+            let all = with(args);
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            json_in(&d, cwd, &refs)
+        };
+        let log = run(&["log", "-p", path]);
+        assert_eq!(log[0]["snapshot"]["id"], two.as_str(), "{log}");
+        assert_eq!(changed(&log[0]["changes"]), ["README.md"], "{log}");
+        let show = run(&["show", "-p", &two, "--", path]);
+        assert_eq!(changed(&show["changes"]), ["README.md"], "{show}");
+        let diff = run(&["diff", &one, &two, "--", path]);
+        assert_eq!(changed(&diff), ["README.md"], "{diff}");
+        let list = run(&["list", "--", path]);
+        let ids: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        // README.md came with the first snapshot and changed in the second.
+        assert_eq!(ids, [two.as_str(), one.as_str()], "{list}");
+    }
+}
+
+#[test]
+fn a_snapshot_of_another_workspace_names_the_workspace_it_belongs_to() {
+    let d = Daemon::start(&[]);
+    let a = project(&d);
+    let b = project(&d);
+    fs::write(a.path().join("README.md"), b"only in a\n").unwrap();
+    let of_a = save(&d, a.path(), "a's");
+    let out = fails_in(&d, b.path(), &["cat", &of_a, "README.md"]);
+    let ad = a.path().display().to_string();
+    assert!(
+        out.stderr
+            .contains(&format!("belongs to the workspace {ad}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("pass `-w {ad}`")),
+        "{}",
+        out.stderr
+    );
+    // The hint works as given.
+    let out = ok_in(&d, b.path(), &["-w", &ad, "cat", &of_a, "README.md"]);
+    assert_eq!(out.stdout, b"only in a\n");
 }

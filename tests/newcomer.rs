@@ -11,23 +11,7 @@ use std::fs;
 use std::process::Command;
 
 use util::Daemon;
-use util::cli::{fails_in, json_in, ok_in, run_in};
-
-/// A workspace with a README and `src/main.rs`, watched with auto snapshots practically off,
-/// so only the test's own saves and restores make snapshots.
-fn project(d: &Daemon) -> tempfile::TempDir {
-    let ws = tempfile::tempdir().unwrap();
-    fs::create_dir_all(ws.path().join("src")).unwrap();
-    fs::write(ws.path().join("README.md"), b"read me\n").unwrap();
-    fs::write(ws.path().join("src/main.rs"), b"fn main() {}\n").unwrap();
-    let dir = ws.path().display().to_string();
-    ok_in(
-        d,
-        ws.path(),
-        &["watch", &dir, "--idle", "1h", "--max-delay", "1h"],
-    );
-    ws
-}
+use util::cli::{fails_in, json_in, ok_in, project, run_in, save};
 
 fn help(bin: &str, args: &[&str]) -> String {
     let out = Command::new(bin).args(args).output().unwrap();
@@ -190,65 +174,6 @@ fn with_w_relative_paths_are_taken_from_the_workspace_when_run_from_elsewhere() 
         "src/src/main.rs does not exist: {}",
         out.text()
     );
-}
-
-/// The history commands (`log -p`, `show -p`, `diff --`, `list --`) take paths as `cat` does:
-/// `..` from a subfolder, and `-w DIR`'s own relative paths when run from elsewhere.
-#[test]
-fn history_commands_take_dot_dot_and_w_paths_too() {
-    let d = Daemon::start(&[]);
-    let ws = project(&d);
-    let w = ws.path();
-    let wd = w.display().to_string();
-    let one = save(&d, w, "one");
-    fs::write(w.join("README.md"), b"read me again\n").unwrap();
-    let two = save(&d, w, "two");
-    let src = w.join("src");
-    let elsewhere = tempfile::tempdir().unwrap();
-    let e = elsewhere.path();
-    let changed = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["path"].as_str().unwrap().to_owned())
-            .collect()
-    };
-    for (cwd, pre, path) in [
-        (src.as_path(), vec![], "../README.md"),
-        (e, vec!["-w", wd.as_str()], "README.md"),
-    ] {
-        let with = |args: &[&str]| -> Vec<String> {
-            let mut all: Vec<String> = pre.iter().map(|s| (*s).to_owned()).collect();
-            all.extend(args.iter().map(|s| (*s).to_owned()));
-            all
-        };
-        let run = |args: &[&str]| {
-            let all = with(args);
-            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-            json_in(&d, cwd, &refs)
-        };
-        let log = run(&["log", "-p", path]);
-        assert_eq!(log[0]["snapshot"]["id"], two.as_str(), "{log}");
-        assert_eq!(changed(&log[0]["changes"]), ["README.md"], "{log}");
-        let show = run(&["show", "-p", &two, "--", path]);
-        assert_eq!(changed(&show["changes"]), ["README.md"], "{show}");
-        let diff = run(&["diff", &one, &two, "--", path]);
-        assert_eq!(changed(&diff), ["README.md"], "{diff}");
-        let list = run(&["list", "--", path]);
-        let ids: Vec<&str> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap())
-            .collect();
-        // README.md came with the first snapshot and changed in the second.
-        assert_eq!(ids, [two.as_str(), one.as_str()], "{list}");
-    }
-}
-
-/// The snapshot id `save` prints.
-fn save(d: &Daemon, ws: &std::path::Path, msg: &str) -> String {
-    ok_in(d, ws, &["save", "-m", msg]).text().trim().to_owned()
 }
 
 fn snapshots(d: &Daemon, ws: &std::path::Path) -> Vec<serde_json::Value> {

@@ -78,3 +78,24 @@ pub fn json_in(d: &Daemon, cwd: &Path, args: &[&str]) -> Value {
     all.extend_from_slice(args);
     ok_in(d, cwd, &all).json()
 }
+
+/// A workspace with a README and `src/main.rs`, watched with auto snapshots practically off,
+/// so only the test's own saves and restores make snapshots.
+pub fn project(d: &Daemon) -> tempfile::TempDir {
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(ws.path().join("src")).unwrap();
+    std::fs::write(ws.path().join("README.md"), b"read me\n").unwrap();
+    std::fs::write(ws.path().join("src/main.rs"), b"fn main() {}\n").unwrap();
+    let dir = ws.path().display().to_string();
+    ok_in(
+        d,
+        ws.path(),
+        &["watch", &dir, "--idle", "1h", "--max-delay", "1h"],
+    );
+    ws
+}
+
+/// The snapshot id `save` prints.
+pub fn save(d: &Daemon, ws: &Path, msg: &str) -> String {
+    ok_in(d, ws, &["save", "-m", msg]).text().trim().to_owned()
+}
