@@ -25,38 +25,7 @@ fn full() -> bool {
 }
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A daemon whose data directory is a tmpfs of `size` in a mount namespace of its own (as in
-/// `tests/disk_full.rs`: no root needed, nobody else sees it, gone with the daemon).
-fn daemon_on_a_tmpfs(size: &str, args: &[&str]) -> Daemon {
-    let script = format!(
-        r#"d=; prev=; for a in "$@"; do [ "$prev" = --data-dir ] && d=$a; prev=$a; done
-mkdir -p "$d" && mount -t tmpfs -o size={size},mode=0700 chkpt-test "$d" && exec "$0" "$@""#
-    );
-    Daemon::start_with_prefix(
-        &[
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        args,
-    )
+    chkpt_testkit::noise(len, seed)
 }
 
 /// The daemon's data directory as seen from outside its mount namespace.
@@ -130,8 +99,8 @@ async fn restores_to(
 /// restores byte for byte; deleting the ballast lets them resume by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filling_disk_pauses_automatic_snapshots_and_they_resume_once_there_is_room() {
-    let d = daemon_on_a_tmpfs(
-        "64m",
+    let d = Daemon::on_a_tmpfs(
+        "size=64m",
         &["--min-free-bytes", "16M", "--max-store-bytes", "0"],
     );
     let mut c = d.client().await;

@@ -32,21 +32,8 @@ const INODES: &str = "400";
 
 /// A daemon whose data directory is a fresh tmpfs in a mount namespace of its own.
 fn daemon_on_a_small_tmpfs() -> Daemon {
-    let script = format!(
-        r#"d=; prev=; for a in "$@"; do [ "$prev" = --data-dir ] && d=$a; prev=$a; done
-mkdir -p "$d" && mount -t tmpfs -o size={SIZE},nr_inodes={INODES},mode=0700 chkpt-test "$d" && exec "$0" "$@""#
-    );
-    Daemon::start_with_prefix(
-        &[
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
+    Daemon::on_a_tmpfs(
+        &format!("size={SIZE},nr_inodes={INODES}"),
         // No store budget: its default (10 % of this 24 MiB disk) would drop the snapshots
         // the test counts; the disk itself is what runs out here.
         &["--max-store-bytes", "0"],

@@ -14,15 +14,7 @@ use chkpt_daemon::workspace::restore::RestoreOptions;
 use chkpt_daemon::workspace::{Changes, SaveOptions, WatchOptions, Workspace, register};
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    chkpt_testkit::noise(len, seed)
 }
 
 fn save(ws: &mut Workspace, store: &Store) -> SnapshotRecord {

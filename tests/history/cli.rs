@@ -8,22 +8,7 @@ use serde_json::Value;
 
 use crate::util::Daemon;
 
-/// What one `chkptctl` run produced.
-pub struct Out {
-    pub code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
-}
-
-impl Out {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.text()))
-    }
-}
+pub use crate::util::cli::Out;
 
 /// The `chkptctl` command for a daemon and workspace, run inside the workspace.
 pub fn command(d: &Daemon, ws: &Path) -> Command {

@@ -34,6 +34,30 @@ impl Daemon {
         Daemon::start_full(prefix, None, args)
     }
 
+    /// Starts `chkptd` with its data directory on a fresh tmpfs (mounted with these `-o`
+    /// options, e.g. `size=24m,nr_inodes=400`) in a mount namespace of its own: no root
+    /// needed, nobody else sees it, and it is gone with the daemon. The tests that fill a disk
+    /// use it.
+    pub fn on_a_tmpfs(options: &str, args: &[&str]) -> Daemon {
+        let script = format!(
+            r#"d=; prev=; for a in "$@"; do [ "$prev" = --data-dir ] && d=$a; prev=$a; done
+mkdir -p "$d" && mount -t tmpfs -o {options},mode=0700 chkpt-test "$d" && exec "$0" "$@""#
+        );
+        Daemon::start_with_prefix(
+            &[
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+            args,
+        )
+    }
+
     /// Starts `chkptd` with its data directory at `data` (socket and log in a temp dir).
     pub fn start_with_data(data: &Path, args: &[&str]) -> Daemon {
         Daemon::start_full(&[], Some(data), args)

@@ -93,7 +93,7 @@ impl WsHandle {
         {
             return bytes;
         }
-        let bytes = tree_bytes(&self.root.join(".git"));
+        let bytes = super::space::files_under(&self.root.join(".git"), |m| m.len());
         *cached = Some((Instant::now(), bytes));
         bytes
     }
@@ -150,25 +150,6 @@ impl WsHandle {
     pub fn count_snapshot(&self) {
         self.snapshots_taken.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// The bytes of the files under `dir` (links not followed).
-fn tree_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 /// The watched workspaces by id.

@@ -90,6 +90,12 @@ pub fn fs_space(path: &Path) -> std::io::Result<(u64, u64)> {
 /// Bytes the files under `dir` take on disk (allocated blocks: a sparse file counts what it
 /// holds).
 fn disk_usage(dir: &Path) -> u64 {
+    files_under(dir, |m| m.blocks() * 512)
+}
+
+/// The sum of `size` over the files under `dir` (links not followed, unreadable entries left
+/// out).
+pub(crate) fn files_under(dir: &Path, size: impl Fn(&std::fs::Metadata) -> u64) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -101,7 +107,7 @@ fn disk_usage(dir: &Path) -> u64 {
             if m.is_dir() {
                 stack.push(e.path());
             } else {
-                total += m.blocks() * 512;
+                total += size(&m);
             }
         }
     }

@@ -36,9 +36,8 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 
-use super::pack::{FLAG_CHUNKED, Loc};
+use super::pack::{AtWriter, FLAG_CHUNKED, Loc};
 use super::read::loc_bytes;
 use super::{Batch, Id, Store};
 use crate::error::{Error, Result};
@@ -332,7 +331,7 @@ impl Store {
             return Ok(n);
         }
         let list = self.list_at(id, &loc)?;
-        let mut at = AtFile { file, pos: 0 };
+        let mut at = AtWriter { file, pos: 0 };
         for piece in &list.pieces {
             match *piece {
                 Piece::Data { id: chunk, len } => {
@@ -350,24 +349,6 @@ impl Store {
         }
         file.set_len(at.pos).map_err(to_file)?;
         Ok(at.pos)
-    }
-}
-
-/// `Write` at increasing offsets of a file (holes are skipped by moving `pos`).
-struct AtFile<'a> {
-    file: &'a File,
-    pos: u64,
-}
-
-impl Write for AtFile<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

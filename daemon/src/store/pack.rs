@@ -333,10 +333,11 @@ pub fn parse_header(bytes: &[u8]) -> Option<(Id, u8, u64)> {
     Some((Id::from_bytes(id), flags, len))
 }
 
-/// `Write` at increasing offsets of a file, without moving a shared cursor.
-struct AtWriter<'a> {
-    file: &'a File,
-    pos: u64,
+/// `Write` at increasing offsets of a file, without moving a shared cursor (a hole is left
+/// by moving `pos`).
+pub(crate) struct AtWriter<'a> {
+    pub(crate) file: &'a File,
+    pub(crate) pos: u64,
 }
 
 impl Write for AtWriter<'_> {

@@ -269,15 +269,7 @@ mod tests {
     use std::io::{Seek, SeekFrom, Write};
 
     fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        chkpt_testkit::noise(len, seed)
     }
 
     fn no_store_err(e: Error) -> io::Error {
