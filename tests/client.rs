@@ -10,42 +10,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use util::cli::Out;
 use util::{Daemon, listing};
-
-/// What one `chkptctl` run produced.
-struct Out {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Out {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.text()))
-    }
-}
 
 /// Runs `chkptctl --socket <socket> -w <ws> args...` inside `ws`.
 fn run_raw(socket: &Path, ws: &Path, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_chkptctl"))
-        .arg("--socket")
-        .arg(socket)
-        .arg("-w")
-        .arg(ws)
-        .args(args)
-        .current_dir(ws)
-        .env_remove("CHKPT_SOCKET")
-        .output()
-        .expect("run chkptctl");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let ws_arg = ws.to_str().expect("a UTF-8 temp path");
+    let with_ws: Vec<&str> = ["-w", ws_arg].iter().chain(args).copied().collect();
+    util::cli::run_in(socket, ws, &with_ws)
 }
 
 /// Runs `chkptctl` and asserts it succeeded.

@@ -164,8 +164,19 @@ impl Engine {
     }
 
     /// Removes snapshot records, makes that durable, then collects the garbage they leave.
-    /// Returns the bytes reclaimed. The one way snapshots go (delete, prune, retention).
+    /// Returns the bytes reclaimed. The one way snapshots go (delete, prune, retention, and
+    /// the store budget through [`Engine::forget_repacking`]).
     fn forget(&self, snaps: &[SnapshotRecord]) -> Result<u64> {
+        self.forget_repacking(snaps, crate::store::gc::REPACK_DEAD_FRACTION)
+    }
+
+    /// [`Engine::forget`], rewriting packs more dead than `repack_dead_fraction` (the store
+    /// budget uses a lower one: its bytes must really go).
+    pub(super) fn forget_repacking(
+        &self,
+        snaps: &[SnapshotRecord],
+        repack_dead_fraction: f64,
+    ) -> Result<u64> {
         if snaps.is_empty() {
             return Ok(0);
         }
@@ -173,7 +184,7 @@ impl Engine {
             self.store.cat.remove_snapshot(s)?;
         }
         self.store.flush()?;
-        Ok(self.store.gc()?.bytes_reclaimed)
+        Ok(self.store.gc_with(repack_dead_fraction)?.bytes_reclaimed)
     }
 
     /// A mass change is under way: pins the snapshot from before it and, when the burst

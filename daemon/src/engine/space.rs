@@ -212,15 +212,11 @@ impl Engine {
                     break;
                 }
             }
-            for s in &batch {
-                self.store.cat.remove_snapshot(s)?;
-            }
-            self.store.flush()?;
-            let report = self.store.gc_with(BUDGET_REPACK_FRACTION)?;
+            let reclaimed = self.forget_repacking(&batch, BUDGET_REPACK_FRACTION)?;
             dropped += batch.len();
             tracing::info!(
                 dropped = batch.len(),
-                reclaimed = report.bytes_reclaimed,
+                reclaimed,
                 store = space.store_bytes,
                 budget = space.budget_bytes,
                 "over the store budget: oldest automatic snapshots dropped"
