@@ -360,30 +360,32 @@ fn cat_of_a_missing_path_names_the_nearest_one_or_the_log_to_read() {
     );
 
     // A typo, and a file in another folder: the snapshot's nearest path, from the daemon.
-    let out = fails_in(&d, &w, &["cat", "latest", "src/mian.rs"]);
-    assert!(
-        out.stderr.contains("did you mean src/main.rs?"),
-        "{}",
-        out.stderr
-    );
-    let out = fails_in(&d, &w, &["cat", "latest", "main.rs"]);
-    assert!(
-        out.stderr.contains("did you mean src/main.rs?"),
-        "{}",
-        out.stderr
-    );
-    let out = fails_in(&d, &w.join("src"), &["cat", "latest", "../READM.md"]);
-    assert!(
-        out.stderr.contains("did you mean README.md?"),
-        "{}",
-        out.stderr
-    );
-    let out = fails_in(&d, &w, &["restore", "latest", "READNE.md"]);
-    assert!(
-        out.stderr.contains("did you mean README.md?"),
-        "{}",
-        out.stderr
-    );
+    let src = w.join("src");
+    for (cwd, args, hint) in [
+        (
+            &w,
+            ["cat", "latest", "src/mian.rs"],
+            "did you mean src/main.rs?",
+        ),
+        (
+            &w,
+            ["cat", "latest", "main.rs"],
+            "did you mean src/main.rs?",
+        ),
+        (
+            &src,
+            ["cat", "latest", "../READM.md"],
+            "did you mean README.md?",
+        ),
+        (
+            &w,
+            ["restore", "latest", "READNE.md"],
+            "did you mean README.md?",
+        ),
+    ] {
+        let out = fails_in(&d, cwd, &args);
+        assert!(out.stderr.contains(hint), "{args:?}: {}", out.stderr);
+    }
 
     // Nothing close: the log of that path, typed as from where the user is.
     let out = fails_in(&d, &w, &["cat", "latest", "nosuch.txt"]);
