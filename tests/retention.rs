@@ -305,8 +305,10 @@ async fn prune_dry_run_shows_each_decision_and_what_it_would_free_then_frees_tha
         ]
     );
     let would_free = json["reclaimed_bytes"].as_u64().unwrap();
-    // Two snapshots' own 100 kB of noise go with them (the baseline held no data).
-    assert!(would_free >= 200_000, "{json}");
+    // Two snapshots' own 100 kB of noise go with them (the baseline held no data), but for
+    // the partly live block at either end of that run of dead records, which is freed in
+    // place.
+    assert!(would_free >= 200_000 - 8192, "{json}");
     let last = text.lines().last().unwrap();
     assert!(
         last.starts_with("would remove 3 snapshots, freeing ") && last.ends_with(" (dry run)"),

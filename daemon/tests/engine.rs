@@ -846,7 +846,8 @@ fn delete_and_gc_free_the_bytes_of_what_went() {
     store.catalog().remove_snapshot(&old).unwrap();
     let report = store.gc().unwrap();
     assert!(report.objects_removed >= 1);
-    assert!(report.bytes_reclaimed >= 2 << 20, "{report:?}");
+    // All of it but, where it is freed in place, a block at either end of each dead run.
+    assert!(report.bytes_reclaimed >= (2 << 20) - 8192, "{report:?}");
     let problems = store.verify(None).unwrap().problems;
     assert!(problems.is_empty(), "{problems:?}");
     let to = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 
+use super::holes::{self, PunchPlan};
 use super::pack::{self, FLAG_CHUNKED, Loc};
 use super::read::loc_bytes;
 use super::{Id, Kind, Store};
@@ -23,6 +24,8 @@ pub struct GcReport {
     pub packs_removed: u64,
     /// Packs rewritten.
     pub packs_repacked: u64,
+    /// Packs whose dead blocks were punched out in place.
+    pub packs_punched: u64,
 }
 
 /// One problem found by [`Store::verify`].
@@ -55,12 +58,23 @@ pub struct VerifyReport {
 pub const MAX_PROBLEMS: usize = 10_000;
 
 /// What garbage collection does with a pack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Fate {
     /// Nothing in it is live (or it was never committed): deleted.
     Delete,
-    /// Mostly dead: its live records are copied to a new pack and it is deleted.
-    Repack,
+    /// Its dead blocks are punched out in place (see [`holes`]).
+    Punch(PunchPlan),
+    /// Mostly dead: its dead blocks punched out when the file system can (which lowers the
+    /// peak), then its live records copied to a new pack and it deleted.
+    Repack(Option<PunchPlan>),
+}
+
+/// A pack's fate and the bytes it frees on disk.
+#[derive(Debug)]
+struct Decision {
+    no: u32,
+    fate: Fate,
+    frees: u64,
 }
 
 type BadPaths = Arc<Vec<(Vec<u8>, Id, String)>>;
@@ -115,12 +129,10 @@ impl Store {
         self.close_writers();
         let live = self.mark(&HashSet::new())?;
         let mut report = GcReport::default();
-        let mut live_bytes: HashMap<u32, u64> = HashMap::new();
         let mut live_in: HashMap<u32, Vec<(Id, Loc)>> = HashMap::new();
         let mut kept = Vec::new();
         for (id, loc) in self.objects() {
             if live.contains(&id) {
-                *live_bytes.entry(loc.pack).or_default() += loc.record_len();
                 live_in.entry(loc.pack).or_default().push((id, loc));
                 kept.push((id, loc));
             } else {
@@ -136,11 +148,21 @@ impl Store {
         self.gc_epoch
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 
-        for (no, fate) in self.pack_fates(&live_bytes, repack_dead_fraction)? {
-            match fate {
-                Fate::Delete => self.delete_pack(no, &mut report)?,
-                Fate::Repack => {
-                    self.repack(no, live_in.remove(&no).unwrap_or_default(), &mut report)?
+        for d in self.pack_fates(&live_in, repack_dead_fraction)? {
+            match d.fate {
+                Fate::Delete => self.delete_pack(d.no, &mut report)?,
+                Fate::Punch(plan) => {
+                    self.punch(d.no, &plan)?;
+                    report.bytes_reclaimed += d.frees;
+                    report.packs_punched += 1;
+                }
+                Fate::Repack(plan) => {
+                    if let Some(plan) = plan {
+                        self.punch(d.no, &plan)?;
+                    }
+                    let live = live_in.remove(&d.no).unwrap_or_default();
+                    self.repack(d.no, live, &mut report)?;
+                    report.bytes_reclaimed += d.frees;
                 }
             }
         }
@@ -156,23 +178,71 @@ impl Store {
         Ok(report)
     }
 
-    /// What becomes of each committed pack, given the bytes of live records in each: deleted
-    /// when none is live, rewritten when more than [`REPACK_DEAD_FRACTION`] is dead.
+    /// What becomes of each committed pack, given its live records, and what that frees on
+    /// disk. A pack with nothing live is deleted. Otherwise, where the file system punches
+    /// holes, its dead blocks are punched out in place; it is rewritten only when, even so,
+    /// more than `repack_dead_fraction` of what it takes is waste (live records too small and
+    /// scattered to free whole blocks) and copying its live records costs less than it frees.
+    /// Where holes cannot be punched, it is rewritten when more than `repack_dead_fraction` of
+    /// it is dead.
     fn pack_fates(
         &self,
-        live_bytes: &HashMap<u32, u64>,
+        live_in: &HashMap<u32, Vec<(Id, Loc)>>,
         repack_dead_fraction: f64,
-    ) -> Result<Vec<(u32, Fate)>> {
+    ) -> Result<Vec<Decision>> {
         let mut out = Vec::new();
         for (no, committed) in self.cat.pack_lengths()? {
-            let total = committed.saturating_sub(pack::MAGIC.len() as u64);
-            let live = live_bytes.get(&no).copied().unwrap_or(0);
-            if live == 0 {
-                out.push((no, Fate::Delete));
-            } else if total > 0
-                && (total - live.min(total)) as f64 / total as f64 > repack_dead_fraction
-            {
-                out.push((no, Fate::Repack));
+            let path = self.packs.path(no);
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                // A committed pack that is missing: verify names what it held.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&path, e)),
+            };
+            let meta = file.metadata().at(&path)?;
+            let allocated = holes::allocated(&meta);
+            let live = live_in.get(&no).map(Vec::as_slice).unwrap_or(&[]);
+            if live.is_empty() {
+                out.push(Decision {
+                    no,
+                    fate: Fate::Delete,
+                    frees: allocated,
+                });
+                continue;
+            }
+            let live_bytes: u64 = live.iter().map(|(_, l)| l.record_len()).sum();
+            // What a rewrite leaves on disk: the live records in a new pack with a header of
+            // its own, in whole blocks (else a small pack would be rewritten at every
+            // collection, its last block never full).
+            let block = holes::block_size(&meta);
+            let rewritten = (pack::MAGIC.len() as u64 + live_bytes).div_ceil(block) * block;
+            let repack = |plan| Decision {
+                no,
+                fate: Fate::Repack(plan),
+                frees: allocated.saturating_sub(rewritten),
+            };
+            if self.can_punch() {
+                let locs: Vec<Loc> = live.iter().map(|(_, l)| *l).collect();
+                let plan = holes::plan(&file, &locs, committed).at(&path)?;
+                let left = plan.left();
+                let waste = left.saturating_sub(rewritten);
+                if waste as f64 > repack_dead_fraction * left as f64 && rewritten <= waste {
+                    out.push(repack(Some(plan)));
+                } else if plan.frees > 0 {
+                    let frees = plan.frees;
+                    out.push(Decision {
+                        no,
+                        fate: Fate::Punch(plan),
+                        frees,
+                    });
+                }
+            } else {
+                let total = committed.saturating_sub(pack::MAGIC.len() as u64);
+                if total > 0
+                    && (total - live_bytes.min(total)) as f64 / total as f64 > repack_dead_fraction
+                {
+                    out.push(repack(None));
+                }
             }
         }
         Ok(out)
@@ -184,23 +254,17 @@ impl Store {
     pub fn reclaimable_without(&self, gone: &HashSet<u64>) -> Result<u64> {
         let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let live = self.mark(gone)?;
-        let mut live_bytes: HashMap<u32, u64> = HashMap::new();
+        let mut live_in: HashMap<u32, Vec<(Id, Loc)>> = HashMap::new();
         for (id, loc) in self.objects() {
             if live.contains(&id) {
-                *live_bytes.entry(loc.pack).or_default() += loc.record_len();
+                live_in.entry(loc.pack).or_default().push((id, loc));
             }
         }
-        let size = |no: u32| std::fs::metadata(self.packs.path(no)).map_or(0, |m| m.len());
-        let mut bytes = 0;
-        for (no, fate) in self.pack_fates(&live_bytes, REPACK_DEAD_FRACTION)? {
-            bytes += match fate {
-                Fate::Delete => size(no),
-                // The live records move to a new pack with a header of its own.
-                Fate::Repack => size(no).saturating_sub(
-                    pack::MAGIC.len() as u64 + live_bytes.get(&no).copied().unwrap_or(0),
-                ),
-            };
-        }
+        let mut bytes: u64 = self
+            .pack_fates(&live_in, REPACK_DEAD_FRACTION)?
+            .iter()
+            .map(|d| d.frees)
+            .sum();
         let known: HashSet<u32> = self
             .cat
             .pack_lengths()?
@@ -209,10 +273,25 @@ impl Store {
             .collect();
         for no in self.packs.files()? {
             if !known.contains(&no) {
-                bytes += size(no);
+                bytes += std::fs::metadata(self.packs.path(no)).map_or(0, |m| holes::allocated(&m));
             }
         }
         Ok(bytes)
+    }
+
+    /// Whether the packs' file system punches holes (asked once).
+    fn can_punch(&self) -> bool {
+        *self
+            .punch_supported
+            .get_or_init(|| holes::can_punch(self.packs.dir()))
+    }
+
+    /// Punches `plan`'s dead blocks out of pack `no`.
+    fn punch(&self, no: u32, plan: &PunchPlan) -> Result<()> {
+        let path = self.packs.path(no);
+        let file = std::fs::File::options().write(true).open(&path).at(&path)?;
+        holes::punch(&file, &plan.ranges).at(&path)?;
+        Ok(())
     }
 
     fn delete_pack(&self, no: u32, report: &mut GcReport) -> Result<()> {
@@ -240,9 +319,11 @@ impl Store {
         self.cat.set_pack_length(new_no, w.len)?;
         self.flush()?;
         self.index.commit(&moved);
-        self.delete_pack(no, report)?;
-        // delete_pack counted the old pack's whole size; the live part lives on in the new one.
-        report.bytes_reclaimed = report.bytes_reclaimed.saturating_sub(w.len);
+        // Out of the catalog first: a pack file without an entry is an orphan, collected later.
+        self.cat.remove_pack(no)?;
+        self.flush()?;
+        self.packs.delete(no)?;
+        report.packs_removed += 1;
         report.packs_repacked += 1;
         Ok(())
     }

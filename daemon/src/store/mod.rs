@@ -16,7 +16,8 @@
 //! - `blob_index`: where each object is, committed or pending (the index).
 //! - [`read`] and [`compress`]: objects back out, and LZ4 in.
 //! - [`pack`], [`tree`], [`chunked`], [`catalog`]: the on-disk formats (chunked files: lists of
-//!   content-defined chunks); [`gc`]: collection and verify.
+//!   content-defined chunks); [`gc`]: collection and verify; [`holes`]: sparse files' data
+//!   regions, and dead records punched out of packs in place.
 //!
 //! # Writing
 //! Objects are written through a [`Batch`]: they are appended to packs at once, and become
@@ -31,6 +32,7 @@ pub mod catalog;
 pub mod chunked;
 pub mod compress;
 pub mod gc;
+pub mod holes;
 pub mod id;
 pub mod pack;
 pub mod read;
@@ -87,6 +89,9 @@ pub struct Store {
     pub(crate) packs: Packs,
     pub(crate) index: BlobIndex,
     gc_lock: RwLock<()>,
+    /// Whether the packs' file system punches holes (see [`holes`]), asked at the first
+    /// collection.
+    punch_supported: std::sync::OnceLock<bool>,
     gc_epoch: AtomicU64,
     /// Work counters.
     pub counters: StoreCounters,
@@ -126,6 +131,7 @@ impl Store {
             packs,
             index: BlobIndex::new(committed),
             gc_lock: RwLock::new(()),
+            punch_supported: std::sync::OnceLock::new(),
             gc_epoch: AtomicU64::new(0),
             counters: StoreCounters::default(),
             _lock: lock,

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
 
@@ -115,6 +115,11 @@ impl Packs {
             early_sync: Mutex::new(early_sync),
             sync_failures,
         })
+    }
+
+    /// The folder of the packs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The path of pack `no`.
@@ -338,10 +343,10 @@ impl Packs {
         Ok(map)
     }
 
-    /// Deletes pack `no`'s file (gone already is fine); returns the bytes it held.
+    /// Deletes pack `no`'s file (gone already is fine); returns the bytes it took on disk.
     pub fn delete(&self, no: u32) -> Result<u64> {
         let path = self.path(no);
-        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let size = fs::metadata(&path).map_or(0, |m| super::holes::allocated(&m));
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -13,13 +13,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use fastcdc::v2020::{Normalization, cut, select_masks};
 
 use crate::error::Error;
 use crate::store::chunked::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+use crate::store::holes::data_regions;
 use crate::store::{Batch, ChunkList, Hasher, Id, Piece};
 
 /// Bytes read at a time: many chunks per read call.
@@ -38,45 +38,6 @@ pub fn release_thread_buffers() {
 
 /// A store failure carried through an `io::Error` (see `refresh::StoreFailure`).
 pub type StoreErr = fn(Error) -> io::Error;
-
-/// The data regions of `file`'s first `size` bytes, `[start, end)` in order. A file system
-/// that cannot tell says the whole file is data.
-pub fn data_regions(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        // SAFETY: lseek on a valid fd only moves its offset (this thread's own handle).
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                // No data past `pos`: the rest is a hole.
-                Some(libc::ENXIO) => Ok(out),
-                // SEEK_DATA not supported: all data.
-                Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(vec![(0, size)]),
-                _ => Err(e),
-            };
-        }
-        let data = data as u64;
-        if data >= size {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let end = if hole < 0 {
-            size
-        } else {
-            (hole as u64).min(size)
-        };
-        if end <= data {
-            break;
-        }
-        out.push((data, end));
-        pos = end;
-    }
-    Ok(out)
-}
 
 /// Where a previous version's chunks started: offset → (length, id, bytes from its start to
 /// the end of its data region).
