@@ -28,6 +28,13 @@ pub struct DirNode {
     /// A directory stored split (tree format rule 5): its parts as last stored, so that a
     /// change re-encodes only the part it falls in.
     parts: Option<Box<Parts>>,
+    /// The names changed since this directory's tree was last encoded, so that encoding it
+    /// again looks only at those children for subdirectories to encode first, not at all of
+    /// them (a folder of 200,000 files with one changed). Empty with `scan_all` when there are
+    /// too many to list or the directory is new.
+    changed: Vec<Vec<u8>>,
+    /// Every child may need encoding: look at all of them.
+    scan_all: bool,
 }
 
 /// The parts of a split directory as last stored, in name order.
@@ -51,6 +58,8 @@ impl DirNode {
             children: BTreeMap::new(),
             tree: None,
             parts: None,
+            changed: Vec::new(),
+            scan_all: true,
         }
     }
 
@@ -58,6 +67,15 @@ impl DirNode {
     /// the part that holds `name`.
     fn touch(&mut self, name: &[u8]) {
         self.tree = None;
+        if !self.scan_all {
+            if self.changed.len() >= PARALLEL_TREES {
+                // So many that the children are better looked at all (and in parallel).
+                self.scan_all = true;
+                self.changed = Vec::new();
+            } else if self.changed.last().is_none_or(|n| n.as_slice() != name) {
+                self.changed.push(name.to_vec());
+            }
+        }
         if let Some(parts) = self.parts.as_mut() {
             let at = parts
                 .list
@@ -292,6 +310,9 @@ impl Index {
                 .parts
                 .as_ref()
                 .is_none_or(|p| p.list.iter().all(|c| stored(&c.part.id)));
+            if !valid {
+                dir.scan_all = true;
+            }
             if !(valid && parts_stored) {
                 // Parts name the subtrees: none is trusted once one below is gone.
                 dir.parts = None;
@@ -335,26 +356,22 @@ impl Index {
             if let Some(id) = dir.tree {
                 return Ok((id, 0));
             }
-            let mut stale: Vec<&mut DirNode> = dir
-                .children
-                .values_mut()
-                .filter_map(|n| match n {
-                    Node::Dir(d) if d.tree.is_none() => Some(&mut **d),
-                    _ => None,
-                })
-                .collect();
-            let below = if stale.len() >= PARALLEL_TREES {
-                stale
-                    .par_iter_mut()
-                    .map(|d| rec(d, batch).map(|(_, n)| n))
-                    .try_reduce(|| 0, |a, b| Ok(a + b))?
+            let below = if dir.scan_all {
+                encode_stale_children(dir, batch)?
             } else {
+                // Only the children changed since the last encoding can be stale.
                 let mut n = 0;
-                for d in stale {
-                    n += rec(d, batch)?.1;
+                for name in std::mem::take(&mut dir.changed) {
+                    if let Some(Node::Dir(d)) = dir.children.get_mut(&name)
+                        && d.tree.is_none()
+                    {
+                        n += rec(d, batch)?.1;
+                    }
                 }
                 n
             };
+            dir.changed = Vec::new();
+            dir.scan_all = false;
             if dir.children.len() > SPLIT_MIN {
                 let (id, parts) = split_tree(dir, batch)?;
                 dir.tree = Some(id);
@@ -370,6 +387,30 @@ impl Index {
             let id = batch.put_tree(Tree { entries })?;
             dir.tree = Some(id);
             Ok((id, below + 1))
+        }
+        /// Encodes every child directory whose tree is gone (in parallel when there are
+        /// many); returns how many trees that encoded.
+        fn encode_stale_children(dir: &mut DirNode, batch: &Batch<'_>) -> Result<u64> {
+            let mut stale: Vec<&mut DirNode> = dir
+                .children
+                .values_mut()
+                .filter_map(|n| match n {
+                    Node::Dir(d) if d.tree.is_none() => Some(&mut **d),
+                    _ => None,
+                })
+                .collect();
+            Ok(if stale.len() >= PARALLEL_TREES {
+                stale
+                    .par_iter_mut()
+                    .map(|d| rec(d, batch).map(|(_, n)| n))
+                    .try_reduce(|| 0, |a, b| Ok(a + b))?
+            } else {
+                let mut n = 0;
+                for d in stale {
+                    n += rec(d, batch)?.1;
+                }
+                n
+            })
         }
         rec(&mut self.root, batch)
     }
