@@ -279,7 +279,7 @@ fn main() -> ExitCode {
     eprintln!("bench: the scale section");
     let scale = rt.block_on(scale::section(&target, scratch.path(), &sizes, full));
     eprintln!("bench: the big files section");
-    let big = rt.block_on(bigfiles::section(scratch.path(), full));
+    let big = rt.block_on(bigfiles::section(scratch.path(), full, peer.as_ref()));
 
     let machine = report::machine();
     let table = format!(
@@ -349,7 +349,8 @@ fn only_big_files(full: bool) -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
-    let big = rt.block_on(bigfiles::section(scratch.path(), full));
+    let peer = Peer::find(&target_dir(), full);
+    let big = rt.block_on(bigfiles::section(scratch.path(), full, peer.as_ref()));
     println!("{}\n{}", big.table, report::machine());
     if big.failed {
         return ExitCode::FAILURE;

@@ -4,7 +4,9 @@
 //! for an append and an overwrite of 4 KiB in an incompressible file and for 100 rows updated in
 //! a SQLite database (Python's `sqlite3`); and the restore of a sparse file with 1 MiB of data
 //! (time and disk used, against `cp --sparse=always`). Smoke: 16 MiB, ~4 MiB and 256 MiB;
-//! `--full`: 256 MiB, ~180 MiB and 4 GiB, the issue's sizes.
+//! `--full`: 256 MiB, ~180 MiB and 4 GiB, the issue's sizes. Where the peer (chkpt 0.3.0) is
+//! installed (a full run), it takes the same steps on the same files, in a store of its own,
+//! and its figures stand beside ours.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -16,6 +18,8 @@ use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
 use tonic::transport::Channel;
 
+use crate::others::Peer;
+use crate::tree;
 use crate::util::{self, Daemon};
 
 const MIB: f64 = 1048576.0;
@@ -29,6 +33,8 @@ struct Row {
     /// `true`: bytes, else seconds.
     bytes: bool,
     target: Option<f64>,
+    /// The peer's figure for the same step, when it ran.
+    peer: Option<f64>,
 }
 
 fn show(v: f64, bytes: bool) -> String {
@@ -45,11 +51,11 @@ pub struct Report {
     pub failed: bool,
 }
 
-pub async fn section(scratch: &Path, full: bool) -> Report {
+pub async fn section(scratch: &Path, full: bool, peer: Option<&Peer>) -> Report {
     let mut rows = Vec::new();
-    let res = steps(scratch, full, &mut rows).await;
+    let res = steps(scratch, full, peer, &mut rows).await;
     let mut table = String::from(
-        "\n| big files step (issue 17) | ours | baseline | ours/baseline | target | met? |\n|---|---|---|---|---|---|\n",
+        "\n| big files step (issue 17) | ours | baseline | ours/baseline | target | met? | chkpt 0.3.0 |\n|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         let met = match r.target {
@@ -58,7 +64,7 @@ pub async fn section(scratch: &Path, full: bool) -> Report {
             None => "—",
         };
         table.push_str(&format!(
-            "| {} | {} | {} ({}) | {:.4} | {} | {met} |\n",
+            "| {} | {} | {} ({}) | {:.4} | {} | {met} | {} |\n",
             r.what,
             show(r.ours, r.bytes),
             show(r.baseline, r.bytes),
@@ -66,6 +72,14 @@ pub async fn section(scratch: &Path, full: bool) -> Report {
             r.ours / r.baseline.max(1e-9),
             r.target
                 .map_or("—".into(), |t| format!("≤ {}", show(t, r.bytes))),
+            r.peer.map_or(
+                if peer.is_some() {
+                    "—".into()
+                } else {
+                    "not installed".into()
+                },
+                |v| show(v, r.bytes)
+            ),
         ));
     }
     if let Err(e) = &res {
@@ -206,7 +220,57 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, String> {
     Ok(n)
 }
 
-async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), String> {
+/// The peer's store (under `home`) for the workspace `ws`: its saves, their time and what each
+/// adds to its store on disk.
+struct PeerStore<'p> {
+    peer: &'p Peer,
+    home: tempfile::TempDir,
+    ws: std::path::PathBuf,
+}
+
+impl<'p> PeerStore<'p> {
+    fn new(peer: &'p Peer, ws: &Path) -> Result<PeerStore<'p>, String> {
+        Ok(PeerStore {
+            peer,
+            home: tempfile::tempdir().map_err(|e| e.to_string())?,
+            ws: ws.to_path_buf(),
+        })
+    }
+
+    /// `chkpt save`: its seconds and the bytes its store grew by.
+    fn save(&self, what: &str) -> Result<(f64, u64), String> {
+        let before = tree::du(self.home.path());
+        let t0 = Instant::now();
+        self.peer
+            .run(self.home.path(), &self.ws, &["save", "-m", what])?;
+        let secs = t0.elapsed().as_secs_f64();
+        Ok((secs, tree::du(self.home.path()).saturating_sub(before)))
+    }
+}
+
+/// Each of `peer`'s saves of `ws` through `f`, or none without a peer; a failed step of the
+/// peer is reported and leaves its figure out, it does not fail the section.
+fn peer_step<'p, T>(
+    store: &Option<PeerStore<'p>>,
+    what: &str,
+    f: impl FnOnce(&PeerStore<'p>) -> Result<T, String>,
+) -> Option<T> {
+    let s = store.as_ref()?;
+    match f(s) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            eprintln!("bench: big files: the peer failed at {what}: {e}");
+            None
+        }
+    }
+}
+
+async fn steps(
+    scratch: &Path,
+    full: bool,
+    peer: Option<&Peer>,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
     let (big, db_rows, sparse) = if full {
         (256usize << 20, 140_000usize, 4u64 << 30)
     } else {
@@ -223,6 +287,8 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
     let file = ws.join("big.bin");
     std::fs::write(&file, noise(big, 1)).map_err(|e| e.to_string())?;
     save(&mut c, &ws, "cold").await?;
+    let theirs = peer.map(|p| PeerStore::new(p, &ws)).transpose()?;
+    peer_step(&theirs, "the cold save", |p| p.save("cold"));
     let mib = big >> 20;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -233,6 +299,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
     let (cp, _) = cp_secs(&file, &scratch, false)?;
     let (secs, added, _) = save(&mut c, &ws, "append").await?;
     eprintln!("bench: big files: append 4 KiB: +{added} B in {secs:.3} s");
+    let peer_append = peer_step(&theirs, "the append", |p| p.save("append"));
     rows.push(Row {
         what: format!("append 4 KiB to a {mib} MiB incompressible file, save: store growth"),
         ours: added as f64,
@@ -240,6 +307,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         baseline_name: "the file's size, its cost before chunking".into(),
         bytes: true,
         target: Some(5.0 * MIB),
+        peer: peer_append.map(|(_, b)| b as f64),
     });
     rows.push(Row {
         what: "… and the save's time".into(),
@@ -248,11 +316,13 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         baseline_name: "`cp` of the file".into(),
         bytes: false,
         target: Some(0.4),
+        peer: peer_append.map(|(t, _)| t),
     });
     write_at(&file, big as u64 / 2 + 12_345, &noise(4096, 3))?;
     let (cp, _) = cp_secs(&file, &scratch, false)?;
     let (secs, added, _) = save(&mut c, &ws, "overwrite").await?;
     eprintln!("bench: big files: overwrite 4 KiB: +{added} B in {secs:.3} s");
+    let peer_overwrite = peer_step(&theirs, "the overwrite", |p| p.save("overwrite"));
     rows.push(Row {
         what: "overwrite 4 KiB in the middle of that file, save: store growth".into(),
         ours: added as f64,
@@ -260,6 +330,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         baseline_name: "the file's size".into(),
         bytes: true,
         target: Some(5.0 * MIB),
+        peer: peer_overwrite.map(|(_, b)| b as f64),
     });
     rows.push(Row {
         what: "… and the save's time".into(),
@@ -268,6 +339,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         baseline_name: "`cp` of the file".into(),
         bytes: false,
         target: None,
+        peer: peer_overwrite.map(|(t, _)| t),
     });
 
     // A SQLite database, 100 rows updated.
@@ -275,11 +347,14 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
     let db = ws.join("app.db");
     python(MAKE_DB, &db, db_rows)?;
     save(&mut c, &ws, "database").await?;
+    let theirs = peer.map(|p| PeerStore::new(p, &ws)).transpose()?;
+    peer_step(&theirs, "the database's first save", |p| p.save("database"));
     python(UPDATE_DB, &db, db_rows)?;
     let size = std::fs::metadata(&db).map_err(|e| e.to_string())?.len();
     let (cp, _) = cp_secs(&db, &scratch, false)?;
     let (secs, added, _) = save(&mut c, &ws, "100 rows").await?;
     eprintln!("bench: big files: sqlite 100 rows: +{added} B in {secs:.3} s");
+    let peer_rows = peer_step(&theirs, "the 100 rows", |p| p.save("100 rows"));
     rows.push(Row {
         what: format!(
             "a {:.0} MiB SQLite database, 100 rows updated, save: store growth",
@@ -290,6 +365,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         baseline_name: "the database's size".into(),
         bytes: true,
         target: Some(8.0 * MIB),
+        peer: peer_rows.map(|(_, b)| b as f64),
     });
     rows.push(Row {
         what: "… and the save's time".into(),
@@ -298,6 +374,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         baseline_name: "`cp` of the database".into(),
         bytes: false,
         target: None,
+        peer: peer_rows.map(|(t, _)| t),
     });
 
     // A sparse file holding 1 MiB of data in four places.
@@ -324,6 +401,28 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         return Err("the restored sparse file differs".into());
     }
     eprintln!("bench: big files: sparse restore in {secs:.3} s, {used} B on disk");
+    // The peer restores only into its workspace: the image is moved aside and restored in
+    // place, then checked against it.
+    let theirs = peer.map(|p| PeerStore::new(p, &ws)).transpose()?;
+    let peer_sparse = peer_step(&theirs, "the sparse file", |p| {
+        p.save("sparse")?;
+        let aside = scratch.join("vm.img.aside");
+        std::fs::rename(&img, &aside).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let r = p.peer.run(p.home.path(), &ws, &["restore", "latest"]);
+        let secs = t0.elapsed().as_secs_f64();
+        let checked = r.and_then(|_| {
+            let used = std::fs::metadata(&img).map_err(|e| e.to_string())?.blocks() * 512;
+            if same_content(&aside, &img)? {
+                Ok((secs, used))
+            } else {
+                Err("its restored sparse file differs".into())
+            }
+        });
+        let _ = std::fs::remove_file(&img);
+        std::fs::rename(&aside, &img).map_err(|e| e.to_string())?;
+        checked
+    });
     let gib = sparse as f64 / (MIB * 1024.0);
     rows.push(Row {
         what: format!("a {gib:.2} GiB sparse file with 1 MiB of data: restore time"),
@@ -332,6 +431,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         baseline_name: "`cp --sparse=always`".into(),
         bytes: false,
         target: Some(1.0),
+        peer: peer_sparse.map(|(t, _)| t),
     });
     rows.push(Row {
         what: "… and the disk the restored file takes".into(),
@@ -340,6 +440,7 @@ async fn steps(scratch: &Path, full: bool, rows: &mut Vec<Row>) -> Result<(), St
         baseline_name: "`cp --sparse=always`'s copy".into(),
         bytes: true,
         target: Some(2.0 * MIB),
+        peer: peer_sparse.map(|(_, b)| b as f64),
     });
     std::fs::remove_dir_all(&scratch).map_err(|e| e.to_string())?;
     Ok(())

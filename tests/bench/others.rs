@@ -97,7 +97,7 @@ impl Peer {
     }
 
     /// `chkpt <args>` in `cwd` with its store under `home`.
-    fn run(&self, home: &Path, cwd: &Path, args: &[&str]) -> Result<String, String> {
+    pub fn run(&self, home: &Path, cwd: &Path, args: &[&str]) -> Result<String, String> {
         run_cmd(
             Command::new(&self.bin)
                 .args(args)
