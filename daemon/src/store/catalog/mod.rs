@@ -1,0 +1,365 @@
+//! The catalog: tables of a redb database for the blob index, packs, workspaces, snapshots and
+//! warm file indexes.
+//!
+//! # Format
+//! 1. `blob_segments`: sequence number (8 bytes big-endian) → a version byte, then entries of
+//!    a 16-byte id followed by its 29-byte [`Loc`]. One segment per committed chunk of objects;
+//!    a later segment's entry for an id wins. The whole index is loaded into memory when the
+//!    store opens: looking an id up never touches the catalog, and a cold save writes a few
+//!    large values instead of one entry per object.
+//! 2. `packs`: pack number (4 bytes big-endian) → committed length (8 bytes little-endian).
+//!    Blob index entries that reach past their pack's committed length are the remains of an
+//!    interrupted commit and are ignored.
+//! 3. `workspaces`: workspace id (8 bytes BE) → bitcode [`WorkspaceRecord`]; `ws_paths`: the
+//!    workspace's absolute path bytes → its id.
+//! 4. `snapshots`: snapshot id (8 bytes BE) → bitcode [`SnapshotRecord`]; `ws_snaps`: workspace
+//!    id, creation time in µs and snapshot id (8 bytes BE each) → empty, so a workspace's
+//!    snapshots list in time order by a range scan.
+//! 5. `index_segments`: workspace id (8 bytes BE), a sequence number (8 bytes BE) → bitcode
+//!    list of (relative path, [`FileMeta`] or none for a removed path): the persisted warm
+//!    index, as a base of whole-index segments followed by journal segments, each applied in
+//!    order. When the journal outgrows a quarter of the base, it is folded into a new base.
+//! 6. Workspace and snapshot records are encoded as `records` says (a version byte, then
+//!    the body). Blob and warm-index segments start with a version byte: [`SEGMENT_VERSION`]
+//!    for those written now, and every version below it still reads.
+//!    - Version 1: a blob segment is its entries, each a 16-byte id and a 29-byte `Loc`, one
+//!      after the other; a warm-index segment is a byte 1 (base) or 0 (journal), then the
+//!      bitcode list of rule 5.
+//!    - Version 2: a blob segment is the bitcode `BlobColumns` of its entries (ids, then
+//!      each field of their locations in a column of its own, which bitcode packs into the
+//!      fewest bytes the column's values need: ~26 bytes an entry instead of 45); a
+//!      warm-index segment is the base byte, then version 1's bitcode list as an LZ4 block
+//!      with its length in front (`lz4_flex`'s size-prepended block; sorted paths share most
+//!      of their bytes with the path before).
+//! 7. Stores written before segments existed keep one `blobs` entry per object and one `files`
+//!    entry per path; opening such a store moves them into segments once.
+//! 8. `meta`: `next_id` → the next workspace id (8 bytes BE); ids are never given out twice,
+//!    and each is larger than the ones before.
+//! 9. Every table maps bytes to bytes, in byte order, in one redb file, [`FILE`] in the data
+//!    directory. Each write is a transaction of its own, committed without an fsync, and
+//!    [`Catalog::flush`] commits durably (see `kv`). Catalogs before this rule were sled
+//!    databases in the folder `catalog/`, with the same trees and keys (and sled's id counter
+//!    for rule 8): opening such a store copies every tree into [`FILE`] once (see `migrate`).
+
+mod kv;
+mod migrate;
+
+mod blobs;
+mod snapshots;
+mod warm_index;
+
+pub use self::warm_index::{IndexChange, LoadedIndex};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use redb::{ReadableTable, TableDefinition, TableHandle};
+
+use self::kv::Kv;
+use self::warm_index::put_index_base;
+
+use super::pack::Loc;
+use super::{Id, Kind};
+use crate::error::{Error, Result};
+
+/// Objects per blob index segment, and index entries per warm-index segment.
+const SEGMENT_ENTRIES: usize = 8192;
+
+/// The catalog's file in the data directory (format rule 9).
+pub const FILE: &str = "catalog.redb";
+
+/// The version byte in front of blob and warm-index segments written now (format rule 6).
+pub const SEGMENT_VERSION: u8 = 2;
+/// The first segment version (format rule 6), also that of the per-entry records of rule 7.
+pub const SEGMENT_V1: u8 = 1;
+/// The largest warm-index segment a catalog may claim to decompress to: 8,192 entries of
+/// paths up to 4 KiB, with room to spare. A larger claim is corruption, not an allocation.
+const MAX_INDEX_SEGMENT: usize = 64 << 20;
+
+pub use super::records::{Note, SnapshotRecord, Tag, Trigger, TripwireRecord, WorkspaceRecord};
+
+/// One entry of a workspace's warm index: what a path was when it was last read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
+pub struct FileMeta {
+    /// File, symlink or directory.
+    pub kind: Kind,
+    /// `st_mode & 0o7777`.
+    pub mode: u32,
+    /// Length.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number.
+    pub dev: u64,
+    /// Content id (files, symlinks); unused for directories.
+    pub id: Id,
+    /// The content was read so soon after its last modification that a later write in the same
+    /// timestamp tick would leave the metadata unchanged: re-read it next time.
+    pub racy: bool,
+}
+
+/// Decodes a bitcode value of segment version 1 (the per-entry `files` records of rule 7).
+fn decode_v1<T: for<'a> bitcode::Decode<'a>>(what: &str, bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&SEGMENT_V1, rest)) => {
+            bitcode::decode(rest).map_err(|e| Error::Corrupt(format!("catalog {what} record: {e}")))
+        }
+        _ => Err(Error::Corrupt(format!(
+            "catalog {what} record has an unknown format version"
+        ))),
+    }
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or_default()
+}
+
+/// A catalog table: byte keys to byte values, in key order.
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+/// A table open for writing.
+type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+const BLOB_SEGMENTS: Def = TableDefinition::new("blob_segments");
+const PACKS: Def = TableDefinition::new("packs");
+const WORKSPACES: Def = TableDefinition::new("workspaces");
+const WS_PATHS: Def = TableDefinition::new("ws_paths");
+const SNAPSHOTS: Def = TableDefinition::new("snapshots");
+const WS_SNAPS: Def = TableDefinition::new("ws_snaps");
+const INDEX_SEGMENTS: Def = TableDefinition::new("index_segments");
+const META: Def = TableDefinition::new("meta");
+/// The tables of format rule 7.
+const OLD_BLOBS: Def = TableDefinition::new("blobs");
+const OLD_FILES: Def = TableDefinition::new("files");
+/// `meta`'s key of the next workspace id (format rule 8).
+const NEXT_ID: &[u8] = b"next_id";
+
+/// The catalog's tables.
+#[derive(Debug)]
+pub struct Catalog {
+    kv: Kv,
+    next_blob_segment: AtomicU64,
+}
+
+impl Catalog {
+    /// Opens (creating) the catalog of the data directory `dir`, with a page cache of
+    /// `cache_bytes`. A catalog of sled (before format rule 9) is moved into the new file
+    /// first, and a store of the per-entry format into segments (format rule 7).
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<Catalog> {
+        migrate::from_sled(dir, cache_bytes)?;
+        let kv = Kv::open(&dir.join(FILE), cache_bytes)?;
+        let tables = [
+            BLOB_SEGMENTS,
+            PACKS,
+            WORKSPACES,
+            WS_PATHS,
+            SNAPSHOTS,
+            WS_SNAPS,
+            INDEX_SEGMENTS,
+            META,
+        ];
+        let next = kv.write(|w| {
+            for t in tables {
+                w.open_table(t)?;
+            }
+            let segments = w.open_table(BLOB_SEGMENTS)?;
+            let last = segments.last()?;
+            Ok(last.map(|(k, _)| u64_at(k.value(), 0) + 1).unwrap_or(0))
+        })?;
+        kv.flush()?;
+        let cat = Catalog {
+            kv,
+            next_blob_segment: AtomicU64::new(next),
+        };
+        cat.migrate_per_entry_tables()?;
+        Ok(cat)
+    }
+
+    /// Makes every write so far durable. Fails when a write of this thread since its last
+    /// flush may have been lost (the file was reopened after a failed write).
+    pub fn flush(&self) -> Result<()> {
+        self.kv.flush()
+    }
+
+    /// Changes each time the file is reopened after a failed write: what was written before
+    /// and not flushed may be gone.
+    pub fn generation(&self) -> u64 {
+        self.kv.generation()
+    }
+
+    /// The error of an operation whose records a reopen may have lost.
+    pub fn lost(&self) -> Error {
+        self.kv.lost()
+    }
+
+    fn migrate_per_entry_tables(&self) -> Result<()> {
+        let names: Vec<String> = self.kv.read(|r| {
+            Ok(r.list_tables()?
+                .map(|t| t.name().to_owned())
+                .collect::<Vec<_>>())
+        })?;
+        if names.iter().any(|n| n == OLD_BLOBS.name()) {
+            self.kv.write(|w| {
+                let mut entries = Vec::new();
+                for kv in w.open_table(OLD_BLOBS)?.iter()? {
+                    let (k, v) = kv?;
+                    if let (Ok(raw), Some(loc)) =
+                        (<[u8; 16]>::try_from(k.value()), Loc::decode(v.value()))
+                    {
+                        entries.push((Id::from_bytes(raw), loc));
+                    }
+                }
+                tracing::info!(
+                    objects = entries.len(),
+                    "moving the blob index into segments"
+                );
+                self.put_blob_segments(&mut w.open_table(BLOB_SEGMENTS)?, &entries)?;
+                w.delete_table(OLD_BLOBS)?;
+                Ok(())
+            })?;
+        }
+        if names.iter().any(|n| n == OLD_FILES.name()) {
+            self.kv.write(|w| {
+                let mut per_ws: HashMap<u64, Vec<IndexChange>> = HashMap::new();
+                for kv in w.open_table(OLD_FILES)?.iter()? {
+                    let (k, v) = kv?;
+                    let k = k.value();
+                    // A bad record only costs that file a re-read.
+                    match decode_v1::<FileMeta>("file", v.value()) {
+                        Ok(meta) if k.len() >= 8 => per_ws
+                            .entry(u64_at(k, 0))
+                            .or_default()
+                            .push((k[8..].to_vec(), Some(meta))),
+                        _ => tracing::warn!("skipping a malformed warm index record"),
+                    }
+                }
+                let mut t = w.open_table(INDEX_SEGMENTS)?;
+                for (ws, entries) in per_ws {
+                    put_index_base(&mut t, ws, &entries)?;
+                }
+                drop(t);
+                w.delete_table(OLD_FILES)?;
+                Ok(())
+            })?;
+        }
+        self.kv.flush()
+    }
+
+    // ---- blob index
+}
+
+#[cfg(test)]
+impl Catalog {
+    /// The tables in the file.
+    pub(crate) fn table_names(&self) -> Result<Vec<String>> {
+        self.kv
+            .read(|r| Ok(r.list_tables()?.map(|t| t.name().to_owned()).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blobs::{blob_segment, decode_blob_segment};
+    use super::warm_index::{decode_index_segment, index_segment};
+    use super::*;
+
+    fn meta(i: u64) -> FileMeta {
+        FileMeta {
+            kind: Kind::File,
+            mode: 0o644,
+            size: i,
+            mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            ctime_ns: 1_700_000_000_000_000_001 + i as i64,
+            ino: 1000 + i,
+            dev: 42,
+            id: Id::of(&i.to_le_bytes()),
+            racy: i.is_multiple_of(7),
+        }
+    }
+
+    fn changes(n: u64) -> Vec<IndexChange> {
+        (0..n)
+            .map(|i| {
+                let path = format!("src/module_{}/file_{i}.rs", i / 25).into_bytes();
+                (path, (!i.is_multiple_of(11)).then(|| meta(i)))
+            })
+            .collect()
+    }
+
+    fn blobs(n: u64) -> Vec<(Id, Loc)> {
+        (0..n)
+            .map(|i| {
+                let loc = Loc {
+                    pack: 1 + (i / 1000) as u32,
+                    offset: i * 97,
+                    len: 40 + i % 50,
+                    raw_len: 60 + i % 70,
+                    flags: (i % 3) as u8,
+                };
+                (Id::of(&i.to_be_bytes()), loc)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn segments_of_this_version_read_back_and_are_smaller_than_version_1() {
+        let c = changes(8192);
+        let seg = index_segment(true, &c);
+        assert_eq!(decode_index_segment(&seg).unwrap(), (true, c.clone()));
+        let mut v1 = vec![SEGMENT_V1, 0];
+        v1.extend_from_slice(&bitcode::encode(&c));
+        assert!(seg.len() * 2 < v1.len(), "{} vs {}", seg.len(), v1.len());
+
+        let b = blobs(8192);
+        let seg = blob_segment(&b);
+        assert_eq!(decode_blob_segment(&seg).unwrap(), b);
+        assert!(seg.len() < 1 + b.len() * 30, "{} bytes", seg.len());
+    }
+
+    /// Segments written before version 2 (format rule 6) still read.
+    #[test]
+    fn version_1_segments_read() {
+        let c = changes(300);
+        let mut v1 = vec![SEGMENT_V1, 0];
+        v1.extend_from_slice(&bitcode::encode(&c));
+        assert_eq!(decode_index_segment(&v1).unwrap(), (false, c));
+
+        let b = blobs(300);
+        let mut v1 = vec![SEGMENT_V1];
+        for (id, loc) in &b {
+            v1.extend_from_slice(id.as_bytes());
+            v1.extend_from_slice(&loc.encode());
+        }
+        assert_eq!(decode_blob_segment(&v1).unwrap(), b);
+    }
+
+    #[test]
+    fn a_damaged_segment_is_an_error_not_a_panic_or_a_huge_allocation() {
+        let seg = index_segment(false, &changes(100));
+        let mut huge = seg.clone();
+        huge[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_index_segment(&huge),
+            Err(Error::Corrupt(_))
+        ));
+        for cut in [3, seg.len() / 2, seg.len() - 1] {
+            assert!(decode_index_segment(&seg[..cut]).is_err(), "cut at {cut}");
+        }
+        let blob = blob_segment(&blobs(100));
+        for cut in [1, blob.len() / 2, blob.len() - 1] {
+            assert!(decode_blob_segment(&blob[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_blob_segment(&[9, 1, 2]).is_err());
+        assert!(decode_index_segment(&[9, 1, 2]).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The persisted warm file index of each workspace (format rules 5 and 6).
+
+use std::collections::{HashMap, HashSet};
+
+use redb::ReadableTable;
+
+use super::{
+    Catalog, FileMeta, INDEX_SEGMENTS, MAX_INDEX_SEGMENT, SEGMENT_ENTRIES, SEGMENT_V1,
+    SEGMENT_VERSION, Table, be, u64_at,
+};
+use crate::error::{Error, Result};
+use crate::store::{Id, Kind};
+
+/// A warm-index change: a path's new entry, or none when it is gone.
+pub type IndexChange = (Vec<u8>, Option<FileMeta>);
+/// A persisted warm index: (relative path, entry) in path order, and the number of journal
+/// entries it was rebuilt from on top of its base.
+pub type LoadedIndex = (Vec<(Vec<u8>, FileMeta)>, usize);
+
+impl Catalog {
+    /// entries on top of its base.
+    pub fn load_index(&self, ws: u64) -> Result<LoadedIndex> {
+        let mut map: std::collections::BTreeMap<Vec<u8>, FileMeta> = Default::default();
+        let mut journal = 0;
+        let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
+        self.kv.read(|r| {
+            for kv in r
+                .open_table(INDEX_SEGMENTS)?
+                .range(lo.as_slice()..=hi.as_slice())?
+            {
+                let (base, changes) = decode_index_segment(kv?.1.value())?;
+                if !base {
+                    journal += changes.len();
+                }
+                for (path, meta) in changes {
+                    match meta {
+                        Some(m) => map.insert(path, m),
+                        None => map.remove(&path),
+                    };
+                }
+            }
+            Ok(())
+        })?;
+        Ok((map.into_iter().collect(), journal))
+    }
+
+    /// Appends changes to a workspace's persisted warm index.
+    pub fn append_index(&self, ws: u64, changes: &[IndexChange]) -> Result<()> {
+        self.kv.write(|w| {
+            let mut t = w.open_table(INDEX_SEGMENTS)?;
+            let seqs = next_index_seq(&t, ws)?..;
+            for (seq, chunk) in seqs.zip(changes.chunks(SEGMENT_ENTRIES)) {
+                t.insert(
+                    index_key(ws, seq).as_slice(),
+                    index_segment(false, chunk).as_slice(),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces a workspace's persisted warm index by `entries`, atomically.
+    pub fn write_index_base(&self, ws: u64, entries: &[IndexChange]) -> Result<()> {
+        self.kv
+            .write(|w| put_index_base(&mut w.open_table(INDEX_SEGMENTS)?, ws, entries))
+    }
+
+    /// Content ids named by the persisted warm indexes (kept by garbage collection). Entries
+    /// a later segment replaced name nothing.
+    pub fn index_ids(&self) -> Result<HashSet<Id>> {
+        let mut out = HashSet::new();
+        let mut ws = None;
+        let mut current: HashMap<Vec<u8>, Id> = HashMap::new();
+        self.kv.read(|r| {
+            for kv in r.open_table(INDEX_SEGMENTS)?.iter()? {
+                let (k, v) = kv?;
+                let seg_ws = u64_at(k.value(), 0);
+                if ws != Some(seg_ws) {
+                    out.extend(current.drain().map(|(_, id)| id));
+                    ws = Some(seg_ws);
+                }
+                let (_, changes) = decode_index_segment(v.value())?;
+                for (path, meta) in changes {
+                    match meta.filter(|m| m.kind != Kind::Dir) {
+                        Some(m) => current.insert(path, m.id),
+                        None => current.remove(&path),
+                    };
+                }
+            }
+            Ok(())
+        })?;
+        out.extend(current.into_values());
+        Ok(out)
+    }
+}
+
+pub(super) fn index_key(ws: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&be(ws));
+    k[8..].copy_from_slice(&be(seq));
+    k
+}
+
+pub(super) fn next_index_seq(t: &Table<'_>, ws: u64) -> Result<u64> {
+    let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
+    let last = t
+        .range(lo.as_slice()..=hi.as_slice())?
+        .next_back()
+        .transpose()?;
+    Ok(last.map(|(k, _)| u64_at(k.value(), 8) + 1).unwrap_or(0))
+}
+
+pub(super) fn put_index_base(t: &mut Table<'_>, ws: u64, entries: &[IndexChange]) -> Result<()> {
+    let seqs = next_index_seq(t, ws)?..;
+    let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
+    t.retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
+    for (seq, chunk) in seqs.zip(entries.chunks(SEGMENT_ENTRIES)) {
+        t.insert(
+            index_key(ws, seq).as_slice(),
+            index_segment(true, chunk).as_slice(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A warm-index segment of the current version: the version byte, 1 for a base segment (0
+/// for journal), the changes (format rule 6).
+pub(super) fn index_segment(base: bool, changes: &[IndexChange]) -> Vec<u8> {
+    let mut out = vec![SEGMENT_VERSION, u8::from(base)];
+    out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&bitcode::encode(
+        changes,
+    )));
+    out
+}
+
+/// A warm-index segment of any version (format rule 6).
+pub(super) fn decode_index_segment(bytes: &[u8]) -> Result<(bool, Vec<IndexChange>)> {
+    let corrupt = |e: String| Error::Corrupt(format!("catalog warm index segment: {e}"));
+    let (base, changes) = match bytes {
+        [SEGMENT_V1, base @ (0 | 1), rest @ ..] => (
+            *base,
+            bitcode::decode(rest).map_err(|e| corrupt(e.to_string()))?,
+        ),
+        [SEGMENT_VERSION, base @ (0 | 1), rest @ ..] => {
+            let claimed = rest
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map_or(usize::MAX, |b| u32::from_le_bytes(b) as usize);
+            if claimed > MAX_INDEX_SEGMENT {
+                return Err(corrupt(format!("claims {claimed} bytes")));
+            }
+            let plain = lz4_flex::block::decompress_size_prepended(rest)
+                .map_err(|e| corrupt(e.to_string()))?;
+            (
+                *base,
+                bitcode::decode(&plain).map_err(|e| corrupt(e.to_string()))?,
+            )
+        }
+        _ => {
+            return Err(Error::Corrupt(
+                "catalog warm index segment has an unknown format version".into(),
+            ));
+        }
+    };
+    Ok((base == 1, changes))
+}
