@@ -10,6 +10,7 @@ use crate::patch::{self, FilePatch, PatchKind};
 use crate::retention::Policy;
 use crate::store::Kind;
 use crate::store::catalog::{Note, SnapshotRecord, Tag, Trigger, TripwireRecord, WorkspaceRecord};
+use crate::store::gc::VerifyReport;
 use crate::workspace::diff::{Change, DiffEntry, Side};
 use crate::workspace::restore::RestoreSummary;
 
@@ -358,6 +359,27 @@ pub fn restore_summary(s: &RestoreSummary) -> pb::RestoreSummary {
             .changed_paths
             .iter()
             .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+            .collect(),
+    }
+}
+
+/// The answer to Verify.
+pub fn verify_response(report: &VerifyReport) -> pb::VerifyResponse {
+    pb::VerifyResponse {
+        blobs_checked: report.objects_checked,
+        trees_checked: report.trees_checked,
+        bytes_checked: report.bytes_checked,
+        ok: report.problems.is_empty(),
+        problems: report
+            .problems
+            .iter()
+            .map(|p| pb::VerifyProblem {
+                object_id: p.object.to_hex(),
+                snapshot: p.snapshot.map(|s| format!("{s:016x}")).unwrap_or_default(),
+                path: p.path.clone(),
+                problem: p.problem.clone(),
+                path_text: String::from_utf8_lossy(&p.path).into_owned(),
+            })
             .collect(),
     }
 }

@@ -4,18 +4,14 @@
 pub mod convert;
 mod stream;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_server::Chkpt;
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use self::convert::status;
@@ -24,7 +20,6 @@ use crate::engine::{Engine, ManualSave, WatchState};
 use crate::error::{Error, Result};
 use crate::store::Kind;
 use crate::workspace::WatchOptions;
-use crate::workspace::restore::RestoreOptions;
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -366,54 +361,10 @@ impl Chkpt for Service {
         &self,
         req: Request<pb::RestoreRequest>,
     ) -> Result<Response<Self::RestoreStream>, Status> {
-        let r = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let engine = self.engine.clone();
-        let panic_tx = tx.clone();
-        let worker = tokio::task::spawn_blocking(move || {
-            let opts = RestoreOptions {
-                paths: r.paths,
-                dry_run: r.dry_run,
-                to: (!r.to.is_empty()).then(|| PathBuf::from(&r.to)),
-                skip_checkpoint: false,
-                include_git: r.include_git,
-                force: r.force,
-            };
-            let mut last = Instant::now();
-            let progress_tx = tx.clone();
-            let mut progress = move |done: u64, total: u64, done_bytes: u64, total_bytes: u64| {
-                if last.elapsed() >= Duration::from_millis(100) || done == total {
-                    last = Instant::now();
-                    let ev = pb::RestoreEvent {
-                        event: Some(pb::restore_event::Event::Progress(pb::RestoreProgress {
-                            done_entries: done,
-                            total_entries: total,
-                            done_bytes,
-                            total_bytes,
-                        })),
-                    };
-                    let _ = progress_tx.blocking_send(Ok(ev));
-                }
-            };
-            let res = engine.restore(&r.workspace, &r.snapshot, opts, &mut progress);
-            let msg = res.map(|s| pb::RestoreEvent {
-                event: Some(pb::restore_event::Event::Summary(convert::restore_summary(
-                    &s,
-                ))),
-            });
-            let _ = tx.blocking_send(msg.map_err(status));
-        });
-        tokio::spawn(async move {
-            if let Err(e) = worker.await {
-                tracing::error!(error = %e, "the restore worker failed");
-                let _ = panic_tx
-                    .send(Err(Status::internal(
-                        "the restore stopped unexpectedly; see the daemon's log",
-                    )))
-                    .await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream::restore(
+            self.engine.clone(),
+            req.into_inner(),
+        )))
     }
 
     type ReadFileStream = Stream_<pb::FileChunk>;
@@ -428,25 +379,12 @@ impl Chkpt for Service {
             self.blocking(move |e| e.entry_at(&r.workspace, &r.snapshot, &r.path))
                 .await?
         };
-        let (tx, rx) = mpsc::channel(4);
-        let engine = self.engine.clone();
-        let (offset, length) = (r.offset, r.length);
-        tokio::task::spawn_blocking(move || {
-            let mut w = stream::ChunkWriter {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(stream::CHUNK),
-                offset: offset.min(entry.size),
-                total: entry.size,
-                sent: false,
-            };
-            let res = engine
-                .read_range_into(&entry, offset, length, &mut w)
-                .and_then(|_| w.flush().map_err(|e| Error::io("(stream)", e)));
-            if let Err(e) = res {
-                let _ = tx.blocking_send(Err(status(e)));
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream::read_file(
+            self.engine.clone(),
+            entry,
+            r.offset,
+            r.length,
+        )))
     }
 
     async fn list_tree(
@@ -599,23 +537,7 @@ impl Chkpt for Service {
                     Some(e.record_for(&r.workspace)?.id)
                 };
                 let report = e.verify(only)?;
-                Ok(pb::VerifyResponse {
-                    blobs_checked: report.objects_checked,
-                    trees_checked: report.trees_checked,
-                    bytes_checked: report.bytes_checked,
-                    ok: report.problems.is_empty(),
-                    problems: report
-                        .problems
-                        .iter()
-                        .map(|p| pb::VerifyProblem {
-                            object_id: p.object.to_hex(),
-                            snapshot: p.snapshot.map(|s| format!("{s:016x}")).unwrap_or_default(),
-                            path: p.path.clone(),
-                            problem: p.problem.clone(),
-                            path_text: String::from_utf8_lossy(&p.path).into_owned(),
-                        })
-                        .collect(),
-                })
+                Ok(convert::verify_response(&report))
             })
             .await?;
         Ok(Response::new(resp))

@@ -1,18 +1,25 @@
-//! Server streams: the Events stream and the chunks of a file being read.
+//! Server streams: the Events stream, a restore's progress and summary, and the chunks of a file
+//! being read.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::Status;
 
 use super::Stream_;
-use super::convert;
+use super::convert::{self, status};
 use crate::engine::{Engine, EngineEvent};
+use crate::error::Error;
+use crate::store::Entry;
+use crate::workspace::restore::RestoreOptions;
 
 /// The Events stream: the engine's events (of one workspace, or all) as they happen. A
 /// subscriber too slow to keep up is told how many events it missed, never left unaware.
@@ -113,6 +120,84 @@ impl Write for ChunkWriter {
         self.offset += len;
         Ok(())
     }
+}
+
+/// The Restore stream: progress at most every 100 ms, then the summary or the error. A worker
+/// that panics still ends the stream with an error, never a stream that stops without one.
+pub(super) fn restore(engine: Arc<Engine>, r: pb::RestoreRequest) -> Stream_<pb::RestoreEvent> {
+    let (tx, rx) = mpsc::channel(16);
+    let panic_tx = tx.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        let opts = RestoreOptions {
+            paths: r.paths,
+            dry_run: r.dry_run,
+            to: (!r.to.is_empty()).then(|| PathBuf::from(&r.to)),
+            skip_checkpoint: false,
+            include_git: r.include_git,
+            force: r.force,
+        };
+        let mut last = Instant::now();
+        let progress_tx = tx.clone();
+        let mut progress = move |done: u64, total: u64, done_bytes: u64, total_bytes: u64| {
+            if last.elapsed() >= Duration::from_millis(100) || done == total {
+                last = Instant::now();
+                let ev = pb::RestoreEvent {
+                    event: Some(pb::restore_event::Event::Progress(pb::RestoreProgress {
+                        done_entries: done,
+                        total_entries: total,
+                        done_bytes,
+                        total_bytes,
+                    })),
+                };
+                let _ = progress_tx.blocking_send(Ok(ev));
+            }
+        };
+        let res = engine.restore(&r.workspace, &r.snapshot, opts, &mut progress);
+        let msg = res.map(|s| pb::RestoreEvent {
+            event: Some(pb::restore_event::Event::Summary(convert::restore_summary(
+                &s,
+            ))),
+        });
+        let _ = tx.blocking_send(msg.map_err(status));
+    });
+    tokio::spawn(async move {
+        if let Err(e) = worker.await {
+            tracing::error!(error = %e, "the restore worker failed");
+            let _ = panic_tx
+                .send(Err(Status::internal(
+                    "the restore stopped unexpectedly; see the daemon's log",
+                )))
+                .await;
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// The ReadFile stream: `entry`'s bytes from `offset` (`length` of them, all when 0), in
+/// chunks of [`CHUNK`].
+pub(super) fn read_file(
+    engine: Arc<Engine>,
+    entry: Entry,
+    offset: u64,
+    length: u64,
+) -> Stream_<pb::FileChunk> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChunkWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+            offset: offset.min(entry.size),
+            total: entry.size,
+            sent: false,
+        };
+        let res = engine
+            .read_range_into(&entry, offset, length, &mut w)
+            .and_then(|_| w.flush().map_err(|e| Error::io("(stream)", e)));
+        if let Err(e) = res {
+            let _ = tx.blocking_send(Err(status(e)));
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
 }
 
 #[cfg(test)]
