@@ -115,12 +115,13 @@ pub fn decide(snaps: &[SnapshotRecord], policy: &Policy, _now_us: u64) -> Vec<De
 mod tests {
     use super::*;
     use crate::store::catalog::Trigger;
+    use crate::store::{SnapshotId, WorkspaceId};
 
     fn snap(id: u64, hours_ago: u64, trigger: Trigger) -> SnapshotRecord {
         let now = 1_000_000 * 3600 * 24 * 400;
         SnapshotRecord {
-            id,
-            workspace: 1,
+            id: SnapshotId::new(id),
+            workspace: WorkspaceId::new(1),
             created_us: now - hours_ago * 3_600_000_000 - id,
             trigger,
             ..Default::default()
@@ -144,7 +145,11 @@ mod tests {
             ..Default::default()
         };
         let d = decide(&snaps, &policy, 0);
-        let kept: Vec<u64> = d.iter().filter(|x| x.keep).map(|x| x.snapshot.id).collect();
+        let kept: Vec<u64> = d
+            .iter()
+            .filter(|x| x.keep)
+            .map(|x| x.snapshot.id.get())
+            .collect();
         assert_eq!(kept, vec![1, 3, 5, 6]);
     }
 }
@@ -153,6 +158,7 @@ mod tests {
 mod agent_tests {
     use super::*;
     use crate::store::catalog::{Tag, Trigger};
+    use crate::store::{SnapshotId, WorkspaceId};
 
     fn tag(k: &str, v: &str) -> Tag {
         Tag {
@@ -165,8 +171,8 @@ mod agent_tests {
     fn agent_checkpoints_follow_the_policy_and_a_note_by_hand_keeps_an_auto_snapshot() {
         let now = 1_000_000 * 3600 * 24 * 400;
         let at = |id: u64, hours_ago: u64, trigger: Trigger| SnapshotRecord {
-            id,
-            workspace: 1,
+            id: SnapshotId::new(id),
+            workspace: WorkspaceId::new(1),
             created_us: now - hours_ago * 3_600_000_000 - id,
             trigger,
             ..Default::default()
@@ -190,7 +196,7 @@ mod agent_tests {
         let kept: Vec<u64> = decide(&snaps, &policy, 0)
             .iter()
             .filter(|x| x.keep)
-            .map(|x| x.snapshot.id)
+            .map(|x| x.snapshot.id.get())
             .collect();
         assert_eq!(kept, vec![1, 3, 5]);
     }

@@ -16,14 +16,14 @@ use std::process::Command;
 
 use chkpt_daemon::error::Error;
 use chkpt_daemon::store::catalog::{self, FileMeta, IndexChange, WorkspaceRecord};
-use chkpt_daemon::store::{Id, Kind, Store};
+use chkpt_daemon::store::{Id, Kind, Store, WorkspaceId};
 
 const CHILD: &str = "CHKPT_CATALOG_FULL_DISK_CHILD";
 const DONE: &str = "CHKPT_CATALOG_FULL_DISK_DONE";
 
 fn workspace(id: u64) -> WorkspaceRecord {
     WorkspaceRecord {
-        id,
+        id: WorkspaceId::new(id),
         path: format!("/ws/{id}").into_bytes(),
         ..Default::default()
     }
@@ -95,7 +95,9 @@ fn catalog_full_disk_child() {
 
     // 1 MiB of room passes the free-space check; the index needs more.
     fill(&filler, 1 << 20);
-    let err = cat.write_index_base(1, &big_index()).unwrap_err();
+    let err = cat
+        .write_index_base(WorkspaceId::new(1), &big_index())
+        .unwrap_err();
     assert!(is_catalog_disk_full(&err), "{err:?}");
     // Still full: the flush fails first, as a full disk, without touching the catalog.
     let err = store.flush().unwrap_err();
@@ -106,7 +108,7 @@ fn catalog_full_disk_child() {
     // says to retry.
     let err = store.flush().unwrap_err();
     assert!(err.to_string().contains("retry"), "{err}");
-    assert_eq!(cat.workspace(2).unwrap(), None);
+    assert_eq!(cat.workspace(WorkspaceId::new(2)).unwrap(), None);
     // So does the batch, whose records went with it; its object is not in the index.
     let err = batch.finish().unwrap_err();
     assert!(err.to_string().contains("retry"), "{err}");
@@ -114,7 +116,8 @@ fn catalog_full_disk_child() {
 
     // The catalog works again, and the same writes succeed.
     cat.put_workspace(&workspace(2)).unwrap();
-    cat.write_index_base(1, &big_index()).unwrap();
+    cat.write_index_base(WorkspaceId::new(1), &big_index())
+        .unwrap();
     let batch = store.batch();
     let (again, _) = batch.put(&[7u8; 5000], false).unwrap();
     batch.finish().unwrap();
@@ -123,9 +126,18 @@ fn catalog_full_disk_child() {
 
     let store = Store::open(&data).unwrap();
     let cat = store.catalog();
-    assert_eq!(cat.workspace(1).unwrap(), Some(workspace(1)));
-    assert_eq!(cat.workspace(2).unwrap(), Some(workspace(2)));
-    assert_eq!(cat.load_index(1).unwrap().0.len(), big_index().len());
+    assert_eq!(
+        cat.workspace(WorkspaceId::new(1)).unwrap(),
+        Some(workspace(1))
+    );
+    assert_eq!(
+        cat.workspace(WorkspaceId::new(2)).unwrap(),
+        Some(workspace(2))
+    );
+    assert_eq!(
+        cat.load_index(WorkspaceId::new(1)).unwrap().0.len(),
+        big_index().len()
+    );
     assert_eq!(store.read_vec(&object).unwrap(), vec![7u8; 5000]);
     assert!(store.verify(None).unwrap().problems.is_empty());
     fs::write(std::env::var_os(DONE).unwrap(), b"done").unwrap();

@@ -72,7 +72,7 @@ fn verify_names_the_file_of_a_damaged_chunk_and_restore_refuses_before_writing()
 
     let store = Store::open(store_dir.path()).unwrap();
     let report = store.verify(None).unwrap();
-    let hurt: HashSet<(Option<u64>, Vec<u8>)> = report
+    let hurt: HashSet<(Option<chkpt_daemon::store::SnapshotId>, Vec<u8>)> = report
         .problems
         .iter()
         .map(|p| (p.snapshot, p.path.clone()))

@@ -1121,7 +1121,7 @@ fn a_crafted_snapshot_with_hostile_names_cannot_write_outside_its_target() {
             .unwrap();
         b.finish().unwrap();
         let mut crafted = honest.clone();
-        crafted.id ^= 0xdead_beef;
+        crafted.id = chkpt_daemon::store::SnapshotId::new(crafted.id.get() ^ 0xdead_beef);
         crafted.root = tree;
         store.catalog().put_snapshot(&crafted).unwrap();
         let to = tempfile::tempdir().unwrap();

@@ -183,7 +183,7 @@ struct SnapshotLike;
 impl SnapshotLike {
     fn synthetic(like: &SnapshotRecord, id: u64) -> SnapshotRecord {
         let mut s = like.clone();
-        s.id = id;
+        s.id = chkpt_daemon::store::SnapshotId::new(id);
         s.new_bytes = 0;
         s.new_blobs = 0;
         s
@@ -193,8 +193,8 @@ impl SnapshotLike {
 /// A snapshot record `hours` hours before [`BASE_US`] (ids break ties: a higher id is older).
 fn record(id: u64, hours: u64, trigger: Trigger, pinned: bool, new_bytes: u64) -> SnapshotRecord {
     SnapshotRecord {
-        id,
-        workspace: 1,
+        id: chkpt_daemon::store::SnapshotId::new(id),
+        workspace: chkpt_daemon::store::WorkspaceId::new(1),
         created_us: BASE_US - hours * HOUR_US - id,
         root: chkpt_daemon::store::Id::default(),
         parent: None,
@@ -222,7 +222,7 @@ fn record(id: u64, hours: u64, trigger: Trigger, pinned: bool, new_bytes: u64) -
 fn decisions(snaps: &[SnapshotRecord], policy: &Policy) -> Vec<(u64, bool, String)> {
     retention::decide(snaps, policy, BASE_US)
         .into_iter()
-        .map(|d| (d.snapshot.id, d.keep, d.reason))
+        .map(|d| (d.snapshot.id.get(), d.keep, d.reason))
         .collect()
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use super::Engine;
 use super::registry::{WsHandle, lock};
 use crate::error::Result;
+use crate::store::SnapshotId;
 use crate::workspace::now_us;
 
 /// The window costs are summed over.
@@ -30,7 +31,7 @@ pub struct FileCostSum {
 /// A computed answer: for which newest snapshot, when, and what.
 #[derive(Debug, Clone, Default)]
 pub struct CostCache {
-    latest: u64,
+    latest: Option<SnapshotId>,
     at_us: u64,
     top: Vec<FileCostSum>,
 }
@@ -40,7 +41,7 @@ impl Engine {
     /// first.
     pub fn top_files(&self, h: &WsHandle) -> Result<Vec<FileCostSum>> {
         let now = now_us();
-        let latest = self.store.cat.latest(h.id)?.map_or(0, |s| s.id);
+        let latest = self.store.cat.latest(h.id)?.map(|s| s.id);
         if let Some(c) = lock(&h.costs).as_ref()
             && c.latest == latest
             && now.saturating_sub(c.at_us) < CACHE_US

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use super::registry::lock;
+use crate::store::WorkspaceId;
 
 /// Retention runs after a workspace's auto snapshots at most this often.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
@@ -15,7 +16,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 enum Job {
     /// Workspace `0` took an auto snapshot: apply its retention policy if it is time.
-    RetentionDue(u64),
+    RetentionDue(WorkspaceId),
     /// A snapshot was taken, or automatic ones paused for space: keep the data directory
     /// within its budget.
     BudgetDue,
@@ -51,7 +52,7 @@ impl Maintenance {
     }
 
     /// Workspace `ws` took an auto snapshot.
-    pub fn retention_due(&self, ws: u64) {
+    pub fn retention_due(&self, ws: WorkspaceId) {
         let _ = lock(&self.tx).send(Job::RetentionDue(ws));
     }
 
@@ -70,7 +71,7 @@ impl Maintenance {
 }
 
 fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
-    let mut last_run: HashMap<u64, Instant> = HashMap::new();
+    let mut last_run: HashMap<WorkspaceId, Instant> = HashMap::new();
     while let Ok(job) = rx.recv() {
         let ws = match job {
             Job::Stop => break,
@@ -110,7 +111,7 @@ fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
 }
 
 /// Applies workspace `ws`'s retention policy, unless it ran in the last [`RETENTION_EVERY`].
-fn retention(engine: &Engine, ws: u64, last_run: &mut HashMap<u64, Instant>) {
+fn retention(engine: &Engine, ws: WorkspaceId, last_run: &mut HashMap<WorkspaceId, Instant>) {
     if last_run
         .get(&ws)
         .is_some_and(|t| t.elapsed() < RETENTION_EVERY)
@@ -119,6 +120,6 @@ fn retention(engine: &Engine, ws: u64, last_run: &mut HashMap<u64, Instant>) {
     }
     last_run.insert(ws, Instant::now());
     if let Err(e) = engine.apply_retention(ws) {
-        tracing::warn!(workspace = ws, error = %e, "retention failed");
+        tracing::warn!(workspace = %ws, error = %e, "retention failed");
     }
 }

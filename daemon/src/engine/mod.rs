@@ -35,6 +35,7 @@ use tokio::sync::broadcast;
 pub use self::registry::{WatchState, WsHandle};
 pub use self::save::{ManualSave, SaveRequest, Walk};
 use crate::store::Store;
+use crate::store::WorkspaceId;
 use crate::store::catalog::{SnapshotRecord, TripwireRecord};
 use crate::workspace::WatchOptions;
 use crate::workspace::restore::RestoreSummary;
@@ -45,13 +46,13 @@ pub enum EngineEvent {
     /// A snapshot was recorded.
     SnapshotTaken(SnapshotRecord),
     /// A restore finished.
-    RestoreDone(u64, RestoreSummary),
+    RestoreDone(WorkspaceId, RestoreSummary),
     /// A workspace was stat-walked because events may have been lost.
-    Rescan(u64, String),
+    Rescan(WorkspaceId, String),
     /// Something the user should know.
-    Warning(u64, String),
+    Warning(WorkspaceId, String),
     /// A mass change fired the tripwire.
-    Tripwire(u64, TripwireRecord),
+    Tripwire(WorkspaceId, TripwireRecord),
 }
 
 /// The daemon's state.

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::retention::{self, Decision, Policy};
 use crate::store::Kind;
 use crate::store::catalog::{SnapshotRecord, TripwireRecord};
+use crate::store::{SnapshotId, WorkspaceId};
 use crate::workspace::git::{self, Loss};
 use crate::workspace::restore::{ProgressFn, RestoreOptions, RestoreSummary};
 use crate::workspace::{diff, now_us};
@@ -121,7 +122,7 @@ impl Engine {
         let snaps = self.store.cat.snapshots_of(record.id, None, usize::MAX)?;
         let decisions = retention::decide(&snaps, &policy, now_us());
         if dry_run {
-            let gone: HashSet<u64> = decisions
+            let gone: HashSet<SnapshotId> = decisions
                 .iter()
                 .filter(|d| !d.keep)
                 .map(|d| d.snapshot.id)
@@ -139,7 +140,7 @@ impl Engine {
 
     /// Applies workspace `ws`'s retention policy and collects the garbage of what it removed.
     /// Returns how many snapshots went.
-    pub fn apply_retention(&self, ws: u64) -> Result<usize> {
+    pub fn apply_retention(&self, ws: WorkspaceId) -> Result<usize> {
         let Some(record) = self.store.cat.workspace(ws)? else {
             return Ok(0);
         };
@@ -226,7 +227,7 @@ impl Engine {
     fn raise_tripwire(
         &self,
         h: &super::WsHandle,
-        pinned: Option<u64>,
+        pinned: Option<SnapshotId>,
         changed: u64,
         detail: String,
     ) -> Result<Option<TripwireRecord>> {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::Engine;
 use super::registry::WsHandle;
 use crate::error::{Error, Result};
+use crate::store::WorkspaceId;
 use crate::store::catalog::{SnapshotRecord, Tag, WorkspaceRecord};
 use crate::store::{Entry, Id, Kind};
 use crate::workspace::diff::{self, validate_rel};
@@ -201,7 +202,7 @@ fn lexical(path: &[u8]) -> Option<Vec<u8>> {
 
 impl Engine {
     /// Every workspace's path by id (snapshots outlive watching).
-    pub fn workspace_paths(&self) -> Result<HashMap<u64, String>> {
+    pub fn workspace_paths(&self) -> Result<HashMap<WorkspaceId, String>> {
         Ok(self
             .store
             .cat
@@ -212,7 +213,7 @@ impl Engine {
     }
 
     /// The path of workspace `id` (empty when unknown).
-    pub fn workspace_path(&self, id: u64) -> Result<String> {
+    pub fn workspace_path(&self, id: WorkspaceId) -> Result<String> {
         Ok(self
             .store
             .cat
@@ -222,12 +223,12 @@ impl Engine {
     }
 
     /// Workspace `id`'s record, as the catalog has it (with its tripwire).
-    pub fn workspace_record(&self, id: u64) -> Result<Option<WorkspaceRecord>> {
+    pub fn workspace_record(&self, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
         self.store.cat.workspace(id)
     }
 
     /// Workspace `id`'s newest snapshot.
-    pub fn latest(&self, id: u64) -> Result<Option<SnapshotRecord>> {
+    pub fn latest(&self, id: WorkspaceId) -> Result<Option<SnapshotRecord>> {
         self.store.cat.latest(id)
     }
 
@@ -298,7 +299,7 @@ impl Engine {
     }
 
     /// Checks every object the snapshots (of one workspace, or all) need.
-    pub fn verify(&self, only: Option<u64>) -> Result<crate::store::gc::VerifyReport> {
+    pub fn verify(&self, only: Option<WorkspaceId>) -> Result<crate::store::gc::VerifyReport> {
         self.store.verify(only)
     }
 }

@@ -11,6 +11,7 @@ use super::Engine;
 use super::autosave::Worker;
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::store::WorkspaceId;
 use crate::store::catalog::WorkspaceRecord;
 use crate::watch::Feed;
 use crate::workspace::{Workspace, WorkspaceCounters};
@@ -37,7 +38,7 @@ pub enum WatchState {
 #[derive(Debug)]
 pub struct WsHandle {
     /// Workspace id.
-    pub id: u64,
+    pub id: WorkspaceId,
     /// Canonical root.
     pub root: PathBuf,
     /// The workspace; locked for saves, restores and working-tree diffs (see
@@ -155,12 +156,12 @@ impl WsHandle {
 /// The watched workspaces by id.
 #[derive(Debug, Default)]
 pub struct Registry {
-    workspaces: RwLock<HashMap<u64, Arc<WsHandle>>>,
+    workspaces: RwLock<HashMap<WorkspaceId, Arc<WsHandle>>>,
 }
 
 impl Registry {
     /// The handle of workspace `id`, if watched.
-    pub fn get(&self, id: u64) -> Option<Arc<WsHandle>> {
+    pub fn get(&self, id: WorkspaceId) -> Option<Arc<WsHandle>> {
         self.workspaces
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -175,7 +176,7 @@ impl Registry {
             .insert(h.id, h);
     }
 
-    pub(super) fn remove(&self, id: u64) {
+    pub(super) fn remove(&self, id: WorkspaceId) {
         self.workspaces
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -203,7 +204,7 @@ impl Engine {
     }
 
     /// The path of a watched workspace, from memory (no catalog read).
-    pub fn watched_path(&self, id: u64) -> Option<String> {
+    pub fn watched_path(&self, id: WorkspaceId) -> Option<String> {
         self.registry.get(id).map(|h| h.root.display().to_string())
     }
 

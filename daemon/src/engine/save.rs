@@ -63,7 +63,7 @@ impl Engine {
     pub fn sync_events(&self, h: &WsHandle) {
         let watching = matches!(h.state(), WatchState::Watching | WatchState::Paused(_))
             && lock(&h.worker).is_some();
-        if !watching || !h.feed.sync(&h.root, h.id, BARRIER_TIMEOUT) {
+        if !watching || !h.feed.sync(&h.root, h.id.get(), BARRIER_TIMEOUT) {
             h.feed.dirty().full = true;
         }
     }
@@ -311,7 +311,7 @@ mod tests {
         let h = engine.handle_for(&root.display().to_string()).unwrap();
         for _ in 0..20 {
             assert!(
-                h.feed.sync(&root, h.id, Duration::from_secs(5)),
+                h.feed.sync(&root, h.id.get(), Duration::from_secs(5)),
                 "barrier seen"
             );
         }

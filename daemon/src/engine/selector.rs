@@ -29,6 +29,7 @@ use jiff::tz::{AmbiguousOffset, TimeZone};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::store::catalog::{SnapshotRecord, Tag};
+use crate::store::{SnapshotId, WorkspaceId};
 use crate::workspace::now_us;
 
 /// What every selector error suggests.
@@ -53,7 +54,7 @@ pub enum Selector {
     /// The newest at or before this instant, µs since the epoch.
     At(u64),
     /// This snapshot id.
-    Id(u64),
+    Id(SnapshotId),
     /// The one snapshot whose id starts with these lowercase hex digits (1 to 15).
     Prefix(String),
     /// An agent session's newest checkpoint, or (`before`) the state before it began.
@@ -111,7 +112,7 @@ impl Selector {
         let lower = sel.to_ascii_lowercase();
         if lower.len() == 16 {
             return u64::from_str_radix(&lower, 16)
-                .map(Selector::Id)
+                .map(|n| Selector::Id(SnapshotId::new(n)))
                 .map_err(|_| bad(FORMS));
         }
         Ok(Selector::Prefix(lower))
@@ -156,7 +157,7 @@ const PREFIX_MATCHES: usize = 10;
 
 impl Engine {
     /// Resolves a snapshot selector (see the module's forms) within workspace `ws`.
-    pub fn resolve(&self, ws: u64, selector: &str) -> Result<SnapshotRecord> {
+    pub fn resolve(&self, ws: WorkspaceId, selector: &str) -> Result<SnapshotRecord> {
         let sel = selector.trim();
         let not_found = |detail: String| Error::SnapshotNotFound {
             selector: sel.to_owned(),
@@ -212,7 +213,7 @@ impl Engine {
     /// Selector forms 6 and 7.
     fn resolve_session(
         &self,
-        ws: u64,
+        ws: WorkspaceId,
         sel: &str,
         session: &str,
         before: bool,
@@ -284,7 +285,7 @@ impl Engine {
             })
     }
 
-    fn at_or_before(&self, ws: u64, sel: &str, us: u64) -> Result<SnapshotRecord> {
+    fn at_or_before(&self, ws: WorkspaceId, sel: &str, us: u64) -> Result<SnapshotRecord> {
         self.store
             .cat
             .snapshots_of(ws, Some(us), 1)?
@@ -295,15 +296,15 @@ impl Engine {
             })
     }
 
-    fn other_workspace(&self, sel: &str, asked: u64, owner: u64) -> Error {
-        let path_of = |id: u64| {
+    fn other_workspace(&self, sel: &str, asked: WorkspaceId, owner: WorkspaceId) -> Error {
+        let path_of = |id: WorkspaceId| {
             self.store
                 .cat
                 .workspace(id)
                 .ok()
                 .flatten()
                 .map(|w| String::from_utf8_lossy(&w.path).into_owned())
-                .unwrap_or_else(|| format!("#{id}"))
+                .unwrap_or_else(|| format!("#{}", id.get()))
         };
         Error::SnapshotOfOtherWorkspace {
             selector: sel.to_owned(),
@@ -358,7 +359,7 @@ mod tests {
         let tz = berlin();
         assert_eq!(
             Selector::parse_in("00000000000000fF", &tz).unwrap(),
-            Selector::Id(255)
+            Selector::Id(SnapshotId::new(255))
         );
         assert_eq!(
             Selector::parse_in("AbC", &tz).unwrap(),
@@ -431,7 +432,14 @@ mod tests {
 
     /// An engine over a fresh store with two workspaces: `a` with snapshots at the given ages
     /// (seconds before now) and ids, `b` with one snapshot.
-    fn engine_with(snaps: &[(u64, u64)]) -> (tempfile::TempDir, std::sync::Arc<Engine>, u64, u64) {
+    fn engine_with(
+        snaps: &[(u64, u64)],
+    ) -> (
+        tempfile::TempDir,
+        std::sync::Arc<Engine>,
+        WorkspaceId,
+        WorkspaceId,
+    ) {
         use crate::store::Store;
         use crate::store::catalog::{SnapshotRecord, Trigger};
         use crate::workspace::{WatchOptions, register};
@@ -444,8 +452,8 @@ mod tests {
         let wa = register(&store, &a, WatchOptions::default()).unwrap().id;
         let wb = register(&store, &b, WatchOptions::default()).unwrap().id;
         let now = now_us();
-        let record = |id: u64, workspace: u64, age_s: u64| SnapshotRecord {
-            id,
+        let record = |id: u64, workspace: WorkspaceId, age_s: u64| SnapshotRecord {
+            id: SnapshotId::new(id),
             workspace,
             created_us: now - age_s * 1_000_000,
             trigger: Trigger::Auto,
@@ -476,7 +484,7 @@ mod tests {
             (0xaaaa_0000_0000_0003, 300),  // 5 minutes ago
             (0xaaaa_0000_0000_0004, 10),   // just now
         ]);
-        let id = |sel: &str| e.resolve(a, sel).map(|s| s.id);
+        let id = |sel: &str| e.resolve(a, sel).map(|s| s.id.get());
         assert_eq!(id("latest").unwrap(), 0xaaaa_0000_0000_0004);
         assert_eq!(id("latest~2").unwrap(), 0xaaaa_0000_0000_0002);
         assert_eq!(id("@5s").unwrap(), 0xaaaa_0000_0000_0004);
@@ -502,7 +510,7 @@ mod tests {
             (0xabc2_0000_0000_0002, 20),
             (0xbbbb_1000_0000_0000, 10),
         ]);
-        let id = |sel: &str| e.resolve(a, sel).map(|s| s.id);
+        let id = |sel: &str| e.resolve(a, sel).map(|s| s.id.get());
         assert_eq!(id("abc1").unwrap(), 0xabc1_0000_0000_0001);
         assert_eq!(id("ABC2").unwrap(), 0xabc2_0000_0000_0002);
         assert_eq!(id("abc2000000000002").unwrap(), 0xabc2_0000_0000_0002);
@@ -524,7 +532,10 @@ mod tests {
             Err(Error::SnapshotOfOtherWorkspace { .. })
         ));
         assert!(matches!(id("fff"), Err(Error::SnapshotNotFound { .. })));
-        assert_eq!(e.resolve(b, "bbbb0").unwrap().id, 0xbbbb_0000_0000_0001);
+        assert_eq!(
+            e.resolve(b, "bbbb0").unwrap().id.get(),
+            0xbbbb_0000_0000_0001
+        );
     }
 
     #[test]
@@ -535,12 +546,12 @@ mod tests {
         let store = &e.store;
         let mut other = store.cat.latest(b).unwrap().unwrap();
         for i in 0..1500u64 {
-            other.id = 0xcc00_0000_0000_0000 + i;
+            other.id = SnapshotId::new(0xcc00_0000_0000_0000 + i);
             store.cat.put_snapshot(&other).unwrap();
         }
         let mut mine = other.clone();
         mine.workspace = a;
-        mine.id = 0xcc00_ffff_0000_0000;
+        mine.id = SnapshotId::new(0xcc00_ffff_0000_0000);
         store.cat.put_snapshot(&mine).unwrap();
         assert_eq!(e.resolve(a, "cc").unwrap().id, mine.id);
     }
@@ -588,7 +599,7 @@ mod tests {
         ]);
         let store = &e.store;
         let edit = |id: u64, f: &dyn Fn(&mut SnapshotRecord)| {
-            let mut s = store.cat.snapshot(id).unwrap().unwrap();
+            let mut s = store.cat.snapshot(SnapshotId::new(id)).unwrap().unwrap();
             f(&mut s);
             store.cat.put_snapshot(&s).unwrap();
         };
@@ -614,7 +625,7 @@ mod tests {
                 &[tag("session", "s1"), tag("phase", "stop")],
             );
         });
-        let id = |sel: &str| e.resolve(a, sel).map(|s| s.id);
+        let id = |sel: &str| e.resolve(a, sel).map(|s| s.id.get());
         // s1: its first checkpoint was before a tool ran: that state; newest: the note.
         assert_eq!(id("session:s1^").unwrap(), 0xaaaa_0000_0000_0002);
         assert_eq!(id("session:s1").unwrap(), 0xaaaa_0000_0000_0006);

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::Engine;
 use super::registry::lock;
 use crate::error::{Error, Result};
+use crate::store::WorkspaceId;
 use crate::store::catalog::{SnapshotRecord, Trigger};
 
 /// The default budget is the smaller of this share of the data directory's file system …
@@ -229,7 +230,7 @@ impl Engine {
     /// newest of their workspace.
     fn budget_candidates(&self) -> Result<Vec<SnapshotRecord>> {
         let all = self.store.cat.all_snapshots()?;
-        let mut newest: HashMap<u64, u64> = HashMap::new();
+        let mut newest: HashMap<WorkspaceId, u64> = HashMap::new();
         for s in &all {
             let n = newest.entry(s.workspace).or_insert(s.created_us);
             *n = (*n).max(s.created_us);

@@ -169,7 +169,7 @@ pub fn workspace(
 ) -> pb::Workspace {
     pb::Workspace {
         path: String::from_utf8_lossy(&w.path).into_owned(),
-        id: w.id,
+        id: w.id.get(),
         idle_ms: w.idle_ms,
         max_delay_ms: w.max_delay_ms,
         include_dependency_dirs: w.include_dependency_dirs,

@@ -18,12 +18,12 @@ use super::Stream_;
 use super::convert::{self, status};
 use crate::engine::{Engine, EngineEvent};
 use crate::error::Error;
-use crate::store::Entry;
+use crate::store::{Entry, WorkspaceId};
 use crate::workspace::restore::RestoreOptions;
 
 /// The Events stream: the engine's events (of one workspace, or all) as they happen. A
 /// subscriber too slow to keep up is told how many events it missed, never left unaware.
-pub(super) fn events(engine: Arc<Engine>, filter: Option<u64>) -> Stream_<pb::Event> {
+pub(super) fn events(engine: Arc<Engine>, filter: Option<WorkspaceId>) -> Stream_<pb::Event> {
     let stream = BroadcastStream::new(engine.subscribe()).filter_map(move |item| {
         // Runs on the async runtime: no catalog reads here, the paths of watched workspaces
         // are in memory.
@@ -207,6 +207,7 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
+    use crate::store::WorkspaceId;
     use crate::workspace::WatchOptions;
 
     #[tokio::test]
@@ -222,7 +223,10 @@ mod tests {
         let mut stream = events(engine.clone(), None);
         // More than the channel holds (1,024), before the subscriber reads anything.
         for i in 0..1500 {
-            engine.emit(EngineEvent::Warning(1, format!("event {i}")));
+            engine.emit(EngineEvent::Warning(
+                WorkspaceId::new(1),
+                format!("event {i}"),
+            ));
         }
         let first = stream.next().await.unwrap().unwrap();
         match first.kind {

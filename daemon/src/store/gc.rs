@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::holes::{self, PunchPlan};
 use super::pack::{self, FLAG_CHUNKED, Loc};
 use super::read::loc_bytes;
-use super::{Id, Kind, Store};
+use super::{Id, Kind, SnapshotId, Store, WorkspaceId};
 use crate::error::{Error, IoContext, Result};
 
 /// Packs whose dead fraction passes this are rewritten.
@@ -34,7 +34,7 @@ pub struct Problem {
     /// The damaged or missing object.
     pub object: Id,
     /// A snapshot that needs it (none for an object nothing refers to).
-    pub snapshot: Option<u64>,
+    pub snapshot: Option<SnapshotId>,
     /// Where in that snapshot.
     pub path: Vec<u8>,
     /// What is wrong.
@@ -81,7 +81,7 @@ type BadPaths = Arc<Vec<(Vec<u8>, Id, String)>>;
 
 impl Store {
     /// Every object reachable from a snapshot (but those in `without`) or a warm index.
-    fn mark(&self, without: &HashSet<u64>) -> Result<HashSet<Id>> {
+    fn mark(&self, without: &HashSet<SnapshotId>) -> Result<HashSet<Id>> {
         let mut live: HashSet<Id> = HashSet::new();
         let mut stack: Vec<Id> = Vec::new();
         for s in self.cat.all_snapshots()? {
@@ -251,7 +251,7 @@ impl Store {
     /// The bytes [`Store::gc`] would free were the snapshots `gone` removed first, changing
     /// nothing: what `prune --dry-run` reports. The same marking and the same decisions per
     /// pack, so a prune that follows with nothing changed in between frees exactly this.
-    pub fn reclaimable_without(&self, gone: &HashSet<u64>) -> Result<u64> {
+    pub fn reclaimable_without(&self, gone: &HashSet<SnapshotId>) -> Result<u64> {
         let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let live = self.mark(gone)?;
         let mut live_in: HashMap<u32, Vec<(Id, Loc)>> = HashMap::new();
@@ -330,7 +330,7 @@ impl Store {
 
     /// Reads every object and checks it against its id, decodes every tree reachable from a
     /// snapshot, and names for each problem the snapshots and paths it hurts.
-    pub fn verify(&self, only_workspace: Option<u64>) -> Result<VerifyReport> {
+    pub fn verify(&self, only_workspace: Option<WorkspaceId>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let mut bad: HashMap<Id, String> = HashMap::new();
         for (id, loc) in self.objects() {

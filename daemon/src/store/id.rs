@@ -1,4 +1,5 @@
-//! Content ids: the xxh3-128 digest of an object's bytes.
+//! Ids: content ids (the xxh3-128 digest of an object's bytes), and the ids of snapshots and
+//! workspaces in the catalog.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -66,6 +67,76 @@ impl Id {
     }
 }
 
+/// Declares a catalog id: a `u64` that is only ever an id of its kind. It persists as the bare
+/// number (`serde(transparent)`, and bitcode's encoding of a one-field struct is its field's),
+/// so records and journals written with bare `u64`s read back unchanged.
+macro_rules! catalog_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Clone,
+            Copy,
+            Default,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            serde::Serialize,
+            serde::Deserialize,
+            bitcode::Encode,
+            bitcode::Decode,
+        )]
+        #[serde(transparent)]
+        pub struct $name(u64);
+
+        impl $name {
+            /// The id with this number (as stored in the catalog's keys, or parsed from hex).
+            pub const fn new(n: u64) -> $name {
+                $name(n)
+            }
+
+            /// Its number.
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+
+            /// Lowercase hex, 16 digits: the form users see and type.
+            pub fn to_hex(self) -> String {
+                format!("{:016x}", self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:016x})", stringify!($name), self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:016x}", self.0)
+            }
+        }
+
+        impl fmt::LowerHex for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::LowerHex::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+catalog_id!(
+    /// A snapshot's id: unique in a store, never given out twice.
+    SnapshotId
+);
+
+catalog_id!(
+    /// A workspace's id: unique in a store, each larger than the ones before.
+    WorkspaceId
+);
+
 impl serde::Serialize for Id {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&self.0)
@@ -131,6 +202,34 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records and journals written when the ids were bare `u64`s must read back, and new ones
+    /// be readable by a chkptd of then: the ids encode as the numbers themselves.
+    #[test]
+    fn catalog_ids_encode_as_their_bare_numbers() {
+        for n in [0, 1, 0xdead_beef, u64::MAX] {
+            let (s, w) = (SnapshotId::new(n), WorkspaceId::new(n));
+            assert_eq!(bitcode::encode(&s), bitcode::encode(&n));
+            assert_eq!(bitcode::encode(&Some(w)), bitcode::encode(&Some(n)));
+            assert_eq!(
+                bitcode::decode::<SnapshotId>(&bitcode::encode(&n)).unwrap(),
+                s
+            );
+            assert_eq!(msgpack(&s), msgpack(&n));
+            assert_eq!(msgpack(&Some(w)), msgpack(&Some(n)));
+            assert_eq!(
+                rmp_serde::from_slice::<WorkspaceId>(&msgpack(&n)).unwrap(),
+                w
+            );
+            assert_eq!(s.to_hex(), format!("{n:016x}"));
+            assert_eq!(format!("{s:016x}"), format!("{n:016x}"));
+        }
+    }
+
+    /// MessagePack of a value, as the records codec writes it.
+    fn msgpack<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        rmp_serde::to_vec_named(value).unwrap()
+    }
 
     #[test]
     fn streaming_equals_one_shot() {

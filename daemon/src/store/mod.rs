@@ -51,7 +51,7 @@ pub use self::batch::Batch;
 use self::blob_index::BlobIndex;
 pub use self::chunked::{CHUNK_THRESHOLD, ChunkList, Piece};
 pub use self::compress::{lz4_block, release_thread_buffers};
-pub use self::id::{Hasher, Id};
+pub use self::id::{Hasher, Id, SnapshotId, WorkspaceId};
 pub use self::pack::Loc;
 pub use self::tree::{Entry, Kind, Tree};
 use self::writers::Packs;

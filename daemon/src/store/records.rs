@@ -16,7 +16,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::Id;
+use super::{Id, SnapshotId, WorkspaceId};
 use crate::error::{Error, Result};
 
 /// The version byte of records written today (format rule 2).
@@ -53,15 +53,15 @@ impl Trigger {
 #[serde(default)]
 pub struct SnapshotRecord {
     /// Unique id (shown as 16 hex digits).
-    pub id: u64,
+    pub id: SnapshotId,
     /// The workspace it belongs to.
-    pub workspace: u64,
+    pub workspace: WorkspaceId,
     /// Creation time, µs since the Unix epoch; unique and increasing within a store.
     pub created_us: u64,
     /// The workspace's root tree.
     pub root: Id,
     /// The snapshot before it in the same workspace.
-    pub parent: Option<u64>,
+    pub parent: Option<SnapshotId>,
     /// Why it was taken.
     pub trigger: Trigger,
     /// A message from the user.
@@ -201,7 +201,7 @@ impl SnapshotRecord {
 
     /// The id as shown to people: 16 lowercase hex digits.
     pub fn hex_id(&self) -> String {
-        format!("{:016x}", self.id)
+        self.id.to_hex()
     }
 }
 
@@ -210,7 +210,7 @@ impl SnapshotRecord {
 #[serde(default)]
 pub struct WorkspaceRecord {
     /// Unique id.
-    pub id: u64,
+    pub id: WorkspaceId,
     /// Absolute, canonical path bytes.
     #[serde(with = "serde_bytes_vec")]
     pub path: Vec<u8>,
@@ -256,7 +256,7 @@ impl WorkspaceRecord {
 #[serde(default)]
 pub struct TripwireRecord {
     /// The snapshot taken just before the burst (pinned), if there was one.
-    pub pinned: Option<u64>,
+    pub pinned: Option<SnapshotId>,
     /// Files deleted or rewritten when it fired.
     pub changed: u64,
     /// When it fired, µs since the epoch.
@@ -375,7 +375,7 @@ impl<'de> serde::de::Visitor<'de> for BytesVisitor {
 
 /// The layouts of format version 1, frozen: never change them (format rule 3).
 pub mod v1 {
-    use crate::store::Id;
+    use crate::store::{Id, SnapshotId, WorkspaceId};
 
     pub(super) fn decode<T: for<'a> bitcode::Decode<'a>>(body: &[u8]) -> Result<T, String> {
         bitcode::decode(body).map_err(|e| e.to_string())
@@ -464,11 +464,11 @@ pub mod v1 {
     impl From<SnapshotRecord> for super::SnapshotRecord {
         fn from(s: SnapshotRecord) -> Self {
             super::SnapshotRecord {
-                id: s.id,
-                workspace: s.workspace,
+                id: SnapshotId::new(s.id),
+                workspace: WorkspaceId::new(s.workspace),
                 created_us: s.created_us,
                 root: s.root,
-                parent: s.parent,
+                parent: s.parent.map(SnapshotId::new),
                 trigger: s.trigger.into(),
                 message: s.message,
                 pinned: s.pinned,
@@ -506,7 +506,7 @@ pub mod v1 {
     impl From<WorkspaceRecord> for super::WorkspaceRecord {
         fn from(w: WorkspaceRecord) -> Self {
             super::WorkspaceRecord {
-                id: w.id,
+                id: WorkspaceId::new(w.id),
                 path: w.path,
                 idle_ms: w.idle_ms,
                 max_delay_ms: w.max_delay_ms,
@@ -516,7 +516,7 @@ pub mod v1 {
                 watched: w.watched,
                 retention: w.retention.into(),
                 tripwire: w.tripwire.map(|t| super::TripwireRecord {
-                    pinned: t.pinned,
+                    pinned: t.pinned.map(SnapshotId::new),
                     changed: t.changed,
                     fired_us: t.fired_us,
                     detail: String::new(),
@@ -533,7 +533,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_missing_field_reads_as_its_default() {
         let s = SnapshotRecord {
-            id: 7,
+            id: SnapshotId::new(7),
             root: Id::of(b"x"),
             message: "hello".into(),
             trigger: Trigger::PreRestore,
@@ -560,7 +560,7 @@ mod tests {
         )
         .unwrap();
         let read: SnapshotRecord = decode(&bytes).unwrap();
-        assert_eq!((read.id, read.message.as_str()), (9, "m"));
+        assert_eq!((read.id.get(), read.message.as_str()), (9, "m"));
         assert_eq!(read.git_head, "");
         assert!(read.tags.is_empty() && read.notes.is_empty());
     }
@@ -572,7 +572,7 @@ mod tests {
             value: v.into(),
         };
         let mut s = SnapshotRecord {
-            id: 1,
+            id: SnapshotId::new(1),
             tags: vec![tag("agent", "claude-code"), tag("session", "s1")],
             ..Default::default()
         };

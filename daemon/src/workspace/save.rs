@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::store::catalog::{SnapshotRecord, Tag, Trigger};
 use crate::store::records::{FileCost, MAX_COSTS};
 use crate::store::{Batch, Id, Store};
+use crate::store::{SnapshotId, WorkspaceId};
 
 /// The options of a save.
 #[derive(Debug, Clone)]
@@ -235,11 +236,11 @@ impl Workspace {
     }
 }
 
-fn snapshot_id(ws: u64, created_us: u64, root: &Id) -> u64 {
+fn snapshot_id(ws: WorkspaceId, created_us: u64, root: &Id) -> SnapshotId {
     let mut seed = Vec::with_capacity(40);
-    seed.extend_from_slice(&ws.to_le_bytes());
+    seed.extend_from_slice(&ws.get().to_le_bytes());
     seed.extend_from_slice(&created_us.to_le_bytes());
     seed.extend_from_slice(root.as_bytes());
     seed.extend_from_slice(&now_ns().to_le_bytes());
-    xxhash_rust::xxh3::xxh3_64(&seed)
+    SnapshotId::new(xxhash_rust::xxh3::xxh3_64(&seed))
 }

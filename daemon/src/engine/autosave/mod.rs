@@ -80,7 +80,7 @@ impl Worker {
             paused_from: None,
         };
         let thread = std::thread::Builder::new()
-            .name(format!("autosave-{}", h.id))
+            .name(format!("autosave-{}", h.id.get()))
             .spawn(move || {
                 w.connect();
                 drop(placed);

@@ -1,6 +1,7 @@
 //! The mass-change tripwire: many files deleted or rewritten within a short window (an `rm -rf`
 //! in the wrong folder, a runaway agent) fires it once per burst.
 
+use crate::store::SnapshotId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ pub struct Tripwire {
     counts: HashMap<Vec<u8>, usize>,
     created: HashSet<Vec<u8>>,
     last_event: Option<Instant>,
-    pre_burst: Option<u64>,
+    pre_burst: Option<SnapshotId>,
     fired: bool,
 }
 
@@ -68,7 +69,7 @@ impl Tripwire {
         now: Instant,
         path: &[u8],
         change: PathChange,
-        latest: impl FnOnce() -> Option<u64>,
+        latest: impl FnOnce() -> Option<SnapshotId>,
         total_files: impl FnOnce() -> u64,
     ) -> Option<Fired> {
         let quiet = self
@@ -144,7 +145,7 @@ impl Tripwire {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fired {
     /// The newest snapshot from before the burst.
-    pub pre_burst: Option<u64>,
+    pub pre_burst: Option<SnapshotId>,
     /// The paths deleted or rewritten in it so far.
     pub paths: Vec<Vec<u8>>,
 }
@@ -164,8 +165,14 @@ mod tests {
         let mut fired = Vec::new();
         for (i, p) in paths(120).iter().enumerate() {
             let now = t0 + Duration::from_millis(i as u64);
-            if let Some(f) = t.observe(now, p, PathChange::Destructive, || Some(7), || 100_000) {
-                fired.push((i, (f.pre_burst, f.paths.len() as u64)));
+            if let Some(f) = t.observe(
+                now,
+                p,
+                PathChange::Destructive,
+                || Some(SnapshotId::new(7)),
+                || 100_000,
+            ) {
+                fired.push((i, (f.pre_burst.map(SnapshotId::get), f.paths.len() as u64)));
             }
         }
         assert_eq!(fired, vec![(50, (Some(7), 51))]);
@@ -173,7 +180,15 @@ mod tests {
         let later = t0 + Duration::from_secs(30);
         let again = paths(60)
             .iter()
-            .filter_map(|p| t.observe(later, p, PathChange::Destructive, || Some(9), || 100_000))
+            .filter_map(|p| {
+                t.observe(
+                    later,
+                    p,
+                    PathChange::Destructive,
+                    || Some(SnapshotId::new(9)),
+                    || 100_000,
+                )
+            })
             .count();
         assert_eq!(again, 1);
     }
@@ -195,8 +210,14 @@ mod tests {
         }
         for p in paths(10).iter().map(|p| [b"old-".as_slice(), p].concat()) {
             fired = fired.or(t
-                .observe(now, &p, PathChange::Destructive, || Some(1), || 20)
-                .map(|f| (f.pre_burst, f.paths.len() as u64)));
+                .observe(
+                    now,
+                    &p,
+                    PathChange::Destructive,
+                    || Some(SnapshotId::new(1)),
+                    || 20,
+                )
+                .map(|f| (f.pre_burst.map(SnapshotId::get), f.paths.len() as u64)));
         }
         assert_eq!(fired, Some((Some(1), 5)), "5 of 20 files is over 20 %");
     }

@@ -165,6 +165,7 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use super::{SLED_ASIDE, SLED_DIR};
+    use crate::store::WorkspaceId;
     use crate::store::catalog::{FILE, FileMeta, SEGMENT_V1, WorkspaceRecord};
     use crate::store::{Id, Kind, Store};
 
@@ -225,17 +226,20 @@ pub(crate) mod tests {
         sled.open_tree("files").unwrap().insert(key, value).unwrap();
         // As the sled catalog had them: ids from sled's counter.
         let ws = WorkspaceRecord {
-            id: sled.generate_id().unwrap() + 1,
+            id: WorkspaceId::new(sled.generate_id().unwrap() + 1),
             path: b"/old/ws".to_vec(),
             ..Default::default()
         };
         sled.open_tree("workspaces")
             .unwrap()
-            .insert(ws.id.to_be_bytes(), crate::store::records::encode(&ws))
+            .insert(
+                ws.id.get().to_be_bytes(),
+                crate::store::records::encode(&ws),
+            )
             .unwrap();
         sled.open_tree("ws_paths")
             .unwrap()
-            .insert(&ws.path, &ws.id.to_be_bytes())
+            .insert(&ws.path, &ws.id.get().to_be_bytes())
             .unwrap();
         sled.flush().unwrap();
         id
@@ -246,7 +250,7 @@ pub(crate) mod tests {
     fn assert_old_store_moved(dir: &Path, id: Id) {
         let store = Store::open(dir).unwrap();
         assert_eq!(store.read_vec(&id).unwrap(), content());
-        let (entries, _) = store.cat.load_index(7).unwrap();
+        let (entries, _) = store.cat.load_index(WorkspaceId::new(7)).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(
             (entries[0].0.as_slice(), entries[0].1.id),
@@ -265,7 +269,10 @@ pub(crate) mod tests {
         drop(store);
         let store = Store::open(dir).unwrap();
         assert_eq!(store.read_vec(&id).unwrap(), content());
-        assert_eq!(store.cat.load_index(7).unwrap().0.len(), 1);
+        assert_eq!(
+            store.cat.load_index(WorkspaceId::new(7)).unwrap().0.len(),
+            1
+        );
         assert_eq!(store.cat.workspace(old.id).unwrap(), Some(old));
     }
 

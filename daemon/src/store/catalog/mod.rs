@@ -59,7 +59,7 @@ use self::kv::Kv;
 use self::warm_index::put_index_base;
 
 use super::pack::Loc;
-use super::{Id, Kind};
+use super::{Id, Kind, WorkspaceId};
 use crate::error::{Error, Result};
 
 /// Objects per blob index segment, and index entries per warm-index segment.
@@ -230,14 +230,14 @@ impl Catalog {
         }
         if names.iter().any(|n| n == OLD_FILES.name()) {
             self.kv.write(|w| {
-                let mut per_ws: HashMap<u64, Vec<IndexChange>> = HashMap::new();
+                let mut per_ws: HashMap<WorkspaceId, Vec<IndexChange>> = HashMap::new();
                 for kv in w.open_table(OLD_FILES)?.iter()? {
                     let (k, v) = kv?;
                     let k = k.value();
                     // A bad record only costs that file a re-read.
                     match decode_v1::<FileMeta>("file", v.value()) {
                         Ok(meta) if k.len() >= 8 => per_ws
-                            .entry(u64_at(k, 0))
+                            .entry(WorkspaceId::new(u64_at(k, 0)))
                             .or_default()
                             .push((k[8..].to_vec(), Some(meta))),
                         _ => tracing::warn!("skipping a malformed warm index record"),

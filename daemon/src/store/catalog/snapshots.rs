@@ -7,12 +7,12 @@ use super::{
     WorkspaceRecord, be, u64_at,
 };
 use crate::error::Result;
-use crate::store::records;
+use crate::store::{SnapshotId, WorkspaceId, records};
 
 /// A `ws_snaps` key (format rule 4).
-pub(super) fn snap_key(ws: u64, created_us: u64, id: u64) -> [u8; 24] {
+pub(super) fn snap_key(ws: WorkspaceId, created_us: u64, id: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&be(ws));
+    key[..8].copy_from_slice(&be(ws.get()));
     key[8..16].copy_from_slice(&be(created_us));
     key[16..].copy_from_slice(&be(id));
     key
@@ -20,12 +20,12 @@ pub(super) fn snap_key(ws: u64, created_us: u64, id: u64) -> [u8; 24] {
 
 /// The `ws_snaps` key of a snapshot.
 pub(super) fn ws_snap_key(s: &SnapshotRecord) -> [u8; 24] {
-    snap_key(s.workspace, s.created_us, s.id)
+    snap_key(s.workspace, s.created_us, s.id.get())
 }
 
 impl Catalog {
-    /// A new unique id, larger than every id given out before (format rule 8).
-    pub fn new_id(&self) -> Result<u64> {
+    /// A new unique workspace id, larger than every id given out before (format rule 8).
+    pub fn new_id(&self) -> Result<WorkspaceId> {
         self.kv.write(|w| {
             let mut t = w.open_table(META)?;
             let id = t
@@ -34,7 +34,7 @@ impl Catalog {
                 .unwrap_or(0)
                 .max(1);
             t.insert(NEXT_ID, be(id + 1).as_slice())?;
-            Ok(id)
+            Ok(WorkspaceId::new(id))
         })
     }
 
@@ -42,18 +42,18 @@ impl Catalog {
     pub fn put_workspace(&self, ws: &WorkspaceRecord) -> Result<()> {
         self.kv.write(|w| {
             w.open_table(WORKSPACES)?
-                .insert(be(ws.id).as_slice(), records::encode(ws).as_slice())?;
+                .insert(be(ws.id.get()).as_slice(), records::encode(ws).as_slice())?;
             w.open_table(WS_PATHS)?
-                .insert(ws.path.as_slice(), be(ws.id).as_slice())?;
+                .insert(ws.path.as_slice(), be(ws.id.get()).as_slice())?;
             Ok(())
         })
     }
 
     /// A workspace by id.
-    pub fn workspace(&self, id: u64) -> Result<Option<WorkspaceRecord>> {
+    pub fn workspace(&self, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
         self.kv.read(|r| {
             r.open_table(WORKSPACES)?
-                .get(be(id).as_slice())?
+                .get(be(id.get()).as_slice())?
                 .map(|v| records::decode(v.value()))
                 .transpose()
         })
@@ -89,7 +89,7 @@ impl Catalog {
     pub fn put_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         self.kv.write(|w| {
             w.open_table(SNAPSHOTS)?
-                .insert(be(s.id).as_slice(), records::encode(s).as_slice())?;
+                .insert(be(s.id.get()).as_slice(), records::encode(s).as_slice())?;
             w.open_table(WS_SNAPS)?
                 .insert(ws_snap_key(s).as_slice(), [].as_slice())?;
             Ok(())
@@ -97,10 +97,10 @@ impl Catalog {
     }
 
     /// A snapshot by id.
-    pub fn snapshot(&self, id: u64) -> Result<Option<SnapshotRecord>> {
+    pub fn snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRecord>> {
         self.kv.read(|r| {
             r.open_table(SNAPSHOTS)?
-                .get(be(id).as_slice())?
+                .get(be(id.get()).as_slice())?
                 .map(|v| records::decode(v.value()))
                 .transpose()
         })
@@ -110,7 +110,7 @@ impl Catalog {
     pub fn remove_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         self.kv.write(|w| {
             w.open_table(WS_SNAPS)?.remove(ws_snap_key(s).as_slice())?;
-            w.open_table(SNAPSHOTS)?.remove(be(s.id).as_slice())?;
+            w.open_table(SNAPSHOTS)?.remove(be(s.id.get()).as_slice())?;
             Ok(())
         })
     }
@@ -119,10 +119,10 @@ impl Catalog {
     /// `before_us`, newest first, at most `limit`.
     fn snapshot_keys(
         &self,
-        ws: u64,
+        ws: WorkspaceId,
         before_us: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(u64, u64)>> {
+    ) -> Result<Vec<(u64, SnapshotId)>> {
         let lo = snap_key(ws, 0, 0);
         let hi = snap_key(ws, before_us.unwrap_or(u64::MAX), u64::MAX);
         self.kv.read(|r| {
@@ -130,7 +130,7 @@ impl Catalog {
             let mut out = Vec::new();
             for kv in t.range(lo.as_slice()..=hi.as_slice())?.rev().take(limit) {
                 let k = kv?.0;
-                out.push((u64_at(k.value(), 8), u64_at(k.value(), 16)));
+                out.push((u64_at(k.value(), 8), SnapshotId::new(u64_at(k.value(), 16))));
             }
             Ok(out)
         })
@@ -139,9 +139,9 @@ impl Catalog {
     /// Snapshot ids of a workspace, newest first, created at or before `before_us`.
     pub fn snapshot_ids(
         &self,
-        ws: u64,
+        ws: WorkspaceId,
         before_us: Option<u64>,
-    ) -> impl Iterator<Item = Result<(u64, u64)>> + '_ {
+    ) -> impl Iterator<Item = Result<(u64, SnapshotId)>> + '_ {
         // Read at once: no transaction stays open while the caller reads each record.
         let (keys, err) = match self.snapshot_keys(ws, before_us, usize::MAX) {
             Ok(keys) => (keys, None),
@@ -153,7 +153,7 @@ impl Catalog {
     /// A workspace's snapshots, newest first.
     pub fn snapshots_of(
         &self,
-        ws: u64,
+        ws: WorkspaceId,
         before_us: Option<u64>,
         limit: usize,
     ) -> Result<Vec<SnapshotRecord>> {
@@ -177,7 +177,7 @@ impl Catalog {
     }
 
     /// A workspace's newest snapshot.
-    pub fn latest(&self, ws: u64) -> Result<Option<SnapshotRecord>> {
+    pub fn latest(&self, ws: WorkspaceId) -> Result<Option<SnapshotRecord>> {
         Ok(self.snapshots_of(ws, None, 1)?.pop())
     }
 
@@ -195,7 +195,7 @@ impl Catalog {
     /// Snapshots of workspace `ws` whose hex id starts with `prefix` (at most `limit`).
     pub fn snapshots_with_prefix(
         &self,
-        ws: u64,
+        ws: WorkspaceId,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<SnapshotRecord>> {

@@ -9,7 +9,7 @@ use super::{
     SEGMENT_VERSION, Table, be, u64_at,
 };
 use crate::error::{Error, Result};
-use crate::store::{Id, Kind};
+use crate::store::{Id, Kind, WorkspaceId};
 
 /// A warm-index change: a path's new entry, or none when it is gone.
 pub type IndexChange = (Vec<u8>, Option<FileMeta>);
@@ -19,7 +19,7 @@ pub type LoadedIndex = (Vec<(Vec<u8>, FileMeta)>, usize);
 
 impl Catalog {
     /// entries on top of its base.
-    pub fn load_index(&self, ws: u64) -> Result<LoadedIndex> {
+    pub fn load_index(&self, ws: WorkspaceId) -> Result<LoadedIndex> {
         let mut map: std::collections::BTreeMap<Vec<u8>, FileMeta> = Default::default();
         let mut journal = 0;
         let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
@@ -45,7 +45,7 @@ impl Catalog {
     }
 
     /// Appends changes to a workspace's persisted warm index.
-    pub fn append_index(&self, ws: u64, changes: &[IndexChange]) -> Result<()> {
+    pub fn append_index(&self, ws: WorkspaceId, changes: &[IndexChange]) -> Result<()> {
         self.kv.write(|w| {
             let mut t = w.open_table(INDEX_SEGMENTS)?;
             let seqs = next_index_seq(&t, ws)?..;
@@ -60,7 +60,7 @@ impl Catalog {
     }
 
     /// Replaces a workspace's persisted warm index by `entries`, atomically.
-    pub fn write_index_base(&self, ws: u64, entries: &[IndexChange]) -> Result<()> {
+    pub fn write_index_base(&self, ws: WorkspaceId, entries: &[IndexChange]) -> Result<()> {
         self.kv
             .write(|w| put_index_base(&mut w.open_table(INDEX_SEGMENTS)?, ws, entries))
     }
@@ -94,14 +94,14 @@ impl Catalog {
     }
 }
 
-pub(super) fn index_key(ws: u64, seq: u64) -> [u8; 16] {
+pub(super) fn index_key(ws: WorkspaceId, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&be(ws));
+    k[..8].copy_from_slice(&be(ws.get()));
     k[8..].copy_from_slice(&be(seq));
     k
 }
 
-pub(super) fn next_index_seq(t: &Table<'_>, ws: u64) -> Result<u64> {
+pub(super) fn next_index_seq(t: &Table<'_>, ws: WorkspaceId) -> Result<u64> {
     let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
     let last = t
         .range(lo.as_slice()..=hi.as_slice())?
@@ -110,7 +110,11 @@ pub(super) fn next_index_seq(t: &Table<'_>, ws: u64) -> Result<u64> {
     Ok(last.map(|(k, _)| u64_at(k.value(), 8) + 1).unwrap_or(0))
 }
 
-pub(super) fn put_index_base(t: &mut Table<'_>, ws: u64, entries: &[IndexChange]) -> Result<()> {
+pub(super) fn put_index_base(
+    t: &mut Table<'_>,
+    ws: WorkspaceId,
+    entries: &[IndexChange],
+) -> Result<()> {
     let seqs = next_index_seq(t, ws)?..;
     let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
     t.retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;

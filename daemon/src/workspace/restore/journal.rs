@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::durable::sync_path;
 use crate::error::{Error, IoContext, Result};
-use crate::store::Store;
+use crate::store::{SnapshotId, Store, WorkspaceId};
 
 /// A restore in progress: written (and fsynced) before the workspace is touched, removed when
 /// the restore ends. Finding one at start-up means the daemon died mid-restore; the restore is
@@ -15,9 +15,9 @@ use crate::store::Store;
 #[derive(Debug, Clone, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
 pub struct Journal {
     /// The snapshot being restored.
-    pub snapshot: u64,
+    pub snapshot: SnapshotId,
     /// The checkpoint taken before it.
-    pub pre_restore: Option<u64>,
+    pub pre_restore: Option<SnapshotId>,
     /// The paths restored (all when empty).
     pub paths: Vec<Vec<u8>>,
     /// Directories where staged temporary files may be left.
@@ -38,14 +38,14 @@ struct JournalV1 {
 /// What a journal written since it has a layout version starts with.
 const JOURNAL_MAGIC: &[u8; 4] = b"CJ\x02\x00";
 
-fn journal_path(store: &Store, ws: u64) -> PathBuf {
+fn journal_path(store: &Store, ws: WorkspaceId) -> PathBuf {
     store
         .dir()
         .join("journal")
         .join(format!("{ws:016x}.restore"))
 }
 
-pub(super) fn write_journal(store: &Store, ws: u64, j: &Journal) -> Result<()> {
+pub(super) fn write_journal(store: &Store, ws: WorkspaceId, j: &Journal) -> Result<()> {
     let path = journal_path(store, ws);
     let dir = store.dir().join("journal");
     if !dir.is_dir() {
@@ -65,7 +65,7 @@ pub(super) fn write_journal(store: &Store, ws: u64, j: &Journal) -> Result<()> {
 
 /// Removes the journal, durably: one that came back after a power cut would have the next
 /// start apply the snapshot again, over whatever the user did since.
-pub(super) fn remove_journal(store: &Store, ws: u64) {
+pub(super) fn remove_journal(store: &Store, ws: WorkspaceId) {
     let path = journal_path(store, ws);
     match fs::remove_file(&path) {
         Ok(()) => {
@@ -83,7 +83,7 @@ pub(super) fn remove_journal(store: &Store, ws: u64) {
 }
 
 /// The journal of an interrupted restore of workspace `ws`, if any.
-pub fn read_journal(store: &Store, ws: u64) -> Result<Option<Journal>> {
+pub fn read_journal(store: &Store, ws: WorkspaceId) -> Result<Option<Journal>> {
     let path = journal_path(store, ws);
     let corrupt =
         |e: bitcode::Error| Error::Corrupt(format!("restore journal {}: {e}", path.display()));
@@ -93,8 +93,8 @@ pub fn read_journal(store: &Store, ws: u64) -> Result<Option<Journal>> {
             None => bitcode::decode::<JournalV1>(&bytes)
                 .map(|j| {
                     Some(Journal {
-                        snapshot: j.snapshot,
-                        pre_restore: j.pre_restore,
+                        snapshot: SnapshotId::new(j.snapshot),
+                        pre_restore: j.pre_restore.map(SnapshotId::new),
                         paths: j.paths,
                         dirs: j.dirs,
                         include_git: false,

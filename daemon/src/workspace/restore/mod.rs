@@ -31,7 +31,7 @@ use super::scan::{Looked, Stat};
 use super::{Changes, SaveOptions, Workspace, now_ns};
 use crate::error::{Error, Result};
 use crate::store::catalog::{SnapshotRecord, Trigger};
-use crate::store::{Entry, Kind, Store};
+use crate::store::{Entry, Kind, SnapshotId, Store};
 
 /// What to restore, and how.
 #[derive(Debug, Clone, Default)]
@@ -56,9 +56,9 @@ pub struct RestoreOptions {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreSummary {
     /// The snapshot restored.
-    pub snapshot: u64,
+    pub snapshot: SnapshotId,
     /// The checkpoint taken just before, for undo.
-    pub pre_restore_snapshot: Option<u64>,
+    pub pre_restore_snapshot: Option<SnapshotId>,
     /// Files and symlinks created.
     pub added: u64,
     /// Files and symlinks rewritten.
@@ -335,7 +335,7 @@ impl Workspace {
     }
 
     /// Removes the checkpoint a restore took, when the restore changed nothing after all.
-    fn forget_checkpoint(&mut self, store: &Store, id: Option<u64>) {
+    fn forget_checkpoint(&mut self, store: &Store, id: Option<SnapshotId>) {
         let Some(id) = id else { return };
         let res = store
             .cat
