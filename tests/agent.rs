@@ -7,73 +7,13 @@
 mod util;
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use util::cli::{Out, json_in, ok_in, run_with_input};
 use util::{Daemon, listing};
-
-/// What one `chkptctl` run produced.
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.stdout))
-    }
-}
-
-/// Runs `chkptctl --socket SOCKET args...` in `cwd`, with `stdin` on its standard input.
-fn run_in(socket: &Path, cwd: &Path, args: &[&str], stdin: &str) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chkptctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("CHKPT_SOCKET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run chkptctl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn ok(d: &Daemon, ws: &Path, args: &[&str]) -> Out {
-    let out = run_in(&d.socket, ws, args, "");
-    assert_eq!(
-        out.code,
-        0,
-        "chkptctl {args:?} failed:\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
-        out.stdout,
-        out.stderr,
-        d.log()
-    );
-    out
-}
-
-fn json(d: &Daemon, ws: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    ok(d, ws, &all).json()
-}
 
 fn ids(list: &Value) -> Vec<String> {
     list.as_array()
@@ -92,7 +32,7 @@ fn setup() -> (Daemon, tempfile::TempDir) {
     fs::write(ws.path().join("README"), b"hello\n").unwrap();
     fs::write(ws.path().join("src/main.rs"), b"fn main() {}\n").unwrap();
     let dir = ws.path().display().to_string();
-    ok(
+    ok_in(
         &d,
         ws.path(),
         &["watch", &dir, "--idle", "3600", "--max-delay", "3600"],
@@ -105,49 +45,49 @@ fn a_save_with_nothing_changed_returns_the_latest_and_keeps_its_message_as_a_not
     let (d, ws) = setup();
     let w = ws.path();
     fs::write(w.join("README"), b"hello, changed\n").unwrap();
-    let first = json(&d, w, &["save", "-m", "one"]);
+    let first = json_in(&d, w, &["save", "-m", "one"]);
     assert_eq!(first["created"], true);
     assert_eq!(first["unchanged"], false);
     let id = first["id"].as_str().unwrap().to_owned();
-    let rows = ids(&json(&d, w, &["list"])).len();
+    let rows = ids(&json_in(&d, w, &["list"])).len();
 
-    let again = json(&d, w, &["save", "-m", "again", "--tag", "k=v"]);
+    let again = json_in(&d, w, &["save", "-m", "again", "--tag", "k=v"]);
     assert_eq!(again["id"], id.as_str(), "the latest snapshot comes back");
     assert_eq!(
         (again["created"].clone(), again["unchanged"].clone()),
         (false.into(), true.into())
     );
-    let text = ok(&d, w, &["save", "-m", "and again"]);
-    assert_eq!(text.stdout.trim(), id);
+    let text = ok_in(&d, w, &["save", "-m", "and again"]);
+    assert_eq!(text.text().trim(), id);
     assert!(
         text.stderr.contains("nothing changed since snapshot"),
         "{}",
         text.stderr
     );
-    assert_eq!(ids(&json(&d, w, &["list"])).len(), rows, "no empty rows");
+    assert_eq!(ids(&json_in(&d, w, &["list"])).len(), rows, "no empty rows");
 
-    let shown = json(&d, w, &["show", &id]);
+    let shown = json_in(&d, w, &["show", &id]);
     assert_eq!(shown["message"], "one", "the snapshot's own message stays");
     let notes = shown["notes"].as_array().unwrap();
     assert_eq!(notes.len(), 2, "{notes:?}");
     assert_eq!(notes[0]["message"], "again");
     assert_eq!(notes[0]["tags"], serde_json::json!(["k=v"]));
     assert_eq!(notes[1]["message"], "and again");
-    let human = ok(&d, w, &["show", &id]).stdout;
+    let human = ok_in(&d, w, &["show", &id]).text();
     assert!(
         human.contains("unchanged save") && human.contains("k=v"),
         "{human}"
     );
 
     // A pin asked for lands on the latest snapshot.
-    let pinned = json(&d, w, &["save", "--pin"]);
+    let pinned = json_in(&d, w, &["save", "--pin"]);
     assert_eq!(
         (pinned["id"].as_str(), pinned["pinned"].clone()),
         (Some(id.as_str()), true.into())
     );
 
     // --allow-empty records one anyway, sharing the tree.
-    let forced = json(&d, w, &["save", "--allow-empty", "-m", "forced"]);
+    let forced = json_in(&d, w, &["save", "--allow-empty", "-m", "forced"]);
     assert_eq!(forced["created"], true);
     assert_ne!(forced["id"], id.as_str());
     assert_eq!(forced["root_tree"], shown["root_tree"]);
@@ -159,11 +99,11 @@ fn a_save_with_nothing_changed_returns_the_latest_and_keeps_its_message_as_a_not
         ),
         (0.into(), 0.into(), 0.into())
     );
-    assert_eq!(ids(&json(&d, w, &["list"])).len(), rows + 1);
+    assert_eq!(ids(&json_in(&d, w, &["list"])).len(), rows + 1);
 
     // A change is a new snapshot again.
     fs::write(w.join("src/main.rs"), b"fn main() { run() }\n").unwrap();
-    let next = json(&d, w, &["save", "-m", "changed"]);
+    let next = json_in(&d, w, &["save", "-m", "changed"]);
     assert_eq!(
         (next["created"].clone(), next["modified"].clone()),
         (true.into(), 1.into())
@@ -175,24 +115,24 @@ fn tags_are_shown_and_filter_the_list() {
     let (d, ws) = setup();
     let w = ws.path();
     fs::write(w.join("a.txt"), b"a").unwrap();
-    let a = json(
+    let a = json_in(
         &d,
         w,
         &["save", "--tag", "agent=codex", "--tag", "task=x y"],
     );
     fs::write(w.join("b.txt"), b"b").unwrap();
-    let b = json(&d, w, &["save", "--tag", "task=other"]);
+    let b = json_in(&d, w, &["save", "--tag", "task=other"]);
     assert_eq!(a["tags"], serde_json::json!(["agent=codex", "task=x y"]));
-    let by_task = ids(&json(&d, w, &["list", "--tag", "task=x y"]));
+    let by_task = ids(&json_in(&d, w, &["list", "--tag", "task=x y"]));
     assert_eq!(by_task, [a["id"].as_str().unwrap()]);
-    let both = ids(&json(
+    let both = ids(&json_in(
         &d,
         w,
         &["list", "--tag", "agent=codex", "--tag", "task=x y"],
     ));
     assert_eq!(both, [a["id"].as_str().unwrap()]);
     assert!(
-        ids(&json(
+        ids(&json_in(
             &d,
             w,
             &["list", "--tag", "agent=codex", "--tag", "task=other"]
@@ -200,15 +140,15 @@ fn tags_are_shown_and_filter_the_list() {
         .is_empty()
     );
     assert_eq!(
-        ids(&json(&d, w, &["list", "--tag", "task=other"])),
+        ids(&json_in(&d, w, &["list", "--tag", "task=other"])),
         [b["id"].as_str().unwrap()]
     );
-    let table = ok(&d, w, &["list"]).stdout;
+    let table = ok_in(&d, w, &["list"]).text();
     assert!(table.contains("agent=codex task=x y"), "{table}");
     // Bad tags are refused with the reason, before anything is saved.
-    let bad = run_in(&d.socket, w, &["save", "--tag", "novalue"], "");
+    let bad = run_with_input(&d.socket, w, &["save", "--tag", "novalue"], "");
     assert_eq!(bad.code, 2, "{}", bad.stderr);
-    let bad = run_in(&d.socket, w, &["save", "--tag", "bad key=v"], "");
+    let bad = run_with_input(&d.socket, w, &["save", "--tag", "bad key=v"], "");
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("a key is letters"), "{}", bad.stderr);
 }
@@ -216,9 +156,9 @@ fn tags_are_shown_and_filter_the_list() {
 /// One Claude Code hook call with this JSON on stdin; it must exit 0 and print nothing on
 /// stdout.
 fn claude_hook(d: &Daemon, cwd: &Path, input: &Value) -> Out {
-    let out = run_in(&d.socket, cwd, &["hook", "claude-code"], &input.to_string());
+    let out = run_with_input(&d.socket, cwd, &["hook", "claude-code"], &input.to_string());
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout, "", "a hook prints nothing on stdout");
+    assert_eq!(out.text(), "", "a hook prints nothing on stdout");
     out
 }
 
@@ -272,7 +212,7 @@ fn hooks_tag_a_session_and_session_caret_restores_what_was_before_it() {
     claude_hook(&d, w, &event("Stop", serde_json::json!({})));
     let after = listing(w);
 
-    let session = json(&d, w, &["list", "--session", "sess-1"]);
+    let session = json_in(&d, w, &["list", "--session", "sess-1"]);
     let rows = session.as_array().unwrap();
     assert_eq!(
         rows.len(),
@@ -293,31 +233,31 @@ fn hooks_tag_a_session_and_session_caret_restores_what_was_before_it() {
     // The PreToolUse hook found nothing changed: a note on the prompt's checkpoint, which the
     // tag filter finds.
     assert_eq!(
-        ids(&json(&d, w, &["list", "--tag", "phase=pre-tool"])),
+        ids(&json_in(&d, w, &["list", "--tag", "phase=pre-tool"])),
         [rows[1]["id"].as_str().unwrap()]
     );
     assert_eq!(
-        ids(&json(&d, w, &["list", "--tag", "agent=claude-code"])).len(),
+        ids(&json_in(&d, w, &["list", "--tag", "agent=claude-code"])).len(),
         2
     );
     assert_eq!(
-        json(&d, w, &["show", "session:sess-1"])["id"],
+        json_in(&d, w, &["show", "session:sess-1"])["id"],
         rows[0]["id"]
     );
     assert_eq!(
-        json(&d, w, &["show", "session:sess-1^"])["id"],
+        json_in(&d, w, &["show", "session:sess-1^"])["id"],
         rows[1]["id"]
     );
 
     // One command takes the whole session back out.
-    ok(&d, w, &["restore", "session:sess-1^"]);
+    ok_in(&d, w, &["restore", "session:sess-1^"]);
     assert_eq!(listing(w), before, "the state just before the session");
-    ok(&d, w, &["undo"]);
+    ok_in(&d, w, &["undo"]);
     assert_eq!(listing(w), after);
 
     // The generic hook takes the same facts as flags.
     fs::write(w.join("c.txt"), b"codex was here\n").unwrap();
-    let out = run_in(
+    let out = run_with_input(
         &d.socket,
         w,
         &[
@@ -334,8 +274,8 @@ fn hooks_tag_a_session_and_session_caret_restores_what_was_before_it() {
         ],
         "",
     );
-    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{}", out.stderr);
-    let codex = json(&d, w, &["list", "--tag", "agent=codex"]);
+    assert_eq!((out.code, out.text().as_str()), (0, ""), "{}", out.stderr);
+    let codex = json_in(&d, w, &["list", "--tag", "agent=codex"]);
     assert_eq!(codex[0]["message"], "after shell");
     assert_eq!(
         codex[0]["tags"],
@@ -357,26 +297,26 @@ fn a_hook_never_fails_the_agent() {
     .to_string();
     let one_line = |out: &Out, needle: &str| {
         assert_eq!(out.code, 0, "{}", out.stderr);
-        assert_eq!(out.stdout, "");
+        assert_eq!(out.text(), "");
         assert_eq!(out.stderr.lines().count(), 1, "{:?}", out.stderr);
         assert!(out.stderr.contains(needle), "{:?}", out.stderr);
     };
     // No daemon.
     let gone = dir.path().join("no.sock");
     one_line(
-        &run_in(&gone, dir.path(), &["hook", "claude-code"], &input),
+        &run_with_input(&gone, dir.path(), &["hook", "claude-code"], &input),
         "not running",
     );
     // Input that is not JSON.
     one_line(
-        &run_in(&gone, dir.path(), &["hook", "claude-code"], "{oops"),
+        &run_with_input(&gone, dir.path(), &["hook", "claude-code"], "{oops"),
         "not JSON",
     );
     // A daemon that accepts the connection and never answers: the wait is bounded.
     let hung = dir.path().join("hung.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&hung).unwrap();
     let t = Instant::now();
-    let out = run_in(
+    let out = run_with_input(
         &hung,
         dir.path(),
         &["hook", "claude-code", "--timeout-ms", "300"],
@@ -387,7 +327,7 @@ fn a_hook_never_fails_the_agent() {
     // A folder nobody watches.
     let d = Daemon::start(&[]);
     one_line(
-        &run_in(&d.socket, dir.path(), &["hook", "claude-code"], &input),
+        &run_with_input(&d.socket, dir.path(), &["hook", "claude-code"], &input),
         "no checkpoint taken",
     );
 }
@@ -401,7 +341,7 @@ fn the_mcp_server_serves_a_real_python_client_over_stdio() {
     fs::remove_dir_all(w.join("src")).unwrap();
     fs::remove_file(w.join("README")).unwrap();
     fs::write(w.join("a.txt"), b"one\n").unwrap();
-    ok(&d, w, &["save", "-m", "start"]);
+    ok_in(&d, w, &["save", "-m", "start"]);
     // The server's own working directory is not the workspace: it must use the client's root.
     let elsewhere = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_client.py");
@@ -426,7 +366,7 @@ fn the_mcp_server_serves_a_real_python_client_over_stdio() {
     // What the client did is what the daemon has: the restore's pre-restore checkpoint, and
     // the working tree as the undo left it.
     let pre = summary["pre_restore"].as_str().unwrap();
-    let shown = json(&d, w, &["show", pre]);
+    let shown = json_in(&d, w, &["show", pre]);
     assert_eq!(shown["trigger"], "pre-restore");
     assert_eq!(fs::read(w.join("a.txt")).unwrap(), b"two\n");
     assert_eq!(fs::read(w.join("b.txt")).unwrap(), b"new file\n");

@@ -15,7 +15,6 @@
 mod util;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chkpt_proto::v1 as pb;
@@ -67,24 +66,7 @@ impl Disk {
 
     /// Fills the blocks, leaving `room` bytes.
     fn fill(&self, room: u64) {
-        let path = self.filler.join("blocks");
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        let chunk = vec![0x5au8; 64 << 10];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling: {e}"),
-            }
-        }
-        f.flush().unwrap();
-        let len = f.metadata().unwrap().len();
-        f.set_len(len.saturating_sub(room)).unwrap();
+        chkpt_testkit::disk::fill(&self.filler.join("blocks"), room);
     }
 
     /// Uses every inode but `room`.

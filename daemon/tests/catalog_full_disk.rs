@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -27,23 +26,6 @@ fn workspace(id: u64) -> WorkspaceRecord {
         path: format!("/ws/{id}").into_bytes(),
         ..Default::default()
     }
-}
-
-/// Fills the file system of `dir` but `room` bytes.
-fn fill(dir: &Path, room: u64) {
-    let path = dir.join("blocks");
-    let mut f = fs::File::create(&path).unwrap();
-    let chunk = vec![0x5au8; 64 << 10];
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(e) => panic!("filling: {e}"),
-        }
-    }
-    let len = f.metadata().unwrap().len();
-    f.set_len(len.saturating_sub(room)).unwrap();
 }
 
 /// A warm index far larger than the room left: its write must meet the full disk.
@@ -94,7 +76,7 @@ fn catalog_full_disk_child() {
     batch.commit_objects().unwrap();
 
     // 1 MiB of room passes the free-space check; the index needs more.
-    fill(&filler, 1 << 20);
+    chkpt_testkit::disk::fill(&filler.join("blocks"), 1 << 20);
     let err = cat
         .write_index_base(WorkspaceId::new(1), &big_index())
         .unwrap_err();
@@ -149,17 +131,13 @@ fn a_catalog_write_that_meets_a_full_disk_fails_the_operations_it_cost_and_the_n
     let data = root.path().join("data");
     fs::create_dir(&data).unwrap();
     let done = root.path().join("done");
-    let script = r#"mount -t tmpfs -o size=16m,mode=0700 chkpt-test "$CHKPT_CATALOG_FULL_DISK_CHILD/data" && exec "$0" "$@""#;
-    let out = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
+    let prefix = chkpt_testkit::disk::private_tmpfs(
+        "size=16m",
+        r#""$CHKPT_CATALOG_FULL_DISK_CHILD/data""#,
+        "",
+    );
+    let out = Command::new(&prefix[0])
+        .args(&prefix[1..])
         .arg(std::env::current_exe().unwrap())
         .args([
             "--ignored",

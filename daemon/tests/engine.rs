@@ -81,19 +81,11 @@ fn restore(
 }
 
 fn data(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|i| {
-            if compressible {
-                let pattern = b"fn main() { println!(\"hello\"); }\n";
-                return pattern[i % pattern.len()];
-            }
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    if !compressible {
+        return chkpt_testkit::noise(len, seed);
+    }
+    let pattern = b"fn main() { println!(\"hello\"); }\n";
+    (0..len).map(|i| pattern[i % pattern.len()]).collect()
 }
 
 /// A file tree to build: (path components, what).
@@ -205,13 +197,8 @@ fn disk_use(root: &Path) -> BTreeMap<Vec<u8>, u64> {
 /// new links point inside the workspace (a sibling, the root) or `outside` it, which a restore
 /// must never write into.
 fn mutate(root: &Path, outside: &Path, seed: u64) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = chkpt_testkit::Rng::new(seed);
+    let mut next = move || rng.next_u64();
     let all: Vec<_> = listing(root).into_iter().collect();
     let mut linked: Vec<Vec<u8>> = Vec::new();
     for (rel, (kind, _, _)) in all {

@@ -1,5 +1,8 @@
 //! Test support shared by the black-box tests, the engine tests, the benchmark and the power-loss
-//! file system: one seeded generator, so a failing run replays from its printed seed.
+//! file system: one seeded generator, so a failing run replays from its printed seed, and a
+//! file system of a test's own to fill ([`disk`]).
+
+pub mod disk;
 
 /// A small seeded PRNG (splitmix64): the same seed gives the same sequence on every machine.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
 //! Running the real `chkptctl` against a test daemon, from any directory.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -15,6 +16,14 @@ pub struct Out {
 }
 
 impl Out {
+    fn of(out: std::process::Output) -> Out {
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
@@ -36,11 +45,29 @@ pub fn run_in(socket: &Path, cwd: &Path, args: &[&str]) -> Out {
         .stdin(Stdio::null())
         .output()
         .expect("run chkptctl");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::of(out)
+}
+
+/// [`run_in`] with `input` on chkptctl's standard input (what an agent sends a hook).
+pub fn run_with_input(socket: &Path, cwd: &Path, args: &[&str], input: &str) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chkptctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("CHKPT_SOCKET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chkptctl");
+    child
+        .stdin
+        .take()
+        .expect("chkptctl's stdin")
+        .write_all(input.as_bytes())
+        .expect("write chkptctl's stdin");
+    Out::of(child.wait_with_output().expect("wait for chkptctl"))
 }
 
 /// [`run_in`], asserting it succeeded.

@@ -39,23 +39,14 @@ impl Daemon {
     /// needed, nobody else sees it, and it is gone with the daemon. The tests that fill a disk
     /// use it.
     pub fn on_a_tmpfs(options: &str, args: &[&str]) -> Daemon {
-        let script = format!(
+        let prefix = chkpt_testkit::disk::private_tmpfs(
+            options,
+            r#""$d""#,
             r#"d=; prev=; for a in "$@"; do [ "$prev" = --data-dir ] && d=$a; prev=$a; done
-mkdir -p "$d" && mount -t tmpfs -o {options},mode=0700 chkpt-test "$d" && exec "$0" "$@""#
+mkdir -p "$d" && "#,
         );
-        Daemon::start_with_prefix(
-            &[
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ],
-            args,
-        )
+        let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        Daemon::start_with_prefix(&prefix, args)
     }
 
     /// Starts `chkptd` with its data directory at `data` (socket and log in a temp dir).
