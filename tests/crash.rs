@@ -10,30 +10,15 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
 use chkpt_testkit::Rng;
 use tonic::transport::Channel;
+use util::survival::{self, Came, Listing, listing};
 use util::{Daemon, litter, ready, restore_to};
-
-type Listing = BTreeMap<PathBuf, Option<Vec<u8>>>;
-
-/// The folder's content, without chkpt's own short-lived `.chkpt-*.tmp` files (a save's event
-/// barrier may exist for a moment while we look).
-fn listing(root: &Path) -> Listing {
-    let mut l = util::listing(root);
-    l.retain(|p, _| {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        !(name.starts_with(".chkpt-") && name.ends_with(".tmp"))
-    });
-    l
-}
 
 /// Writes a few KiB into a large file (made 3 MiB the first time), at its end, past its end
 /// (a hole) or anywhere in it.
@@ -284,19 +269,9 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             ));
         }
         // The store opens and verifies clean.
-        let v = c
-            .verify(pb::VerifyRequest {
-                workspace: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
         checks += 1;
-        if !v.ok {
-            failures.add(format!(
-                "round {round} ({name}): verify found {:?}",
-                v.problems
-            ));
+        if let Some(problems) = survival::store_problems(&mut c).await {
+            failures.add(format!("round {round} ({name}): {problems}"));
         }
         let listed = list_all(&mut c, &w).await;
         let is_listed = |id: &str| listed.iter().any(|s| s.id == id);
@@ -348,18 +323,20 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
         // An interrupted restore is finished (or never began): no half state. Its pre-restore
         // checkpoint holds the edits the restore replaced.
+        let now = listing(&ws);
+        checks += 1;
+        match survival::workspace_after_cut(
+            restore_expectation.as_ref(),
+            outcome.is_ok(),
+            &edited,
+            &now,
+        ) {
+            Ok(Came::RestoreFinished) => recovered_restores += 1,
+            Ok(_) => {}
+            Err(e) => failures.add(format!("round {round} ({name}): {e}")),
+        }
         if let Some(expected) = restore_expectation {
-            let now = listing(&ws);
-            checks += 1;
             let finished = now == expected;
-            if finished && outcome.is_err() {
-                recovered_restores += 1;
-            }
-            if !finished && now != edited {
-                failures.add(format!(
-                    "round {round}: the workspace is half-restored (neither the snapshot nor the edited folder)"
-                ));
-            }
             let checkpoints: Vec<&pb::Snapshot> = listed
                 .iter()
                 .filter(|s| {
