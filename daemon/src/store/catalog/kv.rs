@@ -194,3 +194,35 @@ pub(super) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
         other => other,
     })
 }
+/// The catalog's errors, naming its file by its name in the data directory (the catalog puts
+/// the whole path in).
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        let file = super::FILE;
+        match e {
+            redb::Error::Io(source) => Error::io(file, source),
+            // The file met an I/O error earlier, and is being reopened.
+            redb::Error::PreviousIo => Error::io(file, io::Error::other(e.to_string())),
+            redb::Error::Corrupted(m) => Error::Corrupt(format!("catalog: {m}")),
+            other => Error::Catalog(other.to_string()),
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ident),*) => {$(
+        impl From<redb::$t> for Error {
+            fn from(e: redb::$t) -> Self {
+                Error::from(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+from_redb!(
+    StorageError,
+    TableError,
+    TransactionError,
+    CommitError,
+    DatabaseError,
+    SetDurabilityError
+);
