@@ -11,7 +11,7 @@ use crate::store::{SnapshotId, Store, WorkspaceId};
 
 /// A restore in progress: written (and fsynced) before the workspace is touched, removed when
 /// the restore ends. Finding one at start-up means the daemon died mid-restore; the restore is
-/// then finished (see [`Workspace::finish_interrupted_restore`]).
+/// then finished (see [`Workspace::finish_interrupted_restore`](crate::workspace::Workspace::finish_interrupted_restore)).
 #[derive(Debug, Clone, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
 pub struct Journal {
     /// The snapshot being restored.
