@@ -120,8 +120,10 @@ fn sixty_days_of_snapshots_are_thinned_exactly_and_gc_frees_the_bytes() {
             _ => {}
         }
     }
+    // All of it but, where dead records are freed in place, the partly live block at either
+    // end of a run of them.
     assert!(
-        reclaimed >= 5 * 200_000,
+        reclaimed >= 5 * 200_000 - 8192,
         "the five pruned real snapshots' data was not freed: {reclaimed}"
     );
     assert!(engine.store.verify(None).unwrap().problems.is_empty());
