@@ -12,6 +12,7 @@ use chkpt_proto::v1::chkpt_client::ChkptClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod cli;
+pub mod garage;
 pub mod survival;
 
 /// A running daemon, stopped with SIGTERM when dropped.
