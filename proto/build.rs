@@ -6,9 +6,12 @@
 use std::{env, fs, io, path::PathBuf};
 
 const PROTO: &str = "chkpt/v1/chkpt.proto";
+/// Replication to object storage: the `Remotes` service, in the same package.
+const REMOTE_PROTO: &str = "chkpt/v1/remote.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO}");
+    println!("cargo:rerun-if-changed={REMOTE_PROTO}");
     println!("cargo:rerun-if-changed=build.rs");
 
     let out_dir = PathBuf::from(
@@ -19,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_files([PROTO])?;
+        .open_files([PROTO, REMOTE_PROTO])?;
 
     fs::write(
         out_dir.join("chkpt_descriptor.bin"),

@@ -38,6 +38,8 @@
 //!   - `maintenance`: the store-wide worker (retention and garbage collection).
 //! - [`service`]: the gRPC handlers (`convert`: wire types and the one error mapping;
 //!   `stream`: the Events, Restore and ReadFile streams).
+//! - [`remote`]: replication to object storage (S3-compatible servers, a folder), encrypted
+//!   here, and restores from it without a local store; the `Remotes` service.
 //! - [`server`]: start-up, serving and shutdown.
 //! - [`systemd`]: socket activation and readiness under systemd.
 //! - [`config`]: the daemon's command line.
@@ -47,6 +49,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod patch;
+pub mod remote;
 pub mod retention;
 pub mod server;
 pub mod service;

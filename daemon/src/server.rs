@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chkpt_proto::v1::chkpt_server::ChkptServer;
+use chkpt_proto::v1::remotes_server::RemotesServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::interceptor::InterceptedService;
@@ -190,6 +191,8 @@ pub async fn run(
         }
     });
 
+    let remotes = crate::remote::Remotes::start(engine.clone());
+
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ChkptServer<Service>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -206,6 +209,10 @@ pub async fn run(
         .add_service(InterceptedService::new(reflection_v1alpha, check_peer))
         .add_service(InterceptedService::new(
             ChkptServer::new(Service::new(engine.clone())).max_decoding_message_size(16 << 20),
+            check_peer,
+        ))
+        .add_service(InterceptedService::new(
+            RemotesServer::new(crate::remote::service::RemoteService::new(remotes)),
             check_peer,
         ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
