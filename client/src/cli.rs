@@ -53,6 +53,12 @@ pub struct Cli {
 enum Command {
     /// Show the daemon's health and the state of every watched workspace
     Status,
+    /// Replicate snapshots to object storage (S3, S3-compatible servers, a folder), encrypted
+    /// here, and restore from it on any machine
+    Remote {
+        #[command(subcommand)]
+        action: crate::remote::RemoteAction,
+    },
     /// List the watched workspaces, newest first
     Workspaces,
     /// Start watching a directory and take its baseline snapshot

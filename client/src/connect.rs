@@ -181,16 +181,7 @@ impl<T> Stream<T> {
 impl Client {
     /// Connects to the daemon listening on `socket`.
     pub async fn connect(socket: &Path) -> Result<Self, Error> {
-        let path = socket.to_path_buf();
-        let endpoint = Endpoint::try_from("http://localhost")
-            .map_err(|e| Error::Failed(format!("cannot build the gRPC endpoint: {e}")))?;
-        let channel = endpoint
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .map_err(|e| connect_error(socket, &e))?;
+        let channel = connect_channel(socket).await?;
         let inner = ChkptClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
         Ok(Client {
             inner,
@@ -481,7 +472,22 @@ fn connect_error(socket: &Path, error: &tonic::transport::Error) -> Error {
 
 /// Tells a status the daemon sent from one tonic made up after a transport
 /// failure: only the latter carries a source error.
-fn call_error(socket: &Path, status: Status) -> Error {
+/// A gRPC channel to the daemon on `socket`, for the services beside `Chkpt` (`Remotes`).
+pub async fn connect_channel(socket: &Path) -> Result<Channel, Error> {
+    let path = socket.to_path_buf();
+    let endpoint = Endpoint::try_from("http://localhost")
+        .map_err(|e| Error::Failed(format!("cannot build the gRPC endpoint: {e}")))?;
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|e| connect_error(socket, &e))
+}
+
+/// What a failed call means (the connection lost, or the daemon's status).
+pub fn call_error(socket: &Path, status: Status) -> Error {
     let Some(source) = status.source() else {
         return Error::Rpc(status);
     };

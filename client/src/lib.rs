@@ -15,6 +15,7 @@
 //! - [`daemon`]: `chkptctl daemon start|stop`: spawning and stopping `chkptd`.
 //! - [`service`]: `chkptctl service install|uninstall|status`: chkptd as a systemd or launchd
 //!   user service, from the repository's unit and plist templates.
+//! - [`remote`]: `chkptctl remote …`: replication to object storage, and restores from it.
 //! - `output`: pure formatting: tables, ages, sizes, patches, and the JSON documents.
 //! - `mount`: `chkptctl mount DIR`, every snapshot as a read-only FUSE folder (Linux).
 //! - `ui`: `chkptctl ui`, the timeline in a terminal (ratatui + crossterm).
@@ -46,6 +47,7 @@ pub mod cli;
 pub mod connect;
 pub mod daemon;
 pub mod hook;
+pub mod remote;
 mod mcp;
 #[cfg(target_os = "linux")]
 mod mount;

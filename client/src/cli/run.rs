@@ -95,6 +95,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 || output::status_text(p, now, &status),
             )
         }
+        Command::Remote { action } => {
+            crate::remote::run(&ctx.socket, ctx.json, ctx.workspace.as_deref(), action).await
+        }
         Command::Workspaces => {
             let mut workspaces = ctx.client().await?.list_workspaces().await?;
             workspaces.sort_by_key(|w| std::cmp::Reverse(w.created_unix_ms));
