@@ -5,6 +5,8 @@
 //! an upload, and a daemon killed in the middle of one, both resumed with nothing lost and
 //! nothing indexed twice.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 mod util;
 
 use std::os::unix::ffi::OsStrExt;
@@ -20,7 +22,10 @@ use util::garage::Garage;
 /// Every entry under `root`: path → (mode, symlink target or file content; none for folders).
 fn tree(root: &Path) -> Vec<(PathBuf, u32, Option<Vec<u8>>)> {
     fn rec(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u32, Option<Vec<u8>>)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let rel = p.strip_prefix(root).unwrap().to_path_buf();
@@ -84,14 +89,24 @@ fn status(d: &Daemon, cwd: &Path, name: &str) -> Value {
 }
 
 /// Waits until `cond` holds for the remote's status, or fails with the last one seen.
-fn wait_status(d: &Daemon, cwd: &Path, name: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+fn wait_status(
+    d: &Daemon,
+    cwd: &Path,
+    name: &str,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = status(d, cwd, name);
         if cond(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "no {what} in 60 s: {s:#}\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "no {what} in 60 s: {s:#}\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -114,30 +129,64 @@ fn a_replicated_snapshot_restores_byte_exact_on_a_fresh_data_dir() {
     std::fs::write(root.join("big.bin"), &big).unwrap();
     noise_files(&root.join("noise"), 3, 100_000, 1);
     std::os::unix::fs::symlink("a/b/c/deep.txt", root.join("link")).unwrap();
-    std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), b"latin-1 name").unwrap();
+    std::fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+        b"latin-1 name",
+    )
+    .unwrap();
     let snap = save(&d, root, "to replicate");
 
     let secrets = tempfile::tempdir().unwrap();
     let creds = g.credentials(secrets.path(), None);
     let key = secrets.path().join("remote.key");
-    let added = ok_in(&d, root, &strs(&add_args(&g, "off-site", "laptop", &creds, &key)));
-    assert!(added.stderr.contains("keep a copy of it somewhere safe"), "{}", added.stderr);
-    assert!(added.stderr.contains("Made a new key at"), "{}", added.stderr);
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-    ok_in(&d, root, &["remote", "sync", "off-site", "--timeout", "60s"]);
+    let added = ok_in(
+        &d,
+        root,
+        &strs(&add_args(&g, "off-site", "laptop", &creds, &key)),
+    );
+    assert!(
+        added.stderr.contains("keep a copy of it somewhere safe"),
+        "{}",
+        added.stderr
+    );
+    assert!(
+        added.stderr.contains("Made a new key at"),
+        "{}",
+        added.stderr
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    ok_in(
+        &d,
+        root,
+        &["remote", "sync", "off-site", "--timeout", "60s"],
+    );
     let s = status(&d, root, "off-site");
     assert_eq!(s["pending_snapshots"], 0, "{s:#}");
     assert_eq!(s["replicated"], true, "{s:#}");
     assert!(s["remote_snapshots"].as_u64().unwrap() >= 1, "{s:#}");
     // The credentials are not in the daemon's records, only the file's path.
     let registry = std::fs::read_to_string(d.data.join("remotes.json")).unwrap();
-    assert!(!registry.contains(&g.secret) && registry.contains("credentials"), "{registry}");
+    assert!(
+        !registry.contains(&g.secret) && registry.contains("credentials"),
+        "{registry}"
+    );
 
     // Another machine: a fresh data directory, the same bucket, the same key.
     let fresh = Daemon::start(&[]);
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = ok_in(&fresh, elsewhere.path(), &strs(&add_args(&g, "home", "laptop", &creds, &key)));
-    assert!(out.text().contains("holding data already"), "{}", out.text());
+    let out = ok_in(
+        &fresh,
+        elsewhere.path(),
+        &strs(&add_args(&g, "home", "laptop", &creds, &key)),
+    );
+    assert!(
+        out.text().contains("holding data already"),
+        "{}",
+        out.text()
+    );
     let listed = json_in(&fresh, elsewhere.path(), &["remote", "snapshots", "home"]);
     let ids: Vec<&str> = listed["snapshots"]
         .as_array()
@@ -150,16 +199,34 @@ fn a_replicated_snapshot_restores_byte_exact_on_a_fresh_data_dir() {
     let r = json_in(
         &fresh,
         elsewhere.path(),
-        &["remote", "restore", "home", &snap[..8], "--to", &to.display().to_string()],
+        &[
+            "remote",
+            "restore",
+            "home",
+            &snap[..8],
+            "--to",
+            &to.display().to_string(),
+        ],
     );
     assert_eq!(r["id"], snap.as_str(), "{r:#}");
-    assert_eq!(tree(&to), tree(root), "the restore differs from what was saved");
+    assert_eq!(
+        tree(&to),
+        tree(root),
+        "the restore differs from what was saved"
+    );
     assert!(r["restored"]["files"].as_u64().unwrap() >= 9, "{r:#}");
     // `latest` with -w picks the workspace; into a folder that is not empty it refuses.
     let out = run_in(
         &fresh.socket,
         elsewhere.path(),
-        &["remote", "restore", "home", "latest", "--to", &to.display().to_string()],
+        &[
+            "remote",
+            "restore",
+            "home",
+            "latest",
+            "--to",
+            &to.display().to_string(),
+        ],
     );
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("is not empty"), "{}", out.stderr);
@@ -167,7 +234,16 @@ fn a_replicated_snapshot_restores_byte_exact_on_a_fresh_data_dir() {
     ok_in(
         &fresh,
         elsewhere.path(),
-        &["-w", &root.display().to_string(), "remote", "restore", "home", "latest", "--to", &to2.display().to_string()],
+        &[
+            "-w",
+            &root.display().to_string(),
+            "remote",
+            "restore",
+            "home",
+            "latest",
+            "--to",
+            &to2.display().to_string(),
+        ],
     );
     assert_eq!(tree(&to2), tree(root));
 }
@@ -192,10 +268,18 @@ fn bad_keys_buckets_credentials_and_a_dead_server_are_refused_clearly() {
 
     let refused = |args: Vec<String>, want: &str| {
         let out = fails_in(&d, root, &strs(&args));
-        assert!(out.stderr.contains(want), "{args:?}: want {want:?} in: {}", out.stderr);
+        assert!(
+            out.stderr.contains(want),
+            "{args:?}: want {want:?} in: {}",
+            out.stderr
+        );
         let json = run_in(&d.socket, root, &[&["--json"][..], &strs(&args)].concat());
         assert_eq!(json.code, 1);
-        assert!(json.json()["error"].as_str().unwrap().contains(want), "{}", json.text());
+        assert!(
+            json.json()["error"].as_str().unwrap().contains(want),
+            "{}",
+            json.text()
+        );
     };
     // Another key for a prefix set up with k1; a key file that does not exist.
     let k2 = secrets.path().join("k2");
@@ -205,15 +289,24 @@ fn bad_keys_buckets_credentials_and_a_dead_server_are_refused_clearly() {
         "the key does not open this remote",
     );
     let missing = secrets.path().join("missing.key");
-    refused(add_args(&g, "no-key", "p", &creds, &missing), "holds data already");
-    assert!(!missing.exists(), "no key is made for a remote that has one");
+    refused(
+        add_args(&g, "no-key", "p", &creds, &missing),
+        "holds data already",
+    );
+    assert!(
+        !missing.exists(),
+        "no key is made for a remote that has one"
+    );
     // A bucket that does not exist.
     let mut args = add_args(&g, "no-bucket", "p", &creds, &key);
     args[3] = "s3://no-such-bucket/p".into();
     refused(args, "bucket no-such-bucket");
     // A secret that is not the key's.
     let bad = g.credentials(secrets.path(), Some(&"0".repeat(64)));
-    refused(add_args(&g, "bad-creds", "p", &bad, &key), "refused the credentials");
+    refused(
+        add_args(&g, "bad-creds", "p", &bad, &key),
+        "refused the credentials",
+    );
     // A credentials file others may read.
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o644)).unwrap();
     refused(add_args(&g, "loose", "p", &bad, &key), "chmod 600");
@@ -226,23 +319,47 @@ fn bad_keys_buckets_credentials_and_a_dead_server_are_refused_clearly() {
     refused(args, "cannot reach");
 
     let listed = json_in(&d, root, &["remote", "list"]);
-    let names: Vec<&str> = listed["remotes"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["first"], "only the remote that worked is registered");
-    assert_eq!(local_snapshots(&d, root), before, "no local snapshot changed");
+    let names: Vec<&str> = listed["remotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["first"],
+        "only the remote that worked is registered"
+    );
+    assert_eq!(
+        local_snapshots(&d, root),
+        before,
+        "no local snapshot changed"
+    );
     ok_in(&d, root, &["verify"]);
 
     // On a fresh machine the wrong key cannot even register the remote: nothing restores.
     let fresh = Daemon::start(&[]);
     let other = tempfile::tempdir().unwrap();
-    let out = fails_in(&fresh, other.path(), &strs(&add_args(&g, "x", "p", &creds, &k2)));
-    assert!(out.stderr.contains("the key does not open"), "{}", out.stderr);
+    let out = fails_in(
+        &fresh,
+        other.path(),
+        &strs(&add_args(&g, "x", "p", &creds, &k2)),
+    );
+    assert!(
+        out.stderr.contains("the key does not open"),
+        "{}",
+        out.stderr
+    );
     let out = fails_in(&fresh, other.path(), &["remote", "snapshots", "x"]);
     assert!(out.stderr.contains("no remote named"), "{}", out.stderr);
 }
 
 /// Writes a valid key that no remote was set up with.
 fn other_key(path: &Path) {
-    let hex: String = chkpt_testkit::noise(32, 77).iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = chkpt_testkit::noise(32, 77)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     std::fs::write(path, hex).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
@@ -261,31 +378,65 @@ fn a_cut_connection_and_a_killed_daemon_resume_with_nothing_lost_or_sent_twice()
     // Small packs, two at a time, slowed to 2 MiB/s: the upload takes ~3 s and is cut in its
     // middle.
     let mut args = add_args(&g, "cut", "p", &creds, &key);
-    args.extend(["--pack-size", "256K", "--concurrency", "2", "--limit-upload", "2M"].map(String::from));
+    args.extend(
+        [
+            "--pack-size",
+            "256K",
+            "--concurrency",
+            "2",
+            "--limit-upload",
+            "2M",
+        ]
+        .map(String::from),
+    );
     ok_in(&d, root, &strs(&args));
-    wait_status(&d, root, "cut", "first packs", |s| s["uploaded_packs"].as_u64().unwrap() >= 3);
+    wait_status(&d, root, "cut", "first packs", |s| {
+        s["uploaded_packs"].as_u64().unwrap() >= 3
+    });
     g.kill();
     // A save while the server is gone: it does not wait for the remote.
-    std::fs::write(root.join("data/during.txt"), b"saved while the server was down\n").unwrap();
+    std::fs::write(
+        root.join("data/during.txt"),
+        b"saved while the server was down\n",
+    )
+    .unwrap();
     let started = Instant::now();
     save(&d, root, "during the outage");
-    assert!(started.elapsed() < Duration::from_secs(5), "a save waited {:?}", started.elapsed());
-    let s = wait_status(&d, root, "cut", "error", |s| !s["last_error"].as_str().unwrap().is_empty());
-    assert!(s["last_error"].as_str().unwrap().contains("cannot reach"), "{s:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a save waited {:?}",
+        started.elapsed()
+    );
+    let s = wait_status(&d, root, "cut", "error", |s| {
+        !s["last_error"].as_str().unwrap().is_empty()
+    });
+    assert!(
+        s["last_error"].as_str().unwrap().contains("cannot reach"),
+        "{s:#}"
+    );
     assert!(s["pending_snapshots"].as_u64().unwrap() >= 2, "{s:#}");
     assert!(s["pending_bytes"].as_u64().unwrap() > 1 << 20, "{s:#}");
     assert!(s["oldest_pending_unix_ms"].as_i64().unwrap() > 0, "{s:#}");
     let text = ok_in(&d, root, &["remote", "status"]).text();
-    assert!(text.contains("not replicated: ") && text.contains("cannot reach"), "{text}");
+    assert!(
+        text.contains("not replicated: ") && text.contains("cannot reach"),
+        "{text}"
+    );
     let sent_before = s["uploaded_packs"].as_u64().unwrap();
-    assert!(sent_before < 24, "the cut came after the whole upload: {s:#}");
+    assert!(
+        sent_before < 24,
+        "the cut came after the whole upload: {s:#}"
+    );
 
     g.start_again();
     ok_in(&d, root, &["remote", "sync", "cut", "--timeout", "120s"]);
     let s = status(&d, root, "cut");
     assert_eq!(s["pending_snapshots"], 0, "{s:#}");
     // Every object indexed once: what was sent and committed is what the remote holds.
-    assert_eq!(s["uploaded_objects"], s["remote_objects"], "an object was indexed twice: {s:#}");
+    assert_eq!(
+        s["uploaded_objects"], s["remote_objects"],
+        "an object was indexed twice: {s:#}"
+    );
 
     // A daemon killed in the middle of an upload starts again where the remote is.
     let packs = s["uploaded_packs"].as_u64().unwrap();
@@ -294,7 +445,10 @@ fn a_cut_connection_and_a_killed_daemon_resume_with_nothing_lost_or_sent_twice()
     let before_kill = wait_status(&d, root, "cut", "packs of the second upload", |s| {
         s["uploaded_packs"].as_u64().unwrap() >= packs + 4
     });
-    assert!(before_kill["pending_snapshots"].as_u64().unwrap() >= 1, "{before_kill:#}");
+    assert!(
+        before_kill["pending_snapshots"].as_u64().unwrap() >= 1,
+        "{before_kill:#}"
+    );
     let objects_before = before_kill["remote_objects"].as_u64().unwrap();
     d.kill9();
     d.start_again();
@@ -311,8 +465,23 @@ fn a_cut_connection_and_a_killed_daemon_resume_with_nothing_lost_or_sent_twice()
     // Byte for byte, on a fresh data directory.
     let fresh = Daemon::start(&[]);
     let other = tempfile::tempdir().unwrap();
-    ok_in(&fresh, other.path(), &strs(&add_args(&g, "cut", "p", &creds, &key)));
+    ok_in(
+        &fresh,
+        other.path(),
+        &strs(&add_args(&g, "cut", "p", &creds, &key)),
+    );
     let to = other.path().join("r");
-    ok_in(&fresh, other.path(), &["remote", "restore", "cut", "latest", "--to", &to.display().to_string()]);
+    ok_in(
+        &fresh,
+        other.path(),
+        &[
+            "remote",
+            "restore",
+            "cut",
+            "latest",
+            "--to",
+            &to.display().to_string(),
+        ],
+    );
     assert_eq!(tree(&to), tree(root));
 }

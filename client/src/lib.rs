@@ -47,11 +47,11 @@ pub mod cli;
 pub mod connect;
 pub mod daemon;
 pub mod hook;
-pub mod remote;
 mod mcp;
 #[cfg(target_os = "linux")]
 mod mount;
 mod output;
 mod pager;
+pub mod remote;
 pub mod service;
 mod ui;

@@ -95,7 +95,10 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => {
-            let unit = t[i..].trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
+            let unit = t[i..]
+                .trim()
+                .trim_end_matches(['B', 'b'])
+                .trim_end_matches('i');
             let mult = match unit.to_ascii_uppercase().as_str() {
                 "" => 1,
                 "K" => 1 << 10,
@@ -159,7 +162,11 @@ fn remote_json(r: &v1::Remote) -> Value {
 }
 
 fn state_json(s: &v1::RemoteState) -> Value {
-    let mut v = s.remote.as_ref().map(remote_json).unwrap_or_else(|| json!({}));
+    let mut v = s
+        .remote
+        .as_ref()
+        .map(remote_json)
+        .unwrap_or_else(|| json!({}));
     let replicated = s.pending_snapshots == 0 && s.last_error.is_empty() && s.connected;
     v["connected"] = s.connected.into();
     v["replicated"] = replicated.into();
@@ -250,8 +257,16 @@ pub async fn run(
                 url,
                 endpoint: endpoint.unwrap_or_default(),
                 region: region.unwrap_or_default(),
-                credentials_file: credentials.as_deref().map(text).transpose()?.unwrap_or_default(),
-                key_file: key_file.as_deref().map(text).transpose()?.unwrap_or_default(),
+                credentials_file: credentials
+                    .as_deref()
+                    .map(text)
+                    .transpose()?
+                    .unwrap_or_default(),
+                key_file: key_file
+                    .as_deref()
+                    .map(text)
+                    .transpose()?
+                    .unwrap_or_default(),
                 passphrase,
                 pack_bytes: pack_size.unwrap_or(0),
                 concurrency: concurrency.unwrap_or(0),
@@ -270,7 +285,11 @@ pub async fn run(
                 eprintln!(
                     "{} {}: keep a copy of it somewhere safe, away from this machine. Without \
                      it nothing on {} can be read.",
-                    if r.key_generated { "Made a new key at" } else { "The key is" },
+                    if r.key_generated {
+                        "Made a new key at"
+                    } else {
+                        "The key is"
+                    },
                     remote.key_file,
                     remote.url
                 );
@@ -285,7 +304,11 @@ pub async fn run(
                 "added remote {} ({}{})\n",
                 remote.name,
                 remote.url,
-                if r.initialized { ", set up now" } else { ", holding data already" }
+                if r.initialized {
+                    ", set up now"
+                } else {
+                    ", holding data already"
+                }
             ))
         }
         RemoteAction::List => {
@@ -295,10 +318,14 @@ pub async fn run(
                 .map_err(fail)?
                 .into_inner();
             if json {
-                return print_json(&json!({ "remotes": r.remotes.iter().map(remote_json).collect::<Vec<_>>() }));
+                return print_json(
+                    &json!({ "remotes": r.remotes.iter().map(remote_json).collect::<Vec<_>>() }),
+                );
             }
             if r.remotes.is_empty() {
-                return print("no remotes: add one with `chkptctl remote add NAME s3://BUCKET/PREFIX`\n");
+                return print(
+                    "no remotes: add one with `chkptctl remote add NAME s3://BUCKET/PREFIX`\n",
+                );
             }
             let mut out = String::new();
             for x in &r.remotes {
@@ -306,7 +333,11 @@ pub async fn run(
                     "{}  {}{}  key: {} ({})\n",
                     x.name,
                     x.url,
-                    if x.endpoint.is_empty() { String::new() } else { format!(" at {}", x.endpoint) },
+                    if x.endpoint.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at {}", x.endpoint)
+                    },
                     x.key_file,
                     x.key_source
                 ));
@@ -337,15 +368,21 @@ pub async fn run(
                 .map_err(fail)?
                 .into_inner();
             if json {
-                return print_json(&json!({ "remotes": r.remotes.iter().map(state_json).collect::<Vec<_>>() }));
+                return print_json(
+                    &json!({ "remotes": r.remotes.iter().map(state_json).collect::<Vec<_>>() }),
+                );
             }
             if r.remotes.is_empty() {
-                return print("no remotes: add one with `chkptctl remote add NAME s3://BUCKET/PREFIX`\n");
+                return print(
+                    "no remotes: add one with `chkptctl remote add NAME s3://BUCKET/PREFIX`\n",
+                );
             }
             print(&r.remotes.iter().map(state_text).collect::<String>())
         }
         RemoteAction::Sync { name, timeout } => {
-            let wait_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+            let wait_ms = u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
             let r = client
                 .remote_sync(v1::RemoteSyncRequest { name, wait_ms })
                 .await
@@ -379,7 +416,9 @@ pub async fn run(
                 .map_err(fail)?
                 .into_inner();
             if json {
-                return print_json(&json!({ "snapshots": r.snapshots.iter().map(snapshot_json).collect::<Vec<_>>() }));
+                return print_json(
+                    &json!({ "snapshots": r.snapshots.iter().map(snapshot_json).collect::<Vec<_>>() }),
+                );
             }
             let mut out = String::new();
             for s in &r.snapshots {
@@ -391,7 +430,11 @@ pub async fn run(
                     s.files,
                     human_bytes(s.bytes),
                     s.workspace_text,
-                    if s.message.is_empty() { String::new() } else { format!("  {}", s.message) }
+                    if s.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  {}", s.message)
+                    }
                 ));
             }
             if out.is_empty() {

@@ -37,7 +37,8 @@ pub fn bin() -> PathBuf {
          PATH): run .ci/run, which installs it there, or `cargo install garage --version \
          {VERSION} --locked --root {}`",
         cached.display(),
-        home.join(format!(".cache/chkpt-tools/garage-{VERSION}")).display()
+        home.join(format!(".cache/chkpt-tools/garage-{VERSION}"))
+            .display()
     );
 }
 
@@ -119,7 +120,11 @@ root_domain = ".s3.garage.localhost"
     /// Writes a credentials file (mode 0600) for its key, or for `secret` instead of the
     /// right one, into `dir`.
     pub fn credentials(&self, dir: &Path, secret: Option<&str>) -> PathBuf {
-        let path = dir.join(if secret.is_some() { "bad-credentials" } else { "credentials" });
+        let path = dir.join(if secret.is_some() {
+            "bad-credentials"
+        } else {
+            "credentials"
+        });
         std::fs::write(
             &path,
             format!(
@@ -168,7 +173,11 @@ root_domain = ".s3.garage.localhost"
             if TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok() {
                 return;
             }
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("garage exited ({st}) before it listened:\n{}", self.log());
             }
             assert!(

@@ -160,19 +160,19 @@ impl Connection {
     /// The names and sizes of the objects under `dir/` (names without the `dir/`).
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, RemoteError> {
         let prefix = Path::from(dir);
-        let found: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| match e {
-                // Listing an existing bucket never finds nothing: a 404 is the bucket's.
-                object_store::Error::NotFound { .. } => self.fail(
-                    Failure::NoBucket,
-                    format!("{} does not exist: create it, or check the URL", self.place),
-                ),
-                e => self.error(&format!("list {dir}/"), &e),
-            })?;
+        let found: Vec<_> =
+            self.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| match e {
+                    // Listing an existing bucket never finds nothing: a 404 is the bucket's.
+                    object_store::Error::NotFound { .. } => self.fail(
+                        Failure::NoBucket,
+                        format!("{} does not exist: create it, or check the URL", self.place),
+                    ),
+                    e => self.error(&format!("list {dir}/"), &e),
+                })?;
         Ok(found
             .into_iter()
             .filter_map(|m| {
@@ -255,7 +255,10 @@ impl Connection {
                 ),
             );
         }
-        self.fail(Failure::Other, format!("cannot {what} on {}: {}", self.place, short(&text)))
+        self.fail(
+            Failure::Other,
+            format!("cannot {what} on {}: {}", self.place, short(&text)),
+        )
     }
 }
 
@@ -295,7 +298,10 @@ fn credentials(cfg: &RemoteConfig) -> Result<(Option<Credentials>, String), Remo
                 file.display()
             )));
         };
-        return Ok((Some(found), format!("the credentials file {}", file.display())));
+        return Ok((
+            Some(found),
+            format!("the credentials file {}", file.display()),
+        ));
     }
     if let (Ok(id), Ok(secret)) = (
         std::env::var("AWS_ACCESS_KEY_ID"),

@@ -92,9 +92,12 @@ impl Location {
         };
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+            let valid =
+                |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
             if bucket.len() < 3 || bucket.len() > 63 || !bucket.chars().all(valid) {
-                return Err(bad("a bucket name is 3 to 63 lowercase letters, digits, '-' or '.'"));
+                return Err(bad(
+                    "a bucket name is 3 to 63 lowercase letters, digits, '-' or '.'",
+                ));
             }
             let prefix = prefix.trim_matches('/');
             if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") {
@@ -229,7 +232,9 @@ fn write_atomically(path: &Path, body: &[u8]) -> Result<(), RemoteError> {
     f.write_all(body).and_then(|()| f.sync_all()).map_err(err)?;
     fs::rename(&tmp, path).map_err(err)?;
     if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -258,7 +263,13 @@ mod tests {
             Location::parse("file:///srv/backup").unwrap(),
             Location::Folder("/srv/backup".into())
         );
-        for bad in ["s3://B/x", "s3://a/../x", "http://x/y", "file://rel", "s3://ab"] {
+        for bad in [
+            "s3://B/x",
+            "s3://a/../x",
+            "http://x/y",
+            "file://rel",
+            "s3://ab",
+        ] {
             let e = Location::parse(bad).unwrap_err().to_string();
             assert!(e.contains("s3://BUCKET/PREFIX"), "{bad}: {e}");
         }

@@ -92,7 +92,11 @@ impl Key {
     }
 
     /// The key derived from `passphrase` with `salt`.
-    pub fn derive(passphrase: &str, salt: &[u8], params: KdfParams) -> Result<[u8; KEY_LEN], RemoteError> {
+    pub fn derive(
+        passphrase: &str,
+        salt: &[u8],
+        params: KdfParams,
+    ) -> Result<[u8; KEY_LEN], RemoteError> {
         let p = argon2::Params::new(params.m_kib, params.t, params.p, Some(KEY_LEN))
             .map_err(|e| RemoteError::Config(format!("argon2 parameters: {e}")))?;
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
@@ -171,8 +175,8 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
 /// read is refused, as ssh refuses such a private key.
 pub fn read_key_file(path: &Path) -> Result<[u8; KEY_LEN], RemoteError> {
     let shown = path.display();
-    let meta = fs::metadata(path)
-        .map_err(|e| RemoteError::Config(format!("key file {shown}: {e}")))?;
+    let meta =
+        fs::metadata(path).map_err(|e| RemoteError::Config(format!("key file {shown}: {e}")))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(RemoteError::Config(format!(
@@ -203,10 +207,13 @@ pub fn write_key_file(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), RemoteErro
         .mode(0o600)
         .open(path)
         .map_err(err)?;
-    f.write_all(format!("{}\n", hex(key)).as_bytes()).map_err(err)?;
+    f.write_all(format!("{}\n", hex(key)).as_bytes())
+        .map_err(err)?;
     f.sync_all().map_err(err)?;
     if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -236,11 +243,24 @@ mod tests {
 
     #[test]
     fn a_passphrase_derives_the_same_key_only_with_the_same_salt() {
-        let p = KdfParams { m_kib: 64, t: 1, p: 1 };
+        let p = KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        };
         let a = Key::derive("correct horse", b"saltsaltsaltsalt", p).unwrap();
-        assert_eq!(a, Key::derive("correct horse", b"saltsaltsaltsalt", p).unwrap());
-        assert_ne!(a, Key::derive("correct horse", b"othersaltothersa", p).unwrap());
-        assert_ne!(a, Key::derive("wrong horse", b"saltsaltsaltsalt", p).unwrap());
+        assert_eq!(
+            a,
+            Key::derive("correct horse", b"saltsaltsaltsalt", p).unwrap()
+        );
+        assert_ne!(
+            a,
+            Key::derive("correct horse", b"othersaltothersa", p).unwrap()
+        );
+        assert_ne!(
+            a,
+            Key::derive("wrong horse", b"saltsaltsaltsalt", p).unwrap()
+        );
     }
 
     #[test]
@@ -249,7 +269,10 @@ mod tests {
         let path = dir.path().join("k");
         write_key_file(&path, &[9; KEY_LEN]).unwrap();
         assert_eq!(read_key_file(&path).unwrap(), [9; KEY_LEN]);
-        assert!(write_key_file(&path, &[1; KEY_LEN]).is_err(), "never replaced");
+        assert!(
+            write_key_file(&path, &[1; KEY_LEN]).is_err(),
+            "never replaced"
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let e = read_key_file(&path).unwrap_err().to_string();
         assert!(e.contains("chmod 600"), "{e}");

@@ -125,7 +125,13 @@ impl PackBuilder {
     }
 
     /// Appends object `id` of `kind`.
-    pub fn add(&mut self, key: &Key, id: Id, kind: u8, data: &[u8]) -> Result<(), super::RemoteError> {
+    pub fn add(
+        &mut self,
+        key: &Key,
+        id: Id,
+        kind: u8,
+        data: &[u8],
+    ) -> Result<(), super::RemoteError> {
         let mut plain = Vec::with_capacity(HEADER + data.len());
         plain.push(kind);
         let mut scratch = Vec::new();
@@ -145,8 +151,9 @@ impl PackBuilder {
             }
         }
         let sealed = key.seal(Purpose::Object, &plain)?;
-        let len = u32::try_from(sealed.len())
-            .map_err(|_| super::RemoteError::Config(format!("object {id} is too large for a pack")))?;
+        let len = u32::try_from(sealed.len()).map_err(|_| {
+            super::RemoteError::Config(format!("object {id} is too large for a pack"))
+        })?;
         self.index.entries.push(IndexEntry {
             id,
             kind,
@@ -174,7 +181,8 @@ pub fn open_object(key: &Key, entry: &IndexEntry, sealed: &[u8]) -> Result<Vec<u
         return Err(format!("object {} has a bad header", entry.id));
     }
     let raw_len = u64::from_le_bytes(plain[2..HEADER].try_into().unwrap_or_default());
-    let raw_len = usize::try_from(raw_len).map_err(|_| format!("object {} is too large", entry.id))?;
+    let raw_len =
+        usize::try_from(raw_len).map_err(|_| format!("object {} is too large", entry.id))?;
     let body = &plain[HEADER..];
     let data = match plain[1] {
         0 => body.to_vec(),
@@ -242,10 +250,16 @@ mod tests {
         let noise = chkpt_testkit::noise(5000, 1);
         pack.add(&key, Id::of(&text), KIND_BLOB, &text).unwrap();
         pack.add(&key, Id::of(&noise), KIND_TREE, &noise).unwrap();
-        assert!(pack.bytes.len() < text.len() + noise.len(), "text is compressed");
+        assert!(
+            pack.bytes.len() < text.len() + noise.len(),
+            "text is compressed"
+        );
         for (entry, want) in pack.index.entries.iter().zip([&text[..], &noise[..]]) {
             let at = entry.offset as usize..entry.offset as usize + entry.len as usize;
-            assert_eq!(open_object(&key, entry, &pack.bytes[at.clone()]).unwrap(), want);
+            assert_eq!(
+                open_object(&key, entry, &pack.bytes[at.clone()]).unwrap(),
+                want
+            );
             let mut bad = pack.bytes[at].to_vec();
             bad[40] ^= 1;
             assert!(open_object(&key, entry, &bad).is_err());

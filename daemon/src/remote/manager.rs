@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::RemoteError;
 use super::backend::Connection;
 use super::config::{
-    DEFAULT_CONCURRENCY, DEFAULT_PACK_BYTES, KeySource, Location, RemoteConfig, Registry,
+    DEFAULT_CONCURRENCY, DEFAULT_PACK_BYTES, KeySource, Location, Registry, RemoteConfig,
     check_name,
 };
 use super::crypto::{self, KdfParams, Key};
 use super::format::{Kdf, RemoteConfigObject};
 use super::restore::{self, RemoteSnap, Summary};
 use super::upload::{self, Progress, Shared, Uploader};
-use super::RemoteError;
 use crate::engine::Engine;
 
 /// What `remote add` asks for.
@@ -90,7 +90,9 @@ pub struct Remotes {
 
 impl std::fmt::Debug for Remotes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Remotes").field("origin", &self.origin).finish()
+        f.debug_struct("Remotes")
+            .field("origin", &self.origin)
+            .finish()
     }
 }
 
@@ -210,12 +212,13 @@ impl Remotes {
         let conn = Connection::new(&cfg)?;
         // Reachable, the credentials good, the bucket there: a list says all three.
         conn.list("snapshots").await?;
-        let existing: Option<RemoteConfigObject> = match conn.get("config").await? {
-            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-                conn.damaged(format!("its `config` object does not decode ({e})"))
-            })?),
-            None => None,
-        };
+        let existing: Option<RemoteConfigObject> =
+            match conn.get("config").await? {
+                Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    conn.damaged(format!("its `config` object does not decode ({e})"))
+                })?),
+                None => None,
+            };
         // The key, and whether it must be written to a file before the remote is used.
         let mut key_to_write = None;
         let mut key_generated = false;
@@ -343,7 +346,10 @@ impl Remotes {
             .map_err(|e| RemoteError::Config(format!("catalog: {e}")))??;
         let mut out = Vec::new();
         for config in configs {
-            let Some(shared) = lock(&self.inner).1.get(&config.name).map(|w| w.shared.clone())
+            let Some(shared) = lock(&self.inner)
+                .1
+                .get(&config.name)
+                .map(|w| w.shared.clone())
             else {
                 continue;
             };
@@ -455,7 +461,11 @@ async fn derive(
 
 /// Writes a key made here (or derived from a passphrase) to its file. A derived key replaces
 /// an older derived one; a key file is never replaced.
-fn write_key(path: &Path, key: &[u8; crypto::KEY_LEN], source: KeySource) -> Result<(), RemoteError> {
+fn write_key(
+    path: &Path,
+    key: &[u8; crypto::KEY_LEN],
+    source: KeySource,
+) -> Result<(), RemoteError> {
     if path.exists() {
         if crypto::read_key_file(path).ok().as_ref() == Some(key) {
             return Ok(());
@@ -477,7 +487,8 @@ fn origin(dir: &Path) -> Result<String, RemoteError> {
             return Ok(text.to_owned());
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| RemoteError::Config(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| RemoteError::Config(format!("{}: {e}", dir.display())))?;
     let id = crypto::hex(&crypto::random_bytes::<8>()?);
     let tmp = dir.join("origin.tmp");
     std::fs::write(&tmp, format!("{id}\n"))

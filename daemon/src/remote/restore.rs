@@ -20,11 +20,11 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 
+use super::RemoteError;
 use super::backend::Connection;
 use super::crypto::Key;
 use super::format::{self, IndexEntry, KIND_BLOB, KIND_CHUNKS, KIND_TREE};
 use super::upload::parse_snapshot_name;
-use super::RemoteError;
 use crate::store::catalog::SnapshotRecord;
 use crate::store::{ChunkList, Id, Kind, Piece, Tree};
 
@@ -78,9 +78,7 @@ pub async fn snapshots(conn: &Connection, key: &Key) -> Result<Vec<RemoteSnap>, 
         .buffer_unordered(PARALLEL)
         .try_collect()
         .await?;
-    out.sort_by(|a, b| {
-        (b.record.created_us, b.record.id).cmp(&(a.record.created_us, a.record.id))
-    });
+    out.sort_by_key(|s| std::cmp::Reverse((s.record.created_us, s.record.id)));
     Ok(out)
 }
 
@@ -113,7 +111,9 @@ pub fn select<'a>(
     let back = if selector == "latest" {
         Some(0)
     } else {
-        selector.strip_prefix("latest~").and_then(|n| n.parse::<usize>().ok())
+        selector
+            .strip_prefix("latest~")
+            .and_then(|n| n.parse::<usize>().ok())
     };
     if let Some(back) = back {
         let mut spaces: Vec<&[u8]> = of_ws.iter().map(|s| s.workspace.as_slice()).collect();
@@ -131,7 +131,11 @@ pub fn select<'a>(
             )));
         }
         return of_ws.get(back).copied().ok_or_else(|| {
-            none(format!("it has only {} snapshots, not {}", of_ws.len(), back + 1))
+            none(format!(
+                "it has only {} snapshots, not {}",
+                of_ws.len(),
+                back + 1
+            ))
         });
     }
     let want = selector.to_ascii_lowercase();
@@ -194,28 +198,36 @@ struct Fetcher<'a> {
 
 impl Fetcher<'_> {
     fn entry(&self, id: &Id) -> Result<&(Arc<str>, IndexEntry), RemoteError> {
-        self.locs
-            .get(id)
-            .ok_or_else(|| self.conn.damaged(format!("object {id} is not on the remote")))
+        self.locs.get(id).ok_or_else(|| {
+            self.conn
+                .damaged(format!("object {id} is not on the remote"))
+        })
     }
 
     async fn object(&self, id: &Id, kind: u8) -> Result<Vec<u8>, RemoteError> {
         let (pack, e) = self.entry(id)?;
         if e.kind != kind {
-            return Err(self.conn.damaged(format!("object {id} is of the wrong kind")));
+            return Err(self
+                .conn
+                .damaged(format!("object {id} is of the wrong kind")));
         }
         let sealed = self
             .conn
-            .get_range(&format::pack_path(pack), e.offset..e.offset + u64::from(e.len))
+            .get_range(
+                &format::pack_path(pack),
+                e.offset..e.offset + u64::from(e.len),
+            )
             .await?;
-        self.fetched.fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        self.fetched
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         format::open_object(self.key, e, &sealed).map_err(|m| self.conn.damaged(m))
     }
 
     /// A directory's entries (a split one's parts joined).
     async fn tree(&self, id: &Id) -> Result<Tree, RemoteError> {
         let bytes = self.object(id, KIND_TREE).await?;
-        let tree = Tree::decode(&bytes).map_err(|e| self.conn.damaged(format!("tree {id}: {e}")))?;
+        let tree =
+            Tree::decode(&bytes).map_err(|e| self.conn.damaged(format!("tree {id}: {e}")))?;
         if !tree.is_split() {
             return Ok(tree);
         }
@@ -225,7 +237,9 @@ impl Fetcher<'_> {
             let p = Tree::decode(&bytes)
                 .map_err(|e| self.conn.damaged(format!("tree {}: {e}", part.id)))?;
             if p.is_split() {
-                return Err(self.conn.damaged(format!("tree {} is a split part", part.id)));
+                return Err(self
+                    .conn
+                    .damaged(format!("tree {} is a split part", part.id)));
             }
             entries.extend(p.entries);
         }
@@ -251,7 +265,9 @@ impl Fetcher<'_> {
                 if let Piece::Data { id: chunk, len } = *piece {
                     let data = self.object(&chunk, KIND_BLOB).await?;
                     if data.len() as u64 != len {
-                        return Err(self.conn.damaged(format!("chunk {chunk} has the wrong length")));
+                        return Err(self
+                            .conn
+                            .damaged(format!("chunk {chunk} has the wrong length")));
                     }
                     let (f, p) = (&file, &path);
                     f.write_all_at(&data, at).map_err(|e| local(p, e))?;

@@ -161,7 +161,10 @@ impl RemotesRpc for RemoteService {
         &self,
         req: Request<pb::RemoveRemoteRequest>,
     ) -> Result<Response<pb::RemoveRemoteResponse>, Status> {
-        let removed = self.remotes.remove(&req.into_inner().name).map_err(status)?;
+        let removed = self
+            .remotes
+            .remove(&req.into_inner().name)
+            .map_err(status)?;
         Ok(Response::new(pb::RemoveRemoteResponse {
             remote: Some(remote(&removed)),
         }))

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::backend::Connection;
-use super::config::{RemoteConfig, Registry};
+use super::config::{Registry, RemoteConfig};
 use super::crypto::{self, Key};
 use super::format::{
     self, KIND_BLOB, KIND_CHUNKS, KIND_TREE, PackBuilder, RemoteConfigObject, SnapshotObject,
@@ -402,11 +402,12 @@ impl Uploader {
                 // Retention or a delete took the snapshot while it was read: nothing to send.
                 let engine = self.engine.clone();
                 let id = s.id;
-                let still = tokio::task::spawn_blocking(move || engine.store.catalog().snapshot(id))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten();
+                let still =
+                    tokio::task::spawn_blocking(move || engine.store.catalog().snapshot(id))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten();
                 if still.is_none() {
                     tracing::info!(remote = %self.cfg.name, snapshot = %s.hex_id(), "snapshot deleted while it was uploaded; skipped");
                     return Ok(());
@@ -487,8 +488,8 @@ impl Packer<'_> {
             return Ok(());
         }
         let bytes = self.store.read_vec(&id)?;
-        let tree = Tree::decode(&bytes)
-            .map_err(|e| crate::Error::Corrupt(format!("tree {id}: {e}")))?;
+        let tree =
+            Tree::decode(&bytes).map_err(|e| crate::Error::Corrupt(format!("tree {id}: {e}")))?;
         for e in &tree.entries {
             match e.kind {
                 // A split tree's parts are directories here too.
