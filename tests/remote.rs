@@ -158,11 +158,13 @@ fn a_replicated_snapshot_restores_byte_exact_on_a_fresh_data_dir() {
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    let started = Instant::now();
     ok_in(
         &d,
         root,
         &["remote", "sync", "off-site", "--timeout", "60s"],
     );
+    let upload = started.elapsed();
     let s = status(&d, root, "off-site");
     assert_eq!(s["pending_snapshots"], 0, "{s:#}");
     assert_eq!(s["replicated"], true, "{s:#}");
@@ -213,6 +215,28 @@ fn a_replicated_snapshot_restores_byte_exact_on_a_fresh_data_dir() {
         tree(&to),
         tree(root),
         "the restore differs from what was saved"
+    );
+    let local_to = root
+        .parent()
+        .unwrap()
+        .join(format!("local-{}", std::process::id()));
+    let started = Instant::now();
+    ok_in(
+        &d,
+        root,
+        &["restore", &snap, "--to", &local_to.display().to_string()],
+    );
+    let local = started.elapsed();
+    std::fs::remove_dir_all(&local_to).unwrap();
+    let mib = |b: &Value| b.as_u64().unwrap() as f64 / f64::from(1 << 20);
+    eprintln!(
+        "figure: {:.1} MiB sent in {} ms ({:.1} MiB/s, debug build, whole sync); remote restore \
+         {} ms on a fresh data dir, local restore {} ms",
+        mib(&s["uploaded_bytes"]),
+        upload.as_millis(),
+        mib(&s["uploaded_bytes"]) / upload.as_secs_f64(),
+        r["restored"]["elapsed_ms"],
+        local.as_millis()
     );
     assert!(r["restored"]["files"].as_u64().unwrap() >= 9, "{r:#}");
     // `latest` with -w picks the workspace; into a folder that is not empty it refuses.
@@ -478,6 +502,103 @@ fn a_cut_connection_and_a_killed_daemon_resume_with_nothing_lost_or_sent_twice()
             "remote",
             "restore",
             "cut",
+            "latest",
+            "--to",
+            &to.display().to_string(),
+        ],
+    );
+    assert_eq!(tree(&to), tree(root));
+}
+
+/// `chkptctl --socket … args` with `CHKPT_REMOTE_PASSPHRASE` set.
+fn with_passphrase(d: &Daemon, cwd: &Path, pass: &str, args: &[String]) -> util::cli::Out {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chkptctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .current_dir(cwd)
+        .env("CHKPT_REMOTE_PASSPHRASE", pass)
+        .output()
+        .unwrap();
+    util::cli::Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A passphrase remote: auto snapshots replicate on their own (the time from a 5-file
+/// change's snapshot to replicated is printed, for the README), a fresh machine restores
+/// with the passphrase alone, and a wrong passphrase is refused.
+#[test]
+fn a_passphrase_remote_replicates_auto_snapshots_and_restores_elsewhere() {
+    let g = Garage::start();
+    let d = Daemon::start(&[]);
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    for i in 0..20 {
+        std::fs::write(root.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    let dir = root.display().to_string();
+    ok_in(
+        &d,
+        root,
+        &["watch", &dir, "--idle", "200ms", "--max-delay", "1s"],
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    let creds = g.credentials(secrets.path(), None);
+    let mut args = add_args(&g, "pp", "auto", &creds, Path::new("/unused"));
+    args.truncate(args.len() - 2);
+    let out = with_passphrase(&d, root, "correct horse battery staple", &args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Keep the passphrase safe"),
+        "{}",
+        out.stderr
+    );
+    ok_in(&d, root, &["remote", "sync", "pp", "--timeout", "60s"]);
+
+    // A 5-file change: an auto snapshot, then replicated without being asked.
+    let before = json_in(&d, root, &["list"]).as_array().map_or(0, Vec::len);
+    for i in 0..5 {
+        std::fs::write(root.join(format!("f{i}.txt")), format!("changed {i}\n")).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let taken = loop {
+        let list = json_in(&d, root, &["list"]);
+        if list.as_array().map_or(0, Vec::len) > before {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "no auto snapshot: {list:#}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    wait_status(&d, root, "pp", "replication of the auto snapshot", |s| {
+        s["pending_snapshots"] == 0 && s["busy"] == false
+    });
+    eprintln!(
+        "figure: auto snapshot of a 5-file change to replicated: {} ms (seen by polling)",
+        taken.elapsed().as_millis()
+    );
+
+    let fresh = Daemon::start(&[]);
+    let other = tempfile::tempdir().unwrap();
+    let out = with_passphrase(&fresh, other.path(), "wrong horse", &args);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the key does not open"),
+        "{}",
+        out.stderr
+    );
+    let out = with_passphrase(&fresh, other.path(), "correct horse battery staple", &args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let to = other.path().join("r");
+    ok_in(
+        &fresh,
+        other.path(),
+        &[
+            "remote",
+            "restore",
+            "pp",
             "latest",
             "--to",
             &to.display().to_string(),

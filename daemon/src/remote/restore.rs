@@ -30,6 +30,8 @@ use crate::store::{ChunkList, Id, Kind, Piece, Tree};
 
 /// Objects fetched at once.
 const PARALLEL: usize = 16;
+/// Chunks of one large file fetched at once.
+const CHUNKS_AHEAD: usize = 8;
 
 /// A snapshot on a remote.
 #[derive(Debug, Clone)]
@@ -260,19 +262,30 @@ impl Fetcher<'_> {
             let list = ChunkList::decode(&self.object(&id, KIND_CHUNKS).await?)
                 .map_err(|m| self.conn.damaged(format!("chunk list {id}: {m}")))?;
             let file = open(&path)?;
+            // Chunks in file order, `CHUNKS_AHEAD` fetched at once: a large file streams.
             let mut at = 0u64;
+            let mut data_pieces = Vec::new();
             for piece in &list.pieces {
                 if let Piece::Data { id: chunk, len } = *piece {
+                    data_pieces.push((at, chunk, len));
+                }
+                at += piece.len();
+            }
+            let mut chunks = futures::stream::iter(data_pieces)
+                .map(|(offset, chunk, len)| async move {
                     let data = self.object(&chunk, KIND_BLOB).await?;
                     if data.len() as u64 != len {
                         return Err(self
                             .conn
                             .damaged(format!("chunk {chunk} has the wrong length")));
                     }
-                    let (f, p) = (&file, &path);
-                    f.write_all_at(&data, at).map_err(|e| local(p, e))?;
-                }
-                at += piece.len();
+                    Ok::<_, RemoteError>((offset, data))
+                })
+                .buffered(CHUNKS_AHEAD);
+            while let Some(next) = chunks.next().await {
+                let (offset, data) = next?;
+                file.write_all_at(&data, offset)
+                    .map_err(|e| local(&path, e))?;
             }
             // Holes at the end are set by the length.
             file.set_len(at).map_err(|e| local(&path, e))?;
