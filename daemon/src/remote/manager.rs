@@ -357,7 +357,7 @@ impl Remotes {
             let (mut n, mut bytes, mut oldest) = (0u64, 0u64, 0i64);
             {
                 let done = lock(&shared.replicated);
-                for s in all.iter().filter(|s| !done.contains(&s.id)) {
+                for s in all.iter().filter(|s| !done.contains(&s.id.get())) {
                     n += 1;
                     bytes += s.new_bytes;
                     let ms = i64::try_from(s.created_us / 1000).unwrap_or(i64::MAX);

@@ -286,7 +286,9 @@ impl Uploader {
             .map_err(|e| RemoteError::Config(format!("catalog: {e}")))??;
         let mut pending: Vec<SnapshotRecord> = {
             let done = lock(&self.shared.replicated);
-            all.into_iter().filter(|s| !done.contains(&s.id)).collect()
+            all.into_iter()
+                .filter(|s| !done.contains(&s.id.get()))
+                .collect()
         };
         pending.sort_by_key(|s| (s.created_us, s.id));
         for s in pending {
@@ -428,13 +430,13 @@ impl Uploader {
             workspace,
         };
         conn.put(
-            &format!("snapshots/{}", snapshot_name(&self.origin, s.id)),
+            &format!("snapshots/{}", snapshot_name(&self.origin, s.id.get())),
             format::seal_snapshot(key, &object)?,
         )
         .await?;
         let replicated = {
             let mut r = lock(&self.shared.replicated);
-            r.insert(s.id);
+            r.insert(s.id.get());
             r.clone()
         };
         *lock(&self.shared.remote_snapshots) += 1;
