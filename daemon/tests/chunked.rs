@@ -28,6 +28,16 @@ fn open(store: &Store, dir: &Path) -> Workspace {
     Workspace::open(store, rec).unwrap()
 }
 
+/// The ids of the chunks the stored file `v` is cut into.
+fn chunk_ids(store: &Store, v: &[u8]) -> HashSet<Id> {
+    store
+        .chunk_list(&Id::of(v))
+        .unwrap()
+        .unwrap()
+        .chunk_ids()
+        .collect()
+}
+
 /// Two versions of a 3 MiB file that differ in their middle 4 KiB.
 fn two_versions() -> (Vec<u8>, Vec<u8>) {
     let v1 = random(3 << 20, 1);
@@ -120,14 +130,7 @@ fn garbage_collection_keeps_the_chunks_live_versions_share_and_drops_the_rest() 
     let s1 = save(&mut ws, &store);
     fs::write(&big, &v2).unwrap();
     let s2 = save(&mut ws, &store);
-    let chunks = |v: &[u8]| -> HashSet<Id> {
-        store
-            .chunk_list(&Id::of(v))
-            .unwrap()
-            .unwrap()
-            .chunk_ids()
-            .collect()
-    };
+    let chunks = |v: &[u8]| chunk_ids(&store, v);
     let (c1, c2) = (chunks(&v1), chunks(&v2));
     let only_v1: Vec<Id> = c1.difference(&c2).copied().collect();
     assert!(
@@ -205,14 +208,7 @@ fn collection_frees_dead_chunks_in_place_without_a_second_copy() {
     let s1 = save(&mut ws, &store);
     fs::write(&big, &v2).unwrap();
     let s2 = save(&mut ws, &store);
-    let chunks = |v: &[u8]| -> HashSet<Id> {
-        store
-            .chunk_list(&Id::of(v))
-            .unwrap()
-            .unwrap()
-            .chunk_ids()
-            .collect()
-    };
+    let chunks = |v: &[u8]| chunk_ids(&store, v);
     let only_v1: Vec<Id> = chunks(&v1).difference(&chunks(&v2)).copied().collect();
     let dead: u64 = only_v1
         .iter()

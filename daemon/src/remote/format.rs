@@ -15,6 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::RemoteError;
+use super::backend::Connection;
 use super::crypto::{self, KdfParams, Key, Purpose};
 use crate::store::Id;
 
@@ -55,7 +57,7 @@ pub struct Kdf {
 
 impl RemoteConfigObject {
     /// A new remote's configuration, for `key`.
-    pub fn new(key: &Key, kdf: Option<Kdf>) -> Result<RemoteConfigObject, super::RemoteError> {
+    pub fn new(key: &Key, kdf: Option<Kdf>) -> Result<RemoteConfigObject, RemoteError> {
         Ok(RemoteConfigObject {
             chkpt_remote: FORMAT,
             kdf,
@@ -115,7 +117,7 @@ pub struct PackBuilder {
 
 impl PackBuilder {
     /// An empty pack with a new name.
-    pub fn new() -> Result<PackBuilder, super::RemoteError> {
+    pub fn new() -> Result<PackBuilder, RemoteError> {
         Ok(PackBuilder {
             name: crypto::hex(&crypto::random_bytes::<16>()?),
             bytes: Vec::new(),
@@ -125,13 +127,7 @@ impl PackBuilder {
     }
 
     /// Appends object `id` of `kind`.
-    pub fn add(
-        &mut self,
-        key: &Key,
-        id: Id,
-        kind: u8,
-        data: &[u8],
-    ) -> Result<(), super::RemoteError> {
+    pub fn add(&mut self, key: &Key, id: Id, kind: u8, data: &[u8]) -> Result<(), RemoteError> {
         let mut plain = Vec::with_capacity(HEADER + data.len());
         plain.push(kind);
         let mut scratch = Vec::new();
@@ -151,9 +147,8 @@ impl PackBuilder {
             }
         }
         let sealed = key.seal(Purpose::Object, &plain)?;
-        let len = u32::try_from(sealed.len()).map_err(|_| {
-            super::RemoteError::Config(format!("object {id} is too large for a pack"))
-        })?;
+        let len = u32::try_from(sealed.len())
+            .map_err(|_| RemoteError::Config(format!("object {id} is too large for a pack")))?;
         self.index.entries.push(IndexEntry {
             id,
             kind,
@@ -200,7 +195,7 @@ pub fn open_object(key: &Key, entry: &IndexEntry, sealed: &[u8]) -> Result<Vec<u
 }
 
 /// Seals an index.
-pub fn seal_index(key: &Key, index: &PackIndex) -> Result<Vec<u8>, super::RemoteError> {
+pub fn seal_index(key: &Key, index: &PackIndex) -> Result<Vec<u8>, RemoteError> {
     key.seal(Purpose::Index, &bitcode::encode(index))
 }
 
@@ -213,7 +208,7 @@ pub fn open_index(key: &Key, sealed: &[u8]) -> Result<PackIndex, String> {
 }
 
 /// Seals a snapshot object.
-pub fn seal_snapshot(key: &Key, s: &SnapshotObject) -> Result<Vec<u8>, super::RemoteError> {
+pub fn seal_snapshot(key: &Key, s: &SnapshotObject) -> Result<Vec<u8>, RemoteError> {
     key.seal(Purpose::Snapshot, &bitcode::encode(s))
 }
 
@@ -223,6 +218,28 @@ pub fn open_snapshot(key: &Key, sealed: &[u8]) -> Result<SnapshotObject, String>
         .open(Purpose::Snapshot, sealed)
         .ok_or("a snapshot record does not open with the key")?;
     bitcode::decode(&plain).map_err(|e| format!("a snapshot record does not decode: {e}"))
+}
+
+/// The indexes called `names` on `conn`, read `parallel` at a time and opened with `key`.
+pub async fn fetch_indexes(
+    conn: &Connection,
+    key: &Key,
+    names: Vec<String>,
+    parallel: usize,
+) -> Result<Vec<(String, PackIndex)>, RemoteError> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(names)
+        .map(|name| async move {
+            let bytes = conn
+                .get(&index_path(&name))
+                .await?
+                .ok_or_else(|| conn.damaged(format!("index {name} vanished")))?;
+            let index = open_index(key, &bytes).map_err(|e| conn.damaged(e))?;
+            Ok::<_, RemoteError>((name, index))
+        })
+        .buffer_unordered(parallel)
+        .try_collect()
+        .await
 }
 
 /// The object name of pack or index `name`, and of snapshot `id`.

@@ -169,18 +169,8 @@ type Locations = HashMap<Id, (Arc<str>, IndexEntry)>;
 /// Reads every index of the remote.
 pub async fn locations(conn: &Connection, key: &Key) -> Result<Locations, RemoteError> {
     let names = conn.list("index").await?;
-    let indexes: Vec<(String, format::PackIndex)> = futures::stream::iter(names)
-        .map(|(name, _)| async move {
-            let bytes = conn
-                .get(&format::index_path(&name))
-                .await?
-                .ok_or_else(|| conn.damaged(format!("index {name} vanished")))?;
-            let index = format::open_index(key, &bytes).map_err(|e| conn.damaged(e))?;
-            Ok::<_, RemoteError>((name, index))
-        })
-        .buffer_unordered(PARALLEL)
-        .try_collect()
-        .await?;
+    let names = names.into_iter().map(|(name, _)| name).collect();
+    let indexes = format::fetch_indexes(conn, key, names, PARALLEL).await?;
     let mut out = HashMap::new();
     for (name, index) in indexes {
         let name: Arc<str> = name.into();

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -306,18 +306,7 @@ impl Uploader {
             .map(|(n, _)| n)
             .filter(|n| !lock(&self.shared.indexes).contains(n))
             .collect();
-        let fetched: Vec<(String, format::PackIndex)> = futures::stream::iter(names)
-            .map(|name| async move {
-                let bytes = conn
-                    .get(&format::index_path(&name))
-                    .await?
-                    .ok_or_else(|| conn.damaged(format!("index {name} vanished")))?;
-                let index = format::open_index(key, &bytes).map_err(|e| conn.damaged(e))?;
-                Ok::<_, RemoteError>((name, index))
-            })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
+        let fetched = format::fetch_indexes(conn, key, names, 16).await?;
         {
             let mut known = self.shared.known.write().unwrap_or_else(|p| p.into_inner());
             let mut indexes = lock(&self.shared.indexes);
