@@ -38,6 +38,27 @@ fn chunk_ids(store: &Store, v: &[u8]) -> HashSet<Id> {
         .collect()
 }
 
+/// The store verifies clean, and `snap` restores `file` (changed first) to `bytes`.
+fn verifies_and_restores(
+    ws: &mut Workspace,
+    store: &Store,
+    snap: &SnapshotRecord,
+    file: &Path,
+    bytes: &[u8],
+) {
+    assert!(store.verify(None).unwrap().problems.is_empty());
+    fs::write(file, b"changed").unwrap();
+    ws.restore(
+        store,
+        snap,
+        &RestoreOptions::default(),
+        &Changes::Full,
+        &mut |_, _, _, _| {},
+    )
+    .unwrap();
+    assert!(fs::read(file).unwrap() == bytes);
+}
+
 /// Two versions of a 3 MiB file that differ in their middle 4 KiB.
 fn two_versions() -> (Vec<u8>, Vec<u8>) {
     let v1 = random(3 << 20, 1);
@@ -157,17 +178,7 @@ fn garbage_collection_keeps_the_chunks_live_versions_share_and_drops_the_rest() 
             "a chunk the live version has stays"
         );
     }
-    assert!(store.verify(None).unwrap().problems.is_empty());
-    fs::write(&big, b"changed").unwrap();
-    ws.restore(
-        &store,
-        &s2,
-        &RestoreOptions::default(),
-        &Changes::Full,
-        &mut |_, _, _, _| {},
-    )
-    .unwrap();
-    assert!(fs::read(&big).unwrap() == v2);
+    verifies_and_restores(&mut ws, &store, &s2, &big, &v2);
 }
 
 /// Bytes the pack files under `store` take on disk, by pack file name.
@@ -246,15 +257,5 @@ fn collection_frees_dead_chunks_in_place_without_a_second_copy() {
     // Collected once, nothing is left to free.
     assert_eq!(store.reclaimable_without(&HashSet::new()).unwrap(), 0);
 
-    assert!(store.verify(None).unwrap().problems.is_empty());
-    fs::write(&big, b"changed").unwrap();
-    ws.restore(
-        &store,
-        &s2,
-        &RestoreOptions::default(),
-        &Changes::Full,
-        &mut |_, _, _, _| {},
-    )
-    .unwrap();
-    assert!(fs::read(&big).unwrap() == v2);
+    verifies_and_restores(&mut ws, &store, &s2, &big, &v2);
 }
