@@ -197,32 +197,10 @@ exit 0
         .spawn()
 }
 
-/// Whether a FUSE file system of ours is mounted at `path` (per /proc/self/mountinfo).
+/// Whether a FUSE file system of ours is mounted at `path`.
 fn is_mounted(path: &Path) -> io::Result<bool> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let want = path.to_string_lossy();
-    Ok(info.lines().any(|l| {
-        let mut f = l.split(' ');
-        f.nth(4).is_some_and(|m| unescape(m) == want) && l.contains("chkpt-lazyfs")
-    }))
-}
-
-/// Mount points in mountinfo escape spaces and a few others as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(chkpt_mountinfo::mounts()?
+        .iter()
+        .any(|m| m.point == want && m.source == "chkpt-lazyfs"))
 }

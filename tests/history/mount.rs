@@ -17,10 +17,7 @@ use chkpt_testkit::{Rng, noise};
 
 /// Whether something is mounted at `path`.
 fn is_mounted(path: &Path) -> bool {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    chkpt_mountinfo::mounted_at(path).unwrap().is_some()
 }
 
 /// A running `chkptctl mount`; dropping it stops it and makes sure nothing stays mounted.

@@ -15,42 +15,6 @@ use std::time::Duration;
 
 use crate::connect::{Client, Error};
 
-/// What `/proc/self/mountinfo` says is mounted at `path`, if anything (its file system type).
-fn mounted_at(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_string_lossy();
-    info.lines().find_map(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let point = unescape(fields.get(4)?);
-        let dash = fields.iter().position(|f| *f == "-")?;
-        (point == want).then(|| {
-            fields
-                .get(dash + 1)
-                .map_or_else(String::new, |t| (*t).to_owned())
-        })
-    })
-}
-
-/// mountinfo escapes spaces and a few others as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Unmounts `dir` even while something still uses it (the mount goes once that lets go).
 fn lazy_unmount(dir: &Path) {
     let _ = std::process::Command::new("fusermount3")
@@ -72,7 +36,12 @@ pub async fn run(client: Client, dir: &Path) -> Result<(), Error> {
     let dir: PathBuf = dir
         .canonicalize()
         .map_err(|e| Error::io(format!("resolve {}", dir.display()), e))?;
-    if let Some(fstype) = mounted_at(&dir) {
+    // Unreadable mountinfo: fuser's own mount then says what is wrong.
+    if let Some(fstype) = chkpt_mountinfo::mounted_at(&dir)
+        .ok()
+        .flatten()
+        .map(|m| m.fs_type)
+    {
         return Err(Error::Failed(format!(
             "{} is already a mount point ({fstype}); unmount it first (`fusermount3 -u {}`) \
              or pick another folder",
@@ -133,16 +102,4 @@ pub async fn run(client: Client, dir: &Path) -> Result<(), Error> {
     }
     eprintln!("unmounted {}", dir.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_points_are_found_with_escaped_names() {
-        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
-        assert!(mounted_at(Path::new("/")).is_some());
-        assert_eq!(mounted_at(Path::new("/no/such/mount/point")), None);
-    }
 }
