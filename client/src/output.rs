@@ -20,6 +20,40 @@ pub use json::{
 };
 pub use patch::{LineKind, LogForm, STAT_WIDTH, diff_patch, log_patches, patch_lines, stat_text};
 
+/// Whether a restore or a prune changed things, or only said what it would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// `--dry-run`: nothing was changed.
+    DryRun,
+    /// Done.
+    Done,
+}
+
+impl Run {
+    /// [`Run::DryRun`] when `dry_run`.
+    pub fn dry_if(dry_run: bool) -> Run {
+        if dry_run { Run::DryRun } else { Run::Done }
+    }
+}
+
+/// Whether the `list` table has a column for each snapshot's workspace (`list --all`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceColumn {
+    /// One column more, for snapshots of several workspaces.
+    Shown,
+    /// Snapshots of one workspace.
+    Hidden,
+}
+
+/// Whether a path's log in JSON carries each entry's changes (`log -p`, `log --stat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryChanges {
+    /// With `changes` and `truncated`.
+    Listed,
+    /// Without.
+    Omitted,
+}
+
 /// Paths travel as raw bytes; JSON and terminals get them as lossy UTF-8.
 pub fn path_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -21,16 +21,13 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::model::{Ino, Kind, State, errno};
+use crate::model::{DirEntry, Ino, Kind, State, errno};
 
 const TTL: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-/// A directory entry: name, inode, kind.
-type DirEntry = (std::ffi::OsString, Ino, Kind);
 
 /// One mount's view of the shared state, with its open files.
 #[derive(Debug)]
@@ -464,8 +461,16 @@ impl Filesystem for LazyFs {
         let parent = s.parent(ino.0);
         drop(s);
         let all: Vec<_> = [
-            (OsStr::new(".").to_owned(), ino.0, Kind::Dir),
-            (OsStr::new("..").to_owned(), parent, Kind::Dir),
+            DirEntry {
+                name: OsStr::new(".").to_owned(),
+                ino: ino.0,
+                kind: Kind::Dir,
+            },
+            DirEntry {
+                name: OsStr::new("..").to_owned(),
+                ino: parent,
+                kind: Kind::Dir,
+            },
         ]
         .into_iter()
         .chain(entries)
@@ -490,8 +495,8 @@ impl Filesystem for LazyFs {
         let Some(all) = dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, (name, child, kind)) in all.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*child), i as u64 + 1, kind_of(*kind), name) {
+        for (i, e) in all.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, kind_of(e.kind), &e.name) {
                 break;
             }
         }

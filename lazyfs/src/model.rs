@@ -23,6 +23,17 @@ use std::path::{Path, PathBuf};
 
 use chkpt_testkit::Rng;
 
+/// An entry of a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirEntry {
+    /// Its name.
+    pub name: OsString,
+    /// Its inode.
+    pub ino: Ino,
+    /// What it is.
+    pub kind: Kind,
+}
+
 /// The unit in which unsynced data is lost or kept.
 pub const PAGE: u64 = 4096;
 /// The root directory's inode number.
@@ -269,19 +280,17 @@ impl State {
     }
 
     /// The entries of a directory, sorted by name.
-    pub fn entries(&self, dir: Ino) -> io::Result<Vec<(OsString, Ino, Kind)>> {
+    pub(crate) fn entries(&self, dir: Ino) -> io::Result<Vec<DirEntry>> {
         let d = self.node(dir)?;
         if d.kind != Kind::Dir {
             return Err(errno(libc::ENOTDIR));
         }
         Ok(d.children
             .iter()
-            .map(|(n, i)| {
-                (
-                    n.clone(),
-                    *i,
-                    self.nodes.get(i).map_or(Kind::File, |c| c.kind),
-                )
+            .map(|(n, i)| DirEntry {
+                name: n.clone(),
+                ino: *i,
+                kind: self.nodes.get(i).map_or(Kind::File, |c| c.kind),
             })
             .collect())
     }

@@ -14,7 +14,8 @@ use serde_json::json;
 use super::{Cli, Ctx, DaemonAction, ServiceAction};
 use crate::{
     connect::{Client, Error},
-    daemon, output,
+    daemon,
+    output::{self, Run},
     service::{self, Manager, Outcome, Plan},
 };
 
@@ -136,8 +137,8 @@ pub(super) async fn undo(ctx: &Ctx, include_git: bool) -> Result<(), Error> {
     };
     let summary = restore(ctx, &mut client, req).await?;
     ctx.emit(
-        || output::restore_json(&summary, false),
-        || output::restore_text(ctx.palette, &summary, false),
+        || output::restore_json(&summary, Run::Done),
+        || output::restore_text(ctx.palette, &summary, Run::Done),
     )
 }
 

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use super::{Ctx, now_ms};
 use crate::connect::Error;
-use crate::output::{self, LogForm};
+use crate::output::{self, EntryChanges, LogForm};
 
 /// How patches are made, shared by `diff`, `show` and `log`.
 #[derive(Debug, Args, Clone)]
@@ -235,7 +235,14 @@ pub(super) async fn log(ctx: &Ctx, args: LogArgs) -> Result<(), Error> {
     };
     let entries = ctx.client().await?.log(req).await?;
     if ctx.json {
-        return ctx.print_json(&output::log_json(&entries, form.is_some()));
+        return ctx.print_json(&output::log_json(
+            &entries,
+            if form.is_some() {
+                EntryChanges::Listed
+            } else {
+                EntryChanges::Omitted
+            },
+        ));
     }
     let (p, now) = (ctx.palette, now_ms());
     match form {

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     connect::{self, Error},
-    output::{self, Palette},
+    output::{self, Palette, Run, WorkspaceColumn},
 };
 
 /// Runs `chkptctl` and returns its exit code; the whole of the binary.
@@ -160,7 +160,18 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .await?;
             ctx.emit(
                 || snapshots.iter().map(output::snapshot_json).collect(),
-                || output::snapshot_table(p, now, &snapshots, all),
+                || {
+                    output::snapshot_table(
+                        p,
+                        now,
+                        &snapshots,
+                        if all {
+                            WorkspaceColumn::Shown
+                        } else {
+                            WorkspaceColumn::Hidden
+                        },
+                    )
+                },
             )
         }
         Command::Show(args) => history::show(&ctx, args).await,
@@ -210,8 +221,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 }
             })?;
             ctx.emit(
-                || output::restore_json(&summary, dry_run),
-                || output::restore_text(p, &summary, dry_run),
+                || output::restore_json(&summary, Run::dry_if(dry_run)),
+                || output::restore_text(p, &summary, Run::dry_if(dry_run)),
             )
         }
         Command::Undo { include_git } => commands::undo(&ctx, include_git).await,
@@ -245,8 +256,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
             };
             let pruned = ctx.client().await?.prune(req).await?;
             ctx.emit(
-                || output::prune_json(&pruned, args.dry_run),
-                || output::prune_text(p, now, &pruned, args.dry_run),
+                || output::prune_json(&pruned, Run::dry_if(args.dry_run)),
+                || output::prune_text(p, now, &pruned, Run::dry_if(args.dry_run)),
             )
         }
         Command::Verify => commands::verify(&ctx).await,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::connect::{Client, Error};
-use crate::output::{self, counts, path_text, trigger_name};
+use crate::output::{self, EntryChanges, Run, counts, path_text, trigger_name};
 
 /// The most patch text `diff` returns, in bytes; the rest is named, not shown.
 pub const DIFF_LIMIT: usize = 60_000;
@@ -466,7 +466,7 @@ pub async fn file_history(
     }
     Ok(Answer {
         text,
-        data: json!({ "entries": output::log_json(&entries, false) }),
+        data: json!({ "entries": output::log_json(&entries, EntryChanges::Omitted) }),
     })
 }
 
@@ -523,7 +523,7 @@ fn restore_answer(s: &v1::RestoreSummary, dry_run: bool, what: &str) -> Answer {
     }
     Answer {
         text,
-        data: output::restore_json(s, dry_run),
+        data: output::restore_json(s, Run::dry_if(dry_run)),
     }
 }
 

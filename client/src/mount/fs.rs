@@ -47,6 +47,24 @@ fn ms(t: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(t)
 }
 
+/// An entry of a folder, as `readdir` and `lookup` see it.
+#[derive(Debug)]
+struct Child {
+    ino: Ino,
+    kind: FileType,
+    name: Vec<u8>,
+}
+
+impl Child {
+    fn new(ino: Ino, kind: FileType, name: &[u8]) -> Child {
+        Child {
+            ino,
+            kind,
+            name: name.to_vec(),
+        }
+    }
+}
+
 /// A daemon error as an errno; anything but "not found" is also told on stderr once.
 fn errno(e: &Error) -> Errno {
     if let Error::Rpc(s) = e
@@ -215,8 +233,8 @@ impl ChkptFs {
             .ok_or(Errno::ENOENT)
     }
 
-    /// The children of a folder: (inode, kind, name).
-    fn children(&self, ino: Ino, node: &Node) -> Result<Vec<(Ino, FileType, Vec<u8>)>, Errno> {
+    /// The children of a folder.
+    fn children(&self, ino: Ino, node: &Node) -> Result<Vec<Child>, Errno> {
         match node {
             Node::Root => {
                 let list = self.workspaces()?;
@@ -226,7 +244,7 @@ impl ChkptFs {
                     .map(|(name, path)| {
                         let path = path.clone();
                         let i = t.child(ino, name.as_bytes(), || Node::Workspace { path });
-                        (i, FileType::Directory, name.as_bytes().to_vec())
+                        Child::new(i, FileType::Directory, name.as_bytes())
                     })
                     .collect())
             }
@@ -236,7 +254,7 @@ impl ChkptFs {
                 let mut out = Vec::with_capacity(list.items.len() + 1);
                 if !list.items.is_empty() {
                     let l = t.child(ino, b"latest", || Node::Latest { ws: ino });
-                    out.push((l, FileType::Symlink, b"latest".to_vec()));
+                    out.push(Child::new(l, FileType::Symlink, b"latest"));
                 }
                 for (name, s) in &list.items {
                     let i = t.child(ino, name.as_bytes(), || Node::Snapshot {
@@ -244,7 +262,7 @@ impl ChkptFs {
                         id: s.id.clone(),
                         created_ms: s.created_unix_ms,
                     });
-                    out.push((i, FileType::Directory, name.as_bytes().to_vec()));
+                    out.push(Child::new(i, FileType::Directory, name.as_bytes()));
                 }
                 Ok(out)
             }
@@ -272,7 +290,7 @@ impl ChkptFs {
                         };
                         let entry = e.clone();
                         let i = t.child(ino, &e.name, || Node::Entry { snap, path, entry });
-                        (i, kind, e.name.clone())
+                        Child::new(i, kind, &e.name)
                     })
                     .collect())
             }
@@ -365,10 +383,11 @@ impl Filesystem for ChkptFs {
                 return Ok((self.attr(ino, &node)?, Self::ttl(&node)));
             }
             let children = self.children(parent.0, &node)?;
-            let (ino, _, _) = children
+            let ino = children
                 .into_iter()
-                .find(|(_, _, n)| n == name)
-                .ok_or(Errno::ENOENT)?;
+                .find(|c| c.name == name)
+                .ok_or(Errno::ENOENT)?
+                .ino;
             let node = self.node(INodeNo(ino))?;
             Ok((self.attr(ino, &node)?, Self::ttl(&node)))
         })();
@@ -434,10 +453,17 @@ impl Filesystem for ChkptFs {
             Err(e) => return reply.error(e),
         };
         let dots = [
-            (ino.0, FileType::Directory, b".".to_vec()),
-            (ino.0, FileType::Directory, b"..".to_vec()),
+            Child::new(ino.0, FileType::Directory, b"."),
+            Child::new(ino.0, FileType::Directory, b".."),
         ];
-        for (i, (child, kind, name)) in dots
+        for (
+            i,
+            Child {
+                ino: child,
+                kind,
+                name,
+            },
+        ) in dots
             .into_iter()
             .chain(children)
             .enumerate()

@@ -3,8 +3,8 @@
 use chkpt_proto::v1::{self, ChangeKind, EntryKind, Snapshot, WorkspaceState};
 
 use super::{
-    Cell, Colour, Palette, age, change_name, counts, duration_text, human_bytes, path_text,
-    short_id, state_name, table, trigger_name,
+    Cell, Colour, Palette, Run, WorkspaceColumn, age, change_name, counts, duration_text,
+    human_bytes, path_text, short_id, state_name, table, trigger_name,
 };
 
 /// The `list` table: short id, age, trigger, what changed, (workspace,) message.
@@ -12,8 +12,9 @@ pub fn snapshot_table(
     palette: Palette,
     now_ms: u64,
     snapshots: &[Snapshot],
-    with_workspace: bool,
+    workspace: WorkspaceColumn,
 ) -> String {
+    let with_workspace = workspace == WorkspaceColumn::Shown;
     let mut header = vec!["ID", "AGE", "TRIGGER", "CHANGES"];
     if with_workspace {
         header.push("WORKSPACE");
@@ -405,7 +406,8 @@ pub fn log_table(palette: Palette, now_ms: u64, entries: &[v1::LogEntry]) -> Str
 }
 
 /// The `prune` decisions and what they freed.
-pub fn prune_text(palette: Palette, now_ms: u64, p: &v1::PruneResponse, dry_run: bool) -> String {
+pub fn prune_text(palette: Palette, now_ms: u64, p: &v1::PruneResponse, run: Run) -> String {
+    let dry_run = run == Run::DryRun;
     let rows: Vec<Vec<Cell>> = p
         .decisions
         .iter()
@@ -446,7 +448,8 @@ pub fn prune_text(palette: Palette, now_ms: u64, p: &v1::PruneResponse, dry_run:
 }
 
 /// A restore's result; for dry runs, the paths that would change.
-pub fn restore_text(palette: Palette, r: &v1::RestoreSummary, dry_run: bool) -> String {
+pub fn restore_text(palette: Palette, r: &v1::RestoreSummary, run: Run) -> String {
+    let dry_run = run == Run::DryRun;
     let verb = if dry_run { "would restore" } else { "restored" };
     let mut out = format!(
         "{verb} {}: {}, {} unchanged\n",

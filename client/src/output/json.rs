@@ -5,7 +5,7 @@
 use chkpt_proto::v1::{self, EntryKind, PatchKind, Snapshot};
 use serde_json::{Value, json};
 
-use super::{change_name, path_text, state_name, trigger_name};
+use super::{EntryChanges, Run, change_name, path_text, state_name, trigger_name};
 
 /// `EntryKind` as its JSON name; `null` when the entry is absent.
 fn entry_kind_json(kind: EntryKind) -> Value {
@@ -208,7 +208,8 @@ fn patch_json(p: &v1::FilePatch) -> Value {
 }
 
 /// A restore's result as JSON.
-pub fn restore_json(r: &v1::RestoreSummary, dry_run: bool) -> Value {
+pub fn restore_json(r: &v1::RestoreSummary, run: Run) -> Value {
+    let dry_run = run == Run::DryRun;
     let changed: Vec<String> = r.changed_paths.iter().map(|p| path_text(p)).collect();
     json!({
         "snapshot": r.snapshot,
@@ -226,7 +227,7 @@ pub fn restore_json(r: &v1::RestoreSummary, dry_run: bool) -> Value {
 
 /// The history of one path as a JSON array, newest first; with `-p` or `--stat`, each entry's
 /// `changes` (as in `diff`).
-pub fn log_json(entries: &[v1::LogEntry], with_changes: bool) -> Value {
+pub fn log_json(entries: &[v1::LogEntry], changes: EntryChanges) -> Value {
     entries
         .iter()
         .map(|e| {
@@ -236,7 +237,7 @@ pub fn log_json(entries: &[v1::LogEntry], with_changes: bool) -> Value {
                 "kind": entry_kind_json(e.kind()),
                 "snapshot": e.snapshot.as_ref().map(snapshot_json),
             });
-            if with_changes {
+            if changes == EntryChanges::Listed {
                 v["changes"] = diff_json(&e.changes);
                 v["truncated"] = e.truncated.into();
             }
@@ -246,7 +247,8 @@ pub fn log_json(entries: &[v1::LogEntry], with_changes: bool) -> Value {
 }
 
 /// A prune's decisions and totals as JSON.
-pub fn prune_json(p: &v1::PruneResponse, dry_run: bool) -> Value {
+pub fn prune_json(p: &v1::PruneResponse, run: Run) -> Value {
+    let dry_run = run == Run::DryRun;
     let decisions: Vec<Value> = p
         .decisions
         .iter()

@@ -181,7 +181,7 @@ fn restore_json_has_the_contract_fields() {
         changes: vec![ChangeKind::Added.into()],
         changed_paths_text: vec!["a".into()],
     };
-    let value = restore_json(&summary, false);
+    let value = restore_json(&summary, Run::Done);
     assert_eq!(value["snapshot"], json!("0123456789abcdef"));
     assert_eq!(value["pre_restore_snapshot"], json!(null));
     assert_eq!(
@@ -216,7 +216,12 @@ fn table_aligns_columns_and_leaves_no_trailing_spaces() {
 
 #[test]
 fn list_table_shows_short_id_age_trigger_and_changes() {
-    let text = snapshot_table(PLAIN, 1_000_000 + 180_000, &[snapshot()], false);
+    let text = snapshot_table(
+        PLAIN,
+        1_000_000 + 180_000,
+        &[snapshot()],
+        WorkspaceColumn::Hidden,
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0], "ID        AGE     TRIGGER      CHANGES   MESSAGE");
@@ -258,7 +263,7 @@ fn list_marks_rescans_pins_and_git_state() {
     s.rescan = true;
     s.git_branch = "main".into();
     s.git_head = "0123456789abcdef0123".into();
-    let text = snapshot_table(PLAIN, 2_000_000, &[s], false);
+    let text = snapshot_table(PLAIN, 2_000_000, &[s], WorkspaceColumn::Hidden);
     assert!(text.contains("[pinned]"), "{text}");
     assert!(text.contains("[rescan]"), "{text}");
     assert!(text.contains("[main 01234567]"), "{text}");
