@@ -44,6 +44,7 @@
 //! - [`systemd`]: socket activation and readiness under systemd.
 //! - [`config`]: the daemon's command line.
 //! - [`error`]: the engine's error type.
+//! - [`sync`]: locks that outlive a panic of their holder.
 
 pub mod config;
 pub mod engine;
@@ -54,6 +55,7 @@ pub mod retention;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod systemd;
 pub mod watch;
 pub mod workspace;

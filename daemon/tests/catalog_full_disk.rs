@@ -15,7 +15,7 @@ use std::process::Command;
 
 use chkpt_daemon::error::Error;
 use chkpt_daemon::store::catalog::{self, FileMeta, IndexChange, WorkspaceRecord};
-use chkpt_daemon::store::{Id, Kind, Store, WorkspaceId};
+use chkpt_daemon::store::{Id, Kind, ObjectKind, Store, WorkspaceId};
 
 const CHILD: &str = "CHKPT_CATALOG_FULL_DISK_CHILD";
 const DONE: &str = "CHKPT_CATALOG_FULL_DISK_DONE";
@@ -46,7 +46,10 @@ fn big_index() -> Vec<IndexChange> {
                 racy: false,
             };
             let path = format!("src/{}/{i}.rs", Id::of(&i.to_be_bytes()).to_hex());
-            (path.into_bytes(), Some(meta))
+            IndexChange {
+                path: path.into_bytes(),
+                meta: Some(meta),
+            }
         })
         .collect()
 }
@@ -72,7 +75,7 @@ fn catalog_full_disk_child() {
     cat.put_workspace(&workspace(2)).unwrap();
     // A batch open across the failure, its object written and recorded.
     let batch = store.batch();
-    let (object, _) = batch.put(&[7u8; 5000], false).unwrap();
+    let (object, _) = batch.put(&[7u8; 5000], ObjectKind::Blob).unwrap();
     batch.commit_objects().unwrap();
 
     // 1 MiB of room passes the free-space check; the index needs more.
@@ -101,7 +104,7 @@ fn catalog_full_disk_child() {
     cat.write_index_base(WorkspaceId::new(1), &big_index())
         .unwrap();
     let batch = store.batch();
-    let (again, _) = batch.put(&[7u8; 5000], false).unwrap();
+    let (again, _) = batch.put(&[7u8; 5000], ObjectKind::Blob).unwrap();
     batch.finish().unwrap();
     assert_eq!(again, object);
     drop(store);
@@ -117,7 +120,7 @@ fn catalog_full_disk_child() {
         Some(workspace(2))
     );
     assert_eq!(
-        cat.load_index(WorkspaceId::new(1)).unwrap().0.len(),
+        cat.load_index(WorkspaceId::new(1)).unwrap().entries.len(),
         big_index().len()
     );
     assert_eq!(store.read_vec(&object).unwrap(), vec![7u8; 5000]);

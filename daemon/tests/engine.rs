@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use chkpt_daemon::Error;
-use chkpt_daemon::store::catalog::Trigger;
-use chkpt_daemon::store::{Id, Store};
+use chkpt_daemon::store::catalog::{LoadedIndex, Trigger};
+use chkpt_daemon::store::{Id, ObjectKind, Store};
 use chkpt_daemon::workspace::restore::RestoreOptions;
 use chkpt_daemon::workspace::{Changes, SaveOptions, WatchOptions, Workspace, register};
 use proptest::prelude::*;
@@ -1089,7 +1089,7 @@ fn a_crafted_snapshot_with_hostile_names_cannot_write_outside_its_target() {
     ] {
         // Encoding does not check names; a hand-made tree can hold anything.
         let b = store.batch();
-        let (blob, _) = b.put(b"evil", false).unwrap();
+        let (blob, _) = b.put(b"evil", ObjectKind::Blob).unwrap();
         let entry = Entry {
             name: name.clone().into_bytes(),
             kind: Kind::File,
@@ -1103,7 +1103,7 @@ fn a_crafted_snapshot_with_hostile_names_cannot_write_outside_its_target() {
                     entries: vec![entry],
                 }
                 .encode(),
-                true,
+                ObjectKind::Tree,
             )
             .unwrap();
         b.finish().unwrap();
@@ -1182,14 +1182,17 @@ fn the_persisted_warm_index_survives_journal_appends_and_base_rewrites() {
         }
         save(&mut ws, &store, Changes::Paths(rels(touched)));
         expected = ws.index().entries();
-        let (persisted, journal) = store.catalog().load_index(ws_id).unwrap();
+        let LoadedIndex {
+            entries: persisted,
+            journal,
+        } = store.catalog().load_index(ws_id).unwrap();
         assert_eq!(
             journal > 0,
             journaled,
             "{what}: journal of {journal} entries"
         );
         let persisted: BTreeMap<_, _> = persisted.into_iter().map(|(p, m)| (p, Some(m))).collect();
-        let live: BTreeMap<_, _> = expected.iter().cloned().collect();
+        let live: BTreeMap<_, _> = expected.iter().map(|c| (c.path.clone(), c.meta)).collect();
         assert_eq!(persisted, live, "persisted after: {what}");
     }
     // Once past the racy window, a full save re-reads the racy files for the last time; after

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::time::Duration;
 
-use chkpt_daemon::engine::Engine;
+use chkpt_daemon::engine::{Engine, PruneMode};
 use chkpt_daemon::retention::{self, Policy};
 use chkpt_daemon::store::Store;
 use chkpt_daemon::store::catalog::{SnapshotRecord, Trigger};
@@ -81,7 +81,7 @@ fn sixty_days_of_snapshots_are_thinned_exactly_and_gc_frees_the_bytes() {
         ..Policy::default()
     };
     let path = ws_dir.path().canonicalize().unwrap().display().to_string();
-    let (preview, _) = engine.prune(&path, &policy, true).unwrap();
+    let (preview, _) = engine.prune(&path, &policy, PruneMode::DryRun).unwrap();
     assert_eq!(
         engine
             .store
@@ -92,7 +92,7 @@ fn sixty_days_of_snapshots_are_thinned_exactly_and_gc_frees_the_bytes() {
         360,
         "a dry run removes nothing"
     );
-    let (decisions, reclaimed) = engine.prune(&path, &policy, false).unwrap();
+    let (decisions, reclaimed) = engine.prune(&path, &policy, PruneMode::Apply).unwrap();
     assert_eq!(preview, decisions);
 
     let mut expected: BTreeSet<u64> = (0..24).collect(); // within 1h ⊂ the 24 newest hours
@@ -174,7 +174,7 @@ fn a_store_budget_drops_the_oldest_automatic_snapshots_first() {
         max_store_bytes: 250_000,
         ..Policy::default()
     };
-    let (decisions, _) = engine.prune(&path, &policy, false).unwrap();
+    let (decisions, _) = engine.prune(&path, &policy, PruneMode::Apply).unwrap();
     let kept: Vec<bool> = decisions.iter().map(|d| d.keep).collect();
     assert_eq!(kept, vec![true, true, false, false, false], "{decisions:?}");
 }

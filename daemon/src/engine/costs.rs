@@ -2,11 +2,12 @@
 //! summed over the snapshots that recorded them (`SnapshotRecord::costs`), for `Status`.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use super::Engine;
-use super::registry::{WsHandle, lock};
 use crate::error::Result;
-use crate::store::SnapshotId;
+use crate::store::catalog::Catalog;
+use crate::store::{SnapshotId, WorkspaceId};
+use crate::sync::lock;
 use crate::workspace::now_us;
 
 /// The window costs are summed over.
@@ -28,33 +29,37 @@ pub struct FileCostSum {
     pub snapshots: u64,
 }
 
+/// One workspace's last answer, kept until it is out of date.
+#[derive(Debug, Default)]
+pub struct CostCache(Mutex<Option<Computed>>);
+
 /// A computed answer: for which newest snapshot, when, and what.
-#[derive(Debug, Clone, Default)]
-pub struct CostCache {
+#[derive(Debug, Clone)]
+struct Computed {
     latest: Option<SnapshotId>,
     at_us: u64,
     top: Vec<FileCostSum>,
 }
 
-impl Engine {
-    /// The files of `h` whose new versions added the most to the store in the last day, most
-    /// first.
-    pub fn top_files(&self, h: &WsHandle) -> Result<Vec<FileCostSum>> {
+impl CostCache {
+    /// The files of workspace `ws` whose new versions added the most to the store in the last
+    /// day, most first (the cached answer while no newer snapshot exists and it is fresh).
+    pub fn top_files(&self, cat: &Catalog, ws: WorkspaceId) -> Result<Vec<FileCostSum>> {
         let now = now_us();
-        let latest = self.store.cat.latest(h.id)?.map(|s| s.id);
-        if let Some(c) = lock(&h.costs).as_ref()
+        let latest = cat.latest(ws)?.map(|s| s.id);
+        if let Some(c) = lock(&self.0).as_ref()
             && c.latest == latest
             && now.saturating_sub(c.at_us) < CACHE_US
         {
             return Ok(c.top.clone());
         }
         let mut sums: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
-        for item in self.store.cat.snapshot_ids(h.id, None) {
+        for item in cat.snapshot_ids(ws, None) {
             let (created, id) = item?;
             if now.saturating_sub(created) > WINDOW_US {
                 break;
             }
-            let Some(s) = self.store.cat.snapshot(id)? else {
+            let Some(s) = cat.snapshot(id)? else {
                 continue;
             };
             for c in s.costs {
@@ -73,7 +78,7 @@ impl Engine {
             .collect();
         top.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.path.cmp(&b.path)));
         top.truncate(TOP_FILES);
-        *lock(&h.costs) = Some(CostCache {
+        *lock(&self.0) = Some(Computed {
             latest,
             at_us: now,
             top: top.clone(),

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::patch::{self, FilePatch};
 use crate::store::catalog::{SnapshotRecord, WorkspaceRecord};
 use crate::store::{Entry, Id, Kind, Store, Tree};
-use crate::workspace::diff::{Change, DiffEntry, Differ, Side};
+use crate::workspace::diff::{Change, DiffEntry, Differ, DirChanges, Side};
 
 /// What a diff compares and what it makes.
 #[derive(Debug, Default, Clone)]
@@ -242,7 +242,7 @@ impl Engine {
         a: Option<Id>,
         b: Option<Id>,
     ) -> Result<Vec<DiffEntry>> {
-        let mut d = Differ::new(&self.store, false);
+        let mut d = Differ::new(&self.store, DirChanges::Skip);
         for p in paths {
             let ea = match a {
                 Some(root) => reader.lookup(&self.store, root, p)?,
@@ -445,7 +445,7 @@ impl Engine {
         let after = now[first].as_ref().map(|e| (e.kind, e.mode));
         let (changes, truncated) = match patches {
             Some(opts) => {
-                let mut d = Differ::new(&self.store, false);
+                let mut d = Differ::new(&self.store, DirChanges::Skip);
                 for (k, p) in paths.iter().enumerate() {
                     if p.is_empty() {
                         d.trees(

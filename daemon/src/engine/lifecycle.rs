@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::autosave::Worker;
-use super::registry::{WsHandle, lock};
+use super::autosave;
+use super::registry::WsHandle;
 use super::save::{SaveRequest, Walk};
 use super::{Engine, EngineEvent};
 use crate::error::{Error, Result};
 use crate::store::catalog::{SnapshotRecord, Trigger, WorkspaceRecord};
+use crate::sync::lock;
 use crate::workspace::{WatchOptions, Workspace};
 
 impl Engine {
@@ -151,7 +152,7 @@ impl Engine {
     }
 
     fn start_worker(self: &Arc<Self>, h: &Arc<WsHandle>) {
-        let worker = Worker::start(self, h);
+        let worker = autosave::start(self, h);
         *lock(&h.worker) = Some(worker);
     }
 

@@ -7,8 +7,8 @@ use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::Engine;
-use super::registry::lock;
 use crate::store::WorkspaceId;
+use crate::sync::lock;
 
 /// Retention runs after a workspace's auto snapshots at most this often.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);

@@ -13,6 +13,7 @@
 //! - [`maintenance`]: the store-wide worker that applies retention and collects garbage.
 //! - [`space`]: the data directory's budget and the free-space floor.
 //! - [`costs`]: which files' new versions added the most to the store.
+//! - `worker`: the engine's end of an autosave thread (its notices, waiting for it).
 
 pub mod autosave;
 pub mod costs;
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod save;
 pub mod selector;
 pub mod space;
+mod worker;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
+pub use self::mutate::{IfPinned, PruneMode};
+pub use self::query::{DirEntry, ListQuery, SnapshotPage};
 pub use self::registry::{WatchState, WsHandle};
 pub use self::save::{ManualSave, SaveRequest, Walk};
 use crate::store::Store;

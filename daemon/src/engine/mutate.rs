@@ -14,6 +14,24 @@ use crate::workspace::git::{self, Loss};
 use crate::workspace::restore::{ProgressFn, RestoreOptions, RestoreSummary};
 use crate::workspace::{diff, now_us};
 
+/// What [`Engine::delete`] does with a pinned snapshot among those named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfPinned {
+    /// Deletes nothing and says which one is pinned.
+    Refuse,
+    /// Deletes it with the others (`--force`).
+    Delete,
+}
+
+/// Whether [`Engine::prune`] drops what the policy lets go, or only says what it would drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneMode {
+    /// Drops nothing; the answer is what would go and what that would free.
+    DryRun,
+    /// Drops them and collects what they leave.
+    Apply,
+}
+
 impl Engine {
     /// Restores a snapshot of the workspace containing `path`.
     pub fn restore(
@@ -66,13 +84,12 @@ impl Engine {
     }
 
     /// Deletes snapshots, then collects garbage. Returns the snapshots deleted and the bytes
-    /// reclaimed.
-    /// A pinned snapshot is deleted only with `force`.
+    /// reclaimed. A pinned snapshot is deleted only with [`IfPinned::Delete`].
     pub fn delete(
         &self,
         path: &str,
         selectors: &[String],
-        force: bool,
+        if_pinned: IfPinned,
     ) -> Result<(Vec<SnapshotRecord>, u64)> {
         if selectors.is_empty() {
             return Err(Error::InvalidArgument(
@@ -84,7 +101,9 @@ impl Engine {
             .iter()
             .map(|s| self.resolve(record.id, s))
             .collect::<Result<_>>()?;
-        if !force && let Some(s) = snaps.iter().find(|s| s.pinned) {
+        if if_pinned == IfPinned::Refuse
+            && let Some(s) = snaps.iter().find(|s| s.pinned)
+        {
             return Err(Error::FailedPrecondition(format!(
                 "snapshot {} is pinned: nothing was deleted; `chkptctl unpin {}` first, or pass --force",
                 s.hex_id(),
@@ -95,8 +114,17 @@ impl Engine {
         Ok((snaps, reclaimed))
     }
 
-    /// Sets or clears a snapshot's pin.
-    pub fn pin(&self, path: &str, selector: &str, pinned: bool) -> Result<SnapshotRecord> {
+    /// Pins a snapshot: retention and the store budget never drop it.
+    pub fn pin(&self, path: &str, selector: &str) -> Result<SnapshotRecord> {
+        self.set_pinned(path, selector, true)
+    }
+
+    /// Clears a snapshot's pin.
+    pub fn unpin(&self, path: &str, selector: &str) -> Result<SnapshotRecord> {
+        self.set_pinned(path, selector, false)
+    }
+
+    fn set_pinned(&self, path: &str, selector: &str, pinned: bool) -> Result<SnapshotRecord> {
         let record = self.record_for(path)?;
         let mut s = self.resolve(record.id, selector)?;
         s.pinned = pinned;
@@ -105,12 +133,13 @@ impl Engine {
         Ok(s)
     }
 
-    /// Applies a retention policy (or previews it). Returns each decision and bytes reclaimed.
+    /// Applies a retention policy, or previews it. Returns each decision and the bytes
+    /// reclaimed (or that would be).
     pub fn prune(
         &self,
         path: &str,
         policy: &Policy,
-        dry_run: bool,
+        mode: PruneMode,
     ) -> Result<(Vec<Decision>, u64)> {
         let record = self.record_for(path)?;
         // A request that sets no rule means the workspace's own policy.
@@ -121,7 +150,7 @@ impl Engine {
         };
         let snaps = self.store.cat.snapshots_of(record.id, None, usize::MAX)?;
         let decisions = retention::decide(&snaps, &policy, now_us());
-        if dry_run {
+        if mode == PruneMode::DryRun {
             let gone: HashSet<SnapshotId> = decisions
                 .iter()
                 .filter(|d| !d.keep)

@@ -13,8 +13,38 @@ use crate::store::{Entry, Id, Kind};
 use crate::workspace::diff::{self, validate_rel};
 use crate::workspace::{Changes, display_rel};
 
-/// An entry of a directory in a snapshot, with a symlink's target (empty for other kinds).
-pub type DirEntry = (Entry, Vec<u8>);
+/// An entry of a directory in a snapshot.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The entry.
+    pub entry: Entry,
+    /// A symlink's target (empty for other kinds).
+    pub target: Vec<u8>,
+}
+
+/// Which snapshots [`Engine::list`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Every workspace's, not only the named one's.
+    pub all: bool,
+    /// At most this many (0: 100; never more than 10,000).
+    pub limit: usize,
+    /// Where the previous page ended (empty: from the newest).
+    pub page_token: String,
+    /// Only those that changed one of these paths.
+    pub paths: Vec<Vec<u8>>,
+    /// Only those carrying all these tags (by themselves or in one note).
+    pub tags: Vec<Tag>,
+}
+
+/// One page of [`Engine::list`].
+#[derive(Debug, Clone)]
+pub struct SnapshotPage {
+    /// Newest first.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// Where the next page starts (empty: this is the last).
+    pub next_page_token: String,
+}
 
 impl Engine {
     /// Turns a path from a request (relative to the workspace, or absolute inside it) into a
@@ -63,18 +93,15 @@ impl Engine {
         ws.working_tree(&self.store, &changes)
     }
 
-    /// Snapshots of a workspace (or all), newest first, after the page token; with `paths`,
-    /// only those that changed one; with `tags`, only those carrying them all (by themselves
-    /// or in one note).
-    pub fn list(
-        &self,
-        path: &str,
-        all: bool,
-        limit: usize,
-        page_token: &str,
-        paths: &[Vec<u8>],
-        tags: &[Tag],
-    ) -> Result<(Vec<SnapshotRecord>, String)> {
+    /// Snapshots of the workspace at `path` (or of all), newest first, as `q` asks.
+    pub fn list(&self, path: &str, q: &ListQuery) -> Result<SnapshotPage> {
+        let ListQuery {
+            all,
+            limit,
+            ref page_token,
+            ref paths,
+            ref tags,
+        } = *q;
         let before = if page_token.is_empty() {
             None
         } else {
@@ -117,7 +144,10 @@ impl Engine {
             String::new()
         };
         out.truncate(limit);
-        Ok((out, token))
+        Ok(SnapshotPage {
+            snapshots: out,
+            next_page_token: token,
+        })
     }
 
     /// One page of [`Engine::list`] before the tag filter.
@@ -287,13 +317,13 @@ impl Engine {
         };
         let tree = self.store.tree(&tree_id)?;
         let mut out = Vec::with_capacity(tree.entries.len());
-        for e in tree.entries {
-            let target = if e.kind == Kind::Symlink {
-                self.store.read_vec(&e.id)?
+        for entry in tree.entries {
+            let target = if entry.kind == Kind::Symlink {
+                self.store.read_vec(&entry.id)?
             } else {
                 Vec::new()
             };
-            out.push((e, target));
+            out.push(DirEntry { entry, target });
         }
         Ok((snap, out))
     }

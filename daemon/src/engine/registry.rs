@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use super::Engine;
-use super::autosave::Worker;
+use super::costs::{CostCache, FileCostSum};
+use super::worker::Worker;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::store::WorkspaceId;
 use crate::store::catalog::WorkspaceRecord;
+use crate::sync::{lock, read, write};
 use crate::watch::Feed;
 use crate::workspace::{Workspace, WorkspaceCounters};
 
@@ -58,12 +60,8 @@ pub struct WsHandle {
     pub(super) worker: Mutex<Option<Worker>>,
     /// The size of `.git`, and when it was measured.
     git_size: Mutex<Option<(Instant, u64)>>,
-    /// The last answer of [`Engine::top_files`](super::Engine::top_files).
-    pub(super) costs: Mutex<Option<super::costs::CostCache>>,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    /// The last answer of [`Engine::top_files`].
+    costs: CostCache,
 }
 
 impl WsHandle {
@@ -80,7 +78,7 @@ impl WsHandle {
             snapshots_taken: AtomicU64::new(0),
             worker: Mutex::new(None),
             git_size: Mutex::new(None),
-            costs: Mutex::new(None),
+            costs: CostCache::default(),
         }
     }
 
@@ -162,36 +160,20 @@ pub struct Registry {
 impl Registry {
     /// The handle of workspace `id`, if watched.
     pub fn get(&self, id: WorkspaceId) -> Option<Arc<WsHandle>> {
-        self.workspaces
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+        read(&self.workspaces).get(&id).cloned()
     }
 
     pub(super) fn insert(&self, h: Arc<WsHandle>) {
-        self.workspaces
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(h.id, h);
+        write(&self.workspaces).insert(h.id, h);
     }
 
     pub(super) fn remove(&self, id: WorkspaceId) {
-        self.workspaces
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        write(&self.workspaces).remove(&id);
     }
 
     /// Every handle, by path.
     pub fn all(&self) -> Vec<Arc<WsHandle>> {
-        let mut v: Vec<_> = self
-            .workspaces
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = read(&self.workspaces).values().cloned().collect();
         v.sort_by(|a, b| a.root.cmp(&b.root));
         v
     }
@@ -201,6 +183,12 @@ impl Engine {
     /// The watched workspaces.
     pub fn handles(&self) -> Vec<Arc<WsHandle>> {
         self.registry.all()
+    }
+
+    /// The files of `h` whose new versions added the most to the store in the last day, most
+    /// first.
+    pub fn top_files(&self, h: &WsHandle) -> Result<Vec<FileCostSum>> {
+        h.costs.top_files(&self.store.cat, h.id)
     }
 
     /// The path of a watched workspace, from memory (no catalog read).

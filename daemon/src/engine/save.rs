@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use super::registry::{WsHandle, lock};
+use super::registry::WsHandle;
 use super::{Engine, EngineEvent, WatchState};
 use crate::error::{Error, Result};
 use crate::store::catalog::{Tag, Trigger};
+use crate::sync::lock;
 use crate::workspace::{Changes, SaveOptions, SaveOutcome};
 
 /// How long a save waits for the watcher to report its event barrier before walking instead.
@@ -103,7 +104,7 @@ impl Engine {
         {
             // Files created in a new directory before the kernel watched it send no event:
             // list those directories again on the next save.
-            w.recheck(h, recheck);
+            w.recheck(&h.feed, recheck);
         }
         match &res {
             Ok(out) => {
@@ -134,20 +135,9 @@ impl Engine {
 
     /// A manual save of the workspace containing `path`. When the workspace saves `.git` and
     /// git is half way through something, the save waits for it a while: a snapshot should
-    /// not hold a half-written repository.
-    pub fn save(&self, path: &str, message: &str, pin: bool) -> Result<SaveOutcome> {
-        self.save_manual(
-            path,
-            &ManualSave {
-                message: message.to_owned(),
-                pin,
-                ..ManualSave::default()
-            },
-        )
-    }
-
-    /// A manual save with tags; see [`Workspace::save`](crate::workspace::Workspace::save) for
-    /// what a save that finds nothing changed does.
+    /// not hold a half-written repository. See
+    /// [`Workspace::save`](crate::workspace::Workspace::save) for what a save that finds
+    /// nothing changed does.
     pub fn save_manual(&self, path: &str, ask: &ManualSave) -> Result<SaveOutcome> {
         for t in &ask.tags {
             check_tag(t)?;
@@ -254,6 +244,13 @@ mod tests {
     use crate::workspace::WatchOptions;
     use crate::workspace::test_hooks::panic_after_next_refresh;
 
+    fn manual(message: &str) -> ManualSave {
+        ManualSave {
+            message: message.to_owned(),
+            ..ManualSave::default()
+        }
+    }
+
     /// An engine over a fresh store, and an empty folder `ws` to watch.
     fn engine() -> (tempfile::TempDir, std::path::PathBuf, Arc<Engine>) {
         let dir = tempfile::tempdir().unwrap();
@@ -283,13 +280,13 @@ mod tests {
         let w = ws.clone();
         let panicked = std::thread::spawn(move || {
             panic_after_next_refresh();
-            e.save(&w, "panics", false)
+            e.save_manual(&w, &manual("panics"))
         })
         .join();
         assert!(panicked.is_err(), "the injected panic happened");
         // The panicked save had taken the dirty paths and updated the index with objects no
         // batch committed; the next save must neither trust that index nor miss the changes.
-        let out = engine.save(&ws, "after the panic", false).unwrap();
+        let out = engine.save_manual(&ws, &manual("after the panic")).unwrap();
         assert!(out.created);
         let (_, a) = engine.entry_at(&ws, "latest", b"a.txt").unwrap();
         let mut got = Vec::new();

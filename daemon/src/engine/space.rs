@@ -9,10 +9,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::Engine;
-use super::registry::lock;
 use crate::error::{Error, Result};
 use crate::store::WorkspaceId;
 use crate::store::catalog::{SnapshotRecord, Trigger};
+use crate::sync::lock;
 
 /// The default budget is the smaller of this share of the data directory's file system …
 pub const DEFAULT_BUDGET_FRACTION: f64 = 0.10;

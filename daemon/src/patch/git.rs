@@ -96,9 +96,14 @@ fn file_line(out: &mut Vec<u8>, marker: &str, name: Option<Vec<u8>>) {
 }
 
 /// The `---` and `+++` lines before the hunks.
-pub(super) fn file_lines(out: &mut Vec<u8>, path: &[u8], before: bool, after: bool) {
-    file_line(out, "--- ", before.then(|| quoted("a/", path)));
-    file_line(out, "+++ ", after.then(|| quoted("b/", path)));
+pub(super) fn file_lines(
+    out: &mut Vec<u8>,
+    path: &[u8],
+    before: Option<&Shape>,
+    after: Option<&Shape>,
+) {
+    file_line(out, "--- ", before.map(|_| quoted("a/", path)));
+    file_line(out, "+++ ", after.map(|_| quoted("b/", path)));
 }
 
 fn names(path: &[u8], before: Option<&Shape>, after: Option<&Shape>) -> (Vec<u8>, Vec<u8>) {

@@ -203,9 +203,9 @@ pub fn file_patch(
             ),
         };
     }
-    let diff = unified::diff(old, new, opts.context, opts.algorithm, !opts.stat_only);
+    let diff = unified::diff(old, new, opts);
     if !opts.stat_only && !diff.hunks.is_empty() {
-        git::file_lines(&mut text, path, before.is_some(), after.is_some());
+        git::file_lines(&mut text, path, shapes.0.as_ref(), shapes.1.as_ref());
         for h in &diff.hunks {
             text.extend_from_slice(&h.text);
         }

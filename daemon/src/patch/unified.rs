@@ -3,7 +3,7 @@
 
 use imara_diff::{Diff, InternedInput, Token};
 
-use super::Hunk;
+use super::{Hunk, Options};
 
 /// The line-diff algorithm.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,11 +26,12 @@ pub struct LineDiff {
     pub deleted: u64,
 }
 
-/// The line diff of `old` and `new` with `context` lines around each change; with `hunks`
-/// false it only counts.
-pub fn diff(old: &[u8], new: &[u8], context: u32, algorithm: Algorithm, hunks: bool) -> LineDiff {
+/// The line diff of `old` and `new` with `opts.context` lines around each change; with
+/// `opts.stat_only` it only counts.
+pub fn diff(old: &[u8], new: &[u8], opts: &Options) -> LineDiff {
+    let context = opts.context;
     let input = InternedInput::new(old, new);
-    let algorithm = match algorithm {
+    let algorithm = match opts.algorithm {
         Algorithm::Histogram => imara_diff::Algorithm::Histogram,
         Algorithm::Myers => imara_diff::Algorithm::Myers,
     };
@@ -40,7 +41,7 @@ pub fn diff(old: &[u8], new: &[u8], context: u32, algorithm: Algorithm, hunks: b
         added: u64::from(diff.count_additions()),
         deleted: u64::from(diff.count_removals()),
     };
-    if !hunks {
+    if opts.stat_only {
         return out;
     }
     // Slides ambiguous hunks to where a person would put them (indentation heuristic).

@@ -50,8 +50,16 @@ pub struct Connection {
     creds: String,
 }
 
-/// Access key, secret, session token.
-type Credentials = (String, String, Option<String>);
+/// What an S3 server is signed in to with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Credentials {
+    /// The access key id.
+    key_id: String,
+    /// Its secret.
+    secret: String,
+    /// A session token, for temporary credentials.
+    token: Option<String>,
+}
 
 impl Connection {
     /// A connection to the remote `cfg` describes.
@@ -78,8 +86,13 @@ impl Connection {
                                 .with_timeout(Duration::from_secs(120))
                                 .with_allow_http(cfg.endpoint.starts_with("http://")),
                         );
-                    if let Some((id, secret, token)) = found {
-                        b = b.with_access_key_id(id).with_secret_access_key(secret);
+                    if let Some(Credentials {
+                        key_id,
+                        secret,
+                        token,
+                    }) = found
+                    {
+                        b = b.with_access_key_id(key_id).with_secret_access_key(secret);
                         if let Some(token) = token {
                             b = b.with_token(token);
                         }
@@ -303,13 +316,17 @@ fn credentials(cfg: &RemoteConfig) -> Result<(Option<Credentials>, String), Remo
             format!("the credentials file {}", file.display()),
         ));
     }
-    if let (Ok(id), Ok(secret)) = (
+    if let (Ok(key_id), Ok(secret)) = (
         std::env::var("AWS_ACCESS_KEY_ID"),
         std::env::var("AWS_SECRET_ACCESS_KEY"),
     ) {
         let token = std::env::var("AWS_SESSION_TOKEN").ok();
         return Ok((
-            Some((id, secret, token)),
+            Some(Credentials {
+                key_id,
+                secret,
+                token,
+            }),
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in chkptd's environment".to_owned(),
         ));
     }
@@ -382,11 +399,11 @@ fn parse_credentials(text: &str, profile: &str, any_single: bool) -> Option<Cred
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
     };
-    Some((
-        get("aws_access_key_id")?,
-        get("aws_secret_access_key")?,
-        get("aws_session_token"),
-    ))
+    Some(Credentials {
+        key_id: get("aws_access_key_id")?,
+        secret: get("aws_secret_access_key")?,
+        token: get("aws_session_token"),
+    })
 }
 
 #[cfg(test)]
@@ -399,11 +416,19 @@ mod tests {
                     aws_access_key_id=GK1\naws_secret_access_key = s3cr3t\naws_session_token=T\n";
         assert_eq!(
             parse_credentials(text, "default", false),
-            Some(("GK1".into(), "s3cr3t".into(), Some("T".into())))
+            Some(Credentials {
+                key_id: "GK1".into(),
+                secret: "s3cr3t".into(),
+                token: Some("T".into())
+            })
         );
         assert_eq!(
             parse_credentials(text, "other", false),
-            Some(("A".into(), "B".into(), None))
+            Some(Credentials {
+                key_id: "A".into(),
+                secret: "B".into(),
+                token: None
+            })
         );
         assert_eq!(parse_credentials(text, "nope", true), None);
         let single = "[garage]\naws_access_key_id=K\naws_secret_access_key=S\n";

@@ -231,12 +231,15 @@ fn write_atomically(path: &Path, body: &[u8]) -> Result<(), RemoteError> {
         .map_err(err)?;
     f.write_all(body).and_then(|()| f.sync_all()).map_err(err)?;
     fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
+    sync_parent(path).map_err(err)
+}
+
+/// Makes a new or renamed file's name at `path` durable: fsyncs the folder holding it.
+pub(super) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => fs::File::open(dir).and_then(|d| d.sync_all()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

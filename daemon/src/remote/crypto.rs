@@ -210,12 +210,7 @@ pub fn write_key_file(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), RemoteErro
     f.write_all(format!("{}\n", hex(key)).as_bytes())
         .map_err(err)?;
     f.sync_all().map_err(err)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-    }
-    Ok(())
+    super::config::sync_parent(path).map_err(err)
 }
 
 #[cfg(test)]

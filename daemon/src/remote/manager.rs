@@ -19,6 +19,7 @@ use super::format::{Kdf, RemoteConfigObject};
 use super::restore::{self, RemoteSnap, Summary};
 use super::upload::{self, Progress, Shared, Uploader};
 use crate::engine::Engine;
+use crate::sync::lock;
 
 /// What `remote add` asks for.
 #[derive(Debug, Clone, Default)]
@@ -80,12 +81,21 @@ struct Worker {
     stop: watch::Sender<bool>,
 }
 
+/// The registered remotes and the uploader of each, changed together.
+#[derive(Default)]
+struct Running {
+    /// In the order they were registered.
+    configs: Vec<RemoteConfig>,
+    /// By remote name.
+    workers: HashMap<String, Worker>,
+}
+
 /// The daemon's remotes.
 pub struct Remotes {
     engine: Arc<Engine>,
     registry: Registry,
     origin: String,
-    inner: Mutex<(Vec<RemoteConfig>, HashMap<String, Worker>)>,
+    inner: Mutex<Running>,
 }
 
 impl std::fmt::Debug for Remotes {
@@ -94,10 +104,6 @@ impl std::fmt::Debug for Remotes {
             .field("origin", &self.origin)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Remotes {
@@ -119,7 +125,7 @@ impl Remotes {
             engine,
             registry,
             origin,
-            inner: Mutex::new((Vec::new(), HashMap::new())),
+            inner: Mutex::default(),
         });
         for cfg in configs {
             remotes.launch(cfg);
@@ -139,18 +145,20 @@ impl Remotes {
             stopped,
         );
         let mut inner = lock(&self.inner);
-        inner.1.insert(cfg.name.clone(), Worker { shared, stop });
-        inner.0.push(cfg);
+        inner
+            .workers
+            .insert(cfg.name.clone(), Worker { shared, stop });
+        inner.configs.push(cfg);
     }
 
     /// The registered remotes.
     pub fn list(&self) -> Vec<RemoteConfig> {
-        lock(&self.inner).0.clone()
+        lock(&self.inner).configs.clone()
     }
 
     fn config(&self, name: &str) -> Result<RemoteConfig, RemoteError> {
         lock(&self.inner)
-            .0
+            .configs
             .iter()
             .find(|c| c.name == name)
             .cloned()
@@ -161,7 +169,7 @@ impl Remotes {
     pub async fn add(&self, req: AddRequest) -> Result<Added, RemoteError> {
         check_name(&req.name)?;
         Location::parse(&req.url)?;
-        if lock(&self.inner).0.iter().any(|c| c.name == req.name) {
+        if lock(&self.inner).configs.iter().any(|c| c.name == req.name) {
             return Err(RemoteError::Exists(req.name));
         }
         for (what, path) in [
@@ -326,8 +334,8 @@ impl Remotes {
         let rest: Vec<RemoteConfig> = self.list().into_iter().filter(|c| c.name != name).collect();
         self.registry.save(&rest)?;
         let mut inner = lock(&self.inner);
-        inner.0.retain(|c| c.name != name);
-        if let Some(w) = inner.1.remove(name) {
+        inner.configs.retain(|c| c.name != name);
+        if let Some(w) = inner.workers.remove(name) {
             let _ = w.stop.send(true);
         }
         self.registry.remove_state(name);
@@ -347,7 +355,7 @@ impl Remotes {
         let mut out = Vec::new();
         for config in configs {
             let Some(shared) = lock(&self.inner)
-                .1
+                .workers
                 .get(&config.name)
                 .map(|w| w.shared.clone())
             else {
@@ -383,7 +391,11 @@ impl Remotes {
     /// pending, or for a pass to fail.
     pub async fn sync(&self, name: &str, wait: Duration) -> Result<Vec<StatusView>, RemoteError> {
         self.config(name)?;
-        let Some(shared) = lock(&self.inner).1.get(name).map(|w| w.shared.clone()) else {
+        let Some(shared) = lock(&self.inner)
+            .workers
+            .get(name)
+            .map(|w| w.shared.clone())
+        else {
             return Err(RemoteError::NotFound(name.to_owned()));
         };
         let passes = lock(&shared.progress).passes;

@@ -31,6 +31,7 @@ use super::{Failure, RemoteError, now_ms};
 use crate::engine::{Engine, EngineEvent};
 use crate::store::catalog::SnapshotRecord;
 use crate::store::{Id, Kind, Store, Tree};
+use crate::sync::{lock, read, write};
 
 /// What an uploader did and knows, for `status`.
 #[derive(Debug, Default, Clone)]
@@ -89,14 +90,6 @@ impl Shared {
     fn is_known(&self, id: &Id) -> bool {
         read(&self.known).contains(id)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The name of this data directory's snapshot `id` on a remote: its origin (random per data
@@ -308,7 +301,7 @@ impl Uploader {
             .collect();
         let fetched = format::fetch_indexes(conn, key, names, 16).await?;
         {
-            let mut known = self.shared.known.write().unwrap_or_else(|p| p.into_inner());
+            let mut known = write(&self.shared.known);
             let mut indexes = lock(&self.shared.indexes);
             for (name, index) in fetched {
                 known.extend(index.entries.iter().map(|e| e.id));
@@ -374,11 +367,7 @@ impl Uploader {
             conn.put(&format::index_path(&name), format::seal_index(key, &index)?)
                 .await?;
             let objects = index.entries.len() as u64;
-            self.shared
-                .known
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(index.entries.iter().map(|e| e.id));
+            write(&self.shared.known).extend(index.entries.iter().map(|e| e.id));
             lock(&self.shared.indexes).insert(name);
             let mut p = lock(&self.shared.progress);
             p.uploaded_bytes += len;

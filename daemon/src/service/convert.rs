@@ -161,12 +161,17 @@ fn note(n: &Note) -> pb::Note {
     }
 }
 
+/// A path a workspace's scan left out, and why.
+#[derive(Debug, Clone)]
+pub struct Excluded {
+    /// Relative path.
+    pub path: Vec<u8>,
+    /// Why, for people.
+    pub reason: String,
+}
+
 /// A workspace on the wire.
-pub fn workspace(
-    w: &WorkspaceRecord,
-    excluded: &[(Vec<u8>, String)],
-    git_dir_bytes: u64,
-) -> pb::Workspace {
+pub fn workspace(w: &WorkspaceRecord, excluded: &[Excluded], git_dir_bytes: u64) -> pb::Workspace {
     pb::Workspace {
         path: String::from_utf8_lossy(&w.path).into_owned(),
         id: w.id.get(),
@@ -176,10 +181,10 @@ pub fn workspace(
         created_unix_ms: w.created_us / 1000,
         excluded: excluded
             .iter()
-            .map(|(p, r)| pb::ExcludedDir {
-                path: p.clone(),
-                reason: r.clone(),
-                path_text: String::from_utf8_lossy(p).into_owned(),
+            .map(|x| pb::ExcludedDir {
+                path: x.path.clone(),
+                reason: x.reason.clone(),
+                path_text: String::from_utf8_lossy(&x.path).into_owned(),
             })
             .collect(),
         retention: Some(policy_to_wire(&w.retention.or_default())),

@@ -14,9 +14,9 @@ use chkpt_proto::v1::chkpt_server::Chkpt;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use self::convert::status;
+use self::convert::{Excluded, status};
 use crate::engine::history::DiffQuery;
-use crate::engine::{Engine, ManualSave, WatchState};
+use crate::engine::{Engine, IfPinned, ListQuery, ManualSave, PruneMode, SnapshotPage, WatchState};
 use crate::error::{Error, Result};
 use crate::store::Kind;
 use crate::workspace::WatchOptions;
@@ -52,11 +52,13 @@ fn snap(engine: &Engine, s: &crate::store::catalog::SnapshotRecord) -> Result<pb
     Ok(convert::snapshot(s, &engine.workspace_path(s.workspace)?))
 }
 
-/// A workspace's record and the paths left out of it, with their reasons.
-type WorkspaceView = (
-    crate::store::catalog::WorkspaceRecord,
-    Vec<(Vec<u8>, String)>,
-);
+/// A watched workspace as `Status` and `ListWorkspaces` show it.
+struct WorkspaceView {
+    /// Its record, from the catalog (it also holds the tripwire).
+    record: crate::store::catalog::WorkspaceRecord,
+    /// The paths its last full scan left out.
+    excluded: Vec<Excluded>,
+}
 
 /// A watched workspace's record (from the catalog: it also holds the tripwire) and the paths
 /// its last full scan left out. While a save holds the workspace, the list is not waited for.
@@ -68,14 +70,18 @@ fn workspace_view(e: &Engine, h: &crate::engine::WsHandle) -> Result<Option<Work
         .try_workspace()
         .map(|ws| excluded_of(&ws))
         .unwrap_or_default();
-    Ok(Some((record, excluded)))
+    Ok(Some(WorkspaceView { record, excluded }))
 }
 
-fn excluded_of(ws: &crate::workspace::Workspace) -> Vec<(Vec<u8>, String)> {
+/// The paths the last full scan of `ws` left out (the first thousand), with why.
+fn excluded_of(ws: &crate::workspace::Workspace) -> Vec<Excluded> {
     ws.excluded()
         .iter()
         .take(1000)
-        .map(|(p, why)| (p.clone(), why.describe()))
+        .map(|(path, why)| Excluded {
+            path: path.clone(),
+            reason: why.describe(),
+        })
         .collect()
 }
 
@@ -95,7 +101,7 @@ impl Chkpt for Service {
             .blocking(|e| {
                 let mut workspaces = Vec::new();
                 for h in e.handles() {
-                    let Some((record, excluded)) = workspace_view(e, &h)? else {
+                    let Some(WorkspaceView { record, excluded }) = workspace_view(e, &h)? else {
                         continue;
                     };
                     let (state, detail) = match h.state() {
@@ -240,7 +246,7 @@ impl Chkpt for Service {
             .blocking(|e| {
                 let mut workspaces = Vec::new();
                 for h in e.handles() {
-                    if let Some((record, excluded)) = workspace_view(e, &h)? {
+                    if let Some(WorkspaceView { record, excluded }) = workspace_view(e, &h)? {
                         workspaces.push(convert::workspace(&record, &excluded, h.git_dir_bytes()));
                     }
                 }
@@ -282,17 +288,17 @@ impl Chkpt for Service {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
-                let (snaps, next) = e.list(
-                    &r.workspace,
-                    r.all,
-                    r.limit as usize,
-                    &r.page_token,
-                    &r.paths,
-                    &r.tags
-                        .into_iter()
-                        .map(convert::tag_from)
-                        .collect::<Vec<_>>(),
-                )?;
+                let query = ListQuery {
+                    all: r.all,
+                    limit: r.limit as usize,
+                    page_token: r.page_token,
+                    paths: r.paths,
+                    tags: r.tags.into_iter().map(convert::tag_from).collect(),
+                };
+                let SnapshotPage {
+                    snapshots: snaps,
+                    next_page_token: next,
+                } = e.list(&r.workspace, &query)?;
                 let paths = e.workspace_paths()?;
                 let snapshots = snaps
                     .iter()
@@ -399,7 +405,7 @@ impl Chkpt for Service {
                     snapshot: snap.hex_id(),
                     entries: entries
                         .iter()
-                        .map(|(e, target)| convert::tree_entry(e, target))
+                        .map(|d| convert::tree_entry(&d.entry, &d.target))
                         .collect(),
                 })
             })
@@ -459,7 +465,12 @@ impl Chkpt for Service {
         let r = req.into_inner();
         let resp = self
             .blocking(move |e| {
-                let (deleted, reclaimed) = e.delete(&r.workspace, &r.snapshots, r.force)?;
+                let if_pinned = if r.force {
+                    IfPinned::Delete
+                } else {
+                    IfPinned::Refuse
+                };
+                let (deleted, reclaimed) = e.delete(&r.workspace, &r.snapshots, if_pinned)?;
                 Ok(pb::DeleteResponse {
                     deleted: deleted.iter().map(|s| s.hex_id()).collect(),
                     reclaimed_bytes: reclaimed,
@@ -472,7 +483,7 @@ impl Chkpt for Service {
     async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::Snapshot>, Status> {
         let r = req.into_inner();
         let resp = self
-            .blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot, true)?))
+            .blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot)?))
             .await?;
         Ok(Response::new(resp))
     }
@@ -480,7 +491,7 @@ impl Chkpt for Service {
     async fn unpin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::Snapshot>, Status> {
         let r = req.into_inner();
         let resp = self
-            .blocking(move |e| snap(e, &e.pin(&r.workspace, &r.snapshot, false)?))
+            .blocking(move |e| snap(e, &e.unpin(&r.workspace, &r.snapshot)?))
             .await?;
         Ok(Response::new(resp))
     }
@@ -501,7 +512,12 @@ impl Chkpt for Service {
                     keep_within_us: r.keep_within_secs.saturating_mul(1_000_000),
                     max_store_bytes: 0,
                 };
-                let (decisions, reclaimed) = e.prune(&r.workspace, &policy, r.dry_run)?;
+                let mode = if r.dry_run {
+                    PruneMode::DryRun
+                } else {
+                    PruneMode::Apply
+                };
+                let (decisions, reclaimed) = e.prune(&r.workspace, &policy, mode)?;
                 let removed = decisions.iter().filter(|d| !d.keep).count() as u32;
                 let decisions = decisions
                     .iter()

@@ -10,8 +10,9 @@ use rayon::prelude::*;
 use super::compress::with_compressed;
 use super::pack::{FLAG_LZ4_BLOCK, FLAG_TREE, Loc};
 use super::tree::PartRef;
-use super::{Id, Store, Tree, lock_poisoned};
+use super::{Id, Store, Tree};
 use crate::error::Result;
+use crate::sync::{lock, read};
 
 thread_local! {
     /// Bytes this thread's writes added to packs (see [`added_by_this_thread`]).
@@ -41,6 +42,15 @@ pub struct Batch<'s> {
     stored_into: Option<&'s AtomicU64>,
 }
 
+/// What an object is to the store (a tree is flagged so in its pack record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// File content, a link's target, a chunk list.
+    Blob,
+    /// A tree (or a part of a split one).
+    Tree,
+}
+
 /// Batch ids.
 static BATCHES: AtomicU64 = AtomicU64::new(0);
 
@@ -50,27 +60,30 @@ impl Batch<'_> {
         self.store
     }
 
-    /// Stores `data` as a blob (or a tree with `tree`), unless already present. Returns its id
-    /// and whether it was new.
-    pub fn put(&self, data: &[u8], tree: bool) -> Result<(Id, bool)> {
+    /// Stores `data` as an object of `kind`, unless already present. Returns its id and
+    /// whether it was new.
+    pub fn put(&self, data: &[u8], kind: ObjectKind) -> Result<(Id, bool)> {
         let id = Id::of(data);
-        Ok((id, self.put_known(id, data, tree)?))
+        Ok((id, self.put_known(id, data, kind)?))
     }
 
     /// [`Batch::put`] of `data` whose id the caller computed already; returns whether it was
     /// new.
-    pub fn put_known(&self, id: Id, data: &[u8], tree: bool) -> Result<bool> {
+    pub fn put_known(&self, id: Id, data: &[u8], kind: ObjectKind) -> Result<bool> {
         debug_assert_eq!(id, Id::of(data));
         if self.adopt(&id)? {
             return Ok(false);
         }
         let res = with_compressed(data, |compressed| {
-            let flags = if tree { FLAG_TREE } else { 0 }
-                | if compressed.is_some() {
-                    FLAG_LZ4_BLOCK
-                } else {
-                    0
-                };
+            let flags = if kind == ObjectKind::Tree {
+                FLAG_TREE
+            } else {
+                0
+            } | if compressed.is_some() {
+                FLAG_LZ4_BLOCK
+            } else {
+                0
+            };
             let mut w = self.store.packs.take_writer()?;
             w.append(id, flags, data.len() as u64, compressed.unwrap_or(data))
         });
@@ -83,7 +96,7 @@ impl Batch<'_> {
     /// holds, so only the changed ones are written.
     pub fn put_tree(&self, tree: Tree) -> Result<Id> {
         let Some(cuts) = super::tree::parts(&tree.entries) else {
-            return Ok(self.put(&tree.encode(), true)?.0);
+            return Ok(self.put(&tree.encode(), ObjectKind::Tree)?.0);
         };
         // Split off from the end: the entries move into their parts, none is copied.
         let mut entries = tree.entries;
@@ -112,12 +125,14 @@ impl Batch<'_> {
 
     /// Stores one part of a split directory (tree format rule 5): a tree never split itself.
     pub fn put_part(&self, part: &Tree) -> Result<Id> {
-        Ok(self.put(&part.encode(), true)?.0)
+        Ok(self.put(&part.encode(), ObjectKind::Tree)?.0)
     }
 
     /// Stores the split tree naming `parts` (tree format rule 5).
     pub fn put_split(&self, parts: &[PartRef]) -> Result<Id> {
-        Ok(self.put(&Tree::split_of(parts).encode(), true)?.0)
+        Ok(self
+            .put(&Tree::split_of(parts).encode(), ObjectKind::Tree)?
+            .0)
     }
 
     /// Whether `id` is already stored; one written by another open batch is adopted, so this
@@ -126,7 +141,7 @@ impl Batch<'_> {
         if let Some((loc, batch)) = self.store.index.pending(id) {
             // This batch's own objects are in its lists already.
             if batch != self.id {
-                lock_poisoned(&self.new).push((*id, loc));
+                lock(&self.new).push((*id, loc));
             }
             return Ok(true);
         }
@@ -149,13 +164,13 @@ impl Batch<'_> {
             sink.fetch_add(loc.record_len(), Ordering::Relaxed);
         }
         self.store.index.add_pending(id, loc, self.id);
-        lock_poisoned(&self.new).push((id, loc));
+        lock(&self.new).push((id, loc));
     }
 
     /// Objects this batch wrote or adopted so far, and their stored bytes.
     pub fn written(&self) -> (u64, u64) {
         (
-            lock_poisoned(&self.new).len() as u64,
+            lock(&self.new).len() as u64,
             self.new_bytes.load(Ordering::Relaxed),
         )
     }
@@ -168,7 +183,7 @@ impl Batch<'_> {
     pub fn commit_objects(&self) -> Result<()> {
         // Every catalog record of a batch is written after a commit: none may meet a full disk.
         self.store.catalog_room()?;
-        let mut new = std::mem::take(&mut *lock_poisoned(&self.new));
+        let mut new = std::mem::take(&mut *lock(&self.new));
         if new.is_empty() {
             return Ok(());
         }
@@ -197,7 +212,7 @@ impl Batch<'_> {
             ms = t.elapsed().as_millis() as u64,
             "objects recorded"
         );
-        lock_poisoned(&self.recorded).extend(new);
+        lock(&self.recorded).extend(new);
         Ok(())
     }
 
@@ -211,7 +226,7 @@ impl Batch<'_> {
             // be gone, and the flush above cannot vouch for it.
             return Err(self.store.cat.lost());
         }
-        let recorded = std::mem::take(&mut *lock_poisoned(&self.recorded));
+        let recorded = std::mem::take(&mut *lock(&self.recorded));
         self.store.index.commit(&recorded);
         tracing::debug!(
             objects = recorded.len(),
@@ -228,7 +243,7 @@ impl Drop for Batch<'_> {
         // (or, when the catalog recorded them, kept by a later flush, and found at the next
         // start).
         for list in [&self.new, &self.recorded] {
-            let entries = std::mem::take(&mut *lock_poisoned(list));
+            let entries = std::mem::take(&mut *lock(list));
             self.store.index.forget_pending(&entries);
         }
     }
@@ -237,7 +252,7 @@ impl Drop for Batch<'_> {
 impl Store {
     /// Starts a batch of writes. While any batch is open, garbage collection waits.
     pub fn batch(&self) -> Batch<'_> {
-        let guard = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let guard = read(&self.gc_lock);
         Batch {
             store: self,
             _guard: guard,

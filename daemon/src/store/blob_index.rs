@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
 use super::Id;
-use super::lock_poisoned;
 use super::pack::Loc;
+use crate::sync::{lock, read, write};
 
 /// Where objects are, committed and pending.
 #[derive(Debug, Default)]
@@ -29,16 +29,12 @@ impl BlobIndex {
 
     /// Where a committed object is.
     pub fn committed(&self, id: &Id) -> Option<Loc> {
-        self.committed
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .copied()
+        read(&self.committed).get(id).copied()
     }
 
     /// Where an object is, committed or pending.
     pub fn locate(&self, id: &Id) -> Option<Loc> {
-        if let Some((loc, _)) = lock_poisoned(&self.pending).get(id) {
+        if let Some((loc, _)) = lock(&self.pending).get(id) {
             return Some(*loc);
         }
         self.committed(id)
@@ -46,24 +42,24 @@ impl BlobIndex {
 
     /// Where an object written by a batch still open is, and that batch.
     pub fn pending(&self, id: &Id) -> Option<(Loc, u64)> {
-        lock_poisoned(&self.pending).get(id).copied()
+        lock(&self.pending).get(id).copied()
     }
 
     /// Every committed object and where it is.
     pub fn all_committed(&self) -> Vec<(Id, Loc)> {
-        let index = self.committed.read().unwrap_or_else(|p| p.into_inner());
+        let index = read(&self.committed);
         index.iter().map(|(id, loc)| (*id, *loc)).collect()
     }
 
     /// The open batch `batch` wrote `id` at `loc`: other batches may adopt it.
     pub fn add_pending(&self, id: Id, loc: Loc, batch: u64) {
-        lock_poisoned(&self.pending).insert(id, (loc, batch));
+        lock(&self.pending).insert(id, (loc, batch));
     }
 
     /// These pending objects will never be committed (their batch failed or was dropped): no
     /// batch may count on them any more. An entry another batch rewrote since stays.
     pub fn forget_pending(&self, entries: &[(Id, Loc)]) {
-        let mut pending = lock_poisoned(&self.pending);
+        let mut pending = lock(&self.pending);
         for (id, loc) in entries {
             if pending.get(id).is_some_and(|(l, _)| l == loc) {
                 pending.remove(id);
@@ -73,12 +69,9 @@ impl BlobIndex {
 
     /// These objects are durable now: committed, and no longer pending.
     pub fn commit(&self, entries: &[(Id, Loc)]) {
-        self.committed
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(entries.iter().copied());
+        write(&self.committed).extend(entries.iter().copied());
         self.forget_pending(entries);
-        let mut pending = lock_poisoned(&self.pending);
+        let mut pending = lock(&self.pending);
         // A cold save grew it to one entry per object; the idle daemon need not keep that.
         if pending.is_empty() && pending.capacity() > 4096 {
             *pending = HashMap::new();
@@ -87,6 +80,6 @@ impl BlobIndex {
 
     /// Replaces every committed entry (garbage collection kept these).
     pub fn replace_committed(&self, entries: Vec<(Id, Loc)>) {
-        *self.committed.write().unwrap_or_else(|p| p.into_inner()) = entries.into_iter().collect();
+        *write(&self.committed) = entries.into_iter().collect();
     }
 }

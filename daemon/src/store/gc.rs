@@ -9,6 +9,7 @@ use super::pack::{self, FLAG_CHUNKED, Loc};
 use super::read::loc_bytes;
 use super::{Id, Kind, SnapshotId, Store, WorkspaceId};
 use crate::error::{Error, IoContext, Result};
+use crate::sync::{read, write};
 
 /// Packs whose dead fraction passes this are rewritten.
 pub const REPACK_DEAD_FRACTION: f64 = 0.3;
@@ -125,7 +126,7 @@ impl Store {
     /// [`Store::gc`], rewriting packs more dead than `repack_dead_fraction` (the store
     /// budget uses a lower one: its bytes must really go).
     pub fn gc_with(&self, repack_dead_fraction: f64) -> Result<GcReport> {
-        let _exclusive = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+        let _exclusive = write(&self.gc_lock);
         self.close_writers();
         let live = self.mark(&HashSet::new())?;
         let mut report = GcReport::default();
@@ -252,7 +253,7 @@ impl Store {
     /// nothing: what `prune --dry-run` reports. The same marking and the same decisions per
     /// pack, so a prune that follows with nothing changed in between frees exactly this.
     pub fn reclaimable_without(&self, gone: &HashSet<SnapshotId>) -> Result<u64> {
-        let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let _shared = read(&self.gc_lock);
         let live = self.mark(gone)?;
         let mut live_in: HashMap<u32, Vec<(Id, Loc)>> = HashMap::new();
         for (id, loc) in self.objects() {

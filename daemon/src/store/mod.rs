@@ -44,10 +44,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
 
-pub use self::batch::Batch;
+pub use self::batch::{Batch, ObjectKind};
 use self::blob_index::BlobIndex;
 pub use self::chunked::{CHUNK_THRESHOLD, ChunkList, Piece};
 pub use self::compress::{lz4_block, release_thread_buffers};
@@ -96,10 +96,6 @@ pub struct Store {
     /// Work counters.
     pub counters: StoreCounters,
     _lock: File,
-}
-
-pub(crate) fn lock_poisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Store {
@@ -277,9 +273,9 @@ mod tests {
         let text = b"hello world ".repeat(1000);
         let noise = random(100_000, 7);
         let b = store.batch();
-        let (a, new_a) = b.put(&text, false).unwrap();
-        let (again, new_again) = b.put(&text, false).unwrap();
-        let (n, _) = b.put(&noise, false).unwrap();
+        let (a, new_a) = b.put(&text, ObjectKind::Blob).unwrap();
+        let (again, new_again) = b.put(&text, ObjectKind::Blob).unwrap();
+        let (n, _) = b.put(&noise, ObjectKind::Blob).unwrap();
         b.finish().unwrap();
         assert!(new_a && !new_again && a == again);
         assert_eq!(store.read_vec(&a).unwrap(), text);
@@ -296,7 +292,10 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let b = store.batch();
             let objects: Vec<Vec<u8>> = (0..50u64).map(|i| random(3000, i + 1)).collect();
-            let ids: Vec<Id> = objects.iter().map(|o| b.put(o, false).unwrap().0).collect();
+            let ids: Vec<Id> = objects
+                .iter()
+                .map(|o| b.put(o, ObjectKind::Blob).unwrap().0)
+                .collect();
             let pack = store.locate(&ids[0]).unwrap().unwrap().pack;
             let on_disk = fs::metadata(store.packs.path(pack)).unwrap().len();
             assert!(
@@ -307,7 +306,7 @@ mod tests {
             assert_eq!(store.read_vec(&ids[49]).unwrap(), objects[49]);
             let b2 = store.batch();
             let more = random(3000, 99);
-            let (late, _) = b2.put(&more, false).unwrap();
+            let (late, _) = b2.put(&more, ObjectKind::Blob).unwrap();
             b.finish().unwrap();
             b2.finish().unwrap();
             assert_eq!(store.read_vec(&late).unwrap(), more);
@@ -340,13 +339,13 @@ mod tests {
             id = b
                 .put(
                     b"kept kept kept kept kept kept kept kept kept kept kept kept kept",
-                    false,
+                    ObjectKind::Blob,
                 )
                 .unwrap()
                 .0;
             b.finish().unwrap();
             let b = store.batch();
-            b.put(b"lost", false).unwrap();
+            b.put(b"lost", ObjectKind::Blob).unwrap();
             std::mem::forget(b); // as if the process died before the commit
         }
         let store = Store::open(dir.path()).unwrap();
@@ -370,7 +369,7 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             let b = store.batch();
-            b.put(b"kept", false).unwrap();
+            b.put(b"kept", ObjectKind::Blob).unwrap();
             b.finish().unwrap();
             let (no, committed) = store.cat.pack_lengths().unwrap()[0];
             let past = Loc {
@@ -400,7 +399,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         let b = store.batch();
-        let (id, new) = b.put(&data, true).unwrap();
+        let (id, new) = b.put(&data, ObjectKind::Tree).unwrap();
         assert!(new);
         b.finish().unwrap();
         assert_eq!(store.read_vec(&id).unwrap(), data);
@@ -413,13 +412,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let b = store.batch();
-        let (first, _) = b.put(&random(10_000, 1), false).unwrap();
+        let (first, _) = b.put(&random(10_000, 1), ObjectKind::Blob).unwrap();
         let pack = b.store().locate(&first).unwrap().unwrap().pack;
         store.packs.fail(pack, "Input/output error");
         assert!(matches!(b.finish(), Err(Error::Io { .. })));
         assert!(!store.contains(&first).unwrap());
         let b = store.batch();
-        let (again, _) = b.put(&random(10_000, 1), false).unwrap();
+        let (again, _) = b.put(&random(10_000, 1), ObjectKind::Blob).unwrap();
         assert_ne!(store.locate(&again).unwrap().unwrap().pack, pack);
         b.finish().unwrap();
         assert_eq!(store.read_vec(&again).unwrap(), random(10_000, 1));
@@ -430,9 +429,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let a = store.batch();
-        let (x, _) = a.put(&random(5_000, 3), false).unwrap();
+        let (x, _) = a.put(&random(5_000, 3), ObjectKind::Blob).unwrap();
         let b = store.batch();
-        let (adopted, new) = b.put(&random(5_000, 3), false).unwrap();
+        let (adopted, new) = b.put(&random(5_000, 3), ObjectKind::Blob).unwrap();
         assert!(
             adopted == x && !new,
             "the second batch adopts the first one's object"
@@ -452,7 +451,7 @@ mod tests {
         assert!(!store.contains(&x).unwrap());
         // The next save writes it again, into a new pack.
         let c = store.batch();
-        c.put(&random(5_000, 3), false).unwrap();
+        c.put(&random(5_000, 3), ObjectKind::Blob).unwrap();
         c.finish().unwrap();
         assert_eq!(store.read_vec(&x).unwrap(), random(5_000, 3));
     }

@@ -325,12 +325,27 @@ fn header(id: Id, flags: u8, len: u64) -> [u8; RECORD_HEADER as usize] {
     h
 }
 
-/// Reads a record header back: (id, flags, stored length).
-pub fn parse_header(bytes: &[u8]) -> Option<(Id, u8, u64)> {
+/// A record header, read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// The object's id.
+    pub id: Id,
+    /// How it is stored (compression).
+    pub flags: u8,
+    /// Its stored length.
+    pub len: u64,
+}
+
+/// Reads a record header back.
+pub fn parse_header(bytes: &[u8]) -> Option<RecordHeader> {
     let id: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
     let flags = *bytes.get(16)?;
     let len = u64::from_le_bytes(bytes.get(17..25)?.try_into().ok()?);
-    Some((Id::from_bytes(id), flags, len))
+    Some(RecordHeader {
+        id: Id::from_bytes(id),
+        flags,
+        len,
+    })
 }
 
 /// `Write` at increasing offsets of a file, without moving a shared cursor (a hole is left

@@ -281,7 +281,7 @@ pub(crate) fn loc_bytes<'m>(map: &'m [u8], id: &Id, loc: &Loc) -> Result<&'m [u8
         .and_then(pack::parse_header);
     let stored = map.get(loc.offset as usize..loc.end() as usize);
     match (header, stored) {
-        (Some((hid, _, len)), Some(stored)) if (hid, len) == (*id, loc.len) => Ok(stored),
+        (Some(h), Some(stored)) if (h.id, h.len) == (*id, loc.len) => Ok(stored),
         _ => Err(Error::Corrupt(format!(
             "record header of object {id} in pack {} is damaged",
             loc.pack
@@ -291,7 +291,7 @@ pub(crate) fn loc_bytes<'m>(map: &'m [u8], id: &Id, loc: &Loc) -> Result<&'m [u8
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{Id, Store};
+    use crate::store::{Id, ObjectKind, Store};
 
     fn ranges_match(store: &Store, id: &Id, data: &[u8]) {
         let n = data.len() as u64;
@@ -334,8 +334,8 @@ mod tests {
             .flat_map(|i| format!("line {i}\n").into_bytes())
             .collect();
         let b = store.batch();
-        let (raw, _) = b.put(&noise, false).unwrap();
-        let (block, _) = b.put(&text, false).unwrap();
+        let (raw, _) = b.put(&noise, ObjectKind::Blob).unwrap();
+        let (block, _) = b.put(&text, ObjectKind::Blob).unwrap();
         let (id, len) = Id::of_reader(&text[..]).unwrap();
         let mut changed = text.clone();
         changed[0] = b'L';
@@ -379,7 +379,7 @@ mod tests {
                 pieces.push(Piece::Hole { len: 50_000 });
             }
             let data = chkpt_testkit::noise(len, i as u64 + 1);
-            let (id, _) = b.put(&data, false).unwrap();
+            let (id, _) = b.put(&data, ObjectKind::Blob).unwrap();
             whole.extend_from_slice(&data);
             pieces.push(Piece::Data {
                 id,

@@ -13,9 +13,9 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
 use memmap2::Mmap;
 
 use super::catalog::Catalog;
-use super::lock_poisoned;
 use super::pack::{self, PACK_TARGET_SIZE, PackWriter};
 use crate::error::{Error, IoContext, Result};
+use crate::sync::{lock, read, write};
 
 /// A pack being filled is fsynced in the background every this many bytes: fsync's cost grows
 /// with what was written since the last one (the disk's cache is flushed too), and a large
@@ -100,7 +100,7 @@ impl Packs {
                 for (no, file) in requests {
                     if let Err(e) = file.sync_data() {
                         tracing::warn!(pack = no, error = %e, "background pack fsync failed");
-                        lock_poisoned(&failures).insert(no, e.to_string());
+                        lock(&failures).insert(no, e.to_string());
                     }
                 }
             })
@@ -171,7 +171,7 @@ impl Packs {
 
     /// A writer for this thread alone; it goes back when the [`Taken`] is dropped.
     pub fn take_writer(&self) -> Result<Taken<'_>> {
-        let mut writers = lock_poisoned(&self.writers);
+        let mut writers = lock(&self.writers);
         if let Some(w) = writers.pool.pop() {
             writers.out.insert(w.no);
             return Ok(Taken {
@@ -183,7 +183,7 @@ impl Packs {
         let w = PackWriter::create(&self.dir, no)?;
         writers.out.insert(no);
         drop(writers);
-        lock_poisoned(&self.open_packs).insert(no, w.file.clone());
+        lock(&self.open_packs).insert(no, w.file.clone());
         tracing::debug!(pack = no, "new pack");
         Ok(Taken {
             packs: self,
@@ -203,13 +203,13 @@ impl Packs {
         {
             w.early_synced = w.written();
             // When the thread is busy, this request is dropped: the next one covers it.
-            let _ = lock_poisoned(&self.early_sync).try_send((w.no, w.file.clone()));
+            let _ = lock(&self.early_sync).try_send((w.no, w.file.clone()));
         }
-        let mut writers = lock_poisoned(&self.writers);
+        let mut writers = lock(&self.writers);
         writers.out.remove(&w.no);
         if let Some(e) = w.failed.take() {
             // Records it buffered are lost: no commit may count on this pack any more.
-            lock_poisoned(&self.sync_failures).insert(w.no, e);
+            lock(&self.sync_failures).insert(w.no, e);
         } else if !full {
             writers.pool.push(w);
         }
@@ -222,7 +222,7 @@ impl Packs {
     /// Returns a length, at least `end`, up to which the file's bytes are records that stay:
     /// past it a thread may be streaming a record it can still cut off again.
     fn ensure_written(&self, no: u32, end: u64) -> Result<u64> {
-        let mut writers = lock_poisoned(&self.writers);
+        let mut writers = lock(&self.writers);
         loop {
             if let Some(i) = writers.pool.iter().position(|w| w.no == no) {
                 let w = &mut writers.pool[i];
@@ -233,7 +233,7 @@ impl Packs {
                     Ok(()) => Ok(w.written()),
                     Err(e) => {
                         let w = writers.pool.swap_remove(i);
-                        lock_poisoned(&self.sync_failures)
+                        lock(&self.sync_failures)
                             .insert(no, w.failed.unwrap_or_else(|| e.to_string()));
                         Err(e)
                     }
@@ -254,23 +254,23 @@ impl Packs {
     /// Stops appending to the open packs: the next write starts a new pack. Only while no
     /// batch is open (what they buffered is not committed, and goes).
     pub fn close_writers(&self) {
-        lock_poisoned(&self.writers).pool.clear();
+        lock(&self.writers).pool.clear();
     }
 
     /// The error that made pack `no` unusable, if any: what was written to it may never reach
     /// the disk, so its writer is retired too.
     pub fn failure_of(&self, no: u32) -> Option<Error> {
         // Cloned out first: the writers' lock is never taken while this one is held.
-        let failed = lock_poisoned(&self.sync_failures).get(&no).cloned();
+        let failed = lock(&self.sync_failures).get(&no).cloned();
         let e = failed?;
-        lock_poisoned(&self.writers).pool.retain(|w| w.no != no);
+        lock(&self.writers).pool.retain(|w| w.no != no);
         Some(Error::io(self.path(no), io::Error::other(e)))
     }
 
     /// Marks pack `no` as failed (for tests of what a failed background fsync does).
     #[cfg(test)]
     pub fn fail(&self, no: u32, error: &str) {
-        lock_poisoned(&self.sync_failures).insert(no, error.into());
+        lock(&self.sync_failures).insert(no, error.into());
     }
 
     /// Makes packs durable up to the given ends: writes out buffers, then fsyncs.
@@ -285,15 +285,15 @@ impl Packs {
             if let Some(e) = self.failure_of(no) {
                 return Err(e);
             }
-            let file = lock_poisoned(&self.open_packs).get(&no).cloned();
+            let file = lock(&self.open_packs).get(&no).cloned();
             let synced = match file {
                 Some(f) => f.sync_data(),
                 None => File::open(&path).and_then(|f| f.sync_data()),
             };
             if let Err(e) = synced {
                 // A second fsync would report success over the same lost writes.
-                lock_poisoned(&self.sync_failures).insert(no, e.to_string());
-                lock_poisoned(&self.writers).pool.retain(|w| w.no != no);
+                lock(&self.sync_failures).insert(no, e.to_string());
+                lock(&self.writers).pool.retain(|w| w.no != no);
                 return Err(Error::io(&path, e));
             }
         }
@@ -302,7 +302,7 @@ impl Packs {
 
     /// A map of pack `no` covering at least its first `need` bytes.
     pub fn map(&self, no: u32, need: u64) -> Result<Arc<Mmap>> {
-        if let Some(m) = self.maps.read().unwrap_or_else(|p| p.into_inner()).get(&no)
+        if let Some(m) = read(&self.maps).get(&no)
             && m.len() as u64 >= need
         {
             return Ok(m.clone());
@@ -336,10 +336,7 @@ impl Packs {
         // being streamed, past `stable`; `recover` shortens packs before anything is mapped,
         // and repacking deletes whole files, which leaves existing maps valid.
         let map = Arc::new(unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.at(&path)?);
-        self.maps
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(no, map.clone());
+        write(&self.maps).insert(no, map.clone());
         Ok(map)
     }
 
@@ -352,19 +349,16 @@ impl Packs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path, e)),
         }
-        self.maps
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&no);
-        lock_poisoned(&self.open_packs).remove(&no);
+        write(&self.maps).remove(&no);
+        lock(&self.open_packs).remove(&no);
         Ok(size)
     }
 
     /// Unmaps every pack (their pages count as the daemon's resident memory while mapped) and
     /// shrinks the idle writers' buffers.
     pub fn release_memory(&self) {
-        self.maps.write().unwrap_or_else(|p| p.into_inner()).clear();
-        for w in &mut lock_poisoned(&self.writers).pool {
+        write(&self.maps).clear();
+        for w in &mut lock(&self.writers).pool {
             w.shrink();
         }
     }

@@ -20,8 +20,8 @@ use std::path::Path;
 
 use notify::{PathOp, RecommendedWatcher, RecursiveMode, WatchPathConfig, Watcher};
 
-use super::source::{WatchFailure, is_out_of_watches};
-use crate::workspace::rules::{self, Exclusion, Rules, join};
+use super::notifier::{WatchFailure, is_out_of_watches};
+use crate::workspace::rules::{self, Exclusion, PathKind, Rules, join};
 
 /// The watches of one workspace, by relative path.
 #[derive(Debug, Default)]
@@ -36,7 +36,7 @@ fn within(a: &[u8], b: &[u8]) -> bool {
 
 /// What a folder's listing says of one of its subfolders.
 fn wants(rules: &Rules, dir: &[u8], rel: &[u8]) -> Want {
-    match rules.check_last(rel, true) {
+    match rules.check_last(rel, PathKind::Dir) {
         None => Want::Tree,
         Some(Exclusion::Dependency("CACHEDIR.TAG" | "pyvenv.cfg")) => Want::Itself,
         Some(Exclusion::Git) if dir.is_empty() => Want::Itself,

@@ -5,16 +5,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::source::{Kernel, Shape};
-use super::{Feed, Notice, PathChange, is_barrier};
-use crate::workspace::rules::{self, Rules};
+use notify::RecommendedWatcher;
 
-/// Raw events from notify's thread to the intake thread.
-pub(super) enum Raw {
-    /// Paths an event named, what it did to them, and what it may have done to folders.
-    Paths(Vec<Vec<u8>>, PathChange, Shape),
-    /// Events were lost.
-    Rescan(String),
+use super::notifier::{Raw, Shape, WatchFailure};
+use super::{Feed, Notice, PathChange, is_barrier};
+use crate::sync::lock;
+use crate::workspace::rules::{self, PathKind, Rules};
+
+/// notify's watcher and, on Linux, which folders it watches; shared by the source (which
+/// places the first watches) and the intake thread (which keeps them in step).
+#[derive(Debug)]
+pub(super) struct Kernel {
+    pub watcher: RecommendedWatcher,
+    #[cfg(target_os = "linux")]
+    pub dirs: super::dirs::Dirs,
 }
 
 pub(super) struct Intake {
@@ -72,7 +76,7 @@ impl Intake {
                 continue;
             }
             self.follow_folders(&p, shape);
-            if !p.is_empty() && self.rules.check_path(&p, false).is_some() {
+            if !p.is_empty() && self.rules.check_path(&p, PathKind::NotDir).is_some() {
                 self.feed.counters.ignored.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -119,12 +123,12 @@ impl Intake {
                     k.dirs.remove_tree(&mut k.watcher, root, rel);
                     Ok(())
                 });
-                match self.rules.check_path(rel, true) {
+                match self.rules.check_path(rel, PathKind::Dir) {
                     None => self.reconcile(rel),
                     Some(Exclusion::Dependency("CACHEDIR.TAG" | "pyvenv.cfg"))
                         if self
                             .rules
-                            .check_path(rules::split_last(rel).0, true)
+                            .check_path(rules::split_last(rel).0, PathKind::Dir)
                             .is_none() =>
                     {
                         self.with_kernel(|k, root| {
@@ -170,12 +174,12 @@ impl Intake {
     #[cfg(target_os = "linux")]
     fn with_kernel(
         &self,
-        f: impl FnOnce(&mut Kernel, &std::path::Path) -> Result<(), super::WatchFailure>,
+        f: impl FnOnce(&mut Kernel, &std::path::Path) -> Result<(), WatchFailure>,
     ) {
         let Some(kernel) = self.kernel.upgrade() else {
             return;
         };
-        let mut k = kernel.lock().unwrap_or_else(|p| p.into_inner());
+        let mut k = lock(&kernel);
         let res = f(&mut k, &self.root);
         self.feed
             .counters
@@ -193,7 +197,7 @@ impl Intake {
     pub fn count_watches(&self) {
         #[cfg(target_os = "linux")]
         if let Some(kernel) = self.kernel.upgrade() {
-            let n = kernel.lock().unwrap_or_else(|p| p.into_inner()).dirs.len();
+            let n = lock(&kernel).dirs.len();
             self.feed
                 .counters
                 .watches

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`source`]: the running kernel watch of one workspace ([`Source`]).
 //! - `intake`: the thread that filters raw events into the [`Feed`].
+//! - `notifier`: notify's watcher, what its events mean here, and why a watch failed.
 //! - `dirs` (Linux): which folders hold a watch: every folder a snapshot includes, none inside
 //!   an excluded one (see [`dirs`]'s rules).
 //!
@@ -23,15 +24,18 @@
 #[cfg(target_os = "linux")]
 pub mod dirs;
 mod intake;
+mod notifier;
 pub mod source;
 
+use crate::sync::lock;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use self::source::{Source, WatchFailure};
+pub use self::notifier::WatchFailure;
+pub use self::source::Source;
 
 /// The prefix of event-barrier files.
 pub const BARRIER_PREFIX: &[u8] = b".chkpt-sync-";
@@ -123,10 +127,6 @@ pub struct Feed {
     live: AtomicBool,
     /// Counters.
     pub counters: FeedCounters,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Feed {

@@ -20,7 +20,7 @@ use fastcdc::v2020::{Normalization, cut, select_masks};
 use crate::error::Error;
 use crate::store::chunked::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 use crate::store::holes::data_regions;
-use crate::store::{Batch, ChunkList, Hasher, Id, Piece};
+use crate::store::{Batch, ChunkList, Hasher, Id, ObjectKind, Piece};
 
 /// Bytes read at a time: many chunks per read call.
 const READ_AT_ONCE: usize = 2 << 20;
@@ -172,7 +172,9 @@ pub fn store_chunks(
                         (bytes, Id::of(bytes))
                     }
                 };
-                batch.put_known(id, bytes, false).map_err(store_err)?;
+                batch
+                    .put_known(id, bytes, ObjectKind::Blob)
+                    .map_err(store_err)?;
                 whole.update(bytes);
                 pieces.push(Piece::Data {
                     id,

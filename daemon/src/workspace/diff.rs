@@ -89,21 +89,29 @@ fn load_pair(store: &Store, a: Option<Id>, b: Option<Id>) -> Result<(Tree, Tree)
     Ok((join(a, na, &pb)?, join(b, nb, &pa)?))
 }
 
-/// Walks two trees. `with_dirs` also reports directories added, deleted or re-moded (restore
-/// needs them; people rarely do).
+/// What a [`Differ`] says of directories themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirChanges {
+    /// Nothing: only what changed inside them (what people want to see).
+    Skip,
+    /// Directories added, deleted or re-moded too (what a restore must make, remove or chmod).
+    Report,
+}
+
+/// Walks two trees.
 #[derive(Debug)]
 pub struct Differ<'a> {
     store: &'a Store,
-    with_dirs: bool,
+    dirs: DirChanges,
     out: Vec<DiffEntry>,
 }
 
 impl<'a> Differ<'a> {
     /// A differ over `store`.
-    pub fn new(store: &'a Store, with_dirs: bool) -> Differ<'a> {
+    pub fn new(store: &'a Store, dirs: DirChanges) -> Differ<'a> {
         Differ {
             store,
-            with_dirs,
+            dirs,
             out: Vec::new(),
         }
     }
@@ -157,7 +165,7 @@ impl<'a> Differ<'a> {
                     return Ok(());
                 }
                 if x.kind == Kind::Dir {
-                    if self.with_dirs && x.mode != y.mode {
+                    if self.dirs == DirChanges::Report && x.mode != y.mode {
                         self.push(path, Change::Modified, a, b);
                     }
                     self.trees(path, Some(x.id), Some(y.id))?;
@@ -174,7 +182,7 @@ impl<'a> Differ<'a> {
             (Some(x), None) => {
                 if x.kind == Kind::Dir {
                     self.trees(path, Some(x.id), None)?;
-                    if self.with_dirs {
+                    if self.dirs == DirChanges::Report {
                         self.push(path, Change::Deleted, a, None);
                     }
                 } else {
@@ -183,7 +191,7 @@ impl<'a> Differ<'a> {
             }
             (None, Some(y)) => {
                 if y.kind == Kind::Dir {
-                    if self.with_dirs {
+                    if self.dirs == DirChanges::Report {
                         self.push(path, Change::Added, None, b);
                     }
                     self.trees(path, None, Some(y.id))?;
@@ -207,7 +215,7 @@ impl<'a> Differ<'a> {
 
 /// Differences between two trees, files and symlinks only.
 pub fn diff(store: &Store, a: Option<Id>, b: Option<Id>) -> Result<Vec<DiffEntry>> {
-    let mut d = Differ::new(store, false);
+    let mut d = Differ::new(store, DirChanges::Skip);
     d.trees(b"", a, b)?;
     Ok(d.finish())
 }

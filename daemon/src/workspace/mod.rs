@@ -29,7 +29,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use self::index::Index;
 use self::rules::{Exclusion, Rules};
 use crate::error::{Error, Result};
-use crate::store::catalog::WorkspaceRecord;
+use crate::store::catalog::{LoadedIndex, WorkspaceRecord};
 use crate::store::{Batch, Id, Store};
 
 /// A file read within this long of its last modification is re-read next time (a write in the
@@ -225,7 +225,10 @@ impl Workspace {
     pub fn open(store: &Store, record: WorkspaceRecord) -> Result<Workspace> {
         let root = PathBuf::from(std::ffi::OsStr::from_bytes(&record.path));
         let rules = Arc::new(Rules::new(&root, store.dir(), record.include()));
-        let (entries, persisted_journal) = store.cat.load_index(record.id)?;
+        let LoadedIndex {
+            entries,
+            journal: persisted_journal,
+        } = store.cat.load_index(record.id)?;
         let persisted_base = entries.len();
         let index = Index::load(entries);
         let baseline = store.cat.latest(record.id)?.map(|s| s.root);
@@ -344,7 +347,7 @@ impl Workspace {
             return;
         }
         match store.cat.load_index(self.record.id) {
-            Ok((entries, journal)) => {
+            Ok(LoadedIndex { entries, journal }) => {
                 self.persisted_base = entries.len();
                 self.persisted_journal = journal;
                 self.index = Index::load(entries);

@@ -25,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::sync::{read, write};
 use ignore::Match;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
@@ -136,15 +137,12 @@ impl Rules {
 
     /// Forgets what was read of `dir` (its ignore files or evidence changed).
     pub fn invalidate(&self, dir: &[u8]) {
-        self.dirs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(dir);
+        write(&self.dirs).remove(dir);
     }
 
     /// Forgets everything read.
     pub fn invalidate_all(&self) {
-        self.dirs.write().unwrap_or_else(|p| p.into_inner()).clear();
+        write(&self.dirs).clear();
     }
 
     /// Whether a change to `rel` changes the rules themselves.
@@ -157,7 +155,7 @@ impl Rules {
     }
 
     fn dir_rules(&self, dir: &[u8]) -> Arc<DirRules> {
-        if let Some(r) = self.dirs.read().unwrap_or_else(|p| p.into_inner()).get(dir) {
+        if let Some(r) = read(&self.dirs).get(dir) {
             return r.clone();
         }
         let path = abs(&self.root, dir);
@@ -184,16 +182,14 @@ impl Rules {
             ignore,
             dependency: dependency_evidence(&path, split_last(dir).1),
         });
-        self.dirs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dir.to_vec(), rules.clone());
+        write(&self.dirs).insert(dir.to_vec(), rules.clone());
         rules
     }
 
     /// Whether `rel` is left out, given that its parent directories are not. Reads the ignore
     /// files of its ancestors (cached) and, for a directory, looks for dependency evidence.
-    pub fn check_last(&self, rel: &[u8], is_dir: bool) -> Option<Exclusion> {
+    pub fn check_last(&self, rel: &[u8], kind: PathKind) -> Option<Exclusion> {
+        let is_dir = kind == PathKind::Dir;
         let (mut parent, name) = split_last(rel);
         if is_own_temp(name) {
             return Some(Exclusion::Own);
@@ -238,15 +234,36 @@ impl Rules {
     }
 
     /// Whether `rel` or any of its ancestors is left out.
-    pub fn check_path(&self, rel: &[u8], is_dir: bool) -> Option<Exclusion> {
+    pub fn check_path(&self, rel: &[u8], kind: PathKind) -> Option<Exclusion> {
         for (i, &b) in rel.iter().enumerate() {
             if b == b'/'
-                && let Some(why) = self.check_last(&rel[..i], true)
+                && let Some(why) = self.check_last(&rel[..i], PathKind::Dir)
             {
                 return Some(why);
             }
         }
-        self.check_last(rel, is_dir)
+        self.check_last(rel, kind)
+    }
+}
+
+/// What the path [`Rules::check_path`] is asked about is: ignore patterns ending in `/` and
+/// dependency evidence concern directories only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// A directory.
+    Dir,
+    /// Anything else (a file, a symlink, …).
+    NotDir,
+}
+
+impl PathKind {
+    /// [`PathKind::Dir`] when `is_dir`.
+    pub fn dir_if(is_dir: bool) -> PathKind {
+        if is_dir {
+            PathKind::Dir
+        } else {
+            PathKind::NotDir
+        }
     }
 }
 
@@ -290,36 +307,39 @@ mod tests {
         fs::create_dir_all(root.join("env")).unwrap();
         fs::write(root.join("env/pyvenv.cfg"), "home = /usr").unwrap();
         let rules = Rules::new(root, Path::new("/nonexistent"), Include::default());
-        assert_eq!(rules.check_path(b"a.log", false), Some(Exclusion::Ignored));
-        assert_eq!(rules.check_path(b"keep.log", false), None);
         assert_eq!(
-            rules.check_path(b"build/x.c", false),
+            rules.check_path(b"a.log", PathKind::NotDir),
+            Some(Exclusion::Ignored)
+        );
+        assert_eq!(rules.check_path(b"keep.log", PathKind::NotDir), None);
+        assert_eq!(
+            rules.check_path(b"build/x.c", PathKind::NotDir),
             Some(Exclusion::Ignored)
         );
         assert_eq!(
-            rules.check_path(b"sub/secret", false),
+            rules.check_path(b"sub/secret", PathKind::NotDir),
             Some(Exclusion::Ignored)
         );
-        assert_eq!(rules.check_path(b"secret", false), None);
+        assert_eq!(rules.check_path(b"secret", PathKind::NotDir), None);
         assert_eq!(
-            rules.check_path(b"target/debug/x", false),
+            rules.check_path(b"target/debug/x", PathKind::NotDir),
             Some(Exclusion::Dependency("CACHEDIR.TAG"))
         );
         assert_eq!(
-            rules.check_path(b"drivers/target", true),
+            rules.check_path(b"drivers/target", PathKind::Dir),
             None,
             "a source folder called target is kept"
         );
         assert_eq!(
-            rules.check_path(b"env", true),
+            rules.check_path(b"env", PathKind::Dir),
             Some(Exclusion::Dependency("pyvenv.cfg"))
         );
         assert_eq!(
-            rules.check_path(b"web/node_modules/x.js", false),
+            rules.check_path(b"web/node_modules/x.js", PathKind::NotDir),
             Some(Exclusion::Dependency("node_modules"))
         );
         assert_eq!(
-            rules.check_path(b".git/config", false),
+            rules.check_path(b".git/config", PathKind::NotDir),
             Some(Exclusion::Git)
         );
         let opted_in = Rules::new(
@@ -330,6 +350,9 @@ mod tests {
                 git: false,
             },
         );
-        assert_eq!(opted_in.check_path(b"target/debug/x", false), None);
+        assert_eq!(
+            opted_in.check_path(b"target/debug/x", PathKind::NotDir),
+            None
+        );
     }
 }

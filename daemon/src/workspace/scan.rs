@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use ignore::{WalkBuilder, WalkState};
 
-use super::rules::{Exclusion, Rules, abs};
+use super::rules::{Exclusion, PathKind, Rules, abs};
 use crate::store::Kind;
 use crate::store::catalog::FileMeta;
+use crate::sync::lock;
 
 /// What `lstat` said of a path, for the kinds we save.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,16 +184,13 @@ pub fn scan_with<T: Send>(
                     return true;
                 }
                 let is_dir = e.file_type().is_some_and(|t| t.is_dir());
-                match rules.check_last(&rel_of(e.path()), is_dir) {
+                match rules.check_last(&rel_of(e.path()), PathKind::dir_if(is_dir)) {
                     None => true,
                     Some(why) => {
                         // What the user's rules leave out is shown to them (the topmost path of
                         // each excluded subtree); git's and chkpt's own files are not news.
                         if matches!(why, Exclusion::Dependency(_) | Exclusion::Ignored) {
-                            excluded
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push((rel_of(e.path()), why));
+                            lock(&excluded).push((rel_of(e.path()), why));
                         }
                         false
                     }
@@ -220,14 +218,14 @@ pub fn scan_with<T: Send>(
                         Ok(Some((st, seen))) => local.buf.push((rel, st, seen)),
                         Ok(None) => tracing::debug!(path = %e.path().display(), "not a file, link or directory: skipped"),
                         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                        Err(err) => warnings.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {err}", e.path().display())),
+                        Err(err) => lock(warnings).push(format!("{}: {err}", e.path().display())),
                     }
                 }
                 Ok(_) => {}
                 Err(err) => {
                     let text = err.to_string();
                     if !text.contains("No such file") {
-                        warnings.lock().unwrap_or_else(|p| p.into_inner()).push(text);
+                        lock(warnings).push(text);
                     }
                 }
             }
@@ -241,7 +239,7 @@ pub fn scan_with<T: Send>(
     let entries = found.into_inner().unwrap_or_else(|p| p.into_inner());
     ScanResult {
         entries,
-        excluded: std::mem::take(&mut *excluded.lock().unwrap_or_else(|p| p.into_inner())),
+        excluded: std::mem::take(&mut *lock(&excluded)),
         warnings: warnings.into_inner().unwrap_or_else(|p| p.into_inner()),
     }
 }
@@ -257,10 +255,7 @@ struct Buffer<'a, T> {
 
 impl<T> Buffer<'_, T> {
     fn flush(&mut self) {
-        self.into
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(&mut self.buf);
+        lock(self.into).append(&mut self.buf);
     }
 }
 

@@ -12,7 +12,7 @@
 pub mod debounce;
 pub mod tripwire;
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use self::debounce::Debouncer;
 use self::tripwire::{Fired, Tripwire};
 use super::registry::WsHandle;
 use super::save::{SaveRequest, Walk};
+use super::worker::Worker;
 use super::{Engine, EngineEvent, WatchState};
 use crate::error::Error;
 use crate::store::catalog::Trigger;
@@ -35,87 +36,59 @@ const AFTER_BURST_QUIET: Duration = Duration::from_secs(1);
 /// How often paused automatic snapshots look again for free space.
 const SPACE_RECHECK: Duration = Duration::from_secs(1);
 
-/// A running autosave worker; the engine keeps one per watched workspace.
-#[derive(Debug)]
-pub struct Worker {
-    tx: Sender<Notice>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Worker {
-    /// Starts the worker of `h`, which places the kernel watch and then debounces and saves.
-    /// Placing the watch on a large tree takes a while (notify walks it), so it runs beside
-    /// the stat-walk that usually follows: the workspace is told when the watch is in place,
-    /// and a full refresh checks again what it looked at before then (see
-    /// `Workspace::refresh`). The caller must not hold the workspace's lock.
-    pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) -> Worker {
-        let (tx, rx) = mpsc::channel::<Notice>();
-        let placed = Placed(Arc::default());
-        let (idle, max_delay, rules) = {
-            let mut ws = h.workspace(&engine.store);
-            ws.set_watching(placed.0.clone());
-            let r = ws.record();
-            (
-                Duration::from_millis(r.idle_ms),
-                Duration::from_millis(r.max_delay_ms),
-                ws.rules().clone(),
-            )
-        };
-        let source = Source::new(h.root.clone(), h.feed.clone(), rules, tx.clone());
-        let mut w = Autosave {
-            git_dir: git::find_git_dir(&h.root),
-            tripwire: Tripwire::new(engine.tripwire),
-            engine: engine.clone(),
-            h: h.clone(),
-            source,
-            idle,
-            max_delay,
-            debounce: Debouncer::new(idle, max_delay),
-            poll: None,
-            next_poll: Instant::now(),
-            git_limit: None,
-            git_retry: None,
-            after_burst: None,
-            space_retry: None,
-            paused_from: None,
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("autosave-{}", h.id.get()))
-            .spawn(move || {
-                w.connect();
-                drop(placed);
-                w.run(rx)
-            });
-        let thread = match thread {
-            Ok(t) => Some(t),
-            Err(e) => {
-                h.set_state(WatchState::Failed(format!(
-                    "could not start the watcher thread: {e}"
-                )));
-                None
-            }
-        };
-        Worker { tx, thread }
-    }
-
-    /// Tells the worker that `dirs` may hold files created before the kernel watched them:
-    /// they are looked at again on the next save.
-    pub fn recheck(&self, h: &WsHandle, dirs: Vec<Vec<u8>>) {
-        h.feed.dirty().paths.extend(dirs.iter().cloned());
-        let paths = dirs.into_iter().map(|d| (d, PathChange::Other)).collect();
-        let _ = self.tx.send(Notice::Changed {
-            paths,
-            during_restore: false,
+/// Starts the autosave worker of `h`, which places the kernel watch and then debounces and
+/// saves. Placing the watch on a large tree takes a while (notify walks it), so it runs beside
+/// the stat-walk that usually follows: the workspace is told when the watch is in place, and a
+/// full refresh checks again what it looked at before then (see `Workspace::refresh`). The
+/// caller must not hold the workspace's lock.
+pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) -> Worker {
+    let (tx, rx) = mpsc::channel::<Notice>();
+    let placed = Placed(Arc::default());
+    let (idle, max_delay, rules) = {
+        let mut ws = h.workspace(&engine.store);
+        ws.set_watching(placed.0.clone());
+        let r = ws.record();
+        (
+            Duration::from_millis(r.idle_ms),
+            Duration::from_millis(r.max_delay_ms),
+            ws.rules().clone(),
+        )
+    };
+    let source = Source::new(h.root.clone(), h.feed.clone(), rules, tx.clone());
+    let mut w = Autosave {
+        git_dir: git::find_git_dir(&h.root),
+        tripwire: Tripwire::new(engine.tripwire),
+        engine: engine.clone(),
+        h: h.clone(),
+        source,
+        idle,
+        max_delay,
+        debounce: Debouncer::new(idle, max_delay),
+        poll: None,
+        next_poll: Instant::now(),
+        git_limit: None,
+        git_retry: None,
+        after_burst: None,
+        space_retry: None,
+        paused_from: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("autosave-{}", h.id.get()))
+        .spawn(move || {
+            w.connect();
+            drop(placed);
+            w.run(rx)
         });
-    }
-
-    /// Stops the worker, finishing a save in flight, and waits for it.
-    pub fn stop(mut self) {
-        let _ = self.tx.send(Notice::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    let thread = match thread {
+        Ok(t) => Some(t),
+        Err(e) => {
+            h.set_state(WatchState::Failed(format!(
+                "could not start the watcher thread: {e}"
+            )));
+            None
         }
-    }
+    };
+    Worker::new(tx, thread)
 }
 
 /// Signals that the kernel watch is in place, or could not be placed, when dropped: after

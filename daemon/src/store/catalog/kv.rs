@@ -22,6 +22,7 @@ use std::sync::{Mutex, RwLock};
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use crate::error::{Error, Result};
+use crate::sync::{lock, read, write};
 
 thread_local! {
     /// The generation of this thread's first write since its last flush.
@@ -124,13 +125,13 @@ impl Kv {
 
     fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
         {
-            let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+            let guard = read(&self.db);
             if let Some(db) = guard.as_ref() {
                 return f(db);
             }
         }
         self.reopen()?;
-        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let guard = read(&self.db);
         match guard.as_ref() {
             Some(db) => f(db),
             None => Err(self.lost()),
@@ -159,8 +160,8 @@ impl Kv {
     }
 
     fn reopen(&self) -> Result<()> {
-        let _one = self.reopening.lock().unwrap_or_else(|p| p.into_inner());
-        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let _one = lock(&self.reopening);
+        let mut guard = write(&self.db);
         if let Some(db) = guard.as_ref() {
             // Another thread reopened it already, or nothing is wrong with it.
             match db.begin_write() {

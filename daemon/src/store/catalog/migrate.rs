@@ -167,7 +167,7 @@ pub(crate) mod tests {
     use super::{SLED_ASIDE, SLED_DIR};
     use crate::store::WorkspaceId;
     use crate::store::catalog::{FILE, FileMeta, SEGMENT_V1, WorkspaceRecord};
-    use crate::store::{Id, Kind, Store};
+    use crate::store::{Id, Kind, ObjectKind, Store};
 
     /// Set in a test's child process: the migration stops the process dead (SIGKILL) at this
     /// point: `tree:N` once N trees are copied, `renamed` once the new file is in place.
@@ -194,7 +194,7 @@ pub(crate) mod tests {
         let (id, objects, lengths) = {
             let store = Store::open(dir).unwrap();
             let b = store.batch();
-            let (id, _) = b.put(&data, false).unwrap();
+            let (id, _) = b.put(&data, ObjectKind::Blob).unwrap();
             b.finish().unwrap();
             (id, store.objects(), store.cat.pack_lengths().unwrap())
         };
@@ -250,7 +250,7 @@ pub(crate) mod tests {
     fn assert_old_store_moved(dir: &Path, id: Id) {
         let store = Store::open(dir).unwrap();
         assert_eq!(store.read_vec(&id).unwrap(), content());
-        let (entries, _) = store.cat.load_index(WorkspaceId::new(7)).unwrap();
+        let entries = store.cat.load_index(WorkspaceId::new(7)).unwrap().entries;
         assert_eq!(entries.len(), 1);
         assert_eq!(
             (entries[0].0.as_slice(), entries[0].1.id),
@@ -270,7 +270,12 @@ pub(crate) mod tests {
         let store = Store::open(dir).unwrap();
         assert_eq!(store.read_vec(&id).unwrap(), content());
         assert_eq!(
-            store.cat.load_index(WorkspaceId::new(7)).unwrap().0.len(),
+            store
+                .cat
+                .load_index(WorkspaceId::new(7))
+                .unwrap()
+                .entries
+                .len(),
             1
         );
         assert_eq!(store.cat.workspace(old.id).unwrap(), Some(old));

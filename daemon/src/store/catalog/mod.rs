@@ -239,7 +239,10 @@ impl Catalog {
                         Ok(meta) if k.len() >= 8 => per_ws
                             .entry(WorkspaceId::new(u64_at(k, 0)))
                             .or_default()
-                            .push((k[8..].to_vec(), Some(meta))),
+                            .push(IndexChange {
+                                path: k[8..].to_vec(),
+                                meta: Some(meta),
+                            }),
                         _ => tracing::warn!("skipping a malformed warm index record"),
                     }
                 }
@@ -270,7 +273,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::blobs::{blob_segment, decode_blob_segment};
-    use super::warm_index::{decode_index_segment, index_segment};
+    use super::warm_index::{Segment, decode_index_segment, index_segment};
     use super::*;
 
     fn meta(i: u64) -> FileMeta {
@@ -291,7 +294,10 @@ mod tests {
         (0..n)
             .map(|i| {
                 let path = format!("src/module_{}/file_{i}.rs", i / 25).into_bytes();
-                (path, (!i.is_multiple_of(11)).then(|| meta(i)))
+                IndexChange {
+                    path,
+                    meta: (!i.is_multiple_of(11)).then(|| meta(i)),
+                }
             })
             .collect()
     }
@@ -314,8 +320,11 @@ mod tests {
     #[test]
     fn segments_of_this_version_read_back_and_are_smaller_than_version_1() {
         let c = changes(8192);
-        let seg = index_segment(true, &c);
-        assert_eq!(decode_index_segment(&seg).unwrap(), (true, c.clone()));
+        let seg = index_segment(Segment::Base, &c);
+        assert_eq!(
+            decode_index_segment(&seg).unwrap(),
+            (Segment::Base, c.clone())
+        );
         let mut v1 = vec![SEGMENT_V1, 0];
         v1.extend_from_slice(&bitcode::encode(&c));
         assert!(seg.len() * 2 < v1.len(), "{} vs {}", seg.len(), v1.len());
@@ -326,13 +335,22 @@ mod tests {
         assert!(seg.len() < 1 + b.len() * 30, "{} bytes", seg.len());
     }
 
+    /// Segments written while a change was a `(path, meta)` pair still read as changes.
+    #[test]
+    fn a_change_encodes_as_the_pair_it_was() {
+        let c = changes(300);
+        let pairs: Vec<(Vec<u8>, Option<FileMeta>)> =
+            c.iter().map(|x| (x.path.clone(), x.meta)).collect();
+        assert_eq!(bitcode::encode(&c), bitcode::encode(&pairs));
+    }
+
     /// Segments written before version 2 (format rule 6) still read.
     #[test]
     fn version_1_segments_read() {
         let c = changes(300);
         let mut v1 = vec![SEGMENT_V1, 0];
         v1.extend_from_slice(&bitcode::encode(&c));
-        assert_eq!(decode_index_segment(&v1).unwrap(), (false, c));
+        assert_eq!(decode_index_segment(&v1).unwrap(), (Segment::Journal, c));
 
         let b = blobs(300);
         let mut v1 = vec![SEGMENT_V1];
@@ -345,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_damaged_segment_is_an_error_not_a_panic_or_a_huge_allocation() {
-        let seg = index_segment(false, &changes(100));
+        let seg = index_segment(Segment::Journal, &changes(100));
         let mut huge = seg.clone();
         huge[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(

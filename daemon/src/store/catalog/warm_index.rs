@@ -11,11 +11,33 @@ use super::{
 use crate::error::{Error, Result};
 use crate::store::{Id, Kind, WorkspaceId};
 
-/// A warm-index change: a path's new entry, or none when it is gone.
-pub type IndexChange = (Vec<u8>, Option<FileMeta>);
-/// A persisted warm index: (relative path, entry) in path order, and the number of journal
-/// entries it was rebuilt from on top of its base.
-pub type LoadedIndex = (Vec<(Vec<u8>, FileMeta)>, usize);
+/// A warm-index change. Persisted: its encoding is the one of the pair `(path, meta)` it
+/// once was (bitcode encodes a struct's fields as it does a tuple's), and must stay so.
+#[derive(Debug, Clone, PartialEq, Eq, bitcode::Encode, bitcode::Decode)]
+pub struct IndexChange {
+    /// Relative path.
+    pub path: Vec<u8>,
+    /// The path's new entry, or `None` when it is gone.
+    pub meta: Option<FileMeta>,
+}
+
+/// A persisted warm index, as loaded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedIndex {
+    /// (relative path, entry), in path order.
+    pub entries: Vec<(Vec<u8>, FileMeta)>,
+    /// How many journal entries it was rebuilt from on top of its base.
+    pub journal: usize,
+}
+
+/// Which kind of warm-index segment: part of a base, or of the journal on top of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Segment {
+    /// Part of a base: the whole index as it was, from nothing.
+    Base,
+    /// Changes since the base.
+    Journal,
+}
 
 impl Catalog {
     /// entries on top of its base.
@@ -28,11 +50,11 @@ impl Catalog {
                 .open_table(INDEX_SEGMENTS)?
                 .range(lo.as_slice()..=hi.as_slice())?
             {
-                let (base, changes) = decode_index_segment(kv?.1.value())?;
-                if !base {
+                let (kind, changes) = decode_index_segment(kv?.1.value())?;
+                if kind == Segment::Journal {
                     journal += changes.len();
                 }
-                for (path, meta) in changes {
+                for IndexChange { path, meta } in changes {
                     match meta {
                         Some(m) => map.insert(path, m),
                         None => map.remove(&path),
@@ -41,7 +63,10 @@ impl Catalog {
             }
             Ok(())
         })?;
-        Ok((map.into_iter().collect(), journal))
+        Ok(LoadedIndex {
+            entries: map.into_iter().collect(),
+            journal,
+        })
     }
 
     /// Appends changes to a workspace's persisted warm index.
@@ -52,7 +77,7 @@ impl Catalog {
             for (seq, chunk) in seqs.zip(changes.chunks(SEGMENT_ENTRIES)) {
                 t.insert(
                     index_key(ws, seq).as_slice(),
-                    index_segment(false, chunk).as_slice(),
+                    index_segment(Segment::Journal, chunk).as_slice(),
                 )?;
             }
             Ok(())
@@ -80,7 +105,7 @@ impl Catalog {
                     ws = Some(seg_ws);
                 }
                 let (_, changes) = decode_index_segment(v.value())?;
-                for (path, meta) in changes {
+                for IndexChange { path, meta } in changes {
                     match meta.filter(|m| m.kind != Kind::Dir) {
                         Some(m) => current.insert(path, m.id),
                         None => current.remove(&path),
@@ -121,7 +146,7 @@ pub(super) fn put_index_base(
     for (seq, chunk) in seqs.zip(entries.chunks(SEGMENT_ENTRIES)) {
         t.insert(
             index_key(ws, seq).as_slice(),
-            index_segment(true, chunk).as_slice(),
+            index_segment(Segment::Base, chunk).as_slice(),
         )?;
     }
     Ok(())
@@ -129,8 +154,8 @@ pub(super) fn put_index_base(
 
 /// A warm-index segment of the current version: the version byte, 1 for a base segment (0
 /// for journal), the changes (format rule 6).
-pub(super) fn index_segment(base: bool, changes: &[IndexChange]) -> Vec<u8> {
-    let mut out = vec![SEGMENT_VERSION, u8::from(base)];
+pub(super) fn index_segment(kind: Segment, changes: &[IndexChange]) -> Vec<u8> {
+    let mut out = vec![SEGMENT_VERSION, u8::from(kind == Segment::Base)];
     out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&bitcode::encode(
         changes,
     )));
@@ -138,7 +163,7 @@ pub(super) fn index_segment(base: bool, changes: &[IndexChange]) -> Vec<u8> {
 }
 
 /// A warm-index segment of any version (format rule 6).
-pub(super) fn decode_index_segment(bytes: &[u8]) -> Result<(bool, Vec<IndexChange>)> {
+pub(super) fn decode_index_segment(bytes: &[u8]) -> Result<(Segment, Vec<IndexChange>)> {
     let corrupt = |e: String| Error::Corrupt(format!("catalog warm index segment: {e}"));
     let (base, changes) = match bytes {
         [SEGMENT_V1, base @ (0 | 1), rest @ ..] => (
@@ -166,5 +191,10 @@ pub(super) fn decode_index_segment(bytes: &[u8]) -> Result<(bool, Vec<IndexChang
             ));
         }
     };
-    Ok((base == 1, changes))
+    let kind = if base == 1 {
+        Segment::Base
+    } else {
+        Segment::Journal
+    };
+    Ok((kind, changes))
 }

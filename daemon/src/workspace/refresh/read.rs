@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::{READ_ATTEMPTS, ReadOutcome};
 use crate::error::{Error, Result};
 use crate::store::batch::added_by_this_thread;
-use crate::store::{Batch, CHUNK_THRESHOLD, Id, Kind};
+use crate::store::{Batch, CHUNK_THRESHOLD, Id, Kind, ObjectKind};
 use crate::workspace::chunking;
 use crate::workspace::scan::{Looked, Stat};
 use crate::workspace::{RACY_WINDOW_NS, WorkspaceCounters, now_ns};
@@ -101,7 +101,7 @@ fn read_symlink(batch: &Batch<'_>, path: &Path, expected: &Stat) -> io::Result<O
         return Ok(None);
     }
     let (id, _) = batch
-        .put(target.as_os_str().as_bytes(), false)
+        .put(target.as_os_str().as_bytes(), ObjectKind::Blob)
         .map_err(store_err)?;
     Ok(Some((
         Stat {
@@ -152,7 +152,7 @@ fn read_small(
             return Ok(None);
         }
     }
-    let (id, _) = batch.put(data, false).map_err(store_err)?;
+    let (id, _) = batch.put(data, ObjectKind::Blob).map_err(store_err)?;
     Ok(Some((after, id)))
 }
 

@@ -13,10 +13,11 @@ use super::read::{open_nofollow, read_object};
 use super::{Look, Walked, known, previous};
 use crate::error::{Error, Result};
 use crate::store::{Batch, Kind};
+use crate::sync::lock;
 use crate::workspace::Workspace;
 use crate::workspace::index::Node;
 use crate::workspace::rules::join;
-use crate::workspace::rules::{self, Rules, abs};
+use crate::workspace::rules::{self, PathKind, Rules, abs};
 use crate::workspace::scan::{self, Found, Looked, ScanResult, Stat};
 
 impl Workspace {
@@ -39,10 +40,7 @@ impl Workspace {
         // watch when its parent's visit did, whatever its own visit's time.
         let early_dirs: Mutex<HashSet<Vec<u8>>> = Mutex::default();
         if placed.is_some_and(|p| p.get().is_none()) {
-            early_dirs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(start.to_vec());
+            lock(&early_dirs).insert(start.to_vec());
         }
         let failure: Mutex<Option<Error>> = Mutex::default();
         let failed = AtomicBool::new(false);
@@ -57,23 +55,14 @@ impl Workspace {
             if failed.load(Ordering::Relaxed) {
                 return Walked::Abandoned;
             }
-            if st.kind == Kind::File
-                && st.nlink > 1
-                && !claimed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((st.dev, st.ino))
-            {
+            if st.kind == Kind::File && st.nlink > 1 && !lock(&claimed).insert((st.dev, st.ino)) {
                 return Walked::Link;
             }
             match read_object(batch, counters, path, st, opened, previous(index, rel)) {
                 Ok(outcome) => Walked::Read(outcome, had),
                 Err(e) => {
                     failed.store(true, Ordering::Relaxed);
-                    failure
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e);
+                    lock(&failure).get_or_insert(e);
                     Walked::Abandoned
                 }
             }
@@ -85,7 +74,7 @@ impl Workspace {
                 if st.kind != Kind::Dir || placed.is_none() {
                     return early;
                 }
-                let mut dirs = early_dirs.lock().unwrap_or_else(|p| p.into_inner());
+                let mut dirs = lock(&early_dirs);
                 if early {
                     dirs.insert(f.rel.to_vec());
                 }
@@ -221,7 +210,12 @@ impl Workspace {
                 }
             };
             let is_dir = stat.kind == Kind::Dir;
-            if !rel.is_empty() && self.rules.check_path(&rel, is_dir).is_some() {
+            if !rel.is_empty()
+                && self
+                    .rules
+                    .check_path(&rel, PathKind::dir_if(is_dir))
+                    .is_some()
+            {
                 // Left out now; if the index had it, the rules changed under it.
                 if self.index.get(&rel).is_some() {
                     out.push((rel, Look::Gone));

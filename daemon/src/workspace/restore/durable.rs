@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, IoContext, Result};
+use crate::sync::lock;
 
 /// fsyncs a file or directory.
 pub(super) fn sync_path(path: &Path) -> Result<()> {
@@ -80,10 +81,7 @@ pub(super) fn sync_paths(paths: &[&Path]) -> Result<()> {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(p) = paths.get(i) else { break };
                     if let Err(e) = sync_path(p) {
-                        failed
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
+                        lock(&failed).get_or_insert(e);
                         break;
                     }
                 }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use self::apply::{Mode, Written, apply_plan};
 pub use self::journal::{Journal, read_journal};
 use self::journal::{remove_journal, write_journal};
-use super::diff::{Change, DiffEntry, Differ, Side, lookup, normalise, validate_rel};
+use super::diff::{Change, DiffEntry, Differ, DirChanges, Side, lookup, normalise, validate_rel};
 use super::rules::{abs, split_last};
 use super::scan::{Looked, Stat};
 use super::{Changes, SaveOptions, Workspace, now_ns};
@@ -84,7 +84,7 @@ fn plan_for(
     paths: &[Vec<u8>],
 ) -> Result<Vec<DiffEntry>> {
     let target = snapshot.root;
-    let mut d = Differ::new(store, true);
+    let mut d = Differ::new(store, DirChanges::Report);
     if paths.is_empty() {
         d.trees(b"", current, Some(target))?;
         Ok(d.finish())
