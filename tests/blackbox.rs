@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
-use util::{Daemon, listing, restore_to, save, snapshots, wait_for, watch};
+use util::{Daemon, listing, restore_to, save, snapshots, wait_for, wait_for_snapshots, watch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_snapshot_after_idle_equals_the_folder() {
@@ -180,16 +180,8 @@ async fn restart_keeps_workspaces_snapshots_and_a_warm_index() {
     fs::write(ws.path().join("while-down.txt"), b"offline edit").unwrap();
     d.restart_after_stop();
     let c = d.client().await;
-    let ws_path = ws.path().to_path_buf();
-    let snap = wait_for(20, "the offline change to be saved", || {
-        let mut c = c.clone();
-        let ws_path = ws_path.clone();
-        async move {
-            snapshots(&mut c, &ws_path)
-                .await
-                .into_iter()
-                .find(|s| s.files == 201)
-        }
+    let snap = wait_for_snapshots(&c, ws.path(), 20, "the offline change to be saved", |s| {
+        s.into_iter().find(|s| s.files == 201)
     })
     .await;
     assert!(
@@ -407,16 +399,8 @@ async fn deleting_a_hundred_files_fires_the_tripwire_and_the_pinned_snapshot_res
     );
 
     // The state after the burst is saved promptly, and says why.
-    let ws_path = ws.path().to_path_buf();
-    let after = wait_for(20, "the post-burst snapshot", || {
-        let mut c = c.clone();
-        let ws_path = ws_path.clone();
-        async move {
-            snapshots(&mut c, &ws_path)
-                .await
-                .into_iter()
-                .find(|s| s.files == 0)
-        }
+    let after = wait_for_snapshots(&c, ws.path(), 20, "the post-burst snapshot", |s| {
+        s.into_iter().find(|s| s.files == 0)
     })
     .await;
     assert!(after.message.contains("mass change"), "{}", after.message);
@@ -489,16 +473,8 @@ async fn a_symlink_to_a_directory_stays_a_symlink() {
     watch(&mut c, ws.path(), 300, 5000).await;
     fs::write(ws.path().join("arch/dts/marvell/board.dtsi"), b"v2 edited").unwrap();
     fs::write(ws.path().join("arch/dts/marvell/new.dts"), b"new").unwrap();
-    let ws_path = ws.path().to_path_buf();
-    let snap = wait_for(20, "the auto snapshot of the edit", || {
-        let mut c = c.clone();
-        let ws_path = ws_path.clone();
-        async move {
-            snapshots(&mut c, &ws_path)
-                .await
-                .into_iter()
-                .find(|s| s.files == 3)
-        }
+    let snap = wait_for_snapshots(&c, ws.path(), 20, "the auto snapshot of the edit", |s| {
+        s.into_iter().find(|s| s.files == 3)
     })
     .await;
     let out = tempfile::tempdir().unwrap();
@@ -587,11 +563,7 @@ async fn retention_is_applied_after_auto_snapshots() {
     let out = tempfile::tempdir().unwrap();
     restore_to(&mut c2, ws.path(), &kept[0].id, out.path()).await;
     assert_eq!(fs::read(out.path().join("f.txt")).unwrap(), b"3");
-    let v = c2
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let v = util::verify(&mut c2).await;
     assert!(
         v.ok,
         "GC after retention left the store clean: {:?}",

@@ -10,44 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::cli::Out;
+use util::cli::{json_ws as json, ok_ws as ok, run_ws as run_raw, save_ws as save};
 use util::{Daemon, listing};
-
-/// Runs `chkptctl --socket <socket> -w <ws> args...` inside `ws`.
-fn run_raw(socket: &Path, ws: &Path, args: &[&str]) -> Out {
-    let ws_arg = ws.to_str().expect("a UTF-8 temp path");
-    let with_ws: Vec<&str> = ["-w", ws_arg].iter().chain(args).copied().collect();
-    util::cli::run_in(socket, ws, &with_ws)
-}
-
-/// Runs `chkptctl` and asserts it succeeded.
-fn ok(d: &Daemon, ws: &Path, args: &[&str]) -> Out {
-    let out = run_raw(&d.socket, ws, args);
-    assert_eq!(
-        out.code,
-        0,
-        "chkptctl {args:?} failed:\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
-        out.text(),
-        out.stderr,
-        d.log()
-    );
-    out
-}
-
-/// Runs `chkptctl --json args...` and parses its output.
-fn json(d: &Daemon, ws: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    ok(d, ws, &all).json()
-}
-
-/// Saves a snapshot and returns its id.
-fn save(d: &Daemon, ws: &Path, msg: &str) -> String {
-    let id = ok(d, ws, &["save", "-m", msg]).text().trim().to_owned();
-    assert_eq!(id.len(), 16, "not a 16-hex id: {id:?}");
-    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id:?}");
-    id
-}
 
 /// The workspace's snapshots, newest first.
 fn list(d: &Daemon, ws: &Path) -> Vec<Value> {

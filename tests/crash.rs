@@ -95,18 +95,6 @@ async fn run_restore(
     pre.ok_or_else(|| tonic::Status::unknown("the restore stream ended without a summary"))
 }
 
-async fn list_all(c: &mut ChkptClient<Channel>, w: &str) -> Vec<pb::Snapshot> {
-    c.list(pb::ListRequest {
-        workspace: w.to_owned(),
-        limit: 10_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .snapshots
-}
-
 /// Restores `id` into a fresh folder; what differs from `expected`, if anything (at most 5).
 async fn restore_differences(
     c: &mut ChkptClient<Channel>,
@@ -160,18 +148,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let w = ws.display().to_string();
     let mut d = Daemon::start(&[]);
     let mut c = d.client().await;
-    let baseline = c
-        .watch(pb::WatchRequest {
-            path: w.clone(),
-            idle_ms: 3_600_000,
-            max_delay_ms: 3_600_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .baseline
-        .unwrap();
+    let baseline = util::watch_without_autosave(&mut c, &ws).await;
     let mut acked = vec![Acked {
         id: baseline.id,
         tree: listing(&ws),
@@ -186,7 +163,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         let op = rng.below(4);
         let target = rng.below(acked.len() as u64) as usize; // never empty: re-seeded below
         let target_id = acked[target].id.clone();
-        let listed_before: Vec<String> = list_all(&mut c, &w)
+        let listed_before: Vec<String> = util::snapshots(&mut c, Path::new(&w))
             .await
             .into_iter()
             .map(|s| s.id)
@@ -198,24 +175,12 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
         let edited = listing(&ws);
         let client = c.clone();
-        let mut client2 = c.clone();
         let w2 = w.clone();
-        let (name, task): (&str, tokio::task::JoinHandle<Result<String, tonic::Status>>) = match op
-        {
-            0 => {
-                let req = pb::SaveRequest {
-                    workspace: w2,
-                    message: format!("round {round}"),
-                    pin: false,
-                    ..Default::default()
-                };
-                (
-                    "save",
-                    tokio::spawn(async move {
-                        Ok(client2.save(req).await?.into_inner().snapshot.unwrap().id)
-                    }),
-                )
-            }
+        let (name, task): (&str, survival::InFlight) = match op {
+            0 => (
+                "save",
+                survival::save_in_flight(c.clone(), w2, format!("round {round}")),
+            ),
             1 => {
                 let req = pb::RestoreRequest {
                     workspace: w2,
@@ -224,29 +189,11 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 };
                 ("restore", tokio::spawn(run_restore(client, req)))
             }
-            2 if acked.len() > 2 => {
-                let req = pb::DeleteRequest {
-                    workspace: w2,
-                    snapshots: vec![target_id.clone()],
-                    force: false,
-                };
-                let snap = target_id.clone();
-                (
-                    "delete+gc",
-                    tokio::spawn(async move { client2.delete(req).await.map(|_| snap) }),
-                )
-            }
-            _ => {
-                let req = pb::PruneRequest {
-                    workspace: w2,
-                    keep_last: 2,
-                    ..Default::default()
-                };
-                (
-                    "prune+gc",
-                    tokio::spawn(async move { client2.prune(req).await.map(|_| String::new()) }),
-                )
-            }
+            2 if acked.len() > 2 => (
+                "delete+gc",
+                survival::delete_in_flight(c.clone(), w2, target_id.clone()),
+            ),
+            _ => ("prune+gc", survival::prune_in_flight(c.clone(), w2)),
         };
         let restore_expectation = (name == "restore").then(|| acked[target].tree.clone());
         *ops.entry(name).or_default() += 1;
@@ -273,7 +220,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         if let Some(problems) = survival::store_problems(&mut c).await {
             failures.add(format!("round {round} ({name}): {problems}"));
         }
-        let listed = list_all(&mut c, &w).await;
+        let listed = util::snapshots(&mut c, Path::new(&w)).await;
         let is_listed = |id: &str| listed.iter().any(|s| s.id == id);
         // Every acknowledged snapshot is still there, except the one a delete was asked to
         // remove and the automatic ones a prune may remove.

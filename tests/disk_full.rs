@@ -132,24 +132,6 @@ fn named(e: &tonic::Status) -> &'static str {
     }
 }
 
-async fn read_file(c: &mut Client, ws: &Path, snap: &str, path: &str) -> Vec<u8> {
-    let mut s = c
-        .read_file(pb::ReadFileRequest {
-            workspace: ws.display().to_string(),
-            snapshot: snap.to_owned(),
-            path: path.as_bytes().to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(chunk) = s.message().await.unwrap() {
-        got.extend_from_slice(&chunk.data);
-    }
-    got
-}
-
 /// The daemon still answers and nothing saved is harmed: Status, List and Verify work, and the
 /// snapshot `id` restores to `tree`.
 async fn nothing_harmed(c: &mut Client, ws: &Path, count: usize, id: &str, tree: &util::Listing) {
@@ -159,31 +141,13 @@ async fn nothing_harmed(c: &mut Client, ws: &Path, count: usize, id: &str, tree:
         count,
         "a failed write left a snapshot"
     );
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(v.ok, "{:?}", v.problems);
+    util::assert_store_verifies(c).await;
     let out = tempfile::tempdir().unwrap();
     restore_to(c, ws, id, out.path()).await;
     assert!(
         &listing(out.path()) == tree,
         "snapshot {id} does not restore exactly"
     );
-}
-
-async fn restore_in_place(c: &mut Client, ws: &Path, id: &str) -> Result<(), tonic::Status> {
-    let mut s = c
-        .restore(pb::RestoreRequest {
-            workspace: ws.display().to_string(),
-            snapshot: id.to_owned(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    while s.message().await?.is_some() {}
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +175,9 @@ async fn a_real_full_disk_fails_each_write_clearly_harms_nothing_and_the_next_on
     disk.free();
     let snap = save(&mut c, &ws).await.unwrap();
     assert_eq!(
-        read_file(&mut c, &ws, &snap.id, "big.bin").await,
+        util::read_file(&mut c, &ws, &snap.id, b"big.bin")
+            .await
+            .unwrap(),
         noise(4 << 20, 7)
     );
     let (mut last, mut last_tree, mut count) = (snap.id, listing(&ws), 2);
@@ -235,7 +201,9 @@ async fn a_real_full_disk_fails_each_write_clearly_harms_nothing_and_the_next_on
         match save(&mut c, &ws).await {
             Ok(s) => {
                 assert_eq!(
-                    read_file(&mut c, &ws, &s.id, "f39.bin").await,
+                    util::read_file(&mut c, &ws, &s.id, b"f39.bin")
+                        .await
+                        .unwrap(),
                     noise(3 << 10, 1000 * round as u64 + 39)
                 );
                 saved_on_a_nearly_full_disk = Some(room);
@@ -252,7 +220,9 @@ async fn a_real_full_disk_fails_each_write_clearly_harms_nothing_and_the_next_on
         let s = save(&mut c, &ws).await.unwrap();
         count += 1;
         assert_eq!(
-            read_file(&mut c, &ws, &s.id, "f39.bin").await,
+            util::read_file(&mut c, &ws, &s.id, b"f39.bin")
+                .await
+                .unwrap(),
             noise(3 << 10, 1000 * round as u64 + 39)
         );
         (last, last_tree) = (s.id, tree);
@@ -269,7 +239,7 @@ async fn a_real_full_disk_fails_each_write_clearly_harms_nothing_and_the_next_on
     fs::write(ws.join("small.txt"), b"edited after").unwrap();
     let before = listing(&ws);
     disk.fill_inodes(0);
-    let err = restore_in_place(&mut c, &ws, &baseline.id)
+    let err = util::restore_in_place(&mut c, &ws, &baseline.id)
         .await
         .unwrap_err();
     assert_eq!(named(&err), "journal");
@@ -279,17 +249,14 @@ async fn a_real_full_disk_fails_each_write_clearly_harms_nothing_and_the_next_on
         "a failed restore changed the workspace"
     );
     disk.free();
-    restore_in_place(&mut c, &ws, &baseline.id).await.unwrap();
+    util::restore_in_place(&mut c, &ws, &baseline.id)
+        .await
+        .unwrap();
     assert!(
         listing(&ws) == baseline_tree,
         "the restore after freeing inodes"
     );
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(v.ok, "{:?}", v.problems);
+    util::assert_store_verifies(&mut c).await;
     println!(
         "figures: real ENOSPC (tmpfs of {SIZE}, {INODES} inodes): failures by what could not be written {failed:?}, each clean, each followed by a save or restore that worked; a save with {room} bytes of room worked"
     );

@@ -62,15 +62,6 @@ async fn free_disk(c: &mut ChkptClient<Channel>) {
     set_file_size_limit(pid(c).await, libc::RLIM_INFINITY);
 }
 
-async fn assert_store_verifies(c: &mut ChkptClient<Channel>) {
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(v.ok, "{:?}", v.problems);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_the_save_clearly_harms_nothing_and_the_next_save_works() {
     let d = Daemon::start(&[]);
@@ -91,7 +82,7 @@ async fn a_full_disk_fails_the_save_clearly_harms_nothing_and_the_next_save_work
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     assert!(err.message().contains("no space left"), "{}", err.message());
     // Nothing already saved is harmed.
-    assert_store_verifies(&mut c).await;
+    util::assert_store_verifies(&mut c).await;
     assert_eq!(snapshots(&mut c, ws.path()).await.len(), 1);
     let out = tempfile::tempdir().unwrap();
     restore_to(&mut c, ws.path(), &baseline.id, out.path()).await;
@@ -136,7 +127,7 @@ async fn a_disk_full_at_the_commit_loses_nothing_the_next_save_needs() {
     );
     free_disk(&mut c).await;
     let snap = save(&mut c, ws.path()).await.unwrap();
-    assert_store_verifies(&mut c).await;
+    util::assert_store_verifies(&mut c).await;
     let out = tempfile::tempdir().unwrap();
     restore_to(&mut c, ws.path(), &snap.id, out.path()).await;
     for (name, bytes) in &files {
@@ -160,18 +151,7 @@ fn walk_sizes(dir: &Path) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_file_is_skipped_with_a_warning_and_the_save_succeeds() {
     // As root, permission bits bind only without the capabilities that override them.
-    // SAFETY: getuid cannot fail.
-    let root = unsafe { libc::getuid() } == 0;
-    let prefix: &[&str] = if root {
-        &[
-            "setpriv",
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--",
-        ]
-    } else {
-        &[]
-    };
-    let d = Daemon::start_with_prefix(prefix, &[]);
+    let d = Daemon::start_bound_by_permissions(&[]);
     let ws = tempfile::tempdir().unwrap();
     fs::write(ws.path().join("fine.txt"), b"readable").unwrap();
     let secret = ws.path().join("secret.txt");
@@ -265,27 +245,6 @@ async fn a_flipped_byte_is_named_by_verify_and_a_restore_needing_it_changes_noth
         before,
         "a failed restore changed the workspace"
     );
-}
-
-/// Reads `path` from snapshot `snap` through `ReadFile`.
-async fn read_file(
-    c: &mut ChkptClient<Channel>,
-    dir: &Path,
-    snap: &str,
-    path: &[u8],
-) -> Result<Vec<u8>, tonic::Status> {
-    let req = pb::ReadFileRequest {
-        workspace: dir.display().to_string(),
-        snapshot: snap.to_owned(),
-        path: path.to_vec(),
-        ..Default::default()
-    };
-    let mut s = c.read_file(req).await?.into_inner();
-    let mut got = Vec::new();
-    while let Some(chunk) = s.message().await? {
-        got.extend_from_slice(&chunk.data);
-    }
-    Ok(got)
 }
 
 /// Version `v` of `hot.bin`: the byte `v % 251`, `hot_len(v)` times.
@@ -429,7 +388,7 @@ async fn files_changing_while_read_never_give_torn_content() {
             .expect("a save never fails because files move");
         saves += 1;
         let versions = written.load(std::sync::atomic::Ordering::SeqCst);
-        match read_file(&mut c, ws.path(), &snap.id, b"hot.bin").await {
+        match util::read_file(&mut c, ws.path(), &snap.id, b"hot.bin").await {
             Ok(got) => {
                 checks += 1;
                 // `fs::write` truncates before it writes: empty is a state the file really had.
@@ -452,7 +411,7 @@ async fn files_changing_while_read_never_give_torn_content() {
             Err(e) => panic!("ReadFile of hot.bin in {}: {e}", snap.id),
         }
         for (k, (name, len)) in IN_PLACE.into_iter().enumerate() {
-            match read_file(&mut c, ws.path(), &snap.id, name.as_bytes()).await {
+            match util::read_file(&mut c, ws.path(), &snap.id, name.as_bytes()).await {
                 Ok(got) => {
                     in_place_checks[k] += 1;
                     if let Some(why) = torn_in_place(&got, len) {
@@ -474,7 +433,7 @@ async fn files_changing_while_read_never_give_torn_content() {
         }
         // The renamed pair: whichever names the snapshot holds hold a number the writer wrote.
         for name in [&b"moving.txt"[..], b"renamed.txt"] {
-            match read_file(&mut c, ws.path(), &snap.id, name).await {
+            match util::read_file(&mut c, ws.path(), &snap.id, name).await {
                 Ok(got) => {
                     small_checks += 1;
                     if !got.iter().all(u8::is_ascii_digit) {

@@ -58,24 +58,6 @@ fn waits_logged(d: &Daemon, why: &str) -> usize {
         .count()
 }
 
-async fn read_file(c: &mut ChkptClient<Channel>, ws: &Path, snap: &str, path: &str) -> Vec<u8> {
-    let mut s = c
-        .read_file(pb::ReadFileRequest {
-            workspace: ws.display().to_string(),
-            snapshot: snap.to_owned(),
-            path: path.as_bytes().to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(chunk) = s.message().await.unwrap() {
-        got.extend_from_slice(&chunk.data);
-    }
-    got
-}
-
 async fn pending(c: &mut ChkptClient<Channel>, ws: &Path) -> u64 {
     let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
     st.workspaces
@@ -169,7 +151,9 @@ async fn auto_snapshots_wait_for_the_index_lock_and_record_branch_and_head() {
     let after = nth_snapshot(&c, &waiting, 2, "the snapshot after git finished").await;
     assert_eq!(after.trigger(), pb::Trigger::Auto);
     assert_eq!(
-        read_file(&mut c, &waiting, &after.id, "lib.rs").await,
+        util::read_file(&mut c, &waiting, &after.id, b"lib.rs")
+            .await
+            .unwrap(),
         b"v2 while git works"
     );
     assert_eq!(
@@ -191,7 +175,9 @@ async fn auto_snapshots_wait_for_the_index_lock_and_record_branch_and_head() {
         start.elapsed()
     );
     assert_eq!(
-        read_file(&mut c, &stale, &snap.id, "lib.rs").await,
+        util::read_file(&mut c, &stale, &snap.id, b"lib.rs")
+            .await
+            .unwrap(),
         b"v2 with a stale lock"
     );
     assert!(
@@ -292,12 +278,16 @@ async fn a_half_done_rebase_merge_cherry_pick_or_revert_holds_auto_snapshots_bac
         count += 1;
         let snap = nth_snapshot(&c, &ws, count, &format!("the snapshot after the {name}")).await;
         assert_eq!(
-            read_file(&mut c, &ws, &snap.id, "notes.txt").await,
+            util::read_file(&mut c, &ws, &snap.id, b"notes.txt")
+                .await
+                .unwrap(),
             note.as_bytes(),
             "{name}"
         );
         assert_eq!(
-            read_file(&mut c, &ws, &snap.id, "file.txt").await,
+            util::read_file(&mut c, &ws, &snap.id, b"file.txt")
+                .await
+                .unwrap(),
             b"c\n",
             "{name}: the snapshot holds what git left"
         );

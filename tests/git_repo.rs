@@ -8,33 +8,11 @@ mod util;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
 use tonic::transport::Channel;
-use util::{Daemon, listing, restore_to, snapshots, wait_for};
-
-/// Runs git in `dir`; returns its output.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use util::{Daemon, git, listing, restore_to, snapshots, wait_for};
 
 /// What a repository holds that only its `.git` knows.
 fn history(dir: &Path) -> Vec<String> {

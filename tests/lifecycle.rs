@@ -69,11 +69,7 @@ async fn check_after_restart(
     known: &[(String, util::Listing)],
 ) -> Vec<pb::Snapshot> {
     let mut c = d.client().await;
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let v = util::verify(&mut c).await;
     assert!(
         v.ok,
         "the next start did not verify clean: {:?}",

@@ -162,40 +162,7 @@ impl Rig {
 }
 
 async fn watch(c: &mut ChkptClient<Channel>, ws: &Path) -> String {
-    c.watch(pb::WatchRequest {
-        path: ws.display().to_string(),
-        idle_ms: 3_600_000,
-        max_delay_ms: 3_600_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .baseline
-    .unwrap()
-    .id
-}
-
-async fn restore_in_place(
-    c: &mut ChkptClient<Channel>,
-    ws: &Path,
-    snap: &str,
-) -> Result<String, tonic::Status> {
-    let mut s = c
-        .restore(pb::RestoreRequest {
-            workspace: ws.display().to_string(),
-            snapshot: snap.to_owned(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut last = String::new();
-    while let Some(ev) = s.message().await? {
-        if let Some(pb::restore_event::Event::Summary(sum)) = ev.event {
-            last = sum.snapshot;
-        }
-    }
-    Ok(last)
+    util::watch_without_autosave(c, ws).await.id
 }
 
 /// Snapshots whose Save returned before the power cut are there after it, in a data directory
@@ -221,12 +188,7 @@ async fn acknowledged_saves_survive_a_power_cut() {
     }
     rig.cut(Cut::LoseAll).await;
     let mut c = ready(&rig.d).await;
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(v.ok, "{:?}", v.problems);
+    util::assert_store_verifies(&mut c).await;
     for (id, expected) in &acked {
         let out = tempfile::tempdir().unwrap();
         restore_to(&mut c, &ws, id, out.path()).await;
@@ -257,7 +219,7 @@ async fn an_acknowledged_restore_survives_a_power_cut() {
     user.remove(&ws.join("src/b"));
     user.write(&ws.join("src/new"), b"new");
     user.write(&ws.join("top"), b"top two");
-    restore_in_place(&mut c, &ws, &first).await.unwrap();
+    util::restore_in_place(&mut c, &ws, &first).await.unwrap();
     assert!(listing(&ws) == saved, "restored before the cut");
     rig.cut(Cut::LoseAll).await;
     let mut c = ready(&rig.d).await;
@@ -268,8 +230,7 @@ async fn an_acknowledged_restore_survives_a_power_cut() {
         difference(&saved, &got)
     );
     assert!(litter(&ws).is_empty(), "{:?}", litter(&ws));
-    let v = c.verify(pb::VerifyRequest::default()).await.unwrap();
-    assert!(v.into_inner().ok);
+    assert!(util::verify(&mut c).await.ok);
 }
 
 /// A restore that ended is not applied again after a power cut: its journal's removal was
@@ -284,7 +245,7 @@ async fn a_finished_restore_is_not_applied_again_after_a_power_cut() {
     let mut c = rig.d.client().await;
     let first = watch(&mut c, &ws).await;
     user.write(&ws.join("a"), b"two");
-    restore_in_place(&mut c, &ws, &first).await.unwrap();
+    util::restore_in_place(&mut c, &ws, &first).await.unwrap();
     // The user goes on working after the restore, and saves it.
     user.write(&ws.join("a"), b"three, after the restore");
     let edited = listing(&ws);
@@ -375,29 +336,20 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
         let mut client = c.clone();
         let w2 = w.clone();
         let to_dir = rig.out.join(format!("r{round}"));
-        type Task = tokio::task::JoinHandle<Result<String, tonic::Status>>;
-        let (name, task): (&'static str, Task) = match op {
+        let (name, task): (&'static str, survival::InFlight) = match op {
             0 | 5 => {
                 if op == 5 {
                     user.bulk(&ws, round);
                 } else {
                     user.mutate(rng, &ws);
                 }
-                let req = pb::SaveRequest {
-                    workspace: w2,
-                    message: format!("round {round}"),
-                    pin: false,
-                    ..Default::default()
-                };
                 (
                     if op == 5 {
                         "save (index compaction)"
                     } else {
                         "save"
                     },
-                    tokio::spawn(async move {
-                        Ok(client.save(req).await?.into_inner().snapshot.unwrap().id)
-                    }),
+                    survival::save_in_flight(client, w2, format!("round {round}")),
                 )
             }
             1 => {
@@ -406,7 +358,9 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
                 let ws2 = ws.clone();
                 (
                     "restore",
-                    tokio::spawn(async move { restore_in_place(&mut client, &ws2, &snap).await }),
+                    tokio::spawn(
+                        async move { util::restore_in_place(&mut client, &ws2, &snap).await },
+                    ),
                 )
             }
             2 => {
@@ -426,29 +380,11 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
                     }),
                 )
             }
-            3 if acked.len() > 2 => {
-                let snap = acked[target].0.clone();
-                let req = pb::DeleteRequest {
-                    workspace: w2,
-                    snapshots: vec![snap.clone()],
-                    force: false,
-                };
-                (
-                    "delete+gc",
-                    tokio::spawn(async move { client.delete(req).await.map(|_| snap) }),
-                )
-            }
-            _ => {
-                let req = pb::PruneRequest {
-                    workspace: w2,
-                    keep_last: 2,
-                    ..Default::default()
-                };
-                (
-                    "prune+gc",
-                    tokio::spawn(async move { client.prune(req).await.map(|_| String::new()) }),
-                )
-            }
+            3 if acked.len() > 2 => (
+                "delete+gc",
+                survival::delete_in_flight(client, w2, acked[target].0.clone()),
+            ),
+            _ => ("prune+gc", survival::prune_in_flight(client, w2)),
         };
         let round_started = Instant::now();
         let edited = listing(&ws);
@@ -503,16 +439,8 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
         if let Some(problems) = survival::store_problems(&mut c).await {
             fail(problems);
         }
-        let listed: Vec<String> = c
-            .list(pb::ListRequest {
-                workspace: w.clone(),
-                limit: 10_000,
-                ..Default::default()
-            })
+        let listed: Vec<String> = util::snapshots(&mut c, &ws)
             .await
-            .unwrap()
-            .into_inner()
-            .snapshots
             .into_iter()
             .map(|s| s.id)
             .collect();

@@ -94,11 +94,7 @@ async fn assert_everything_there(d: &Daemon, fs: &LazyMount, round: usize) {
             "round {round}: snapshot {expected} restored differently"
         );
     }
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let v = util::verify(&mut c).await;
     assert!(v.ok, "round {round}: {:?}", v.problems);
 }
 

@@ -112,12 +112,7 @@ async fn daemon_wide_defaults_reach_new_workspaces_and_are_applied_after_auto_sn
         fs::read(out.path().join("data.bin")).unwrap(),
         noise(100_000, 4)
     );
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(v.ok, "{:?}", v.problems);
+    util::assert_store_verifies(&mut c).await;
 }
 
 /// A workspace's budget, smaller than its manual and pinned snapshots: the first auto

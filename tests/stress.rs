@@ -78,44 +78,7 @@ async fn restore(
 
 /// Reads a whole file through ReadFile.
 async fn cat(c: &mut Client, ws: &str, snap: &str, path: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    let mut stream = c
-        .read_file(pb::ReadFileRequest {
-            workspace: ws.to_owned(),
-            snapshot: snap.to_owned(),
-            path: path.to_vec(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        out.extend_from_slice(&chunk.data);
-    }
-    Ok(out)
-}
-
-/// Every snapshot of a workspace, following page tokens.
-async fn all_snapshots(c: &mut Client, ws: &Path) -> Vec<pb::Snapshot> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let r = c
-            .list(pb::ListRequest {
-                workspace: s(ws),
-                limit: 1000,
-                page_token: token.clone(),
-                all: false,
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        out.extend(r.snapshots);
-        if r.next_page_token.is_empty() {
-            return out;
-        }
-        token = r.next_page_token;
-    }
+    util::read_file(c, Path::new(ws), snap, path).await
 }
 
 /// The status of the workspace at `root` (canonical path).

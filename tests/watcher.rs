@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chkpt_proto::v1 as pb;
 use chkpt_proto::v1::chkpt_client::ChkptClient;
 use tonic::transport::Channel;
-use util::{Daemon, cpu_ms, kernel_watches, restore_to, snapshots, wait_for, watch};
+use util::{Daemon, cpu_ms, git, kernel_watches, restore_to, snapshots, wait_for, watch};
 
 const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n";
 
@@ -103,13 +103,7 @@ async fn only_folders_a_snapshot_includes_are_watched_and_the_watches_follow_the
     // 30,000 writes inside target/ cost next to nothing and make no snapshot.
     let before = snapshots(&mut c, root).await.len();
     let cpu0 = cpu_ms(pid);
-    for i in 0..30_000 {
-        fs::write(
-            root.join(format!("target/debug/d{}/f{i}.o", i % 3000)),
-            b"obj",
-        )
-        .unwrap();
-    }
+    util::write_build_output(root, 30_000);
     let cpu = cpu_ms(pid) - cpu0;
     // The watcher has seen everything before this marker once the marker is saved.
     fs::write(root.join("src/a/marker.rs"), b"m").unwrap();
@@ -384,21 +378,6 @@ async fn a_save_shows_nothing_to_other_watchers_of_a_git_working_tree() {
     for line in &seen {
         assert!(line.contains("/.chkpt-sync-"), "only the barrier: {line}");
     }
-}
-
-fn git(root: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A repository of 700 committed files on `main`, and a branch `other` that rewrites all of

@@ -85,28 +85,6 @@ async fn next_event<T>(
     .unwrap_or_else(|_| panic!("no {what} within 60 s"))
 }
 
-async fn read_file(
-    c: &mut Client,
-    ws: &Path,
-    snap: &str,
-    path: &str,
-) -> Result<Vec<u8>, tonic::Status> {
-    let mut s = c
-        .read_file(pb::ReadFileRequest {
-            workspace: ws.display().to_string(),
-            snapshot: snap.to_owned(),
-            path: path.as_bytes().to_vec(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(chunk) = s.message().await? {
-        got.extend_from_slice(&chunk.data);
-    }
-    Ok(got)
-}
-
 /// Makes `dirs` folders with one file each under `root`.
 fn make_dirs(root: &Path, prefix: &str, dirs: usize) {
     for i in 0..dirs {
@@ -124,7 +102,9 @@ async fn snapshot_holding(c: &Client, ws: &Path, path: &str, content: &[u8]) -> 
         let ws = ws.clone();
         async move {
             let latest = snapshots(&mut c, &ws).await.into_iter().next()?;
-            let got = read_file(&mut c, &ws, &latest.id, path).await.ok()?;
+            let got = util::read_file(&mut c, &ws, &latest.id, path.as_bytes())
+                .await
+                .ok()?;
             (got == content).then_some(latest)
         }
     })
@@ -314,18 +294,7 @@ fn write_through_mapping(path: &Path, content: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_that_cannot_write_its_barrier_stat_walks_instead() {
     // As root, permission bits bind only without the capabilities that override them.
-    // SAFETY: getuid cannot fail.
-    let root = unsafe { libc::getuid() } == 0;
-    let prefix: &[&str] = if root {
-        &[
-            "setpriv",
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--",
-        ]
-    } else {
-        &[]
-    };
-    let d = Daemon::start_with_prefix(prefix, &[]);
+    let d = Daemon::start_bound_by_permissions(&[]);
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().canonicalize().unwrap();
     fs::create_dir(ws.join("sub")).unwrap();
@@ -345,7 +314,7 @@ async fn a_save_that_cannot_write_its_barrier_stat_walks_instead() {
         d.log()
     );
     assert_eq!(
-        read_file(&mut c, &ws, &snap.id, "sub/data.bin")
+        util::read_file(&mut c, &ws, &snap.id, b"sub/data.bin")
             .await
             .unwrap(),
         vec![b'b'; 4096]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use chkpt_proto::v1 as pb;
 
-use crate::util::{Daemon, cpu_ms, kernel_watches, snapshots, wait_for, watch};
+use crate::util::{Daemon, cpu_ms, kernel_watches, snapshots, wait_for, watch, write_build_output};
 
 const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n";
 
@@ -86,13 +86,7 @@ pub async fn section(scratch: &Path) -> (String, bool) {
 
     let before = snapshots(&mut c, &root).await.len();
     let cpu0 = cpu_ms(pid);
-    for i in 0..30_000 {
-        fs::write(
-            root.join(format!("target/debug/d{}/f{i}.o", i % 3000)),
-            b"obj",
-        )
-        .unwrap();
-    }
+    write_build_output(&root, 30_000);
     // Seen everything before the marker once the marker is saved.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu = cpu_ms(pid) - cpu0;

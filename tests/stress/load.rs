@@ -132,7 +132,7 @@ async fn concurrent_clients_under_constant_edits() {
     stop.store(true, Ordering::Relaxed);
     editor.join().unwrap();
 
-    let listed: BTreeSet<String> = all_snapshots(&mut c, &ws)
+    let listed: BTreeSet<String> = snapshots(&mut c, &ws)
         .await
         .into_iter()
         .map(|s| s.id)

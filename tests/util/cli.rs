@@ -34,28 +34,66 @@ impl Out {
     }
 }
 
-/// Runs `chkptctl --socket SOCKET args...` in `cwd`, with no other workspace flag.
-pub fn run_in(socket: &Path, cwd: &Path, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_chkptctl"))
-        .arg("--socket")
+/// `chkptctl --socket SOCKET args...` in `cwd`, untouched by the caller's environment.
+pub fn chkptctl(socket: &Path, cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chkptctl"));
+    c.arg("--socket")
         .arg(socket)
         .args(args)
         .current_dir(cwd)
         .env_remove("CHKPT_SOCKET")
+        .env_remove("NO_COLOR");
+    c
+}
+
+/// Runs `chkptctl --socket SOCKET args...` in `cwd`, with no other workspace flag.
+pub fn run_in(socket: &Path, cwd: &Path, args: &[&str]) -> Out {
+    let out = chkptctl(socket, cwd, args)
         .stdin(Stdio::null())
         .output()
         .expect("run chkptctl");
     Out::of(out)
 }
 
+/// Runs `chkptctl --socket SOCKET -w WS args...` inside the workspace `ws`.
+pub fn run_ws(socket: &Path, ws: &Path, args: &[&str]) -> Out {
+    let ws_arg = ws.to_str().expect("a UTF-8 temp path");
+    let with_ws: Vec<&str> = ["-w", ws_arg].iter().chain(args).copied().collect();
+    run_in(socket, ws, &with_ws)
+}
+
+/// [`run_ws`] against `d`, asserting it succeeded.
+pub fn ok_ws(d: &Daemon, ws: &Path, args: &[&str]) -> Out {
+    let out = run_ws(&d.socket, ws, args);
+    assert_eq!(
+        out.code,
+        0,
+        "chkptctl {args:?} failed:\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+        out.text(),
+        out.stderr,
+        d.log()
+    );
+    out
+}
+
+/// `chkptctl --json args...` in the workspace `ws`, parsed.
+pub fn json_ws(d: &Daemon, ws: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    ok_ws(d, ws, &all).json()
+}
+
+/// Saves a snapshot of the workspace `ws` and returns its id (16 hex digits).
+pub fn save_ws(d: &Daemon, ws: &Path, msg: &str) -> String {
+    let id = ok_ws(d, ws, &["save", "-m", msg]).text().trim().to_owned();
+    assert_eq!(id.len(), 16, "not a 16-hex id: {id:?}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id:?}");
+    id
+}
+
 /// [`run_in`] with `input` on chkptctl's standard input (what an agent sends a hook).
 pub fn run_with_input(socket: &Path, cwd: &Path, args: &[&str], input: &str) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chkptctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("CHKPT_SOCKET")
+    let mut child = chkptctl(socket, cwd, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -26,6 +26,23 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `chkptd` bound by file permissions even as root (without the capabilities that
+    /// override them), so that a file mode can keep it out.
+    pub fn start_bound_by_permissions(args: &[&str]) -> Daemon {
+        // SAFETY: getuid cannot fail.
+        let root = unsafe { libc::getuid() } == 0;
+        let prefix: &[&str] = if root {
+            &[
+                "setpriv",
+                "--bounding-set=-dac_override,-dac_read_search",
+                "--",
+            ]
+        } else {
+            &[]
+        };
+        Daemon::start_with_prefix(prefix, args)
+    }
+
     /// Starts `chkptd` with a fresh data dir and socket; `args` are extra flags.
     pub fn start(args: &[&str]) -> Daemon {
         Daemon::start_with_prefix(&[], args)
@@ -246,17 +263,54 @@ pub async fn watch(
     .into_inner()
 }
 
-/// The workspace's snapshots, newest first.
+/// Watches `dir` with automatic snapshots practically off (an hour's quiet or delay), so only
+/// the test's own requests make snapshots; returns the baseline snapshot.
+pub async fn watch_without_autosave(c: &mut ChkptClient<Channel>, dir: &Path) -> pb::Snapshot {
+    watch(c, dir, 3_600_000, 3_600_000)
+        .await
+        .baseline
+        .expect("a baseline snapshot")
+}
+
+/// The workspace's snapshots, newest first: every page of them.
 pub async fn snapshots(c: &mut ChkptClient<Channel>, ws: &Path) -> Vec<pb::Snapshot> {
-    c.list(pb::ListRequest {
-        workspace: ws.display().to_string(),
-        limit: 1000,
-        ..Default::default()
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list(pb::ListRequest {
+                workspace: ws.display().to_string(),
+                limit: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        all.extend(page.snapshots);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Waits up to `secs` seconds for the workspace's snapshots (newest first) to hold what `pick`
+/// looks for, and returns what it found.
+pub async fn wait_for_snapshots<T>(
+    c: &ChkptClient<Channel>,
+    ws: &Path,
+    secs: u64,
+    what: &str,
+    pick: impl Fn(Vec<pb::Snapshot>) -> Option<T>,
+) -> T {
+    let pick = &pick;
+    wait_for(secs, what, || {
+        let mut c = c.clone();
+        let ws = ws.to_path_buf();
+        async move { pick(snapshots(&mut c, &ws).await) }
     })
     .await
-    .expect("list")
-    .into_inner()
-    .snapshots
 }
 
 /// Takes a snapshot of the workspace at `ws` through `Save` and returns it.
@@ -298,6 +352,102 @@ pub async fn restore_to(
         }
     }
     summary.expect("a summary")
+}
+
+/// Restores `snap` over the workspace itself; returns the snapshot the summary names.
+pub async fn restore_in_place(
+    c: &mut ChkptClient<Channel>,
+    ws: &Path,
+    snap: &str,
+) -> Result<String, tonic::Status> {
+    let mut s = c
+        .restore(pb::RestoreRequest {
+            workspace: ws.display().to_string(),
+            snapshot: snap.to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut last = String::new();
+    while let Some(ev) = s.message().await? {
+        if let Some(pb::restore_event::Event::Summary(sum)) = ev.event {
+            last = sum.snapshot;
+        }
+    }
+    Ok(last)
+}
+
+/// Reads `path` from snapshot `snap` through `ReadFile`.
+pub async fn read_file(
+    c: &mut ChkptClient<Channel>,
+    ws: &Path,
+    snap: &str,
+    path: &[u8],
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut s = c
+        .read_file(pb::ReadFileRequest {
+            workspace: ws.display().to_string(),
+            snapshot: snap.to_owned(),
+            path: path.to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = s.message().await? {
+        got.extend_from_slice(&chunk.data);
+    }
+    Ok(got)
+}
+
+/// What `Verify` says of the whole store.
+pub async fn verify(c: &mut ChkptClient<Channel>) -> pb::VerifyResponse {
+    c.verify(pb::VerifyRequest::default())
+        .await
+        .expect("Verify")
+        .into_inner()
+}
+
+/// Asserts that `Verify` finds every object the snapshots need, intact.
+pub async fn assert_store_verifies(c: &mut ChkptClient<Channel>) {
+    let v = verify(c).await;
+    assert!(v.ok, "{:?}", v.problems);
+}
+
+/// Runs `git args...` in `dir` as a made-up user, with no system or user configuration read,
+/// asserting success; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git (install git)");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a build writes: `n` small object files spread over the 3,000 folders
+/// `target/debug/d0` … `d2999` (which must exist).
+pub fn write_build_output(root: &Path, n: usize) {
+    for i in 0..n {
+        std::fs::write(
+            root.join(format!("target/debug/d{}/f{i}.o", i % 3000)),
+            b"obj",
+        )
+        .expect("write into target/");
+    }
 }
 
 /// path → content (`None` for a folder) of everything under `root`.

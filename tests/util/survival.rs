@@ -58,11 +58,7 @@ pub fn difference(expected: &Listing, got: &Listing) -> Vec<String> {
 
 /// Rule 1: what `Verify` of the whole store found, if anything.
 pub async fn store_problems(c: &mut ChkptClient<Channel>) -> Option<String> {
-    let v = c
-        .verify(pb::VerifyRequest::default())
-        .await
-        .expect("Verify")
-        .into_inner();
+    let v = super::verify(c).await;
     (!v.ok).then(|| format!("verify found {:?}", v.problems))
 }
 
@@ -111,4 +107,39 @@ pub fn workspace_after_cut(
         )),
         None => Ok(Came::Untouched),
     }
+}
+
+/// A request sent just before a cut: what it answers once it returns (a snapshot's id, or
+/// nothing), or how it failed.
+pub type InFlight = tokio::task::JoinHandle<Result<String, tonic::Status>>;
+
+/// `Save` of the workspace `ws`, in flight; answers the new snapshot's id.
+pub fn save_in_flight(mut c: ChkptClient<Channel>, ws: String, message: String) -> InFlight {
+    let req = pb::SaveRequest {
+        workspace: ws,
+        message,
+        pin: false,
+        ..Default::default()
+    };
+    tokio::spawn(async move { Ok(c.save(req).await?.into_inner().snapshot.unwrap().id) })
+}
+
+/// `Delete` of snapshot `snap` (its garbage collected), in flight; answers `snap`.
+pub fn delete_in_flight(mut c: ChkptClient<Channel>, ws: String, snap: String) -> InFlight {
+    let req = pb::DeleteRequest {
+        workspace: ws,
+        snapshots: vec![snap.clone()],
+        force: false,
+    };
+    tokio::spawn(async move { c.delete(req).await.map(|_| snap) })
+}
+
+/// `Prune` keeping the last two snapshots (and collecting what goes), in flight.
+pub fn prune_in_flight(mut c: ChkptClient<Channel>, ws: String) -> InFlight {
+    let req = pb::PruneRequest {
+        workspace: ws,
+        keep_last: 2,
+        ..Default::default()
+    };
+    tokio::spawn(async move { c.prune(req).await.map(|_| String::new()) })
 }
