@@ -321,13 +321,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             }
         }
         if acked.is_empty() {
-            let req = pb::SaveRequest {
-                workspace: w.clone(),
-                message: "re-seed".into(),
-                pin: false,
-                ..Default::default()
-            };
-            let id = c.save(req).await.unwrap().into_inner().snapshot.unwrap().id;
+            let id = util::save(&mut c, &ws, "re-seed").await.id;
             acked.push(Acked {
                 id,
                 tree: listing(&ws),

@@ -477,13 +477,7 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
             }
         }
         if acked.is_empty() {
-            let req = pb::SaveRequest {
-                workspace: w.clone(),
-                message: "re-seed".into(),
-                pin: false,
-                ..Default::default()
-            };
-            let id = c.save(req).await.unwrap().into_inner().snapshot.unwrap().id;
+            let id = util::save(&mut c, &ws, "re-seed").await.id;
             acked.push((id, listing(&ws)));
         }
         // Every acknowledged snapshot still restores byte-exact (the newest, and two others).
