@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use super::ProgressFn;
-use super::durable::{sync_fs, sync_path, sync_paths, whole_fs_sync};
+use super::durable::{start_writeback, sync_fs, sync_path, sync_paths, whole_fs_sync};
 use crate::error::{Error, IoContext, Result};
 use crate::store::{Kind, Store};
 use crate::workspace::diff::{Change, DiffEntry, Side};
@@ -151,7 +151,10 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<Written> {
                     });
                 }
             };
-            fs::set_permissions(tmp, fs::Permissions::from_mode(side.mode)).at(tmp)?;
+            start_writeback(&file);
+            // On the open file: no second lookup of its path.
+            file.set_permissions(fs::Permissions::from_mode(side.mode))
+                .at(tmp)?;
             Ok(Written::of(&meta))
         }
         Kind::Dir => Err(Error::Corrupt("a directory has no content to write".into())),

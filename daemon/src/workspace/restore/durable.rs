@@ -22,6 +22,21 @@ pub(super) fn sync_path(path: &Path) -> Result<()> {
         .at(path)
 }
 
+/// Starts writing a file's data out without waiting for it, so that the fsyncs or the one
+/// `syncfs` that end a restore find most of it already on its way to the disk instead of all
+/// of it still in memory (git's batched fsync does the same). Durability still comes from
+/// those syncs: a failure here only loses the head start.
+pub(super) fn start_writeback(file: &fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open file descriptor; offset 0 and length 0 mean the whole file.
+        unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
 /// Files fsynced at once: an fsync mostly waits (for the disk, for the file system's journal),
 /// and the file system commits many waiting fsyncs together.
 const SYNC_THREADS: usize = 16;

@@ -129,6 +129,7 @@ impl Workspace {
         // Into an empty directory: everything is written under its final name inside a
         // private staging directory, whose top-level entries are then moved out (a handful of
         // renames instead of one per file). A failure, or a kill, leaves only that directory.
+        let started = std::time::Instant::now();
         let staging = tmp_name(&target.join("restore"));
         fs::DirBuilder::new()
             .mode(0o700)
@@ -154,12 +155,22 @@ impl Workspace {
             .iter()
             .filter(|e| e.after.as_ref().is_some_and(|a| a.kind == Kind::File))
             .count();
-        if whole_fs_sync(&target, files) {
+        let written = started.elapsed();
+        let whole = whole_fs_sync(&target, files);
+        if whole {
             sync_fs(&target)?;
         } else {
             sync_path(&target)?;
         }
         sync_created()?;
+        tracing::debug!(
+            to = %target.display(),
+            files,
+            write_ms = written.as_millis() as u64,
+            sync_ms = (started.elapsed() - written).as_millis() as u64,
+            whole_fs_sync = whole,
+            "restored into an empty directory"
+        );
         Ok(summary)
     }
 }
