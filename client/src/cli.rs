@@ -417,7 +417,7 @@ impl Ctx {
         crate::pager::page(bytes).map_err(|e| Error::io("write to stdout", e))
     }
 
-    fn print_json(&self, value: &Value) -> Result<(), Error> {
+    fn print_json(&self, value: &impl serde::Serialize) -> Result<(), Error> {
         let text = serde_json::to_string_pretty(value)
             .map_err(|e| Error::Failed(format!("cannot encode the JSON output: {e}")))?;
         self.print(&format!("{text}\n"))
@@ -427,6 +427,16 @@ impl Ctx {
     fn emit(
         &self,
         value: impl FnOnce() -> Value,
+        human: impl FnOnce() -> String,
+    ) -> Result<(), Error> {
+        self.emit_doc(value, human)
+    }
+
+    /// [`Context::emit`] for any serialisable document (a list of thousands is written from
+    /// its structs, with no map built for each).
+    fn emit_doc<T: serde::Serialize>(
+        &self,
+        value: impl FnOnce() -> T,
         human: impl FnOnce() -> String,
     ) -> Result<(), Error> {
         if self.json {

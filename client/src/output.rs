@@ -15,8 +15,8 @@ pub use human::{
     snapshot_table, status_text, workspaces_text,
 };
 pub use json::{
-    diff_json, log_json, prune_json, restore_json, snapshot_json, status_json, tripwire_json,
-    verify_json, workspace_json,
+    SnapshotOut, diff_json, log_json, prune_json, restore_json, snapshot_json, status_json,
+    tripwire_json, verify_json, workspace_json,
 };
 pub use patch::{LineKind, LogForm, STAT_WIDTH, diff_patch, log_patches, patch_lines, stat_text};
 

@@ -158,8 +158,13 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .await?
                 .list_filtered(workspace, all, limit, paths, tags)
                 .await?;
-            ctx.emit(
-                || snapshots.iter().map(output::snapshot_json).collect(),
+            ctx.emit_doc(
+                || {
+                    snapshots
+                        .iter()
+                        .map(output::SnapshotOut::of)
+                        .collect::<Vec<_>>()
+                },
                 || {
                     output::snapshot_table(
                         p,

@@ -47,9 +47,11 @@ impl Id {
 
     /// Lowercase hex, 32 digits.
     pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(32);
         for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
+            s.push(DIGITS[usize::from(b >> 4)] as char);
+            s.push(DIGITS[usize::from(b & 0xf)] as char);
         }
         s
     }
@@ -249,6 +251,9 @@ mod tests {
     fn hex_round_trip() {
         let id = Id::of(b"hello");
         assert_eq!(Id::from_hex(&id.to_hex()), Some(id));
+        let bytes: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(id.to_hex(), bytes, "two lowercase digits a byte, in order");
+        assert_eq!(Id([0xab; 16]).to_hex(), "ab".repeat(16));
         assert_eq!(Id::from_hex("zz"), None);
     }
 }
