@@ -180,9 +180,10 @@ impl Workspace {
         let (files, bytes) = self.index.totals();
         let created_us = unique_now_us();
         warnings.truncate(100);
-        let mut costs: Vec<FileCost> = self
-            .costs
-            .drain()
+        // Taken, not drained: a cold save grows the map to one entry per file, and the idle
+        // daemon need not keep that table.
+        let mut costs: Vec<FileCost> = std::mem::take(&mut self.costs)
+            .into_iter()
             .map(|(path, bytes)| FileCost { path, bytes })
             .collect();
         costs.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.path.cmp(&b.path)));
