@@ -189,12 +189,18 @@ fn peer_steps(
     let t0 = Instant::now();
     let r = peer.run(home, t, &["restore", "latest"]);
     let dt = secs(t0);
+    let synced = tree::sync_secs();
     let checked = r.and_then(|_| tree::check(&expected, &tree::manifest(t), &peer_skips));
     if let Ok(n @ 1..) = checked {
         res.note(format!(
             "The peer's full restore lost the executable bit of {n} files."
         ));
     }
+    res.add(
+        Step::RestoreDurable,
+        Tool::Peer,
+        checked.clone().map(|_| dt + synced),
+    );
     res.add(Step::RestoreFull, Tool::Peer, checked.map(|_| dt));
     run.bury(t);
     fs::rename(&aside, t).unwrap();
@@ -232,8 +238,14 @@ pub fn baselines_rep(run: &Run, res: &mut Results) {
             &[&archive, out.path()],
         );
         let dt = secs(t0);
+        let synced = tree::sync_secs();
         let checked =
             r.and_then(|_| tree::check(&expected, &tree::manifest(out.path()), &|_| false));
+        res.add(
+            Step::RestoreDurable,
+            Tool::Tar,
+            checked.clone().map(|_| dt + synced),
+        );
         res.add(Step::RestoreFull, Tool::Tar, checked.map(|_| dt));
         run.bury(&out.keep());
     }
@@ -290,7 +302,13 @@ fn git_steps(run: &Run, res: &mut Results, scratch: &Path) -> Result<(), (Step, 
             .env("GIT_INDEX_FILE", scratch.join("restore.index")),
     );
     let dt = secs(t0);
+    let synced = tree::sync_secs();
     let checked = r.and_then(|_| tree::check(&expected, &tree::manifest(out.path()), &|_| false));
+    res.add(
+        Step::RestoreDurable,
+        Tool::Git,
+        checked.clone().map(|_| dt + synced),
+    );
     res.add(Step::RestoreFull, Tool::Git, checked.map(|_| dt));
     run.bury(&out.keep());
     Ok(())

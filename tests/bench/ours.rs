@@ -248,12 +248,18 @@ async fn steps(
     tree::warm(t);
     let to = out.path().display().to_string();
     let r = ctl(d, &["-w", &ws, "restore", &snap.id, "--to", &to]);
+    let synced = tree::sync_secs();
     let checked = r.and_then(|(_, dt)| {
         exact(tree::check(&expected, &tree::manifest(out.path()), &|p| {
             run.skip_ours(p)
         }))
         .map(|()| dt)
     });
+    res.add(
+        Step::RestoreDurable,
+        Tool::Ours,
+        checked.clone().map(|dt| dt + synced),
+    );
     res.add(Step::RestoreFull, Tool::Ours, checked);
     run.bury(&out.keep());
 

@@ -12,6 +12,7 @@ pub enum Step {
     AutoLatency,
     RestoreSmall,
     RestoreFull,
+    RestoreDurable,
     StoreSize,
     StoreGrowth,
     DaemonRss,
@@ -19,13 +20,14 @@ pub enum Step {
     List,
 }
 
-const STEPS: [Step; 11] = [
+const STEPS: [Step; 12] = [
     Step::ColdSave,
     Step::IncrSave,
     Step::IncrSaveRpc,
     Step::AutoLatency,
     Step::RestoreSmall,
     Step::RestoreFull,
+    Step::RestoreDurable,
     Step::StoreSize,
     Step::StoreGrowth,
     Step::DaemonRss,
@@ -165,6 +167,9 @@ impl Results {
             Step::RestoreFull => {
                 "4 full restore into an empty dir (ours: `chkptctl restore --to`)".into()
             }
+            Step::RestoreDurable => {
+                "4 the same until it is on disk: the restore, then `sync` (ours is durable before it answers; the others never sync)".into()
+            }
             Step::StoreSize => "5 store size after cold save".into(),
             Step::StoreGrowth => "5 store growth per incremental snapshot".into(),
             Step::DaemonRss => "6 daemon resident memory watching the tree".into(),
@@ -196,7 +201,7 @@ impl Results {
             Step::IncrSave => ratio(0.05),
             Step::IncrSaveRpc => ("none (for comparison with the row above)".into(), None),
             Step::RestoreSmall => ratio(0.1),
-            Step::RestoreFull | Step::StoreSize => ratio(1.0),
+            Step::RestoreFull | Step::RestoreDurable | Step::StoreSize => ratio(1.0),
             Step::StoreGrowth => below(
                 format!(
                     "≤ changed content ({} lz4) + 64 KiB",
