@@ -293,7 +293,7 @@ struct PruneArgs {
 /// Retention rules (restic-style); unset rules leave the defaults.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Retention rules")]
-struct PolicyArgs {
+pub(crate) struct PolicyArgs {
     /// Keep the newest N snapshots
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     keep_last: Option<u32>,
@@ -353,7 +353,7 @@ enum Shell {
 
 impl PolicyArgs {
     /// The policy to send with `watch`: `None` (the daemon's default) when nothing is set.
-    fn to_wire(&self, max_store_bytes: Option<u64>) -> Option<v1::RetentionPolicy> {
+    pub(crate) fn to_wire(&self, max_store_bytes: Option<u64>) -> Option<v1::RetentionPolicy> {
         let policy = v1::RetentionPolicy {
             keep_last: self.keep_last.unwrap_or(0),
             keep_hourly: self.keep_hourly.unwrap_or(0),

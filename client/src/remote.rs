@@ -52,6 +52,17 @@ pub enum RemoteAction {
         /// Upload bandwidth limit per second (e.g. 10M)
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         limit_upload: Option<u64>,
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+    /// Show or set which snapshots a remote keeps (by default what each workspace's local
+    /// policy keeps); what it drops is deleted from the remote, then every pack no remaining
+    /// snapshot needs
+    Retention {
+        /// The remote
+        name: String,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
     /// List the remotes
     List,
@@ -89,6 +100,80 @@ pub enum RemoteAction {
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
     },
+}
+
+/// Which snapshots a remote keeps.
+#[derive(Debug, clap::Args)]
+pub struct RetentionArgs {
+    /// Keep what each workspace's local policy keeps (the default)
+    #[arg(long)]
+    follow_local: bool,
+    /// Never delete anything from the remote
+    #[arg(long)]
+    keep_all: bool,
+    #[command(flatten)]
+    policy: crate::cli::PolicyArgs,
+}
+
+impl RetentionArgs {
+    /// What to send; `None` when nothing was given.
+    fn to_wire(&self) -> Result<Option<v1::RemoteRetention>, Error> {
+        let mode = |m: &str, policy| v1::RemoteRetention {
+            mode: m.to_owned(),
+            policy,
+        };
+        match (self.follow_local, self.keep_all, self.policy.to_wire(None)) {
+            (false, false, None) => Ok(None),
+            (true, false, None) => Ok(Some(mode("follow-local", None))),
+            (false, true, None) => Ok(Some(mode("keep-all", None))),
+            (false, false, Some(p)) => Ok(Some(mode("own", Some(p)))),
+            _ => Err(Error::Usage(
+                "give one of --follow-local, --keep-all or --keep-… rules".into(),
+            )),
+        }
+    }
+}
+
+/// A remote's retention, in words.
+fn retention_text(r: Option<&v1::RemoteRetention>) -> String {
+    match r.map(|r| (r.mode.as_str(), r.policy.clone().unwrap_or_default())) {
+        None | Some(("" | "follow-local", _)) => "follows each workspace's local policy".into(),
+        Some(("keep-all", _)) => "keeps every snapshot".into(),
+        Some((_, p)) => {
+            let rules: Vec<String> = [
+                ("keep-last", u64::from(p.keep_last)),
+                ("keep-hourly", u64::from(p.keep_hourly)),
+                ("keep-daily", u64::from(p.keep_daily)),
+                ("keep-weekly", u64::from(p.keep_weekly)),
+            ]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .chain((p.keep_within_secs > 0).then(|| format!("keep-within {}s", p.keep_within_secs)))
+            .collect();
+            if rules.is_empty() {
+                "own rules: the default ones".into()
+            } else {
+                format!("own rules: {}", rules.join(", "))
+            }
+        }
+    }
+}
+
+fn retention_json(r: Option<&v1::RemoteRetention>) -> Value {
+    let mode = r.map_or("follow-local", |r| {
+        if r.mode.is_empty() {
+            "follow-local"
+        } else {
+            r.mode.as_str()
+        }
+    });
+    let p = r.and_then(|r| r.policy.clone()).unwrap_or_default();
+    json!({
+        "mode": mode, "keep_last": p.keep_last, "keep_hourly": p.keep_hourly,
+        "keep_daily": p.keep_daily, "keep_weekly": p.keep_weekly,
+        "keep_within_secs": p.keep_within_secs,
+    })
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -158,6 +243,7 @@ fn remote_json(r: &v1::Remote) -> Value {
         "credentials_file": r.credentials_file, "key_file": r.key_file,
         "key_source": r.key_source, "pack_bytes": r.pack_bytes, "concurrency": r.concurrency,
         "max_upload_bytes_per_sec": r.max_upload_bytes_per_sec,
+        "retention": retention_json(r.retention.as_ref()),
     })
 }
 
@@ -182,6 +268,13 @@ fn state_json(s: &v1::RemoteState) -> Value {
     v["uploaded_bytes"] = s.uploaded_bytes.into();
     v["uploaded_objects"] = s.uploaded_objects.into();
     v["uploaded_packs"] = s.uploaded_packs.into();
+    v["pruned_snapshots"] = s.pruned_snapshots.into();
+    v["deleted_packs"] = s.deleted_packs.into();
+    v["deleted_bytes"] = s.deleted_bytes.into();
+    v["last_prune_unix_ms"] = s.last_prune_unix_ms.into();
+    v["dead_bytes"] = s.dead_bytes.into();
+    v["prune_note"] = s.prune_note.clone().into();
+    v["collect_pending"] = s.collect_pending.into();
     v
 }
 
@@ -209,6 +302,35 @@ fn state_text(s: &v1::RemoteState) -> String {
         s.uploaded_packs,
         if s.busy { " (uploading)" } else { "" }
     ));
+    let mut retention = format!(
+        "  retention: {}",
+        retention_text(s.remote.as_ref().and_then(|r| r.retention.as_ref()))
+    );
+    if s.pruned_snapshots > 0 || s.deleted_packs > 0 {
+        retention.push_str(&format!(
+            "; since chkptd started it deleted {} snapshot{} and {} pack{} ({}), the last {}",
+            s.pruned_snapshots,
+            if s.pruned_snapshots == 1 { "" } else { "s" },
+            s.deleted_packs,
+            if s.deleted_packs == 1 { "" } else { "s" },
+            human_bytes(s.deleted_bytes),
+            ago(s.last_prune_unix_ms)
+        ));
+    }
+    if s.dead_bytes > 0 {
+        retention.push_str(&format!(
+            "; {} unneeded inside packs still needed (kept)",
+            human_bytes(s.dead_bytes)
+        ));
+    }
+    out.push_str(&retention);
+    out.push('\n');
+    if !s.prune_note.is_empty() {
+        out.push_str(&format!("  {}\n", s.prune_note));
+    }
+    if s.collect_pending {
+        out.push_str("  unneeded objects are left for the next pass to delete\n");
+    }
     if !s.last_error.is_empty() {
         out.push_str(&format!(
             "  failing since {}: {}\n",
@@ -250,7 +372,9 @@ pub async fn run(
             pack_size,
             concurrency,
             limit_upload,
+            retention,
         } => {
+            let retention = retention.to_wire()?;
             let passphrase = std::env::var(PASSPHRASE_ENV).unwrap_or_default();
             let req = v1::AddRemoteRequest {
                 name,
@@ -271,6 +395,7 @@ pub async fn run(
                 pack_bytes: pack_size.unwrap_or(0),
                 concurrency: concurrency.unwrap_or(0),
                 max_upload_bytes_per_sec: limit_upload.unwrap_or(0),
+                retention,
             };
             let r = client.add_remote(req).await.map_err(fail)?.into_inner();
             let remote = r.remote.unwrap_or_default();
@@ -309,6 +434,44 @@ pub async fn run(
                 } else {
                     ", holding data already"
                 }
+            ))
+        }
+        RemoteAction::Retention { name, retention } => {
+            let remote = match retention.to_wire()? {
+                Some(r) => client
+                    .set_remote_retention(v1::SetRemoteRetentionRequest {
+                        name: name.clone(),
+                        retention: Some(r),
+                    })
+                    .await
+                    .map_err(fail)?
+                    .into_inner()
+                    .remote
+                    .unwrap_or_default(),
+                None => client
+                    .list_remotes(v1::ListRemotesRequest {})
+                    .await
+                    .map_err(fail)?
+                    .into_inner()
+                    .remotes
+                    .into_iter()
+                    .find(|r| r.name == name)
+                    .ok_or_else(|| {
+                        Error::Failed(format!(
+                            "no remote named {name:?}: `chkptctl remote list` shows them"
+                        ))
+                    })?,
+            };
+            if json {
+                return print_json(&json!({
+                    "name": remote.name,
+                    "retention": retention_json(remote.retention.as_ref()),
+                }));
+            }
+            print(&format!(
+                "remote {} {}\n",
+                remote.name,
+                retention_text(remote.retention.as_ref())
             ))
         }
         RemoteAction::List => {

@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod cli;
 pub mod garage;
+pub mod remote;
 pub mod survival;
 
 /// A running daemon, stopped with SIGTERM when dropped.
@@ -23,6 +24,8 @@ pub struct Daemon {
     child: Option<Child>,
     args: Vec<String>,
     prefix: Vec<String>,
+    /// Environment variables set (or, with none, removed) for the daemon.
+    env: Vec<(String, Option<String>)>,
 }
 
 impl Daemon {
@@ -68,12 +71,29 @@ mkdir -p "$d" && "#,
         Daemon::start_with_prefix(&prefix, args)
     }
 
+    /// Starts `chkptd` with environment variables set (`Some`) or removed (`None`).
+    pub fn start_with_env(env: &[(&str, Option<&str>)], args: &[&str]) -> Daemon {
+        let mut d = Daemon::start_full_unspawned(&[], None, args);
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+            .collect();
+        d.spawn();
+        d
+    }
+
     /// Starts `chkptd` with its data directory at `data` (socket and log in a temp dir).
     pub fn start_with_data(data: &Path, args: &[&str]) -> Daemon {
         Daemon::start_full(&[], Some(data), args)
     }
 
     fn start_full(prefix: &[&str], data: Option<&Path>, args: &[&str]) -> Daemon {
+        let mut d = Daemon::start_full_unspawned(prefix, data, args);
+        d.spawn();
+        d
+    }
+
+    fn start_full_unspawned(prefix: &[&str], data: Option<&Path>, args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run/chkptd.sock");
         let data = data.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
@@ -85,16 +105,15 @@ mkdir -p "$d" && "#,
         if !args.iter().any(|a| a == "--min-free-bytes") {
             args.extend(["--min-free-bytes".into(), "0".into()]);
         }
-        let mut d = Daemon {
+        Daemon {
             dir,
             socket,
             data,
             child: None,
             args,
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
-        };
-        d.spawn();
-        d
+            env: Vec::new(),
+        }
     }
 
     fn spawn(&mut self) {
@@ -111,6 +130,12 @@ mkdir -p "$d" && "#,
             }
             None => Command::new(chkptd_bin()),
         };
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         let child = cmd
             .arg("--socket")
             .arg(&self.socket)

@@ -66,6 +66,37 @@ pub struct RemoteConfig {
     /// Upload bandwidth limit, bytes per second; 0: none.
     #[serde(default)]
     pub max_upload_bytes_per_sec: u64,
+    /// Which of this data directory's snapshots the remote keeps.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// Which of this data directory's snapshots a remote keeps (see [`super::prune`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum Retention {
+    /// Each workspace's local rules, applied to what the remote holds of it (not the local
+    /// store budget: that is about this disk).
+    #[default]
+    FollowLocal,
+    /// Rules of the remote's own, for every workspace.
+    Own {
+        /// The rules (all zero: the default rules).
+        policy: crate::retention::Policy,
+    },
+    /// Nothing is ever deleted from the remote.
+    KeepAll,
+}
+
+impl Retention {
+    /// As shown and sent.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Retention::FollowLocal => "follow-local",
+            Retention::Own { .. } => "own",
+            Retention::KeepAll => "keep-all",
+        }
+    }
 }
 
 /// Where a remote's objects are.
@@ -188,21 +219,18 @@ impl Registry {
         self.own_dir().join(format!("{name}.state"))
     }
 
-    /// The snapshot ids the remote `name` was last known to hold.
-    pub fn load_state(&self, name: &str) -> BTreeSet<u64> {
+    /// What the uploader of remote `name` last recorded.
+    pub fn load_state(&self, name: &str) -> State {
         fs::read(self.state_path(name))
             .ok()
             .and_then(|b| serde_json::from_slice::<State>(&b).ok())
-            .map(|s| s.replicated)
             .unwrap_or_default()
     }
 
-    /// Records the snapshot ids the remote `name` holds.
-    pub fn save_state(&self, name: &str, replicated: &BTreeSet<u64>) -> Result<(), RemoteError> {
-        let body = serde_json::to_vec(&State {
-            replicated: replicated.clone(),
-        })
-        .map_err(|e| RemoteError::Config(format!("encode the remote state: {e}")))?;
+    /// Records what the uploader of remote `name` knows.
+    pub fn save_state(&self, name: &str, state: &State) -> Result<(), RemoteError> {
+        let body = serde_json::to_vec(state)
+            .map_err(|e| RemoteError::Config(format!("encode the remote state: {e}")))?;
         fs::create_dir_all(self.own_dir())
             .map_err(|e| RemoteError::Config(format!("{}: {e}", self.own_dir().display())))?;
         write_atomically(&self.state_path(name), &body)
@@ -214,9 +242,18 @@ impl Registry {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct State {
-    replicated: BTreeSet<u64>,
+/// What an uploader records of its remote between runs.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// This data directory's snapshot ids on the remote.
+    pub replicated: BTreeSet<u64>,
+    /// Ids the remote's retention deleted there that are still local: never sent again.
+    #[serde(default)]
+    pub dropped: BTreeSet<u64>,
+    /// Snapshot records were deleted and the objects they leave unreferenced may not all be
+    /// gone yet: the next pass collects them (set before the first record is deleted).
+    #[serde(default)]
+    pub collect_pending: bool,
 }
 
 fn write_atomically(path: &Path, body: &[u8]) -> Result<(), RemoteError> {

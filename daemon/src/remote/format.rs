@@ -105,7 +105,8 @@ pub struct SnapshotObject {
 /// A pack being filled.
 #[derive(Debug)]
 pub struct PackBuilder {
-    /// Its name: 32 random hex digits.
+    /// Its name: its origin (the data directory's, see `upload::snapshot_name`), `-`, and
+    /// 32 random hex digits.
     pub name: String,
     /// Its bytes so far.
     pub bytes: Vec<u8>,
@@ -116,10 +117,10 @@ pub struct PackBuilder {
 }
 
 impl PackBuilder {
-    /// An empty pack with a new name.
-    pub fn new() -> Result<PackBuilder, RemoteError> {
+    /// An empty pack with a new name, written by data directory `origin`.
+    pub fn new(origin: &str) -> Result<PackBuilder, RemoteError> {
         Ok(PackBuilder {
-            name: crypto::hex(&crypto::random_bytes::<16>()?),
+            name: format!("{origin}-{}", crypto::hex(&crypto::random_bytes::<16>()?)),
             bytes: Vec::new(),
             index: PackIndex::default(),
             raw_bytes: 0,
@@ -262,7 +263,7 @@ mod tests {
     #[test]
     fn objects_round_trip_through_a_pack_and_tampering_is_caught() {
         let key = Key::from_bytes(&[3; 32]);
-        let mut pack = PackBuilder::new().unwrap();
+        let mut pack = PackBuilder::new("0123456789abcdef").unwrap();
         let text = b"compressible ".repeat(200);
         let noise = chkpt_testkit::noise(5000, 1);
         pack.add(&key, Id::of(&text), KIND_BLOB, &text).unwrap();

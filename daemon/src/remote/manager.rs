@@ -12,7 +12,7 @@ use super::RemoteError;
 use super::backend::Connection;
 use super::config::{
     DEFAULT_CONCURRENCY, DEFAULT_PACK_BYTES, KeySource, Location, Registry, RemoteConfig,
-    check_name,
+    Retention, check_name,
 };
 use super::crypto::{self, KdfParams, Key};
 use super::format::{Kdf, RemoteConfigObject};
@@ -44,6 +44,8 @@ pub struct AddRequest {
     pub concurrency: u32,
     /// Upload bandwidth limit.
     pub max_upload_bytes_per_sec: u64,
+    /// Which snapshots the remote keeps.
+    pub retention: Retention,
 }
 
 /// What `remote add` did.
@@ -74,6 +76,8 @@ pub struct StatusView {
     pub remote_snapshots: u64,
     /// Objects its indexes name.
     pub remote_objects: u64,
+    /// Unneeded objects may be left for the next pass to collect.
+    pub collect_pending: bool,
 }
 
 struct Worker {
@@ -134,7 +138,10 @@ impl Remotes {
     }
 
     fn launch(&self, cfg: RemoteConfig) {
-        let shared = Arc::new(Shared::new(self.registry.load_state(&cfg.name)));
+        let shared = Arc::new(Shared::new(
+            self.registry.load_state(&cfg.name),
+            cfg.retention,
+        ));
         let (stop, stopped) = watch::channel(false);
         Uploader::spawn(
             cfg.clone(),
@@ -216,6 +223,7 @@ impl Remotes {
                 req.concurrency.min(64)
             },
             max_upload_bytes_per_sec: req.max_upload_bytes_per_sec,
+            retention: req.retention,
         };
         let conn = Connection::new(&cfg)?;
         // Reachable, the credentials good, the bucket there: a list says all three.
@@ -342,6 +350,34 @@ impl Remotes {
         Ok(cfg)
     }
 
+    /// Sets which snapshots remote `name` keeps; its uploader applies it at once.
+    pub fn set_retention(
+        &self,
+        name: &str,
+        retention: Retention,
+    ) -> Result<RemoteConfig, RemoteError> {
+        let mut cfg = self.config(name)?;
+        cfg.retention = retention;
+        let all: Vec<RemoteConfig> = self
+            .list()
+            .into_iter()
+            .map(|c| if c.name == name { cfg.clone() } else { c })
+            .collect();
+        self.registry.save(&all)?;
+        let mut inner = lock(&self.inner);
+        inner.configs = all;
+        if let Some(w) = inner.workers.get(name) {
+            *lock(&w.shared.retention) = retention;
+            w.shared.kick.notify_one();
+        }
+        tracing::info!(
+            remote = name,
+            mode = retention.mode(),
+            "remote retention set"
+        );
+        Ok(cfg)
+    }
+
     /// The state of `name`, or of every remote.
     pub async fn status(&self, name: Option<&str>) -> Result<Vec<StatusView>, RemoteError> {
         let configs = match name {
@@ -365,7 +401,11 @@ impl Remotes {
             let (mut n, mut bytes, mut oldest) = (0u64, 0u64, 0i64);
             {
                 let done = lock(&shared.replicated);
-                for s in all.iter().filter(|s| !done.contains(&s.id.get())) {
+                let dropped = lock(&shared.dropped);
+                for s in all
+                    .iter()
+                    .filter(|s| !done.contains(&s.id.get()) && !dropped.contains(&s.id.get()))
+                {
                     n += 1;
                     bytes += s.new_bytes;
                     let ms = i64::try_from(s.created_us / 1000).unwrap_or(i64::MAX);
@@ -382,6 +422,7 @@ impl Remotes {
                 oldest_pending_ms: oldest,
                 remote_snapshots: *lock(&shared.remote_snapshots),
                 remote_objects: shared.known_objects() as u64,
+                collect_pending: *lock(&shared.collect_pending),
             });
         }
         Ok(out)

@@ -7,14 +7,16 @@
 //! 1. `config`: JSON, not encrypted: the format version, the argon2id parameters and salt
 //!    when the key comes from a passphrase, and a known plaintext sealed with the key, so a
 //!    wrong key is told apart from damage.
-//! 2. `packs/NAME`: a pack, NAME 32 random hex digits: sealed objects one after another (see
-//!    [`format`]). Written once, never rewritten.
+//! 2. `packs/NAME`: a pack, NAME the writing data directory's origin, `-` and 32 random hex
+//!    digits: sealed objects one after another (see [`format`]). Written once, never
+//!    rewritten; deleted (after its index) when no snapshot needs any object in it.
 //! 3. `index/NAME`: the sealed index of pack NAME: each object's id, kind, offset and length.
 //!    Written only after its pack, and only after the indexes of every pack before it: an
 //!    object is on the remote once an index names it, and a tree an index names has every
 //!    object below it indexed too.
 //! 4. `snapshots/ID`: a sealed snapshot record (the local record and its workspace's path),
 //!    written after every object it needs is indexed. Listing `snapshots/` lists the remote.
+//!    Deleted by the remote's retention ([`prune`]) before anything it alone needed.
 //!
 //! The bucket's owner sees object names (random, and snapshot ids), sizes and times; ids of
 //! contents, file names, sizes of files and records are all inside sealed objects.
@@ -26,6 +28,7 @@
 //! - [`backend`]: the object store of a remote, credentials, and what its failures mean.
 //! - [`format`]: packs, indexes, snapshot records and the configuration object.
 //! - [`upload`]: the background uploader of one remote.
+//! - [`prune`]: the remote's retention, and collecting the objects no snapshot needs.
 //! - [`restore`]: listing a remote's snapshots and restoring one into a folder.
 //! - [`manager`]: every remote of the daemon; [`service`]: the `Remotes` gRPC service.
 
@@ -34,6 +37,7 @@ pub mod config;
 pub mod crypto;
 pub mod format;
 pub mod manager;
+pub mod prune;
 pub mod restore;
 pub mod service;
 pub mod upload;

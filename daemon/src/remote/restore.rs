@@ -64,24 +64,27 @@ pub async fn snapshots(conn: &Connection, key: &Key) -> Result<Vec<RemoteSnap>, 
     let names = conn.list("snapshots").await?;
     let mut out: Vec<RemoteSnap> = futures::stream::iter(names)
         .filter(|(n, _)| std::future::ready(parse_snapshot_name(n).is_some()))
-        .map(|(name, _)| async move {
-            let bytes = conn
-                .get(&format!("snapshots/{name}"))
-                .await?
-                .ok_or_else(|| conn.damaged(format!("snapshot {name} vanished")))?;
-            let object = format::open_snapshot(key, &bytes).map_err(|e| conn.damaged(e))?;
-            let record: SnapshotRecord = crate::store::records::decode(&object.record)
-                .map_err(|e| conn.damaged(format!("snapshot {name}: {e}")))?;
-            Ok::<_, RemoteError>(RemoteSnap {
-                record,
-                workspace: object.workspace,
-            })
-        })
+        .map(|(name, _)| async move { snapshot(conn, key, &name).await })
         .buffer_unordered(PARALLEL)
         .try_collect()
         .await?;
     out.sort_by_key(|s| std::cmp::Reverse((s.record.created_us, s.record.id)));
     Ok(out)
+}
+
+/// The snapshot object called `name` (under `snapshots/`).
+pub async fn snapshot(conn: &Connection, key: &Key, name: &str) -> Result<RemoteSnap, RemoteError> {
+    let bytes = conn
+        .get(&format!("snapshots/{name}"))
+        .await?
+        .ok_or_else(|| conn.damaged(format!("snapshot {name} vanished")))?;
+    let object = format::open_snapshot(key, &bytes).map_err(|e| conn.damaged(e))?;
+    let record: SnapshotRecord = crate::store::records::decode(&object.record)
+        .map_err(|e| conn.damaged(format!("snapshot {name}: {e}")))?;
+    Ok(RemoteSnap {
+        record,
+        workspace: object.workspace,
+    })
 }
 
 /// The snapshot `selector` names among `all` (newest first): `latest`, `latest~N`, or an id
@@ -164,31 +167,58 @@ pub fn select<'a>(
 }
 
 /// Where each object is: its pack and entry.
-type Locations = HashMap<Id, (Arc<str>, IndexEntry)>;
+pub type Locations = HashMap<Id, (Arc<str>, IndexEntry)>;
 
 /// Reads every index of the remote.
 pub async fn locations(conn: &Connection, key: &Key) -> Result<Locations, RemoteError> {
     let names = conn.list("index").await?;
     let names = names.into_iter().map(|(name, _)| name).collect();
     let indexes = format::fetch_indexes(conn, key, names, PARALLEL).await?;
-    let mut out = HashMap::new();
-    for (name, index) in indexes {
-        let name: Arc<str> = name.into();
-        for e in index.entries {
-            out.insert(e.id, (name.clone(), e));
-        }
-    }
-    Ok(out)
+    Ok(locations_of(&indexes))
 }
 
-struct Fetcher<'a> {
+/// Where each object of `indexes` is.
+pub fn locations_of(indexes: &[(String, format::PackIndex)]) -> Locations {
+    let mut out = HashMap::new();
+    for (name, index) in indexes {
+        let name: Arc<str> = name.as_str().into();
+        for e in &index.entries {
+            out.insert(e.id, (name.clone(), *e));
+        }
+    }
+    out
+}
+
+/// Reads objects from a remote's packs, checked against their ids.
+#[derive(Debug)]
+pub struct Fetcher<'a> {
     conn: &'a Connection,
     key: &'a Key,
     locs: &'a Locations,
     fetched: AtomicU64,
 }
 
-impl Fetcher<'_> {
+impl<'a> Fetcher<'a> {
+    /// A reader of the objects `locs` places.
+    pub fn new(conn: &'a Connection, key: &'a Key, locs: &'a Locations) -> Fetcher<'a> {
+        Fetcher {
+            conn,
+            key,
+            locs,
+            fetched: AtomicU64::new(0),
+        }
+    }
+
+    /// A damaged-remote error.
+    pub fn damaged(&self, message: String) -> RemoteError {
+        self.conn.damaged(message)
+    }
+
+    /// The kind an index gives object `id`.
+    pub fn kind(&self, id: &Id) -> Result<u8, RemoteError> {
+        Ok(self.entry(id)?.1.kind)
+    }
+
     fn entry(&self, id: &Id) -> Result<&(Arc<str>, IndexEntry), RemoteError> {
         self.locs.get(id).ok_or_else(|| {
             self.conn
@@ -196,7 +226,8 @@ impl Fetcher<'_> {
         })
     }
 
-    async fn object(&self, id: &Id, kind: u8) -> Result<Vec<u8>, RemoteError> {
+    /// Object `id`, which must be of `kind`.
+    pub async fn object(&self, id: &Id, kind: u8) -> Result<Vec<u8>, RemoteError> {
         let (pack, e) = self.entry(id)?;
         if e.kind != kind {
             return Err(self
@@ -333,12 +364,7 @@ pub async fn restore(
         Err(e) => return Err(local(to, e)),
     }
     let locs = locations(conn, key).await?;
-    let f = Fetcher {
-        conn,
-        key,
-        locs: &locs,
-        fetched: AtomicU64::new(0),
-    };
+    let f = Fetcher::new(conn, key, &locs);
     let mut summary = Summary {
         dirs: 1,
         ..Summary::default()

@@ -13,7 +13,7 @@ use chkpt_proto::v1::remotes_server::Remotes as RemotesRpc;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::config::RemoteConfig;
+use super::config::{RemoteConfig, Retention};
 use super::manager::{AddRequest, StatusView};
 use super::restore::RemoteSnap;
 use super::{Failure, RemoteError, Remotes};
@@ -76,6 +76,38 @@ fn remote(c: &RemoteConfig) -> pb::Remote {
         pack_bytes: c.pack_bytes,
         concurrency: c.concurrency,
         max_upload_bytes_per_sec: c.max_upload_bytes_per_sec,
+        retention: Some(retention_to_wire(&c.retention)),
+    }
+}
+
+fn retention_to_wire(r: &Retention) -> pb::RemoteRetention {
+    pb::RemoteRetention {
+        mode: r.mode().to_owned(),
+        policy: match r {
+            Retention::Own { policy } => Some(crate::service::convert::policy_to_wire(policy)),
+            _ => None,
+        },
+    }
+}
+
+fn retention_from_wire(r: Option<&pb::RemoteRetention>) -> Result<Retention, Status> {
+    let Some(r) = r else {
+        return Ok(Retention::FollowLocal);
+    };
+    match r.mode.as_str() {
+        "" | "follow-local" => Ok(Retention::FollowLocal),
+        "keep-all" => Ok(Retention::KeepAll),
+        "own" => {
+            let wire = r.policy.clone().unwrap_or_default();
+            let policy = crate::retention::Policy {
+                max_store_bytes: 0,
+                ..crate::service::convert::policy_from_wire(&wire)
+            };
+            Ok(Retention::Own { policy })
+        }
+        other => Err(status(RemoteError::Config(format!(
+            "{other:?} is not a remote retention: use follow-local, own or keep-all"
+        )))),
     }
 }
 
@@ -96,6 +128,13 @@ fn state(v: &StatusView) -> pb::RemoteState {
         uploaded_packs: p.uploaded_packs,
         busy: p.busy,
         remote_objects: v.remote_objects,
+        pruned_snapshots: p.pruned_snapshots,
+        deleted_packs: p.deleted_packs,
+        deleted_bytes: p.deleted_bytes,
+        last_prune_unix_ms: p.last_prune_ms,
+        dead_bytes: p.dead_bytes,
+        prune_note: p.prune_note.clone(),
+        collect_pending: v.collect_pending,
     }
 }
 
@@ -125,6 +164,7 @@ impl RemotesRpc for RemoteService {
         req: Request<pb::AddRemoteRequest>,
     ) -> Result<Response<pb::AddRemoteResponse>, Status> {
         let r = req.into_inner();
+        let retention = retention_from_wire(r.retention.as_ref())?;
         let added = self
             .remotes
             .add(AddRequest {
@@ -138,6 +178,7 @@ impl RemotesRpc for RemoteService {
                 pack_bytes: r.pack_bytes,
                 concurrency: r.concurrency,
                 max_upload_bytes_per_sec: r.max_upload_bytes_per_sec,
+                retention,
             })
             .await
             .map_err(status)?;
@@ -145,6 +186,21 @@ impl RemotesRpc for RemoteService {
             remote: Some(remote(&added.config)),
             initialized: added.initialized,
             key_generated: added.key_generated,
+        }))
+    }
+
+    async fn set_remote_retention(
+        &self,
+        req: Request<pb::SetRemoteRetentionRequest>,
+    ) -> Result<Response<pb::SetRemoteRetentionResponse>, Status> {
+        let r = req.into_inner();
+        let retention = retention_from_wire(r.retention.as_ref())?;
+        let cfg = self
+            .remotes
+            .set_retention(&r.name, retention)
+            .map_err(status)?;
+        Ok(Response::new(pb::SetRemoteRetentionResponse {
+            remote: Some(remote(&cfg)),
         }))
     }
 

@@ -13,20 +13,21 @@
 //! takes no lock a save takes. Passes start at once after a snapshot, when asked (`remote
 //! sync`) and every minute; after a failure, after a backoff that doubles from 1 s to 30 s.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::backend::Connection;
-use super::config::{Registry, RemoteConfig};
+use super::config::{Registry, RemoteConfig, Retention, State};
 use super::crypto::{self, Key};
 use super::format::{
     self, KIND_BLOB, KIND_CHUNKS, KIND_TREE, PackBuilder, RemoteConfigObject, SnapshotObject,
 };
+use super::restore::RemoteSnap;
 use super::{Failure, RemoteError, now_ms};
 use crate::engine::{Engine, EngineEvent};
 use crate::store::catalog::SnapshotRecord;
@@ -54,6 +55,18 @@ pub struct Progress {
     pub uploaded_objects: u64,
     /// Packs sent since the daemon started.
     pub uploaded_packs: u64,
+    /// Snapshot records the remote's retention deleted since the daemon started.
+    pub pruned_snapshots: u64,
+    /// Packs (with their indexes) collected since the daemon started, and their bytes.
+    pub deleted_packs: u64,
+    /// See `deleted_packs`.
+    pub deleted_bytes: u64,
+    /// When retention last deleted something.
+    pub last_prune_ms: i64,
+    /// Unneeded bytes inside packs kept for the needed objects they hold (last collection).
+    pub dead_bytes: u64,
+    /// Why the last collection kept unneeded objects; empty when it did not.
+    pub prune_note: String,
 }
 
 /// State shared between an uploader and whoever asks about it.
@@ -63,6 +76,14 @@ pub struct Shared {
     pub progress: Mutex<Progress>,
     /// Ids of this data directory's snapshots on the remote.
     pub replicated: Mutex<BTreeSet<u64>>,
+    /// Ids the remote's retention dropped that are still local: not sent again.
+    pub dropped: Mutex<BTreeSet<u64>>,
+    /// Objects may be left for a collection to delete (see [`super::prune`], rule 2).
+    pub collect_pending: Mutex<bool>,
+    /// The remote's retention.
+    pub retention: Mutex<Retention>,
+    /// This data directory's records on the remote, read once per connection.
+    pub ours: Mutex<BTreeMap<u64, RemoteSnap>>,
     /// Snapshot objects on the remote, of any data directory.
     pub remote_snapshots: Mutex<u64>,
     /// Objects some index on the remote names.
@@ -75,10 +96,34 @@ pub struct Shared {
 
 impl Shared {
     /// A state that starts from what was last recorded.
-    pub fn new(replicated: BTreeSet<u64>) -> Shared {
+    pub fn new(state: State, retention: Retention) -> Shared {
         Shared {
-            replicated: Mutex::new(replicated),
+            replicated: Mutex::new(state.replicated),
+            dropped: Mutex::new(state.dropped),
+            collect_pending: Mutex::new(state.collect_pending),
+            retention: Mutex::new(retention),
             ..Shared::default()
+        }
+    }
+
+    /// What is recorded between runs.
+    pub fn state(&self) -> State {
+        State {
+            replicated: lock(&self.replicated).clone(),
+            dropped: lock(&self.dropped).clone(),
+            collect_pending: *lock(&self.collect_pending),
+        }
+    }
+
+    /// Replaces what is known of the remote's objects with `indexes` (after a collection).
+    pub fn set_indexes(&self, indexes: &[(String, format::PackIndex)]) {
+        let mut known = write(&self.known);
+        let mut names = lock(&self.indexes);
+        known.clear();
+        names.clear();
+        for (name, index) in indexes {
+            known.extend(index.entries.iter().map(|e| e.id));
+            names.insert(name.clone());
         }
     }
 
@@ -279,15 +324,29 @@ impl Uploader {
             .map_err(|e| RemoteError::Config(format!("catalog: {e}")))??;
         let mut pending: Vec<SnapshotRecord> = {
             let done = lock(&self.shared.replicated);
-            all.into_iter()
-                .filter(|s| !done.contains(&s.id.get()))
+            let dropped = lock(&self.shared.dropped);
+            all.iter()
+                .filter(|s| !done.contains(&s.id.get()) && !dropped.contains(&s.id.get()))
+                .cloned()
                 .collect()
         };
         pending.sort_by_key(|s| (s.created_us, s.id));
         for s in pending {
             self.upload_snapshot(&conn, &key, s).await?;
         }
-        Ok(())
+        let local: std::collections::HashMap<u64, SnapshotRecord> =
+            all.into_iter().map(|s| (s.id.get(), s)).collect();
+        super::prune::apply(&super::prune::Pass {
+            conn: &conn,
+            key: &key,
+            origin: &self.origin,
+            name: &self.cfg.name,
+            engine: &self.engine,
+            registry: &self.registry,
+            shared: &self.shared,
+            local: &local,
+        })
+        .await
     }
 
     /// Reads the remote's indexes (the new ones) and its snapshot list.
@@ -310,14 +369,23 @@ impl Uploader {
         }
         let snaps = conn.list("snapshots").await?;
         *lock(&self.shared.remote_snapshots) = snaps.len() as u64;
-        let ours: BTreeSet<u64> = snaps
+        let ours: Vec<(String, u64)> = snaps
             .iter()
-            .filter_map(|(n, _)| parse_snapshot_name(n))
-            .filter(|(origin, _)| *origin == self.origin)
-            .map(|(_, id)| id)
+            .filter_map(|(n, _)| parse_snapshot_name(n).map(|(o, id)| (n, o, id)))
+            .filter(|(_, origin, _)| *origin == self.origin)
+            .map(|(n, _, id)| (n.clone(), id))
             .collect();
-        self.registry.save_state(&self.cfg.name, &ours)?;
-        *lock(&self.shared.replicated) = ours;
+        let records: BTreeMap<u64, RemoteSnap> = futures::stream::iter(ours)
+            .map(|(name, id)| async move {
+                Ok::<_, RemoteError>((id, super::restore::snapshot(conn, key, &name).await?))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        *lock(&self.shared.replicated) = records.keys().copied().collect();
+        *lock(&self.shared.ours) = records;
+        self.registry
+            .save_state(&self.cfg.name, &self.shared.state())?;
         Ok(())
     }
 
@@ -335,13 +403,15 @@ impl Uploader {
         let walk_key = key.clone();
         let root = s.root;
         let target = self.cfg.pack_bytes.max(64 << 10) as usize;
+        let origin = self.origin.clone();
         let producer = tokio::task::spawn_blocking(move || {
             Packer {
                 store: &engine.store,
                 key: &walk_key,
                 shared: &shared,
                 seen: HashSet::new(),
-                pack: PackBuilder::new()?,
+                pack: PackBuilder::new(&origin)?,
+                origin: &origin,
                 target,
                 tx,
             }
@@ -405,20 +475,25 @@ impl Uploader {
             .unwrap_or_default();
         let object = SnapshotObject {
             record: crate::store::records::encode(&s),
-            workspace,
+            workspace: workspace.clone(),
         };
         conn.put(
             &format!("snapshots/{}", snapshot_name(&self.origin, s.id.get())),
             format::seal_snapshot(key, &object)?,
         )
         .await?;
-        let replicated = {
-            let mut r = lock(&self.shared.replicated);
-            r.insert(s.id.get());
-            r.clone()
-        };
+        lock(&self.shared.replicated).insert(s.id.get());
         *lock(&self.shared.remote_snapshots) += 1;
-        self.registry.save_state(&self.cfg.name, &replicated)?;
+        let id = s.id.get();
+        lock(&self.shared.ours).insert(
+            id,
+            RemoteSnap {
+                record: s.clone(),
+                workspace,
+            },
+        );
+        self.registry
+            .save_state(&self.cfg.name, &self.shared.state())?;
         tracing::info!(remote = %self.cfg.name, snapshot = %s.hex_id(), packs, bytes, elapsed = ?started.elapsed(), "snapshot replicated");
         Ok(())
     }
@@ -446,6 +521,7 @@ struct Packer<'a> {
     /// Queued by this walk (in a pack that may not be indexed yet).
     seen: HashSet<Id>,
     pack: PackBuilder,
+    origin: &'a str,
     target: usize,
     tx: mpsc::Sender<PackBuilder>,
 }
@@ -506,7 +582,7 @@ impl Packer<'_> {
     }
 
     fn send(&mut self) -> Result<(), RemoteError> {
-        let full = std::mem::replace(&mut self.pack, PackBuilder::new()?);
+        let full = std::mem::replace(&mut self.pack, PackBuilder::new(self.origin)?);
         // The receiver is gone when an upload failed: the pass ends, and so does this walk.
         self.tx
             .blocking_send(full)
