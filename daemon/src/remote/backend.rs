@@ -6,7 +6,9 @@
 //! named with `remote add --credentials` (AWS's INI format, mode 0600), else from the daemon's
 //! environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), else from
 //! `$AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials` (profile `$AWS_PROFILE`, else
-//! `default`).
+//! `default`), else from `$AWS_CONFIG_FILE` or `~/.aws/config` (its `[profile NAME]`, or
+//! `[default]`). The region is `remote add --region`, else `$AWS_REGION`, else
+//! `$AWS_DEFAULT_REGION`, else the config file's `region` for the profile, else us-east-1.
 
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
@@ -102,7 +104,9 @@ impl Connection {
                     } else {
                         std::env::var("AWS_REGION")
                             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-                            .unwrap_or_else(|_| "us-east-1".to_owned())
+                            .ok()
+                            .or_else(|| config_file_value(&profile(), "region"))
+                            .unwrap_or_else(|| "us-east-1".to_owned())
                     };
                     b = b.with_region(region);
                     if !cfg.endpoint.is_empty() {
@@ -230,6 +234,17 @@ impl Connection {
                 format!("{} does not exist: create it, or check the URL", self.place),
             );
         }
+        if has(&["AuthorizationHeaderMalformed"]) {
+            return self.fail(
+                Failure::Denied,
+                format!(
+                    "{} refused the request's signature ({}): is the region right? (--region, \
+                     $AWS_REGION, or `region` in ~/.aws/config)",
+                    self.place,
+                    short(&text)
+                ),
+            );
+        }
         if has(&[
             "InvalidAccessKeyId",
             "SignatureDoesNotMatch",
@@ -301,7 +316,7 @@ fn short(text: &str) -> String {
 
 /// The credentials for `cfg`, and where they came from (for messages).
 fn credentials(cfg: &RemoteConfig) -> Result<(Option<Credentials>, String), RemoteError> {
-    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_owned());
+    let profile = profile();
     if let Some(file) = &cfg.credentials_file {
         let found = read_credentials_file(file, &profile, true)?;
         let Some(found) = found else {
@@ -341,11 +356,48 @@ fn credentials(cfg: &RemoteConfig) -> Result<(Option<Credentials>, String), Remo
             return Ok((found, format!("[{profile}] in {}", path.display())));
         }
     }
+    if let Some(path) = config_file()
+        && let Ok(text) = std::fs::read_to_string(&path)
+        && let Some(found) = section(&text, &config_section(&profile)).and_then(credentials_in)
+    {
+        return Ok((
+            Some(found),
+            format!("[{}] in {}", config_section(&profile), path.display()),
+        ));
+    }
     Err(RemoteError::Config(format!(
         "remote {}: no credentials: pass --credentials FILE (mode 0600, AWS's format), or set \
          AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for chkptd, or write ~/.aws/credentials",
         cfg.name
     )))
+}
+
+/// The AWS profile: `$AWS_PROFILE`, else `default`.
+fn profile() -> String {
+    std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_owned())
+}
+
+/// AWS's config file: `$AWS_CONFIG_FILE`, else `~/.aws/config`.
+fn config_file() -> Option<std::path::PathBuf> {
+    std::env::var_os("AWS_CONFIG_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| FsPath::new(&h).join(".aws/config")))
+}
+
+/// A profile's section in the config file: `[default]`, else `[profile NAME]`.
+fn config_section(profile: &str) -> String {
+    if profile == "default" {
+        profile.to_owned()
+    } else {
+        format!("profile {profile}")
+    }
+}
+
+/// Setting `key` of `profile` in AWS's config file.
+fn config_file_value(profile: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(config_file()?).ok()?;
+    let section = section(&text, &config_section(profile))?;
+    section.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
 /// Reads AWS's INI credentials format: `[profile]` sections of `key = value` lines. With
@@ -370,8 +422,11 @@ fn read_credentials_file(
     Ok(parse_credentials(&text, profile, strict))
 }
 
-fn parse_credentials(text: &str, profile: &str, any_single: bool) -> Option<Credentials> {
-    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+/// The `[section]`s of an INI file, each with its `key = value` lines (keys lower-cased).
+type Sections = Vec<(String, Vec<(String, String)>)>;
+
+fn sections(text: &str) -> Sections {
+    let mut sections: Sections = Vec::new();
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
@@ -388,13 +443,21 @@ fn parse_credentials(text: &str, profile: &str, any_single: bool) -> Option<Cred
             }
         }
     }
-    let section = sections
-        .iter()
-        .find(|(n, _)| n == profile)
-        .or_else(|| (any_single && sections.len() == 1).then(|| &sections[0]))?;
+    sections
+}
+
+/// The lines of section `name`.
+fn section(text: &str, name: &str) -> Option<Vec<(String, String)>> {
+    sections(text)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, lines)| lines)
+}
+
+/// The credentials a section's lines hold.
+fn credentials_in(lines: Vec<(String, String)>) -> Option<Credentials> {
     let get = |k: &str| {
-        section
-            .1
+        lines
             .iter()
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
@@ -404,6 +467,15 @@ fn parse_credentials(text: &str, profile: &str, any_single: bool) -> Option<Cred
         secret: get("aws_secret_access_key")?,
         token: get("aws_session_token"),
     })
+}
+
+fn parse_credentials(text: &str, profile: &str, any_single: bool) -> Option<Credentials> {
+    let sections = sections(text);
+    let section = sections
+        .iter()
+        .find(|(n, _)| n == profile)
+        .or_else(|| (any_single && sections.len() == 1).then(|| &sections[0]))?;
+    credentials_in(section.1.clone())
 }
 
 #[cfg(test)]
@@ -434,5 +506,19 @@ mod tests {
         let single = "[garage]\naws_access_key_id=K\naws_secret_access_key=S\n";
         assert!(parse_credentials(single, "default", true).is_some());
         assert!(parse_credentials(single, "default", false).is_none());
+        let config = "[default]\nregion = eu-west-1\n[profile ci]\nregion=garage\n\
+                      aws_access_key_id=K\naws_secret_access_key=S\n";
+        assert_eq!(
+            section(config, &config_section("ci")).and_then(credentials_in),
+            Some(Credentials {
+                key_id: "K".into(),
+                secret: "S".into(),
+                token: None
+            })
+        );
+        assert_eq!(
+            section(config, &config_section("default")).and_then(credentials_in),
+            None
+        );
     }
 }
