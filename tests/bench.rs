@@ -29,6 +29,9 @@
 //!   database, a sparse file's restore), with a table of their own
 //! - `bench/history.rs`: the targets of issue 19 (diff with patches, `log -p`, the UI's first
 //!   frame), with a table of their own
+//! - `bench/remote.rs`: replication of the corpus to a local Garage (issue 21): upload
+//!   throughput, an auto snapshot to replicated, a remote restore beside a local one (its own
+//!   table)
 //! - `bench/scale.rs`: monorepo-sized generated trees, and a folder of 200,000 entries (its own
 //!   table; a smoke run measures 20,000 files, a full run 100,000, 500,000 and 1,000,000 and
 //!   the folder, `--only scale` the folder too)
@@ -48,6 +51,8 @@ mod history;
 mod others;
 #[path = "bench/ours.rs"]
 mod ours;
+#[path = "bench/remote.rs"]
+mod remote;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/scale.rs"]
@@ -280,14 +285,21 @@ fn main() -> ExitCode {
     let scale = rt.block_on(scale::section(&target, scratch.path(), &sizes, full));
     eprintln!("bench: the big files section");
     let big = rt.block_on(bigfiles::section(scratch.path(), full, peer.as_ref()));
+    eprintln!("bench: the remote section");
+    let remote = remote::section(&run, scratch.path());
+    if let Some(m) = &remote.missing {
+        res.missing(m.clone());
+        fatal = true;
+    }
 
     let machine = report::machine();
     let table = format!(
-        "{}\n{watcher_table}\n{git_table}{}\n{}{}",
+        "{}\n{watcher_table}\n{git_table}{}\n{}{}\n{}",
         res.table(),
         history.table,
         scale.table(),
-        big.table
+        big.table,
+        remote.table
     );
     println!("\n{table}\n{machine}");
     println!("{}", scale.figures());
@@ -301,7 +313,7 @@ fn main() -> ExitCode {
     if let Err(e) = std::fs::write(&file, doc) {
         eprintln!("bench: could not write {}: {e}", file.display());
     }
-    if res.ours_failed() || history.failed || scale.failed() || big.failed {
+    if res.ours_failed() || history.failed || scale.failed() || big.failed || remote.failed {
         eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
         return ExitCode::FAILURE;
     }
