@@ -136,7 +136,7 @@ impl RetentionArgs {
 
 /// A remote's retention, in words.
 fn retention_text(r: Option<&v1::RemoteRetention>) -> String {
-    match r.map(|r| (r.mode.as_str(), r.policy.clone().unwrap_or_default())) {
+    match r.map(|r| (r.mode.as_str(), r.policy.unwrap_or_default())) {
         None | Some(("" | "follow-local", _)) => "follows each workspace's local policy".into(),
         Some(("keep-all", _)) => "keeps every snapshot".into(),
         Some((_, p)) => {
@@ -168,7 +168,7 @@ fn retention_json(r: Option<&v1::RemoteRetention>) -> Value {
             r.mode.as_str()
         }
     });
-    let p = r.and_then(|r| r.policy.clone()).unwrap_or_default();
+    let p = r.and_then(|r| r.policy).unwrap_or_default();
     json!({
         "mode": mode, "keep_last": p.keep_last, "keep_hourly": p.keep_hourly,
         "keep_daily": p.keep_daily, "keep_weekly": p.keep_weekly,

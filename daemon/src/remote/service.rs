@@ -98,7 +98,7 @@ fn retention_from_wire(r: Option<&pb::RemoteRetention>) -> Result<Retention, Sta
         "" | "follow-local" => Ok(Retention::FollowLocal),
         "keep-all" => Ok(Retention::KeepAll),
         "own" => {
-            let wire = r.policy.clone().unwrap_or_default();
+            let wire = r.policy.unwrap_or_default();
             let policy = crate::retention::Policy {
                 max_store_bytes: 0,
                 ..crate::service::convert::policy_from_wire(&wire)
