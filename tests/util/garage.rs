@@ -54,11 +54,15 @@ pub fn bin() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `n` distinct free ports: all bound at once, so none is handed out twice (a port given to
+/// both the S3 and the RPC listener makes Garage exit).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("a port").port())
+        .collect()
 }
 
 /// A running one-node Garage.
@@ -159,8 +163,9 @@ impl Garage {
     /// listens), and waits for its S3 port.
     pub fn start() -> Garage {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s3_port = free_port();
-        let rpc_port = free_port();
+        let [s3_port, rpc_port] = free_ports(2)[..] else {
+            unreachable!("two ports")
+        };
         let secret_hex = hex_noise(u64::from(s3_port));
         let config = write_config(dir.path(), 1, rpc_port, s3_port, &secret_hex);
         let mut g = Garage {
@@ -333,11 +338,12 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let rpc_secret = hex_noise(7);
         let mut nodes = Vec::new();
+        let ports = free_ports(2 * n);
         for i in 0..n {
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let s3_port = free_port();
-            let config = write_config(&node_dir, replication, free_port(), s3_port, &rpc_secret);
+            let (s3_port, rpc_port) = (ports[2 * i], ports[2 * i + 1]);
+            let config = write_config(&node_dir, replication, rpc_port, s3_port, &rpc_secret);
             let log = node_dir.join("garage.log");
             let mut child = spawn(&config, &log, &["server"], &[]);
             wait_listening(&mut child, s3_port, &log);
