@@ -18,7 +18,9 @@ use serde_json::Value;
 use util::Daemon;
 use util::cli::{fails_in, json_in, ok_in, project, run_in, save};
 use util::garage::{Garage, S3};
-use util::remote::{add_args, noise_files, status, strs, tree, wait_status};
+use util::remote::{
+    add_args, noise_files, restore_fresh, slow_add_args, status, strs, tree, wait_status,
+};
 
 #[test]
 fn a_replicated_snapshot_restores_byte_exact_on_a_fresh_data_dir() {
@@ -310,18 +312,7 @@ fn a_cut_connection_and_a_killed_daemon_resume_with_nothing_lost_or_sent_twice()
     let key = secrets.path().join("k");
     // Small packs, two at a time, slowed to 2 MiB/s: the upload takes ~3 s and is cut in its
     // middle.
-    let mut args = add_args(&g, "cut", "p", &creds, &key);
-    args.extend(
-        [
-            "--pack-size",
-            "256K",
-            "--concurrency",
-            "2",
-            "--limit-upload",
-            "2M",
-        ]
-        .map(String::from),
-    );
+    let args = slow_add_args(&g, "cut", "p", &creds, &key);
     ok_in(&d, root, &strs(&args));
     wait_status(&d, root, "cut", "first packs", |s| {
         s["uploaded_packs"].as_u64().unwrap() >= 3
@@ -403,19 +394,7 @@ fn a_cut_connection_and_a_killed_daemon_resume_with_nothing_lost_or_sent_twice()
         other.path(),
         &strs(&add_args(&g, "cut", "p", &creds, &key)),
     );
-    let to = other.path().join("r");
-    ok_in(
-        &fresh,
-        other.path(),
-        &[
-            "remote",
-            "restore",
-            "cut",
-            "latest",
-            "--to",
-            &to.display().to_string(),
-        ],
-    );
+    let to = restore_fresh(&fresh, other.path(), "cut", "latest");
     assert_eq!(tree(&to), tree(root));
 }
 
@@ -500,18 +479,6 @@ fn a_passphrase_remote_replicates_auto_snapshots_and_restores_elsewhere() {
     );
     let out = with_passphrase(&fresh, other.path(), "correct horse battery staple", &args);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let to = other.path().join("r");
-    ok_in(
-        &fresh,
-        other.path(),
-        &[
-            "remote",
-            "restore",
-            "pp",
-            "latest",
-            "--to",
-            &to.display().to_string(),
-        ],
-    );
+    let to = restore_fresh(&fresh, other.path(), "pp", "latest");
     assert_eq!(tree(&to), tree(root));
 }

@@ -10,7 +10,9 @@ mod util;
 use util::Daemon;
 use util::cli::{ok_in, project, save};
 use util::garage::{Cluster, S3};
-use util::remote::{add_args, noise_files, status, strs, tree, wait_status};
+use util::remote::{
+    add_args, noise_files, restore_fresh, slow_add_args, status, strs, tree, wait_status,
+};
 
 #[test]
 fn an_upload_completes_with_a_node_killed_in_its_middle_and_restores_exactly() {
@@ -25,18 +27,7 @@ fn an_upload_completes_with_a_node_killed_in_its_middle_and_restores_exactly() {
     let key = secrets.path().join("k");
     // Small packs, two at a time, slowed to 2 MiB/s: the upload takes ~2 s, and a node dies
     // in it.
-    let mut args = add_args(&c, "rf3", "p", &creds, &key);
-    args.extend(
-        [
-            "--pack-size",
-            "256K",
-            "--concurrency",
-            "2",
-            "--limit-upload",
-            "2M",
-        ]
-        .map(String::from),
-    );
+    let args = slow_add_args(&c, "rf3", "p", &creds, &key);
     ok_in(&d, root, &strs(&args));
     let before = wait_status(&d, root, "rf3", "first packs", |s| {
         s["uploaded_packs"].as_u64().unwrap() >= 2
@@ -63,18 +54,6 @@ fn an_upload_completes_with_a_node_killed_in_its_middle_and_restores_exactly() {
         other.path(),
         &strs(&add_args(&c, "rf3", "p", &creds, &key)),
     );
-    let to = other.path().join("r");
-    ok_in(
-        &fresh,
-        other.path(),
-        &[
-            "remote",
-            "restore",
-            "rf3",
-            "latest",
-            "--to",
-            &to.display().to_string(),
-        ],
-    );
+    let to = restore_fresh(&fresh, other.path(), "rf3", "latest");
     assert_eq!(tree(&to), tree(root));
 }

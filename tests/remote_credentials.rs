@@ -13,7 +13,7 @@ use std::path::Path;
 use util::Daemon;
 use util::cli::{fails_in, ok_in, project, save};
 use util::garage::{Garage, S3};
-use util::remote::{strs, tree};
+use util::remote::{restore_fresh, strs, tree};
 
 /// Every AWS variable chkptd reads, removed, then `set` set.
 fn aws_env<'a>(set: &[(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a str>)> {
@@ -133,19 +133,7 @@ fn credentials_from_the_aws_environment_and_files_work_and_stay_out_of_the_data_
     );
     let other = tempfile::tempdir().unwrap();
     ok_in(&files, other.path(), &strs(&add(&g, "files", &key, false)));
-    let to = other.path().join("r");
-    ok_in(
-        &files,
-        other.path(),
-        &[
-            "remote",
-            "restore",
-            "files",
-            &snap,
-            "--to",
-            &to.display().to_string(),
-        ],
-    );
+    let to = restore_fresh(&files, other.path(), "files", &snap);
     assert_eq!(tree(&to), tree(root));
 
     // The files AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE name, HOME empty; here the

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use util::Daemon;
 use util::cli::{fails_in, json_in, ok_in};
 use util::garage::{Garage, S3};
-use util::remote::{add_args, status, strs, tree};
+use util::remote::{add_args, restore_fresh, status, strs, tree};
 
 /// The ids of the workspace's local snapshots.
 fn local_ids(d: &Daemon, root: &Path) -> BTreeSet<String> {
@@ -60,24 +60,6 @@ fn names(v: &[(String, u64)]) -> BTreeSet<String> {
     v.iter()
         .map(|(n, _)| n.rsplit('/').next().unwrap().to_owned())
         .collect()
-}
-
-/// Restores snapshot `id` from the remote on the fresh daemon into a new folder under `dir`.
-fn restore_fresh(fresh: &Daemon, dir: &Path, name: &str, id: &str) -> std::path::PathBuf {
-    let to = dir.join(format!("r-{id}"));
-    ok_in(
-        fresh,
-        dir,
-        &[
-            "remote",
-            "restore",
-            name,
-            id,
-            "--to",
-            &to.display().to_string(),
-        ],
-    );
-    to
 }
 
 #[test]

@@ -93,27 +93,9 @@ fn measure(run: &Run, scratch: &Path) -> Result<Vec<(String, String)>, String> {
     std::fs::create_dir_all(&secrets).map_err(|e| e.to_string())?;
     let creds = g.credentials(&secrets, None);
     let key = secrets.join("key");
-    let url = format!("s3://{}/bench", g.bucket());
-    let endpoint = g.endpoint();
-    let add = |d: &Daemon| {
-        ctl(
-            d,
-            &[
-                "remote",
-                "add",
-                "bench",
-                &url,
-                "--endpoint",
-                &endpoint,
-                "--region",
-                "garage",
-                "--credentials",
-                &creds.display().to_string(),
-                "--key-file",
-                &key.display().to_string(),
-            ],
-        )
-    };
+    let args = crate::util::remote::add_args(&g, "bench", "bench", &creds, &key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let add = |d: &Daemon| ctl(d, &args);
     let t = Instant::now();
     add(&d)?;
     let (state, _) = ctl(&d, &["remote", "sync", "bench", "--timeout", "60m"])?;

@@ -243,13 +243,10 @@ pub trait S3 {
         path
     }
 
-    /// The names (from the bucket's root) and sizes of the objects under `prefix`, listed
-    /// over S3.
-    fn list(&self, prefix: &str) -> Vec<(String, u64)> {
-        use futures::TryStreamExt;
-        use object_store::ObjectStore;
+    /// An S3 client of the bucket, with the test's key.
+    fn client(&self) -> object_store::aws::AmazonS3 {
         let (id, secret) = self.key();
-        let s3 = object_store::aws::AmazonS3Builder::new()
+        object_store::aws::AmazonS3Builder::new()
             .with_endpoint(self.endpoint())
             .with_bucket_name(self.bucket())
             .with_access_key_id(id)
@@ -257,7 +254,15 @@ pub trait S3 {
             .with_region("garage")
             .with_allow_http(true)
             .build()
-            .expect("an S3 client");
+            .expect("an S3 client")
+    }
+
+    /// The names (from the bucket's root) and sizes of the objects under `prefix`, listed
+    /// over S3.
+    fn list(&self, prefix: &str) -> Vec<(String, u64)> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let s3 = self.client();
         let prefix = object_store::path::Path::from(prefix);
         runtime()
             .block_on(s3.list(Some(&prefix)).try_collect::<Vec<_>>())
@@ -270,16 +275,7 @@ pub trait S3 {
     /// Writes an object over S3.
     fn put(&self, path: &str, body: Vec<u8>) -> Result<(), object_store::Error> {
         use object_store::ObjectStoreExt;
-        let (id, secret) = self.key();
-        let s3 = object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(self.endpoint())
-            .with_bucket_name(self.bucket())
-            .with_access_key_id(id)
-            .with_secret_access_key(secret)
-            .with_region("garage")
-            .with_allow_http(true)
-            .build()
-            .expect("an S3 client");
+        let s3 = self.client();
         runtime()
             .block_on(s3.put(&object_store::path::Path::from(path), body.into()))
             .map(|_| ())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::Daemon;
-use super::cli::json_in;
+use super::cli::{json_in, ok_in};
 use super::garage::S3;
 
 /// Every entry under `root`: path → (mode, symlink target or file content; none for folders).
@@ -50,6 +50,30 @@ pub fn noise_files(dir: &Path, files: usize, size: usize, seed: u64) {
         )
         .unwrap();
     }
+}
+
+/// [`add_args`] with small packs, two at a time, slowed to 2 MiB/s: an upload of a few MiB
+/// takes seconds, long enough to cut or kill something in its middle.
+pub fn slow_add_args(
+    g: &impl S3,
+    name: &str,
+    prefix: &str,
+    creds: &Path,
+    key: &Path,
+) -> Vec<String> {
+    let mut args = add_args(g, name, prefix, creds, key);
+    args.extend(
+        [
+            "--pack-size",
+            "256K",
+            "--concurrency",
+            "2",
+            "--limit-upload",
+            "2M",
+        ]
+        .map(String::from),
+    );
+    args
 }
 
 /// `remote add` arguments for Garage `g`'s bucket under `prefix`.
@@ -102,4 +126,22 @@ pub fn wait_status(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Restores snapshot `id` from the remote on the fresh daemon into a new folder under `dir`.
+pub fn restore_fresh(fresh: &Daemon, dir: &Path, name: &str, id: &str) -> PathBuf {
+    let to = dir.join(format!("r-{id}"));
+    ok_in(
+        fresh,
+        dir,
+        &[
+            "remote",
+            "restore",
+            name,
+            id,
+            "--to",
+            &to.display().to_string(),
+        ],
+    );
+    to
 }
