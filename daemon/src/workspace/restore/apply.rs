@@ -140,7 +140,15 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<Written> {
             // Chunked files come chunk by chunk, their holes left as holes.
             let res = store
                 .read_to_file(&side.id, &file)
-                .and_then(|_| file.metadata().at(tmp));
+                .and_then(|_| file.metadata().at(tmp))
+                .and_then(|meta| {
+                    start_writeback(&file);
+                    // On the open file: no second lookup of its path.
+                    file.set_permissions(fs::Permissions::from_mode(side.mode))
+                        .at(tmp)
+                        .map(|()| meta)
+                });
+            // A file that could not be written whole is not left behind.
             let meta = match res {
                 Ok(m) => m,
                 Err(e) => {
@@ -151,10 +159,6 @@ fn write_tmp(store: &Store, side: &Side, tmp: &Path) -> Result<Written> {
                     });
                 }
             };
-            start_writeback(&file);
-            // On the open file: no second lookup of its path.
-            file.set_permissions(fs::Permissions::from_mode(side.mode))
-                .at(tmp)?;
             Ok(Written::of(&meta))
         }
         Kind::Dir => Err(Error::Corrupt("a directory has no content to write".into())),
