@@ -38,6 +38,9 @@
 //!
 //! `--only scale` runs the scale section alone (its table goes to
 //! `target/bench-results-scale.md`), `--scale-sizes 100000,500000` picks its tree sizes.
+//! `--only main,remote` (any of `main`, `watcher`, `git`, `history`, `scale`, `big-files`,
+//! `remote`) runs those sections on the corpus; a full run's table then goes to
+//! `target/bench-results-some.md`, so that a whole run's is never overwritten by a part.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -274,46 +277,76 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(bench(&run, peer.as_ref(), &mut res));
-    eprintln!("bench: the watcher section");
-    let (watcher_table, _) = rt.block_on(watcher::section(scratch.path()));
-    eprintln!("bench: the .git section");
-    let git_table = rt.block_on(git::section(scratch.path()));
-    eprintln!("bench: the history section");
-    let history = rt.block_on(history::run(&run));
-    eprintln!("bench: the scale section");
-    let scale = rt.block_on(scale::section(&target, scratch.path(), &sizes, full));
-    eprintln!("bench: the big files section");
-    let big = rt.block_on(bigfiles::section(scratch.path(), full, peer.as_ref()));
-    eprintln!("bench: the remote section");
-    let remote = remote::section(&run, scratch.path());
-    if let Some(m) = &remote.missing {
-        res.missing(m.clone());
-        fatal = true;
+    // `--only a,b`: the sections named (`main` is the table above), on the corpus.
+    let only: Option<Vec<String>> =
+        arg_value(&args, "--only").map(|l| l.split(',').map(str::to_owned).collect());
+    let wants = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let mut tables: Vec<String> = Vec::new();
+    let mut failed = false;
+    if wants("main") {
+        rt.block_on(bench(&run, peer.as_ref(), &mut res));
+        failed |= res.ours_failed();
+    }
+    if wants("watcher") {
+        eprintln!("bench: the watcher section");
+        tables.push(rt.block_on(watcher::section(scratch.path())).0);
+    }
+    if wants("git") {
+        eprintln!("bench: the .git section");
+        tables.push(rt.block_on(git::section(scratch.path())));
+    }
+    if wants("history") {
+        eprintln!("bench: the history section");
+        let history = rt.block_on(history::run(&run));
+        tables.push(history.table);
+        failed |= history.failed;
+    }
+    let mut figures = String::new();
+    if wants("scale") {
+        eprintln!("bench: the scale section");
+        let scale = rt.block_on(scale::section(&target, scratch.path(), &sizes, full));
+        tables.push(scale.table());
+        figures = scale.figures();
+        failed |= scale.failed();
+    }
+    if wants("big-files") {
+        eprintln!("bench: the big files section");
+        let big = rt.block_on(bigfiles::section(scratch.path(), full, peer.as_ref()));
+        tables.push(big.table);
+        failed |= big.failed;
+    }
+    if wants("remote") {
+        eprintln!("bench: the remote section");
+        let remote = remote::section(&run, scratch.path());
+        if let Some(m) = &remote.missing {
+            res.missing(m.clone());
+            fatal = true;
+        }
+        tables.push(remote.table);
+        failed |= remote.failed;
     }
 
+    // Last: what could not be measured, listed above the main table, includes the sections'.
+    if wants("main") {
+        tables.insert(0, res.table());
+    } else if !res.missing.is_empty() {
+        tables.insert(0, format!("**Not measured: {}**\n", res.missing.join("; ")));
+    }
     let machine = report::machine();
-    let table = format!(
-        "{}\n{watcher_table}\n{git_table}{}\n{}{}\n{}",
-        res.table(),
-        history.table,
-        scale.table(),
-        big.table,
-        remote.table
-    );
+    let table = tables.join("\n");
     println!("\n{table}\n{machine}");
-    println!("{}", scale.figures());
+    println!("{figures}");
     println!("Took {:.0} s.", started.elapsed().as_secs_f64());
-    let file = target.join(if full {
-        "bench-results.md"
-    } else {
-        "bench-results-smoke.md"
+    let file = target.join(match (full, &only) {
+        (true, None) => "bench-results.md",
+        (true, Some(_)) => "bench-results-some.md",
+        (false, _) => "bench-results-smoke.md",
     });
     let doc = format!("# chkpt benchmark\n\n{machine}\n\n{table}");
     if let Err(e) = std::fs::write(&file, doc) {
         eprintln!("bench: could not write {}: {e}", file.display());
     }
-    if res.ours_failed() || history.failed || scale.failed() || big.failed || remote.failed {
+    if failed {
         eprintln!("bench: FAILED: a step of chkptd failed (see the table)");
         return ExitCode::FAILURE;
     }

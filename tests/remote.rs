@@ -183,6 +183,77 @@ fn a_replicated_snapshot_restores_byte_exact_on_a_fresh_data_dir() {
     assert_eq!(tree(&to2), tree(root));
 }
 
+/// A byte flipped in a pack on the server (many files share each request): the restore fails
+/// naming the object, leaves the folder it was given empty, and the local store is untouched.
+#[test]
+fn a_damaged_pack_fails_the_remote_restore_and_leaves_its_folder_empty() {
+    let g = Garage::start();
+    let d = Daemon::start(&[]);
+    let ws = project(&d);
+    let root = ws.path();
+    noise_files(&root.join("noise"), 40, 20_000, 7);
+    let snap = save(&d, root, "to damage");
+    let secrets = tempfile::tempdir().unwrap();
+    let creds = g.credentials(secrets.path(), None);
+    let key = secrets.path().join("remote.key");
+    ok_in(
+        &d,
+        root,
+        &strs(&add_args(&g, "off-site", "dmg", &creds, &key)),
+    );
+    ok_in(
+        &d,
+        root,
+        &["remote", "sync", "off-site", "--timeout", "60s"],
+    );
+    let (pack, size) = g
+        .list("dmg/packs")
+        .into_iter()
+        .max_by_key(|(_, size)| *size)
+        .expect("a pack on the server");
+    let mut bytes = g.get(&pack);
+    assert_eq!(bytes.len() as u64, size);
+    bytes[size as usize / 2] ^= 0x40;
+    g.put(&pack, bytes).unwrap();
+
+    let fresh = Daemon::start(&[]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    ok_in(
+        &fresh,
+        elsewhere.path(),
+        &strs(&add_args(&g, "home", "dmg", &creds, &key)),
+    );
+    let to = elsewhere.path().join("restored");
+    std::fs::create_dir(&to).unwrap();
+    let out = fails_in(
+        &fresh,
+        elsewhere.path(),
+        &[
+            "remote",
+            "restore",
+            "home",
+            &snap,
+            "--to",
+            &to.display().to_string(),
+        ],
+    );
+    assert!(
+        out.stderr.contains("does not open with the key") && out.stderr.contains("damaged"),
+        "{}",
+        out.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(&to).unwrap().collect();
+    assert!(left.is_empty(), "the failed restore left {left:?}");
+    // The local snapshot still restores byte for byte.
+    let local_to = elsewhere.path().join("local");
+    ok_in(
+        &d,
+        root,
+        &["restore", &snap, "--to", &local_to.display().to_string()],
+    );
+    assert_eq!(tree(&local_to), tree(root));
+}
+
 /// Snapshot ids and roots of the workspace, to check nothing local changed.
 fn local_snapshots(d: &Daemon, ws: &Path) -> Value {
     json_in(d, ws, &["list"])

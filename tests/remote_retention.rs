@@ -69,9 +69,11 @@ fn the_local_policy_prunes_the_remote_and_only_unneeded_packs_are_deleted() {
     let ws = tempfile::tempdir().unwrap();
     let root = ws.path();
     // Every snapshot keeps shared.txt; only the first has gone.bin, big enough (and
-    // incompressible) to fill a pack of its own at the remote's 64 KiB pack size.
+    // incompressible) to fill a pack of its own at the remote's 64 KiB pack size, and old.bin,
+    // which shares a pack with shared.txt. Trees have packs of their own.
     std::fs::write(root.join("shared.txt"), b"in every snapshot\n".repeat(40)).unwrap();
     std::fs::write(root.join("gone.bin"), chkpt_testkit::noise(300_000, 9)).unwrap();
+    std::fs::write(root.join("old.bin"), chkpt_testkit::noise(20_000, 10)).unwrap();
     let dir = root.display().to_string();
     let watched = json_in(
         &d,
@@ -97,19 +99,31 @@ fn the_local_policy_prunes_the_remote_and_only_unneeded_packs_are_deleted() {
     ok_in(&d, root, &strs(&args));
     ok_in(&d, root, &["remote", "sync", "r", "--timeout", "60s"]);
     let packs1 = packs(&g, "p");
-    let big = packs1
-        .iter()
-        .find(|(_, size)| *size >= 300_000)
-        .map(|(n, _)| n.rsplit('/').next().unwrap().to_owned())
-        .unwrap_or_else(|| panic!("no pack holds gone.bin alone: {packs1:?} ({watched})"));
-    let small: BTreeSet<String> = names(&packs1).into_iter().filter(|n| *n != big).collect();
-    assert!(!small.is_empty(), "{packs1:?}");
+    // By size: gone.bin's pack, old.bin's and shared.txt's, the first snapshot's trees'.
+    let sized = |keep: &dyn Fn(u64) -> bool| -> String {
+        let found: Vec<String> = names(
+            &packs1
+                .iter()
+                .filter(|(_, size)| keep(*size))
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .collect();
+        assert_eq!(found.len(), 1, "{packs1:?} ({watched})");
+        found[0].clone()
+    };
+    assert_eq!(packs1.len(), 3, "{packs1:?} ({watched})");
+    let big = sized(&|s| s >= 300_000);
+    let shared = sized(&|s| (20_000..300_000).contains(&s));
+    let trees1 = sized(&|s| s < 20_000);
     assert!(
         names(&g.list("p/index")).contains(&big),
         "each pack has its index"
     );
 
     std::fs::remove_file(root.join("gone.bin")).unwrap();
+    std::fs::remove_file(root.join("old.bin")).unwrap();
     std::fs::write(root.join("b.txt"), b"second\n").unwrap();
     let s2 = next_auto(&d, root, &[s1.clone()].into());
     let tree2 = tree(root);
@@ -131,24 +145,28 @@ fn the_local_policy_prunes_the_remote_and_only_unneeded_packs_are_deleted() {
     let after = names(&packs(&g, "p"));
     assert!(!after.contains(&big), "gone.bin's pack is still there");
     assert!(
+        !after.contains(&trees1),
+        "the first snapshot's trees' pack is still there"
+    );
+    assert!(
         !names(&g.list("p/index")).contains(&big),
         "gone.bin's index is still there"
     );
     assert!(
-        small.is_subset(&after),
-        "a pack the kept snapshots need (shared.txt's) was deleted: {small:?} not in {after:?}"
+        after.contains(&shared),
+        "a pack the kept snapshots need (shared.txt's) was deleted: {shared} not in {after:?}"
     );
     let st = status(&d, root, "r");
     assert_eq!(st["pruned_snapshots"], 1, "{st:#}");
-    assert_eq!(st["deleted_packs"], 1, "{st:#}");
+    assert_eq!(st["deleted_packs"], 2, "{st:#}");
     assert!(st["deleted_bytes"].as_u64().unwrap() >= 300_000, "{st:#}");
-    // The first snapshot's root tree sits beside shared.txt: kept, counted as dead.
-    assert!(st["dead_bytes"].as_u64().unwrap() > 0, "{st:#}");
+    // old.bin sits beside shared.txt: kept, counted as dead.
+    assert!(st["dead_bytes"].as_u64().unwrap() >= 20_000, "{st:#}");
     assert_eq!(st["collect_pending"], false, "{st:#}");
     let text = ok_in(&d, root, &["remote", "status", "r"]).text();
     assert!(
         text.contains("retention: follows each workspace's local policy")
-            && text.contains("deleted 1 snapshot and 1 pack"),
+            && text.contains("deleted 1 snapshot and 2 packs"),
         "{text}"
     );
 
@@ -189,8 +207,8 @@ fn the_local_policy_prunes_the_remote_and_only_unneeded_packs_are_deleted() {
         "a dropped snapshot was sent again: {st:#}"
     );
     assert_eq!(remote_ids(&d, root, "r"), [s3.clone()].into());
-    // b.txt's pack also holds the second snapshot's root: needed by the third, so kept.
-    assert!(small.is_subset(&names(&packs(&g, "p"))));
+    // shared.txt's pack is needed by the third too, so kept.
+    assert!(names(&packs(&g, "p")).contains(&shared));
     std::fs::remove_dir_all(other.path().join(format!("r-{s3}"))).unwrap();
     assert_eq!(tree(&restore_fresh(&fresh, other.path(), "r", &s3)), tree3);
 }

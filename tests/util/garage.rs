@@ -272,6 +272,17 @@ pub trait S3 {
             .collect()
     }
 
+    /// Reads an object over S3.
+    fn get(&self, path: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt;
+        let s3 = self.client();
+        let path = object_store::path::Path::from(path);
+        runtime()
+            .block_on(async { s3.get(&path).await?.bytes().await })
+            .unwrap_or_else(|e| panic!("get {path}: {e}"))
+            .to_vec()
+    }
+
     /// Writes an object over S3.
     fn put(&self, path: &str, body: Vec<u8>) -> Result<(), object_store::Error> {
         use object_store::ObjectStoreExt;

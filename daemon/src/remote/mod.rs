@@ -35,6 +35,7 @@
 pub mod backend;
 pub mod config;
 pub mod crypto;
+pub mod fetch;
 pub mod format;
 pub mod manager;
 pub mod prune;

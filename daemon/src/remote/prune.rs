@@ -33,8 +33,9 @@ use futures::{StreamExt, TryStreamExt};
 use super::backend::Connection;
 use super::config::{Registry, Retention};
 use super::crypto::Key;
+use super::fetch::Fetcher;
 use super::format::{self, KIND_CHUNKS, KIND_TREE, PackIndex};
-use super::restore::{self, Fetcher, RemoteSnap};
+use super::restore::{self, RemoteSnap};
 use super::upload::{Shared, parse_snapshot_name, snapshot_name};
 use super::{RemoteError, now_ms};
 use crate::engine::Engine;
@@ -234,7 +235,7 @@ pub async fn collect(conn: &Connection, key: &Key, origin: &str) -> Result<Colle
         .collect();
     let indexes = format::fetch_indexes(conn, key, index_names, PARALLEL).await?;
     let snaps = restore::snapshots(conn, key).await?;
-    let locs = restore::locations_of(&indexes);
+    let locs = super::fetch::locations_of(&indexes);
     let fetcher = Fetcher::new(conn, key, &locs);
     let needed = needed(&fetcher, &snaps).await?;
 

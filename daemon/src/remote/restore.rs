@@ -2,20 +2,19 @@
 //! empty folder.
 //!
 //! A restore reads every index (where each object is), then walks the snapshot's trees a
-//! level at a time, fetching the trees of a level in parallel, and writes files as their
-//! objects arrive, `PARALLEL` at once; a chunked file is written chunk by chunk, so nothing is
-//! held whole in memory but one object per file in flight. Every object is checked against
-//! its id before it is written; folders get their modes last, deepest first.
+//! level at a time, and writes the files. A level's trees, and the files held in one object,
+//! are read in runs of neighbouring objects, a request each (`fetch::plan`), several at once;
+//! a chunked file is written chunk by chunk, so no file is ever held whole in memory. Every
+//! object is checked against its id before it is written; folders get their modes last,
+//! deepest first, and the restore is durable before it answers (as a local one is).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
@@ -23,15 +22,19 @@ use futures::{StreamExt, TryStreamExt};
 use super::RemoteError;
 use super::backend::Connection;
 use super::crypto::Key;
+use super::fetch::{self, Fetcher};
 use super::format::{self, IndexEntry, KIND_BLOB, KIND_CHUNKS, KIND_TREE};
 use super::upload::parse_snapshot_name;
 use crate::store::catalog::SnapshotRecord;
 use crate::store::{ChunkList, Id, Kind, Piece, Tree};
+use crate::workspace::restore::{self, durable};
 
-/// Objects fetched at once.
+/// Requests at once, for objects read one by one (indexes, snapshot records, chunk lists).
 const PARALLEL: usize = 16;
-/// Chunks of one large file fetched at once.
-const CHUNKS_AHEAD: usize = 8;
+/// Chunked files written at once, and runs of each one's chunks read at once: with runs of up
+/// to `fetch::RUN_BYTES`, at most 64 MiB in flight.
+const CHUNKED_FILES: usize = 4;
+const CHUNK_RUNS_AHEAD: usize = 2;
 
 /// A snapshot on a remote.
 #[derive(Debug, Clone)]
@@ -166,182 +169,27 @@ pub fn select<'a>(
     }
 }
 
-/// Where each object is: its pack and entry.
-pub type Locations = HashMap<Id, (Arc<str>, IndexEntry)>;
-
-/// Reads every index of the remote.
-pub async fn locations(conn: &Connection, key: &Key) -> Result<Locations, RemoteError> {
-    let names = conn.list("index").await?;
-    let names = names.into_iter().map(|(name, _)| name).collect();
-    let indexes = format::fetch_indexes(conn, key, names, PARALLEL).await?;
-    Ok(locations_of(&indexes))
-}
-
-/// Where each object of `indexes` is.
-pub fn locations_of(indexes: &[(String, format::PackIndex)]) -> Locations {
-    let mut out = HashMap::new();
-    for (name, index) in indexes {
-        let name: Arc<str> = name.as_str().into();
-        for e in &index.entries {
-            out.insert(e.id, (name.clone(), *e));
-        }
-    }
-    out
-}
-
-/// Reads objects from a remote's packs, checked against their ids.
-#[derive(Debug)]
-pub struct Fetcher<'a> {
-    conn: &'a Connection,
-    key: &'a Key,
-    locs: &'a Locations,
-    fetched: AtomicU64,
-}
-
-impl<'a> Fetcher<'a> {
-    /// A reader of the objects `locs` places.
-    pub fn new(conn: &'a Connection, key: &'a Key, locs: &'a Locations) -> Fetcher<'a> {
-        Fetcher {
-            conn,
-            key,
-            locs,
-            fetched: AtomicU64::new(0),
-        }
-    }
-
-    /// A damaged-remote error.
-    pub fn damaged(&self, message: String) -> RemoteError {
-        self.conn.damaged(message)
-    }
-
-    /// The kind an index gives object `id`.
-    pub fn kind(&self, id: &Id) -> Result<u8, RemoteError> {
-        Ok(self.entry(id)?.1.kind)
-    }
-
-    fn entry(&self, id: &Id) -> Result<&(Arc<str>, IndexEntry), RemoteError> {
-        self.locs.get(id).ok_or_else(|| {
-            self.conn
-                .damaged(format!("object {id} is not on the remote"))
-        })
-    }
-
-    /// Object `id`, which must be of `kind`.
-    pub async fn object(&self, id: &Id, kind: u8) -> Result<Vec<u8>, RemoteError> {
-        let (pack, e) = self.entry(id)?;
-        if e.kind != kind {
-            return Err(self
-                .conn
-                .damaged(format!("object {id} is of the wrong kind")));
-        }
-        let sealed = self
-            .conn
-            .get_range(
-                &format::pack_path(pack),
-                e.offset..e.offset + u64::from(e.len),
-            )
-            .await?;
-        self.fetched
-            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-        format::open_object(self.key, e, &sealed).map_err(|m| self.conn.damaged(m))
-    }
-
-    /// A directory's entries (a split one's parts joined).
-    async fn tree(&self, id: &Id) -> Result<Tree, RemoteError> {
-        let bytes = self.object(id, KIND_TREE).await?;
-        let tree =
-            Tree::decode(&bytes).map_err(|e| self.conn.damaged(format!("tree {id}: {e}")))?;
-        if !tree.is_split() {
-            return Ok(tree);
-        }
-        let mut entries = Vec::new();
-        for part in &tree.entries {
-            let bytes = self.object(&part.id, KIND_TREE).await?;
-            let p = Tree::decode(&bytes)
-                .map_err(|e| self.conn.damaged(format!("tree {}: {e}", part.id)))?;
-            if p.is_split() {
-                return Err(self
-                    .conn
-                    .damaged(format!("tree {} is a split part", part.id)));
-            }
-            entries.extend(p.entries);
-        }
-        Ok(Tree { entries })
-    }
-
-    async fn file(&self, path: PathBuf, id: Id, mode: u32) -> Result<u64, RemoteError> {
-        let (_, e) = self.entry(&id)?;
-        let open = |path: &Path| {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| local(path, e))
-        };
-        let written = if e.kind == KIND_CHUNKS {
-            let list = ChunkList::decode(&self.object(&id, KIND_CHUNKS).await?)
-                .map_err(|m| self.conn.damaged(format!("chunk list {id}: {m}")))?;
-            let file = open(&path)?;
-            // Chunks in file order, `CHUNKS_AHEAD` fetched at once: a large file streams.
-            let mut at = 0u64;
-            let mut data_pieces = Vec::new();
-            for piece in &list.pieces {
-                if let Piece::Data { id: chunk, len } = *piece {
-                    data_pieces.push((at, chunk, len));
-                }
-                at += piece.len();
-            }
-            let mut chunks = futures::stream::iter(data_pieces)
-                .map(|(offset, chunk, len)| async move {
-                    let data = self.object(&chunk, KIND_BLOB).await?;
-                    if data.len() as u64 != len {
-                        return Err(self
-                            .conn
-                            .damaged(format!("chunk {chunk} has the wrong length")));
-                    }
-                    Ok::<_, RemoteError>((offset, data))
-                })
-                .buffered(CHUNKS_AHEAD);
-            while let Some(next) = chunks.next().await {
-                let (offset, data) = next?;
-                file.write_all_at(&data, offset)
-                    .map_err(|e| local(&path, e))?;
-            }
-            // Holes at the end are set by the length.
-            file.set_len(at).map_err(|e| local(&path, e))?;
-            file.sync_all().map_err(|e| local(&path, e))?;
-            at
-        } else {
-            let data = self.object(&id, KIND_BLOB).await?;
-            let p = path.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut f = open(&p)?;
-                f.write_all(&data).map_err(|e| local(&p, e))?;
-                Ok::<_, RemoteError>(data.len() as u64)
-            })
-            .await
-            .map_err(|e| RemoteError::Config(format!("restore: {e}")))??
-        };
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| local(&path, e))?;
-        Ok(written)
-    }
-}
-
 fn local(path: &Path, e: std::io::Error) -> RemoteError {
     RemoteError::Local(crate::Error::io(path, e))
 }
 
 /// One file or symlink to write.
+#[derive(Debug)]
 struct Job {
     path: PathBuf,
     kind: Kind,
-    id: Id,
     mode: u32,
 }
 
-/// Restores `snap` into `to`: a new or empty folder.
+/// What writing the members of one run, or one chunked file, wrote.
+#[derive(Debug, Default)]
+struct Wrote {
+    files: u64,
+    symlinks: u64,
+    bytes: u64,
+}
+
+/// Restores `snap` into `to`: a new or empty folder. What it wrote is durable when it returns.
 pub async fn restore(
     conn: &Connection,
     key: &Key,
@@ -363,24 +211,133 @@ pub async fn restore(
         }
         Err(e) => return Err(local(to, e)),
     }
-    let locs = locations(conn, key).await?;
+    let locs = fetch::locations(conn, key, PARALLEL).await?;
+    let located = started.elapsed();
     let f = Fetcher::new(conn, key, &locs);
+    // Everything is written in a private folder inside `to`, whose entries are moved out at
+    // the end: a restore that fails (a damaged object, a full disk) leaves `to` as it was.
+    let staging = restore::tmp_name(&to.join("restore"));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| local(&staging, e))?;
     let mut summary = Summary {
         dirs: 1,
         ..Summary::default()
     };
+    let filled = fill(conn, &f, &staging, snap.record.root, &mut summary).await;
+    let finished = filled.and_then(|(dir_modes, whole)| {
+        let moved = restore::move_children(&staging, to)
+            .and_then(|()| fs::remove_dir(&staging).map_err(|e| crate::Error::io(&staging, e)))
+            .map_err(RemoteError::Local);
+        moved.map(|()| (dir_modes, whole))
+    });
+    let (dir_modes, whole) = match finished {
+        Ok(done) => done,
+        Err(e) => {
+            if let Err(err) = fs::remove_dir_all(&staging) {
+                tracing::warn!(path = %staging.display(), error = %err, "could not remove a failed remote restore's files");
+            }
+            return Err(e);
+        }
+    };
+    let written = started.elapsed();
+    // The folders' modes on their final paths (a folder made read-only could not have been
+    // moved), then everything made durable.
+    let dir_modes: Vec<(PathBuf, u32)> = dir_modes
+        .into_iter()
+        .filter_map(|(p, mode)| Some((to.join(p.strip_prefix(&staging).ok()?), mode)))
+        .collect();
+    let to_owned = to.to_path_buf();
+    tokio::task::spawn_blocking(move || finish(&to_owned, dir_modes, whole))
+        .await
+        .map_err(|e| RemoteError::Config(format!("restore: {e}")))??;
+    summary.fetched = f.fetched();
+    summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::debug!(
+        to = %to.display(),
+        files = summary.files,
+        fetched = summary.fetched,
+        indexes_ms = located.as_millis() as u64,
+        write_ms = written.as_millis() as u64,
+        sync_ms = (started.elapsed() - written).as_millis() as u64,
+        whole_fs_sync = whole,
+        "restored from a remote"
+    );
+    Ok(summary)
+}
+
+/// Writes the tree `root` into `dir`, counting what it wrote into `summary`. Returns the
+/// folders with their modes (not yet set) and whether one `syncfs` is to make it durable.
+async fn fill(
+    conn: &Connection,
+    f: &Fetcher<'_>,
+    dir: &Path,
+    root: Id,
+    summary: &mut Summary,
+) -> Result<(Vec<(PathBuf, u32)>, bool), RemoteError> {
+    let t = Instant::now();
+    let (dir_modes, single, chunked) = walk(f, dir, root, summary).await?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        dirs = dir_modes.len(),
+        fetched = f.fetched(),
+        "remote restore: the trees read and the folders made"
+    );
+    // Many files on a local file system: one `syncfs` at the end; else an fsync of each.
+    let whole = durable::whole_fs_sync(dir, single.len() + chunked.len());
+    // Files and symlinks held in one object: read a run at a time, opened and written on the
+    // blocking pool.
+    let wrote: Vec<Wrote> = futures::stream::iter(fetch::plan(single, fetch::GAP))
+        .map(|run| async move {
+            let fetched = f.run(&run).await?;
+            let key = f.key().clone();
+            let conn = conn.clone();
+            tokio::task::spawn_blocking(move || write_run(&conn, &key, &fetched, run, whole))
+                .await
+                .map_err(|e| RemoteError::Config(format!("restore: {e}")))?
+        })
+        .buffer_unordered(RUNS_AHEAD)
+        .try_collect()
+        .await?;
+    // Chunked files stream chunk by chunk.
+    let wrote_chunked: Vec<Wrote> = futures::stream::iter(chunked)
+        .map(|(id, job)| chunked_file(f, id, job, whole))
+        .buffer_unordered(CHUNKED_FILES)
+        .try_collect()
+        .await?;
+    for w in wrote.iter().chain(&wrote_chunked) {
+        summary.files += w.files;
+        summary.symlinks += w.symlinks;
+        summary.bytes += w.bytes;
+    }
+    Ok((dir_modes, whole))
+}
+
+/// Runs of one-object files fetched at once (each up to `fetch::RUN_BYTES`).
+const RUNS_AHEAD: usize = 6;
+
+/// Folders with their modes, files held in one object (by pack location), chunked files.
+type Walked = (
+    Vec<(PathBuf, u32)>,
+    Vec<(Arc<str>, IndexEntry, Job)>,
+    Vec<(Id, Job)>,
+);
+
+/// Walks the snapshot's trees a level at a time, each level's trees read in runs, making the
+/// folders as it goes.
+async fn walk(
+    f: &Fetcher<'_>,
+    to: &Path,
+    root: Id,
+    summary: &mut Summary,
+) -> Result<Walked, RemoteError> {
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut level: Vec<(PathBuf, Id)> = vec![(to.to_path_buf(), snap.record.root)];
+    let mut single = Vec::new();
+    let mut chunked = Vec::new();
+    let mut level: Vec<(PathBuf, Id)> = vec![(to.to_path_buf(), root)];
     while !level.is_empty() {
-        let trees: Vec<(PathBuf, Tree)> = futures::stream::iter(level)
-            .map(|(dir, id)| {
-                let f = &f;
-                async move { Ok::<_, RemoteError>((dir, f.tree(&id).await?)) }
-            })
-            .buffer_unordered(PARALLEL)
-            .try_collect()
-            .await?;
+        let trees = trees(f, level).await?;
         level = Vec::new();
         for (dir, tree) in trees {
             for e in tree.entries {
@@ -392,50 +349,245 @@ pub async fn restore(
                         dir_modes.push((path.clone(), e.mode));
                         level.push((path, e.id));
                     }
-                    Kind::File | Kind::Symlink => jobs.push(Job {
-                        path,
-                        kind: e.kind,
-                        id: e.id,
-                        mode: e.mode,
-                    }),
+                    Kind::File | Kind::Symlink => {
+                        let job = Job {
+                            path,
+                            kind: e.kind,
+                            mode: e.mode,
+                        };
+                        let (pack, entry) = f.entry(&e.id, None)?;
+                        match entry.kind {
+                            KIND_CHUNKS if e.kind == Kind::File => chunked.push((e.id, job)),
+                            KIND_BLOB => single.push((pack.clone(), *entry, job)),
+                            _ => {
+                                return Err(
+                                    f.damaged(format!("object {} is of the wrong kind", e.id))
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }
     }
-    let written: Vec<(Kind, u64)> = futures::stream::iter(jobs)
-        .map(|job| {
-            let f = &f;
-            async move {
-                match job.kind {
-                    Kind::Symlink => {
-                        let target = f.object(&job.id, KIND_BLOB).await?;
-                        std::os::unix::fs::symlink(OsStr::from_bytes(&target), &job.path)
-                            .map_err(|e| local(&job.path, e))?;
-                        Ok::<_, RemoteError>((Kind::Symlink, 0))
-                    }
-                    _ => Ok((Kind::File, f.file(job.path, job.id, job.mode).await?)),
-                }
-            }
+    Ok((dir_modes, single, chunked))
+}
+
+/// The trees of one level, read in runs; a split tree's parts are read next and joined.
+async fn trees<T: Send>(
+    f: &Fetcher<'_>,
+    level: Vec<(T, Id)>,
+) -> Result<Vec<(T, Tree)>, RemoteError> {
+    let decoded = objects(f, level, KIND_TREE, |id, bytes| {
+        Tree::decode(&bytes).map_err(|e| format!("tree {id}: {e}"))
+    })
+    .await?;
+    let mut whole = Vec::with_capacity(decoded.len());
+    let mut split = Vec::new();
+    for (i, (t, tree)) in decoded.into_iter().enumerate() {
+        if tree.is_split() {
+            split.push((i, t, tree));
+        } else {
+            whole.push((t, tree));
+        }
+    }
+    if split.is_empty() {
+        return Ok(whole);
+    }
+    let parts: Vec<((usize, usize), Id)> = split
+        .iter()
+        .enumerate()
+        .flat_map(|(s, (_, _, tree))| {
+            tree.entries
+                .iter()
+                .enumerate()
+                .map(move |(p, e)| ((s, p), e.id))
         })
-        .buffer_unordered(PARALLEL)
+        .collect();
+    let mut parts = objects(f, parts, KIND_TREE, |id, bytes| {
+        let p = Tree::decode(&bytes).map_err(|e| format!("tree {id}: {e}"))?;
+        if p.is_split() {
+            return Err(format!("tree {id} is a split part"));
+        }
+        Ok(p)
+    })
+    .await?;
+    parts.sort_by_key(|(at, _)| *at);
+    let mut joined: Vec<Tree> = split
+        .iter()
+        .map(|_| Tree {
+            entries: Vec::new(),
+        })
+        .collect();
+    for ((s, _), p) in parts {
+        joined[s].entries.extend(p.entries);
+    }
+    whole.extend(
+        split
+            .into_iter()
+            .zip(joined)
+            .map(|((_, t, _), tree)| (t, tree)),
+    );
+    Ok(whole)
+}
+
+/// The objects `wanted` names (all of `kind`), read in runs and each turned into what `decode`
+/// makes of it; in no particular order.
+async fn objects<T: Send, D: Send>(
+    f: &Fetcher<'_>,
+    wanted: Vec<(T, Id)>,
+    kind: u8,
+    decode: impl Fn(&Id, Vec<u8>) -> Result<D, String> + Copy,
+) -> Result<Vec<(T, D)>, RemoteError> {
+    let mut located = Vec::with_capacity(wanted.len());
+    for (t, id) in wanted {
+        let (pack, e) = f.entry(&id, Some(kind))?;
+        located.push((pack.clone(), *e, t));
+    }
+    let per_run: Vec<Vec<(T, D)>> = futures::stream::iter(fetch::plan(located, fetch::TREE_GAP))
+        .map(|run| async move {
+            let fetched = f.run(&run).await?;
+            run.members
+                .into_iter()
+                .map(|(e, t)| {
+                    let data = fetched.open(f.key(), &e).map_err(|m| f.damaged(m))?;
+                    Ok((t, decode(&e.id, data).map_err(|m| f.damaged(m))?))
+                })
+                .collect::<Result<Vec<_>, RemoteError>>()
+        })
+        .buffer_unordered(RUNS_AHEAD)
         .try_collect()
         .await?;
-    for (kind, bytes) in written {
-        match kind {
-            Kind::Symlink => summary.symlinks += 1,
-            _ => {
-                summary.files += 1;
-                summary.bytes += bytes;
+    Ok(per_run.into_iter().flatten().collect())
+}
+
+/// Opens and writes every member of a fetched run (on the blocking pool), on all cores: opening
+/// (decrypting, decompressing, checking) and creating files cost CPU, and a run may hold
+/// thousands of small files.
+fn write_run(
+    conn: &Connection,
+    key: &Key,
+    fetched: &fetch::Fetched,
+    run: fetch::Run<Job>,
+    whole: bool,
+) -> Result<Wrote, RemoteError> {
+    use rayon::prelude::*;
+    run.members
+        .into_par_iter()
+        .map(|(e, job)| {
+            let data = fetched.open(key, &e).map_err(|m| conn.damaged(m))?;
+            if job.kind == Kind::Symlink {
+                std::os::unix::fs::symlink(OsStr::from_bytes(&data), &job.path)
+                    .map_err(|e| local(&job.path, e))?;
+                return Ok(Wrote {
+                    symlinks: 1,
+                    ..Wrote::default()
+                });
             }
+            let mut file = create(&job.path)?;
+            file.write_all(&data).map_err(|e| local(&job.path, e))?;
+            settle(&file, &job, whole)?;
+            Ok(Wrote {
+                files: 1,
+                symlinks: 0,
+                bytes: data.len() as u64,
+            })
+        })
+        .try_reduce(Wrote::default, |a, b| {
+            Ok(Wrote {
+                files: a.files + b.files,
+                symlinks: a.symlinks + b.symlinks,
+                bytes: a.bytes + b.bytes,
+            })
+        })
+}
+
+/// Gives a written file its mode, and starts its writeback (for the `syncfs` at the end) or
+/// fsyncs it.
+fn settle(file: &fs::File, job: &Job, whole: bool) -> Result<(), RemoteError> {
+    file.set_permissions(fs::Permissions::from_mode(job.mode & 0o7777))
+        .map_err(|e| local(&job.path, e))?;
+    if whole {
+        durable::start_writeback(file);
+        Ok(())
+    } else {
+        file.sync_all().map_err(|e| local(&job.path, e))
+    }
+}
+
+fn create(path: &Path) -> Result<fs::File, RemoteError> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| local(path, e))
+}
+
+/// A chunked file, its chunks read in runs as the file's other objects are (a chunk repeated,
+/// as a run of zeros often is, is read once per run), `CHUNK_RUNS_AHEAD` runs at once: a large
+/// file streams.
+async fn chunked_file(
+    f: &Fetcher<'_>,
+    id: Id,
+    job: Job,
+    whole: bool,
+) -> Result<Wrote, RemoteError> {
+    let list = ChunkList::decode(&f.object(&id, KIND_CHUNKS).await?)
+        .map_err(|m| f.damaged(format!("chunk list {id}: {m}")))?;
+    let path = &job.path;
+    let file = create(path)?;
+    let mut at = 0u64;
+    let mut located = Vec::new();
+    for piece in &list.pieces {
+        if let Piece::Data { id: chunk, len } = *piece {
+            let (pack, e) = f.entry(&chunk, Some(KIND_BLOB))?;
+            located.push((pack.clone(), *e, (at, len)));
+        }
+        at += piece.len();
+    }
+    let mut runs = futures::stream::iter(fetch::plan(located, fetch::GAP))
+        .map(|run| async move {
+            let fetched = f.run(&run).await?;
+            Ok::<_, RemoteError>((fetched, run))
+        })
+        .buffer_unordered(CHUNK_RUNS_AHEAD);
+    while let Some(next) = runs.next().await {
+        let (fetched, run) = next?;
+        for (e, (offset, len)) in run.members {
+            let data = fetched.open(f.key(), &e).map_err(|m| f.damaged(m))?;
+            if data.len() as u64 != len {
+                return Err(f.damaged(format!("chunk {} has the wrong length", e.id)));
+            }
+            file.write_all_at(&data, offset)
+                .map_err(|e| local(path, e))?;
         }
     }
-    // Deepest first: a folder made read-only must not stop the ones inside it.
+    // Holes at the end are set by the length.
+    file.set_len(at).map_err(|e| local(path, e))?;
+    settle(&file, &job, whole)?;
+    Ok(Wrote {
+        files: 1,
+        symlinks: 0,
+        bytes: at,
+    })
+}
+
+/// Sets the folders' modes (deepest first: a folder made read-only must not stop the ones
+/// inside it), then makes the restore durable: one `syncfs` when `whole`, else an fsync of
+/// every folder (each file was fsynced as it was written).
+fn finish(to: &Path, mut dir_modes: Vec<(PathBuf, u32)>, whole: bool) -> Result<(), RemoteError> {
     dir_modes.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (path, mode) in dir_modes {
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| local(&path, e))?;
+    for (path, mode) in &dir_modes {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| local(path, e))?;
     }
-    summary.fetched = f.fetched.load(Ordering::Relaxed);
-    summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    Ok(summary)
+    if whole {
+        return durable::sync_fs(to).map_err(RemoteError::Local);
+    }
+    let mut dirs: Vec<&Path> = dir_modes.iter().map(|(p, _)| p.as_path()).collect();
+    dirs.push(to);
+    dirs.extend(to.parent());
+    durable::sync_paths(&dirs).map_err(RemoteError::Local)
 }

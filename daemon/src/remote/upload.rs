@@ -3,11 +3,12 @@
 //! A pass reads the remote's indexes and snapshot list (once per connection: after a failure
 //! they are read again), then uploads every local snapshot the remote lacks, oldest first:
 //! the objects its trees name that no index names yet, in packs sealed once and never
-//! rewritten, then the snapshot's record. A blocking thread walks the snapshot and fills
-//! packs; at most `concurrency` packs are in flight (the channel between them holds no more),
-//! so memory stays at about `concurrency + 2` packs whatever the snapshot's size. Indexes are
-//! written in pack order, each after its pack: a pack cut off by a lost connection, or by a
-//! restart, is sent again (it was in flight); nothing indexed ever is.
+//! rewritten (file data in some, trees and chunk lists in others), then the snapshot's record.
+//! A blocking thread walks the snapshot and fills packs; at most `concurrency` packs are in
+//! flight (the channel between them holds no more), so memory stays at about
+//! `concurrency + 3` packs whatever the snapshot's size. Indexes are written in pack order,
+//! each after its pack: a pack cut off by a lost connection, or by a restart, is sent again
+//! (it was in flight); nothing indexed ever is.
 //!
 //! Saves never wait for it: it reads the store as any reader does, on the blocking pool, and
 //! takes no lock a save takes. Passes start at once after a snapshot, when asked (`remote
@@ -411,6 +412,7 @@ impl Uploader {
                 shared: &shared,
                 seen: HashSet::new(),
                 pack: PackBuilder::new(&origin)?,
+                meta: PackBuilder::new(&origin)?,
                 origin: &origin,
                 target,
                 tx,
@@ -520,7 +522,11 @@ struct Packer<'a> {
     shared: &'a Shared,
     /// Queued by this walk (in a pack that may not be indexed yet).
     seen: HashSet<Id>,
+    /// File data (blobs and chunks), in the order a restore writes them.
     pack: PackBuilder,
+    /// Trees and chunk lists, in packs of their own: a restore reads them first, a level of
+    /// the tree at a time, in a few requests instead of reading around the file data.
+    meta: PackBuilder,
     origin: &'a str,
     target: usize,
     tx: mpsc::Sender<PackBuilder>,
@@ -529,10 +535,17 @@ struct Packer<'a> {
 impl Packer<'_> {
     fn run(mut self, root: Id) -> Result<(), RemoteError> {
         self.tree(root)?;
-        if !self.pack.is_empty() {
-            self.send()?;
+        for meta in [false, true] {
+            if !self.builder(meta).is_empty() {
+                self.send(meta)?;
+            }
         }
         Ok(())
+    }
+
+    /// The pack an object goes to: trees and chunk lists (`meta`) apart from file data.
+    fn builder(&mut self, meta: bool) -> &mut PackBuilder {
+        if meta { &mut self.meta } else { &mut self.pack }
     }
 
     fn wanted(&mut self, id: Id) -> bool {
@@ -574,15 +587,19 @@ impl Packer<'_> {
     }
 
     fn add(&mut self, id: Id, kind: u8, data: &[u8]) -> Result<(), RemoteError> {
-        self.pack.add(self.key, id, kind, data)?;
-        if self.pack.bytes.len() >= self.target {
-            self.send()?;
+        let meta = kind != KIND_BLOB;
+        let key = self.key;
+        let pack = self.builder(meta);
+        pack.add(key, id, kind, data)?;
+        if pack.bytes.len() >= self.target {
+            self.send(meta)?;
         }
         Ok(())
     }
 
-    fn send(&mut self) -> Result<(), RemoteError> {
-        let full = std::mem::replace(&mut self.pack, PackBuilder::new(self.origin)?);
+    fn send(&mut self, meta: bool) -> Result<(), RemoteError> {
+        let fresh = PackBuilder::new(self.origin)?;
+        let full = std::mem::replace(self.builder(meta), fresh);
         // The receiver is gone when an upload failed: the pass ends, and so does this walk.
         self.tx
             .blocking_send(full)

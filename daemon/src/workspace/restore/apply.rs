@@ -69,7 +69,7 @@ impl Drop for Stage {
     }
 }
 
-pub(super) fn tmp_name(target: &Path) -> PathBuf {
+pub(crate) fn tmp_name(target: &Path) -> PathBuf {
     let n = now_ns() as u64 ^ (std::process::id() as u64) << 32;
     let salt = xxhash_rust::xxh3::xxh3_64(target.as_os_str().as_bytes()) ^ n;
     target.with_file_name(format!(".chkpt-{salt:016x}.tmp"))

@@ -13,7 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::sync::lock;
 
 /// fsyncs a file or directory.
-pub(super) fn sync_path(path: &Path) -> Result<()> {
+pub(crate) fn sync_path(path: &Path) -> Result<()> {
     OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -26,7 +26,7 @@ pub(super) fn sync_path(path: &Path) -> Result<()> {
 /// `syncfs` that end a restore find most of it already on its way to the disk instead of all
 /// of it still in memory (git's batched fsync does the same). Durability still comes from
 /// those syncs: a failure here only loses the head start.
-pub(super) fn start_writeback(file: &fs::File) {
+pub(crate) fn start_writeback(file: &fs::File) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -51,7 +51,7 @@ const SYNCFS_PAST: usize = 1000;
 /// only on local file systems that write everything (data, inodes, names) on `syncfs`. On
 /// others (FUSE among them, where `syncfs` does nothing unless the server implements it)
 /// every file and directory is fsynced.
-pub(super) fn whole_fs_sync(dir: &Path, files: usize) -> bool {
+pub(crate) fn whole_fs_sync(dir: &Path, files: usize) -> bool {
     const EXT4: i64 = 0xEF53;
     const XFS: i64 = 0x5846_5342;
     const BTRFS: i64 = 0x9123_683E;
@@ -72,7 +72,7 @@ pub(super) fn whole_fs_sync(dir: &Path, files: usize) -> bool {
 }
 
 /// `syncfs` of the file system holding `dir`.
-pub(super) fn sync_fs(dir: &Path) -> Result<()> {
+pub(crate) fn sync_fs(dir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let f = fs::File::open(dir).at(dir)?;
     // SAFETY: a valid open file descriptor.
@@ -83,7 +83,7 @@ pub(super) fn sync_fs(dir: &Path) -> Result<()> {
 }
 
 /// fsyncs every path (files or directories), many at a time.
-pub(super) fn sync_paths(paths: &[&Path]) -> Result<()> {
+pub(crate) fn sync_paths(paths: &[&Path]) -> Result<()> {
     if paths.len() <= 1 {
         return paths.iter().try_for_each(|p| sync_path(p));
     }

@@ -13,7 +13,7 @@
 //! be a real directory inside the target.
 
 mod apply;
-mod durable;
+pub(crate) mod durable;
 mod journal;
 mod to;
 
@@ -22,9 +22,11 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+pub(crate) use self::apply::tmp_name;
 use self::apply::{Mode, Written, apply_plan};
 pub use self::journal::{Journal, read_journal};
 use self::journal::{remove_journal, write_journal};
+pub(crate) use self::to::move_children;
 use super::diff::{Change, DiffEntry, Differ, DirChanges, Side, lookup, normalise, validate_rel};
 use super::rules::{abs, split_last};
 use super::scan::{Looked, Stat};

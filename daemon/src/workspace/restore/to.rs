@@ -17,7 +17,7 @@ use crate::store::{Kind, Store};
 use crate::workspace::Workspace;
 
 /// Moves every entry of `from` into `to`, never replacing anything there.
-fn move_children(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn move_children(from: &Path, to: &Path) -> Result<()> {
     for entry in fs::read_dir(from).at(from)? {
         let name = entry.at(from)?.file_name();
         let (src, dst) = (from.join(&name), to.join(&name));
