@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::{CachedPart, DirNode, Index, Node, PARALLEL_TREES, Parts};
+use super::children::{Attrs, Body};
+use super::{CachedPart, DirNode, Index, PARALLEL_TREES, Parts};
 use crate::error::Result;
 use crate::store::tree::{PartRef, SPLIT_MIN, ends_part};
 use crate::store::{Batch, Entry, Id, Kind, Tree};
@@ -13,28 +14,30 @@ impl Index {
     /// how many trees that encoded. Sibling directories are encoded in parallel (a cold save
     /// has thousands).
     pub fn root_tree(&mut self, batch: &Batch<'_>) -> Result<(Id, u64)> {
-        fn rec(dir: &mut DirNode, batch: &Batch<'_>) -> Result<(Id, u64)> {
+        fn rec(dir: &mut DirNode, attrs: &Attrs, batch: &Batch<'_>) -> Result<(Id, u64)> {
             if let Some(id) = dir.tree {
                 return Ok((id, 0));
             }
             let below = if dir.scan_all {
-                encode_stale_children(dir, batch)?
+                encode_stale_children(dir, attrs, batch)?
             } else {
                 // Only the children changed since the last encoding can be stale.
                 let mut n = 0;
                 for name in std::mem::take(&mut dir.changed) {
-                    if let Some(Node::Dir(d)) = dir.children.get_mut(&name)
+                    if let Some(d) = dir.children.dir_mut(&name)
                         && d.tree.is_none()
                     {
-                        n += rec(d, batch)?.1;
+                        n += rec(d, attrs, batch)?.1;
                     }
                 }
                 n
             };
             dir.changed = Vec::new();
             dir.scan_all = false;
+            // What came since the last encoding is all there: the vectors keep what they hold.
+            dir.children.shrink();
             if dir.children.len() > SPLIT_MIN {
-                let (id, parts) = split_tree(dir, batch)?;
+                let (id, parts) = split_tree(dir, attrs, batch)?;
                 dir.tree = Some(id);
                 dir.parts = Some(Box::new(parts));
                 return Ok((id, below + 1));
@@ -43,7 +46,7 @@ impl Index {
             let entries = dir
                 .children
                 .iter()
-                .map(|(n, node)| entry(n, node))
+                .map(|(n, body)| entry(n, body, attrs))
                 .collect();
             let id = batch.put_tree(Tree { entries })?;
             dir.tree = Some(id);
@@ -51,43 +54,47 @@ impl Index {
         }
         /// Encodes every child directory whose tree is gone (in parallel when there are
         /// many); returns how many trees that encoded.
-        fn encode_stale_children(dir: &mut DirNode, batch: &Batch<'_>) -> Result<u64> {
+        fn encode_stale_children(
+            dir: &mut DirNode,
+            attrs: &Attrs,
+            batch: &Batch<'_>,
+        ) -> Result<u64> {
             let mut stale: Vec<&mut DirNode> = dir
                 .children
-                .values_mut()
-                .filter_map(|n| match n {
-                    Node::Dir(d) if d.tree.is_none() => Some(&mut **d),
+                .bodies_mut()
+                .filter_map(|b| match b {
+                    Body::Dir(d) if d.tree.is_none() => Some(&mut **d),
                     _ => None,
                 })
                 .collect();
             Ok(if stale.len() >= PARALLEL_TREES {
                 stale
                     .par_iter_mut()
-                    .map(|d| rec(d, batch).map(|(_, n)| n))
+                    .map(|d| rec(d, attrs, batch).map(|(_, n)| n))
                     .try_reduce(|| 0, |a, b| Ok(a + b))?
             } else {
                 let mut n = 0;
                 for d in stale {
-                    n += rec(d, batch)?.1;
+                    n += rec(d, attrs, batch)?.1;
                 }
                 n
             })
         }
-        rec(&mut self.root, batch)
+        rec(&mut self.root, &self.attrs, batch)
     }
 }
 
 /// The tree entry of the child `name`; a directory's tree id must be computed.
-fn entry(name: &[u8], node: &Node) -> Entry {
-    match node {
-        Node::Leaf(m) => Entry {
+fn entry(name: &[u8], body: &Body, attrs: &Attrs) -> Entry {
+    match body {
+        Body::Leaf(l) => Entry {
             name: name.to_vec(),
-            kind: m.kind,
-            mode: m.mode,
-            size: m.size,
-            id: m.id,
+            kind: l.kind(),
+            mode: l.mode(attrs),
+            size: l.size,
+            id: l.id,
         },
-        Node::Dir(d) => Entry {
+        Body::Dir(d) => Entry {
             name: name.to_vec(),
             kind: Kind::Dir,
             mode: d.meta.mode,
@@ -102,47 +109,42 @@ fn entry(name: &[u8], node: &Node) -> Entry {
 /// part's end depends only on where it starts and on its entries, so a stored part that was
 /// not changed and starts where the cut before it ends is the part the rule would cut again.
 /// The parts after a changed one are cut anew until a cut meets a stored part's start.
-fn split_tree(dir: &DirNode, batch: &Batch<'_>) -> Result<(Id, Parts)> {
-    use std::ops::Bound;
+fn split_tree(dir: &DirNode, attrs: &Attrs, batch: &Batch<'_>) -> Result<(Id, Parts)> {
     let old = dir.parts.as_deref().map_or(&[][..], |p| p.list.as_slice());
+    let children = &dir.children;
     let mut out: Vec<PartRef> = Vec::with_capacity(old.len().max(1));
     let mut k = 0;
-    let mut from: Bound<&[u8]> = Bound::Unbounded;
-    loop {
-        let mut rest = dir
-            .children
-            .range::<[u8], _>((from, Bound::Unbounded))
-            .peekable();
-        let Some(&(first, _)) = rest.peek() else {
-            break;
-        };
-        while old.get(k).is_some_and(|c| c.part.first < *first) {
+    // The position the next part starts at.
+    let mut at = 0;
+    while at < children.len() {
+        let first = children.name(at);
+        while old.get(k).is_some_and(|c| c.part.first.as_slice() < first) {
             k += 1;
         }
-        if let Some(c) = old.get(k).filter(|c| !c.stale && c.part.first == *first) {
+        if let Some(c) = old.get(k).filter(|c| !c.stale && c.part.first == first) {
             out.push(c.part.clone());
             k += 1;
             match old.get(k) {
-                Some(next) => from = Bound::Included(next.part.first.as_slice()),
+                Some(next) => at = children.lower_bound(&next.part.first),
                 None => break,
             }
             continue;
         }
         let mut part = Tree::default();
-        let mut last: &[u8] = first;
-        for (name, node) in rest {
-            part.entries.push(entry(name, node));
-            last = name;
+        let start = at;
+        while at < children.len() {
+            let name = children.name(at);
+            part.entries.push(entry(name, children.body(at), attrs));
+            at += 1;
             if ends_part(name, part.entries.len() - 1) {
                 break;
             }
         }
         out.push(PartRef {
             id: batch.put_part(&part)?,
-            first: first.clone(),
+            first: children.name(start).to_vec(),
             len: part.entries.len(),
         });
-        from = Bound::Excluded(last);
     }
     let id = batch.put_split(&out)?;
     let list = out

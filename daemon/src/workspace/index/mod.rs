@@ -2,10 +2,10 @@
 //! nodes cache their tree ids. A change invalidates only the cached ids on its path to the root,
 //! so computing the root tree after a change re-encodes only those directories.
 
+mod children;
 mod encode;
 
-use std::collections::BTreeMap;
-
+use self::children::{Attrs, Body, Children, Leaf};
 use super::rules::split_last;
 use crate::store::catalog::{FileMeta, IndexChange};
 use crate::store::tree::PartRef;
@@ -15,13 +15,17 @@ use crate::store::{Id, Kind};
 /// save re-encodes a few, for which waking rayon's threads costs more than it saves).
 const PARALLEL_TREES: usize = 16;
 
+/// Entries for one directory from which [`Index::insert_many`] merges them in one pass instead
+/// of inserting each (each insert into the sorted entries moves those after it).
+const MERGE_RUN: usize = 16;
+
 /// A directory in the index.
 #[derive(Debug, Clone)]
 pub struct DirNode {
     /// The directory's own metadata (mode matters).
     pub meta: FileMeta,
     /// Entries by name, in the byte order trees use.
-    pub children: BTreeMap<Vec<u8>, Node>,
+    children: Children,
     /// The id of this directory's tree, if computed since the last change below it.
     pub tree: Option<Id>,
     /// A directory stored split (tree format rule 5): its parts as last stored, so that a
@@ -54,7 +58,7 @@ impl DirNode {
     fn new(meta: FileMeta) -> DirNode {
         DirNode {
             meta,
-            children: BTreeMap::new(),
+            children: Children::default(),
             tree: None,
             parts: None,
             changed: Vec::new(),
@@ -87,21 +91,43 @@ impl DirNode {
     }
 }
 
-/// An index entry.
-#[derive(Debug, Clone)]
-pub enum Node {
-    /// A file or symlink.
-    Leaf(FileMeta),
-    /// A directory (boxed: a leaf, by far the most common node, stays small).
-    Dir(Box<DirNode>),
+impl DirNode {
+    /// Whether the directory has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    /// How many entries it has.
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Its entries' names, in name order.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.children.iter().map(|(n, _)| n)
+    }
+
+    /// Whether it has an entry `name`.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.children.find(name).is_ok()
+    }
 }
 
-impl Node {
+/// An index entry, as [`Index::get`] finds it.
+#[derive(Debug, Clone, Copy)]
+pub enum Node<'a> {
+    /// A file or symlink.
+    Leaf(FileMeta),
+    /// A directory.
+    Dir(&'a DirNode),
+}
+
+impl Node<'_> {
     /// The entry's metadata.
-    pub fn meta(&self) -> &FileMeta {
+    pub fn meta(&self) -> FileMeta {
         match self {
-            Node::Leaf(m) => m,
-            Node::Dir(d) => &d.meta,
+            Node::Leaf(m) => *m,
+            Node::Dir(d) => d.meta,
         }
     }
 }
@@ -130,6 +156,7 @@ fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 pub struct Index {
     root: DirNode,
     log: Log,
+    attrs: Attrs,
 }
 
 /// What every change to the index updates besides the tree: the totals and the journal.
@@ -168,6 +195,7 @@ impl Default for Index {
         Index {
             root: DirNode::new(dir_meta(0o755)),
             log: Log::default(),
+            attrs: Attrs::default(),
         }
     }
 }
@@ -192,6 +220,15 @@ impl Index {
             bytes: index.log.bytes,
             ..Log::default()
         };
+        fn shrink(dir: &mut DirNode) {
+            dir.children.shrink();
+            for body in dir.children.bodies_mut() {
+                if let Body::Dir(d) = body {
+                    shrink(d);
+                }
+            }
+        }
+        shrink(&mut index.root);
         index
     }
 
@@ -200,19 +237,22 @@ impl Index {
         (self.log.files, self.log.bytes)
     }
 
-    /// The node at `path` (the root for an empty path).
-    pub fn get(&self, path: &[u8]) -> Option<&Node> {
+    /// The node at `path` (none for an empty path: see [`Index::root`]).
+    pub fn get(&self, path: &[u8]) -> Option<Node<'_>> {
         let mut dir = &self.root;
         let mut comps = components(path).peekable();
         comps.peek()?;
         while let Some(c) = comps.next() {
-            let node = dir.children.get(c)?;
+            let body = dir.children.body(dir.children.find(c).ok()?);
             if comps.peek().is_none() {
-                return Some(node);
+                return Some(match body {
+                    Body::Leaf(l) => Node::Leaf(l.meta(&self.attrs)),
+                    Body::Dir(d) => Node::Dir(d),
+                });
             }
-            match node {
-                Node::Dir(d) => dir = d,
-                Node::Leaf(_) => return None,
+            match body {
+                Body::Dir(d) => dir = d,
+                Body::Leaf(_) => return None,
             }
         }
         None
@@ -234,12 +274,13 @@ impl Index {
         }
         let (parent, name) = split_last(path);
         let dir = dir_mut(&mut self.root, parent, &mut self.log);
-        put(dir, path, name, meta, &mut self.log);
+        put(dir, path, name, meta, &mut self.log, &mut self.attrs);
     }
 
     /// Inserts or replaces many entries (none of them the root): like [`Index::insert`] for
     /// each, but the way to a parent directory is walked once for a run of its entries (in path
-    /// order, a directory's entries come in few runs).
+    /// order, a directory's entries come in few runs), and a long run of new names is merged
+    /// into the directory's sorted entries in one pass (a walk finds them in no order).
     pub fn insert_many(&mut self, mut entries: Vec<(Vec<u8>, FileMeta)>) {
         entries.retain(|(p, _)| !p.is_empty());
         let mut i = 0;
@@ -250,8 +291,27 @@ impl Index {
                 .position(|(p, _)| split_last(p).0 != parent)
                 .unwrap_or(entries.len() - i);
             let dir = dir_mut(&mut self.root, parent, &mut self.log);
-            for (path, meta) in &entries[i..end] {
-                put(dir, path, split_last(path).1, *meta, &mut self.log);
+            let run = &mut entries[i..end];
+            let appends = dir.children.is_empty()
+                || run
+                    .windows(2)
+                    .all(|w| split_last(&w[0].0).1 < split_last(&w[1].0).1)
+                    && dir.children.find(split_last(&run[0].0).1) == Err(dir.children.len());
+            if run.len() < MERGE_RUN || appends {
+                for (path, meta) in run.iter() {
+                    put(
+                        dir,
+                        path,
+                        split_last(path).1,
+                        *meta,
+                        &mut self.log,
+                        &mut self.attrs,
+                    );
+                }
+            } else {
+                // Stable: a name given twice keeps its changes in order.
+                run.sort_by(|a, b| split_last(&a.0).1.cmp(split_last(&b.0).1));
+                put_run(dir, run, &mut self.log, &mut self.attrs);
             }
             i = end;
         }
@@ -265,28 +325,37 @@ impl Index {
         let (parent, name) = split_last(path);
         let dir = dir_mut(&mut self.root, parent, &mut self.log);
         dir.touch(name);
-        if let Some(old) = dir.children.remove(name) {
+        if let Ok(i) = dir.children.find(name) {
+            let old = dir.children.remove_at(i);
             forget(path, &old, &mut self.log);
         }
     }
 
     /// Every path below `path` (inclusive), with its metadata.
     pub fn walk(&self, mut f: impl FnMut(&[u8], &FileMeta)) {
-        fn rec(prefix: &mut Vec<u8>, dir: &DirNode, f: &mut dyn FnMut(&[u8], &FileMeta)) {
-            for (name, node) in &dir.children {
+        fn rec(
+            prefix: &mut Vec<u8>,
+            dir: &DirNode,
+            attrs: &Attrs,
+            f: &mut dyn FnMut(&[u8], &FileMeta),
+        ) {
+            for (name, body) in dir.children.iter() {
                 let len = prefix.len();
                 if len > 0 {
                     prefix.push(b'/');
                 }
                 prefix.extend_from_slice(name);
-                f(prefix, node.meta());
-                if let Node::Dir(d) = node {
-                    rec(prefix, d, f);
+                match body {
+                    Body::Leaf(l) => f(prefix, &l.meta(attrs)),
+                    Body::Dir(d) => {
+                        f(prefix, &d.meta);
+                        rec(prefix, d, attrs, f);
+                    }
                 }
                 prefix.truncate(len);
             }
         }
-        rec(&mut Vec::new(), &self.root, &mut f);
+        rec(&mut Vec::new(), &self.root, &self.attrs, &mut f);
     }
 
     /// Every entry, the root's first, as changes that rebuild the index from nothing.
@@ -311,8 +380,8 @@ impl Index {
     pub fn forget_missing_trees(&mut self, stored: &dyn Fn(&Id) -> bool) -> usize {
         fn rec(dir: &mut DirNode, stored: &dyn Fn(&Id) -> bool, forgotten: &mut usize) -> bool {
             let mut valid = true;
-            for node in dir.children.values_mut() {
-                if let Node::Dir(d) = node {
+            for body in dir.children.bodies_mut() {
+                if let Body::Dir(d) = body {
                     valid &= rec(d, stored, forgotten);
                 }
             }
@@ -348,10 +417,10 @@ impl Index {
             usize::from(dir.tree.is_some())
                 + dir
                     .children
-                    .values()
-                    .map(|n| match n {
-                        Node::Dir(d) => rec(d),
-                        Node::Leaf(_) => 0,
+                    .iter()
+                    .map(|(_, b)| match b {
+                        Body::Dir(d) => rec(d),
+                        Body::Leaf(_) => 0,
                     })
                     .sum::<usize>()
         }
@@ -404,21 +473,21 @@ impl Index {
     }
 }
 
-fn count(node: &Node) -> (u64, u64) {
-    match node {
-        Node::Leaf(m) => (1, m.size),
-        Node::Dir(d) => d
+fn count(body: &Body) -> (u64, u64) {
+    match body {
+        Body::Leaf(l) => (1, l.size),
+        Body::Dir(d) => d
             .children
-            .values()
-            .map(count)
+            .iter()
+            .map(|(_, b)| count(b))
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
     }
 }
 
-fn collect_paths(path: &[u8], node: &Node, out: &mut Vec<Vec<u8>>) {
+fn collect_paths(path: &[u8], body: &Body, out: &mut Vec<Vec<u8>>) {
     out.push(path.to_vec());
-    if let Node::Dir(d) = node {
-        for (name, child) in &d.children {
+    if let Body::Dir(d) = body {
+        for (name, child) in d.children.iter() {
             let mut p = path.to_vec();
             p.push(b'/');
             p.extend_from_slice(name);
@@ -427,12 +496,12 @@ fn collect_paths(path: &[u8], node: &Node, out: &mut Vec<Vec<u8>>) {
     }
 }
 
-fn forget(path: &[u8], node: &Node, log: &mut Log) {
-    let (f, b) = count(node);
+fn forget(path: &[u8], body: &Body, log: &mut Log) {
+    let (f, b) = count(body);
     log.files -= f;
     log.bytes -= b;
     let mut gone = Vec::new();
-    collect_paths(path, node, &mut gone);
+    collect_paths(path, body, &mut gone);
     for p in gone {
         log.record(&p, None);
     }
@@ -440,29 +509,83 @@ fn forget(path: &[u8], node: &Node, log: &mut Log) {
 
 type Journal = Vec<IndexChange>;
 
-fn new_dir(meta: FileMeta) -> Node {
-    Node::Dir(Box::new(DirNode::new(meta)))
+fn new_dir(meta: FileMeta) -> Body {
+    Body::Dir(Box::new(DirNode::new(meta)))
 }
 
 /// Puts `meta` as the entry `name` of `dir` (which is at the parent of `path`).
-fn put(dir: &mut DirNode, path: &[u8], name: &[u8], meta: FileMeta, log: &mut Log) {
+fn put(
+    dir: &mut DirNode,
+    path: &[u8],
+    name: &[u8],
+    meta: FileMeta,
+    log: &mut Log,
+    attrs: &mut Attrs,
+) {
     dir.touch(name);
-    match (meta.kind, dir.children.get_mut(name)) {
-        (Kind::Dir, Some(Node::Dir(d))) => {
+    match dir.children.find(name) {
+        Ok(i) => {
+            apply(Some(dir.children.body_mut(i)), path, meta, log, attrs);
+        }
+        Err(i) => {
+            if let Some(body) = apply(None, path, meta, log, attrs) {
+                dir.children.insert_at(i, name, body);
+            }
+        }
+    }
+}
+
+/// [`put`] for each of `run` (entries of `dir`, sorted by name), the new names merged in at
+/// the end in one pass.
+fn put_run(dir: &mut DirNode, run: &[(Vec<u8>, FileMeta)], log: &mut Log, attrs: &mut Attrs) {
+    let mut fresh: Vec<(&[u8], Body)> = Vec::new();
+    for (path, meta) in run {
+        let name = split_last(path).1;
+        dir.touch(name);
+        match fresh.last_mut().filter(|(n, _)| *n == name) {
+            // The same new name again.
+            Some((_, body)) => {
+                apply(Some(body), path, *meta, log, attrs);
+            }
+            None => match dir.children.find(name) {
+                Ok(i) => {
+                    apply(Some(dir.children.body_mut(i)), path, *meta, log, attrs);
+                }
+                Err(_) => {
+                    if let Some(body) = apply(None, path, *meta, log, attrs) {
+                        fresh.push((name, body));
+                    }
+                }
+            },
+        }
+    }
+    dir.children.merge(fresh);
+}
+
+/// Makes `old` (`None`: no entry yet) the entry `meta` says `path` is, updating the totals
+/// and the journal; returns the entry to insert when there was none.
+fn apply(
+    old: Option<&mut Body>,
+    path: &[u8],
+    meta: FileMeta,
+    log: &mut Log,
+    attrs: &mut Attrs,
+) -> Option<Body> {
+    let mut inserted = None;
+    match (meta.kind, old) {
+        (Kind::Dir, Some(Body::Dir(d))) => {
             d.meta = meta;
             d.tree = None;
         }
-        (Kind::Dir, None) => {
-            dir.children.insert(name.to_vec(), new_dir(meta));
-        }
+        (Kind::Dir, None) => inserted = Some(new_dir(meta)),
         (_, None) => {
             log.files += 1;
             log.bytes += meta.size;
-            dir.children.insert(name.to_vec(), Node::Leaf(meta));
+            inserted = Some(Body::Leaf(Leaf::new(&meta, attrs)));
         }
-        (_, Some(Node::Leaf(old))) if meta.kind != Kind::Dir => {
+        (_, Some(Body::Leaf(old))) if meta.kind != Kind::Dir => {
             log.bytes = log.bytes - old.size + meta.size;
-            *old = meta;
+            *old = Leaf::new(&meta, attrs);
         }
         (kind, Some(old)) => {
             // A file becomes a directory or the other way round: what was below a replaced
@@ -472,7 +595,7 @@ fn put(dir: &mut DirNode, path: &[u8], name: &[u8], meta: FileMeta, log: &mut Lo
             } else {
                 log.files += 1;
                 log.bytes += meta.size;
-                Node::Leaf(meta)
+                Body::Leaf(Leaf::new(&meta, attrs))
             };
             let old = std::mem::replace(old, new);
             let (of, ob) = count(&old);
@@ -486,6 +609,7 @@ fn put(dir: &mut DirNode, path: &[u8], name: &[u8], meta: FileMeta, log: &mut Lo
         }
     }
     log.record(path, Some(meta));
+    inserted
 }
 
 /// The directory at `path` below `root`, created (with its parents) if missing or not a
@@ -506,15 +630,21 @@ fn dir_mut<'a>(root: &'a mut DirNode, path: &[u8], log: &mut Log) -> &'a mut Dir
             continue;
         }
         dir.touch(c);
-        if !matches!(dir.children.get(c), Some(Node::Dir(_))) {
-            if let Some(old) = dir.children.remove(c) {
+        match dir.children.find(c) {
+            Ok(i) if matches!(dir.children.body(i), Body::Dir(_)) => {}
+            Ok(i) => {
+                let meta = dir_meta(0o755);
+                let old = std::mem::replace(dir.children.body_mut(i), new_dir(meta));
                 forget(prefix, &old, log);
+                log.record(prefix, Some(meta));
             }
-            let meta = dir_meta(0o755);
-            log.record(prefix, Some(meta));
-            dir.children.insert(c.to_vec(), new_dir(meta));
+            Err(i) => {
+                let meta = dir_meta(0o755);
+                log.record(prefix, Some(meta));
+                dir.children.insert_at(i, c, new_dir(meta));
+            }
         }
-        let Some(Node::Dir(d)) = dir.children.get_mut(c) else {
+        let Some(d) = dir.children.dir_mut(c) else {
             unreachable!("just ensured a directory")
         };
         dir = d;

@@ -251,3 +251,225 @@ mod split {
         store.tree(&root).unwrap().get(name).unwrap().id
     }
 }
+
+mod packed {
+    use std::collections::BTreeMap;
+
+    use chkpt_testkit::Rng;
+
+    use super::*;
+
+    fn file(size: u64, seed: u64) -> FileMeta {
+        FileMeta {
+            kind: if seed.is_multiple_of(7) {
+                Kind::Symlink
+            } else {
+                Kind::File
+            },
+            size,
+            mtime_ns: seed as i64 * 3 - 5,
+            ctime_ns: -(seed as i64),
+            ino: seed ^ 0xdead_beef_0000,
+            dev: seed % 3 + (1 << 40),
+            id: Id::of(&seed.to_le_bytes()),
+            racy: seed.is_multiple_of(2),
+            ..dir_meta(0o600 + (seed % 5) as u32)
+        }
+    }
+
+    /// A name of 1 to 40 bytes of any value but `/` (NUL, 0xff and invalid UTF-8 included).
+    fn name(rng: &mut Rng) -> Vec<u8> {
+        let len = 1 + rng.below(40) as usize;
+        (0..len)
+            .map(|_| match rng.below(256) as u8 {
+                b'/' => 0,
+                b => b,
+            })
+            .collect()
+    }
+
+    fn path(name: &[u8]) -> Vec<u8> {
+        let mut p = b"big/".to_vec();
+        p.extend_from_slice(name);
+        p
+    }
+
+    /// What the index holds, against the model: every path in order with its metadata, the
+    /// totals, each entry found by `get`, the folder's names sorted.
+    fn check(ix: &Index, model: &BTreeMap<Vec<u8>, FileMeta>, at: &str) {
+        let mut walked = Vec::new();
+        ix.walk(|p, m| walked.push((p.to_vec(), *m)));
+        let mut want: Vec<(Vec<u8>, FileMeta)> = vec![(b"big".to_vec(), dir_meta(0o755))];
+        want.extend(model.iter().map(|(p, m)| (p.clone(), *m)));
+        // The model is in path order, the walk in tree order: the same set, and the walk
+        // lists a directory's entries by name.
+        let mut sorted = walked.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(sorted, want, "{at}");
+        let files = model.values().filter(|m| m.kind != Kind::Dir).count() as u64;
+        let bytes = model.values().map(|m| m.size).sum::<u64>();
+        assert_eq!(ix.totals(), (files, bytes), "{at}");
+        for (p, m) in model {
+            assert_eq!(ix.get(p).map(|n| n.meta()), Some(*m), "{at}");
+        }
+        let Some(Node::Dir(big)) = ix.get(b"big") else {
+            panic!("{at}: no folder")
+        };
+        assert!(big.children.sorted(), "{at}: names out of order");
+        let names: Vec<&[u8]> = big.names().collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "{at}");
+    }
+
+    /// Thousands of names of any bytes, added one by one and in bulk in no order, replaced,
+    /// removed, a file turned into a folder and back: the folder stays sorted, and the index
+    /// holds what a map of paths holds.
+    #[test]
+    fn a_big_folder_stays_sorted_through_every_change() {
+        let mut rng = Rng::new(chkpt_testkit::seed());
+        let mut ix = Index::default();
+        ix.insert(b"big", dir_meta(0o755));
+        let mut model: BTreeMap<Vec<u8>, FileMeta> = BTreeMap::new();
+        // In bulk, no order, some names twice.
+        let mut bulk = Vec::new();
+        for i in 0..6000u64 {
+            let n = name(&mut rng);
+            bulk.push((path(&n), file(i, i)));
+            if i % 100 == 0 {
+                bulk.push((path(&n), file(i + 1, i + 1)));
+            }
+        }
+        for (p, m) in &bulk {
+            model.insert(p.clone(), *m);
+        }
+        ix.insert_many(bulk);
+        check(&ix, &model, "after the bulk insert");
+        let mut seed = 10_000u64;
+        for round in 0..400 {
+            seed += 1;
+            let names: Vec<Vec<u8>> = model.keys().cloned().collect();
+            match rng.below(5) {
+                0 => {
+                    let p = path(&name(&mut rng));
+                    ix.insert(&p, file(seed, seed));
+                    model.insert(p, file(seed, seed));
+                }
+                1 if !names.is_empty() => {
+                    let p = &names[rng.index(names.len())];
+                    ix.remove(p);
+                    let below: Vec<Vec<u8>> = model
+                        .keys()
+                        .filter(|k| k.starts_with(p) && k.get(p.len()) == Some(&b'/'))
+                        .cloned()
+                        .collect();
+                    for k in below {
+                        model.remove(&k);
+                    }
+                    model.remove(p);
+                }
+                2 if !names.is_empty() => {
+                    // A file becomes a folder with a file in it, then a file again.
+                    let p = names[rng.index(names.len())].clone();
+                    if p.iter().filter(|&&b| b == b'/').count() > 1 || model[&p].kind == Kind::Dir {
+                        continue;
+                    }
+                    let mut inner = p.clone();
+                    inner.extend_from_slice(b"/\xffinner");
+                    ix.insert(&p, dir_meta(0o700));
+                    ix.insert(&inner, file(seed, seed));
+                    model.insert(p.clone(), dir_meta(0o700));
+                    model.insert(inner.clone(), file(seed, seed));
+                    check(
+                        &ix,
+                        &model,
+                        &format!("round {round}: a file became a folder"),
+                    );
+                    if rng.below(2) == 0 {
+                        ix.insert(&p, file(seed + 1, seed + 1));
+                        model.remove(&inner);
+                        model.insert(p, file(seed + 1, seed + 1));
+                    }
+                }
+                3 => {
+                    // A bulk of new and known names, in no order.
+                    let mut bulk = Vec::new();
+                    for _ in 0..MERGE_RUN * 3 {
+                        seed += 1;
+                        let p = if rng.below(2) == 0 && !names.is_empty() {
+                            names[rng.index(names.len())].clone()
+                        } else {
+                            path(&name(&mut rng))
+                        };
+                        if model.get(&p).is_some_and(|m| m.kind == Kind::Dir) {
+                            continue;
+                        }
+                        bulk.push((p, file(seed, seed)));
+                    }
+                    for (p, m) in &bulk {
+                        model.insert(p.clone(), *m);
+                    }
+                    ix.insert_many(bulk);
+                }
+                _ => {
+                    // Many removed: the names' arena is rewritten.
+                    for p in names.iter().take(300) {
+                        if model.get(p).is_some_and(|m| m.kind != Kind::Dir) {
+                            ix.remove(p);
+                            model.remove(p);
+                        }
+                    }
+                }
+            }
+            if round % 40 == 0 {
+                check(&ix, &model, &format!("round {round}"));
+            }
+        }
+        check(&ix, &model, "at the end");
+        let loaded = Index::load(
+            ix.entries()
+                .into_iter()
+                .filter_map(|c| Some((c.path, c.meta?))),
+        );
+        check(&loaded, &model, "loaded again");
+    }
+
+    /// A run of one folder's entries in no order, names given twice and a file turned into a
+    /// folder among them, merged in one pass: what inserting each gives.
+    #[test]
+    fn a_merged_run_is_insert_for_each() {
+        let mut rng = Rng::new(chkpt_testkit::seed());
+        let mut base = Index::default();
+        for i in 0..500u64 {
+            base.insert(&path(&name(&mut rng)), file(i, i));
+        }
+        base.insert(b"big/known", file(1, 1));
+        base.insert(b"big/dir/x", file(1, 1));
+        base.take_journal();
+        let mut run = Vec::new();
+        for i in 0..200u64 {
+            run.push((path(&name(&mut rng)), file(i, i + 1000)));
+        }
+        run.push((b"big/known".to_vec(), dir_meta(0o700)));
+        run.push((b"big/dir".to_vec(), file(3, 3)));
+        run.push((b"big/twice".to_vec(), file(4, 4)));
+        run.push((b"big/twice".to_vec(), dir_meta(0o711)));
+        run.push((b"big/twice".to_vec(), file(5, 5)));
+        for i in (1..run.len()).rev() {
+            run.swap(i, rng.index(i + 1));
+        }
+        let mut one = base.clone();
+        for (p, m) in &run {
+            one.insert(p, *m);
+        }
+        let mut many = base;
+        many.insert_many(run);
+        let paths = |ix: &Index| {
+            let mut out = Vec::new();
+            ix.walk(|p, m| out.push((p.to_vec(), *m)));
+            out
+        };
+        assert_eq!(paths(&one), paths(&many));
+        assert_eq!(one.totals(), many.totals());
+        assert_eq!(one.journal_len(), many.journal_len());
+        assert_eq!(one.take_journal(), many.take_journal());
+    }
+}

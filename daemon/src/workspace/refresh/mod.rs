@@ -86,7 +86,7 @@ enum Look {
 /// entry at all.
 fn known(index: &super::Index, rel: &[u8], st: &Stat) -> Option<bool> {
     match index.get(rel) {
-        Some(Node::Leaf(m)) if st.matches(m) && !m.racy => None,
+        Some(Node::Leaf(m)) if st.matches(&m) && !m.racy => None,
         Some(Node::Leaf(_)) => Some(true),
         _ => Some(false),
     }

@@ -138,7 +138,7 @@ impl Workspace {
         self.excluded = walk.excluded;
         self.excluded.sort_by(|a, b| a.0.cmp(&b.0));
         let mut gone = Vec::new();
-        if !self.index.root().children.is_empty() {
+        if !self.index.root().is_empty() {
             let seen: HashSet<&[u8]> = walk.entries.iter().map(|(p, _, _)| p.as_slice()).collect();
             self.index.walk(|p, _| {
                 if !seen.contains(p) {
@@ -243,13 +243,13 @@ impl Workspace {
                             }
                             Err(e) => warnings.push(format!("{}: {e}", path.display())),
                         }
-                        for name in d.children.keys() {
+                        for name in d.names() {
                             if !listed.contains(name) {
                                 out.push((join(&rel, name), Look::Gone));
                             }
                         }
                         for name in listed {
-                            if !d.children.contains_key(&name) {
+                            if !d.contains(&name) {
                                 queue.insert(join(&rel, &name));
                             }
                         }
@@ -257,7 +257,7 @@ impl Workspace {
                     _ if rel.is_empty() => {
                         // The root itself: reconcile its direct children.
                         let known: Vec<Vec<u8>> =
-                            self.index.root().children.keys().cloned().collect();
+                            self.index.root().names().map(<[u8]>::to_vec).collect();
                         if let Ok(rd) = std::fs::read_dir(&path) {
                             let listed: HashSet<Vec<u8>> = rd
                                 .flatten()
