@@ -269,19 +269,20 @@ impl Children {
         self.garbage = 0;
     }
 
-    /// Gives back memory the vectors no longer need (they grow by doubling): a directory
-    /// encoded after its entries came keeps about what it holds.
+    /// Gives back memory the vectors no longer need (they grow by doubling, and a directory
+    /// has 25 entries on average): a directory encoded after its entries came keeps about what
+    /// it holds. A big one keeps a little room, so that a few new names do not move it again.
     pub(super) fn shrink(&mut self) {
-        if self.garbage > 0 {
+        if self.garbage > self.names.len() / 8 {
             self.rewrite_arena();
         }
         let len = self.slots.len();
-        if self.slots.capacity() > len + len / 4 + 4 {
-            self.slots.shrink_to(len + len / 16);
+        if self.slots.capacity() > len + len / 32 + 1 {
+            self.slots.shrink_to(len + len / 64);
         }
         let bytes = self.names.len();
-        if self.names.capacity() > bytes + bytes / 4 + 32 {
-            self.names.shrink_to(bytes + bytes / 16);
+        if self.names.capacity() > bytes + bytes / 32 + 8 {
+            self.names.shrink_to(bytes + bytes / 64);
         }
     }
 

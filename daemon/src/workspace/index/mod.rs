@@ -292,11 +292,12 @@ impl Index {
                 .unwrap_or(entries.len() - i);
             let dir = dir_mut(&mut self.root, parent, &mut self.log);
             let run = &mut entries[i..end];
-            let appends = dir.children.is_empty()
-                || run
-                    .windows(2)
-                    .all(|w| split_last(&w[0].0).1 < split_last(&w[1].0).1)
-                    && dir.children.find(split_last(&run[0].0).1) == Err(dir.children.len());
+            // In order, after every name there (a persisted index loads so): each goes at
+            // the end.
+            let appends = run
+                .windows(2)
+                .all(|w| split_last(&w[0].0).1 < split_last(&w[1].0).1)
+                && dir.children.find(split_last(&run[0].0).1) == Err(dir.children.len());
             if run.len() < MERGE_RUN || appends {
                 for (path, meta) in run.iter() {
                     put(

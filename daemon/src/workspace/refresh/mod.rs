@@ -245,6 +245,9 @@ impl Workspace {
         let mut read: Vec<(Vec<u8>, Stat, bool, ReadOutcome)> = Vec::new();
         let mut to_read: Vec<(Vec<u8>, Stat, bool)> = Vec::new();
         let mut links: Vec<(Vec<u8>, Stat)> = Vec::new();
+        // Directories whose metadata changed, inserted at once: a walk finds them in no order,
+        // and a folder of thousands inserted one by one would move its sorted entries each time.
+        let mut dirs: Vec<(Vec<u8>, FileMeta)> = Vec::new();
         for (rel, look) in looks {
             let (st, walked) = match look {
                 Look::Gone => {
@@ -260,8 +263,10 @@ impl Workspace {
                     (false, Some(Node::Dir(d))) => d.meta.mode == st.mode,
                     _ => false,
                 };
-                if !unchanged {
+                if !unchanged && rel.is_empty() {
                     self.index.insert(&rel, st.to_meta(Id::default(), false));
+                } else if !unchanged {
+                    dirs.push((rel, st.to_meta(Id::default(), false)));
                 }
                 continue;
             }
@@ -278,6 +283,7 @@ impl Workspace {
                 Some(Walked::Abandoned) => {}
             }
         }
+        self.index.insert_many(dirs);
         let walked = read.len();
         // Hard links among what is left to read: each inode once.
         let mut first_of: HashMap<(u64, u64), usize> = HashMap::new();
