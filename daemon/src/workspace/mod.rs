@@ -29,7 +29,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use self::index::Index;
 use self::rules::{Exclusion, Rules};
 use crate::error::{Error, Result};
-use crate::store::catalog::{LoadedIndex, WorkspaceRecord};
+use crate::store::catalog::{self, LoadedIndex, WorkspaceRecord};
 use crate::store::{Batch, Id, Store};
 
 /// A file read within this long of its last modification is re-read next time (a write in the
@@ -114,6 +114,56 @@ fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// Builds the warm index from persisted entries, with the tree ids they record for
+/// directories (format rule 5) cached where the store still holds them: a restart then
+/// encodes only the trees of what changed.
+fn load_index(store: &Store, mut entries: Vec<(Vec<u8>, catalog::FileMeta)>) -> Index {
+    let mut trees = Vec::new();
+    for (path, meta) in &mut entries {
+        if meta.kind == crate::store::Kind::Dir && meta.id != Id::default() {
+            trees.push((path.clone(), std::mem::take(&mut meta.id)));
+        }
+    }
+    let mut index = Index::load(entries);
+    if trees.is_empty() {
+        return index;
+    }
+    let mut taken = 0;
+    for (path, id) in trees {
+        taken += usize::from(index.set_cached_tree(&path, id));
+    }
+    let forgotten = index.forget_missing_trees(&|id| store.contains(id).unwrap_or(false));
+    tracing::debug!(taken, forgotten, "tree ids loaded with the warm index");
+    index
+}
+
+/// `entries` of a new persisted base (from [`Index::entries`]), each directory's with the id
+/// of its tree as cached now, or zero (format rule 5).
+fn with_tree_ids(
+    index: &Index,
+    mut entries: Vec<catalog::IndexChange>,
+) -> Vec<catalog::IndexChange> {
+    for e in &mut entries {
+        let Some(meta) = e
+            .meta
+            .as_mut()
+            .filter(|m| m.kind == crate::store::Kind::Dir)
+        else {
+            continue;
+        };
+        let tree = if e.path.is_empty() {
+            index.root().tree
+        } else {
+            match index.get(&e.path) {
+                Some(index::Node::Dir(d)) => d.tree,
+                _ => None,
+            }
+        };
+        meta.id = tree.unwrap_or_default();
+    }
+    entries
 }
 
 /// Canonicalises a workspace path, refusing what cannot be one.
@@ -230,7 +280,7 @@ impl Workspace {
             journal: persisted_journal,
         } = store.cat.load_index(record.id)?;
         let persisted_base = entries.len();
-        let index = Index::load(entries);
+        let index = load_index(store, entries);
         let baseline = store.cat.latest(record.id)?.map(|s| s.root);
         let mut ws = Workspace {
             record,
@@ -320,7 +370,7 @@ impl Workspace {
         // Counted before merging repeated changes of a path: a new base a little early is
         // harmless, and a journal the base replaces need not be sorted.
         if self.persisted_journal.saturating_add(pending) > self.journal_budget() {
-            let entries = self.index.entries();
+            let entries = with_tree_ids(&self.index, self.index.entries());
             store.cat.write_index_base(self.record.id, &entries)?;
             self.index.clear_journal();
             self.persisted_base = entries.len();
@@ -350,7 +400,7 @@ impl Workspace {
             Ok(LoadedIndex { entries, journal }) => {
                 self.persisted_base = entries.len();
                 self.persisted_journal = journal;
-                self.index = Index::load(entries);
+                self.index = load_index(store, entries);
                 self.limit_journal();
             }
             Err(e) => {

@@ -19,6 +19,12 @@
 //!    list of (relative path, [`FileMeta`] or none for a removed path): the persisted warm
 //!    index, as a base of whole-index segments followed by journal segments, each applied in
 //!    order. When the journal outgrows a quarter of the base, it is folded into a new base.
+//!    A directory's entry holds, where a file's holds its content id, the id of its tree as
+//!    last encoded in a base segment, and zero (not known) in a journal segment; each journal
+//!    entry makes the tree ids of the directories above it not known. Catalogs written
+//!    before directories had them hold zero. A loaded tree id is used only once the store is
+//!    found to hold it still (and not for a directory stored split, whose parts it does not
+//!    name), so a restart need not encode every tree again.
 //! 6. Workspace and snapshot records are encoded as `records` says (a version byte, then
 //!    the body). Blob and warm-index segments start with a version byte: [`SEGMENT_VERSION`]
 //!    for those written now, and every version below it still reads.
@@ -95,7 +101,8 @@ pub struct FileMeta {
     pub ino: u64,
     /// Device number.
     pub dev: u64,
-    /// Content id (files, symlinks); unused for directories.
+    /// Content id (files, symlinks); for a directory in a persisted base, its tree's id, or
+    /// zero (format rule 5).
     pub id: Id,
     /// The content was read so soon after its last modification that a later write in the same
     /// timestamp tick would leave the metadata unchanged: re-read it next time.

@@ -24,7 +24,9 @@ pub struct IndexChange {
 /// A persisted warm index, as loaded.
 #[derive(Debug, Clone, Default)]
 pub struct LoadedIndex {
-    /// (relative path, entry), in path order.
+    /// (relative path, entry): the base's in the order it was written, then what the journal
+    /// added. A directory's `id` is its tree's as last encoded, or zero when not known
+    /// (format rule 5).
     pub entries: Vec<(Vec<u8>, FileMeta)>,
     /// How many journal entries it was rebuilt from on top of its base.
     pub journal: usize,
@@ -40,33 +42,101 @@ pub(super) enum Segment {
 }
 
 impl Catalog {
-    /// entries on top of its base.
+    /// A workspace's persisted warm index: its base with the journal applied, and how many
+    /// journal entries on top of its base. The segments are copied out in one read and
+    /// decoded in parallel; a base's entries are taken in the order they were written (each
+    /// path once), and only the journal's paths are looked up.
     pub fn load_index(&self, ws: WorkspaceId) -> Result<LoadedIndex> {
-        let mut map: std::collections::BTreeMap<Vec<u8>, FileMeta> = Default::default();
-        let mut journal = 0;
+        use rayon::prelude::*;
         let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
-        self.kv.read(|r| {
+        let raw: Vec<Vec<u8>> = self.kv.read(|r| {
+            let mut out = Vec::new();
             for kv in r
                 .open_table(INDEX_SEGMENTS)?
                 .range(lo.as_slice()..=hi.as_slice())?
             {
-                let (kind, changes) = decode_index_segment(kv?.1.value())?;
-                if kind == Segment::Journal {
-                    journal += changes.len();
+                out.push(kv?.1.value().to_vec());
+            }
+            Ok(out)
+        })?;
+        let segments: Vec<(Segment, Vec<IndexChange>)> = raw
+            .par_iter()
+            .map(|bytes| decode_index_segment(bytes))
+            .collect::<Result<_>>()?;
+        drop(raw);
+        let mut base: Vec<(Vec<u8>, FileMeta)> = Vec::new();
+        // The journal's last change of each path, in order.
+        let mut journal_changes: std::collections::BTreeMap<Vec<u8>, Option<FileMeta>> =
+            Default::default();
+        let mut journal = 0;
+        for (kind, changes) in segments {
+            match kind {
+                Segment::Base if journal_changes.is_empty() => {
+                    base.extend(changes.into_iter().filter_map(|c| Some((c.path, c.meta?))));
                 }
-                for IndexChange { path, meta } in changes {
-                    match meta {
-                        Some(m) => map.insert(path, m),
-                        None => map.remove(&path),
-                    };
+                // A base after journal segments (not written so): applied as a journal is.
+                Segment::Base => {
+                    for IndexChange { path, meta } in changes {
+                        journal_changes.insert(path, meta);
+                    }
+                }
+                Segment::Journal => {
+                    journal += changes.len();
+                    for IndexChange { path, meta } in changes {
+                        journal_changes.insert(path, meta);
+                    }
                 }
             }
-            Ok(())
-        })?;
-        Ok(LoadedIndex {
-            entries: map.into_iter().collect(),
-            journal,
-        })
+        }
+        if journal_changes.is_empty() {
+            return Ok(LoadedIndex {
+                entries: base,
+                journal,
+            });
+        }
+        // The directories above a change (and a changed directory itself) no longer have
+        // the tree the base recorded.
+        let mut stale: HashSet<&[u8]> = HashSet::new();
+        for path in journal_changes.keys() {
+            let mut end = Some(path.len());
+            while let Some(e) = end {
+                if !stale.insert(&path[..e]) {
+                    break;
+                }
+                end = path[..e]
+                    .iter()
+                    .rposition(|&b| b == b'/')
+                    .or((e > 0).then_some(0));
+            }
+        }
+        let mut entries = Vec::with_capacity(base.len() + journal_changes.len());
+        let mut replaced: HashSet<&[u8]> = HashSet::new();
+        for (path, meta) in base {
+            let meta = match journal_changes.get_key_value(&path) {
+                Some((key, change)) => {
+                    replaced.insert(key.as_slice());
+                    match change {
+                        Some(m) => *m,
+                        None => continue,
+                    }
+                }
+                None => meta,
+            };
+            entries.push((path, meta));
+        }
+        for (path, change) in &journal_changes {
+            if let Some(m) = change
+                && !replaced.contains(path.as_slice())
+            {
+                entries.push((path.clone(), *m));
+            }
+        }
+        for (path, meta) in &mut entries {
+            if meta.kind == Kind::Dir && stale.contains(path.as_slice()) {
+                meta.id = Id::default();
+            }
+        }
+        Ok(LoadedIndex { entries, journal })
     }
 
     /// Appends changes to a workspace's persisted warm index.

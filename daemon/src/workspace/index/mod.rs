@@ -412,6 +412,28 @@ impl Index {
         forgotten
     }
 
+    /// Takes `id` as the cached tree of the directory at `path` (the root for an empty path),
+    /// as a persisted index recorded it: for a directory whose tree is stored whole (split ones
+    /// keep none, their parts are not known). Returns whether it was taken. The caller checks
+    /// the trees are still stored ([`Index::forget_missing_trees`]).
+    pub fn set_cached_tree(&mut self, path: &[u8], id: Id) -> bool {
+        let mut dir = &mut self.root;
+        for c in components(path) {
+            match dir.children.get_mut(c) {
+                Some(Node::Dir(d)) => dir = d,
+                _ => return false,
+            }
+        }
+        if dir.children.len() > crate::store::tree::SPLIT_MIN {
+            return false;
+        }
+        dir.tree = Some(id);
+        dir.parts = None;
+        dir.changed = Vec::new();
+        dir.scan_all = false;
+        true
+    }
+
     /// How many directories have a cached tree id.
     pub fn cached_trees(&self) -> usize {
         fn rec(dir: &DirNode) -> usize {
