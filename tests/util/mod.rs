@@ -601,7 +601,8 @@ pub fn litter(root: &Path) -> Vec<PathBuf> {
 }
 
 /// A client, once the daemon answers and has its (first) workspace watched again after a
-/// restart; fails with the daemon's log after 30 s.
+/// restart, and reconciled (the walk for changes made while it was down done); fails with the
+/// daemon's log after 30 s.
 pub async fn ready(d: &Daemon) -> ChkptClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -611,7 +612,7 @@ pub async fn ready(d: &Daemon) -> ChkptClient<Channel> {
                 .into_inner()
                 .workspaces
                 .first()
-                .is_some_and(|w| w.state() == pb::WorkspaceState::Watching)
+                .is_some_and(|w| w.state() == pb::WorkspaceState::Watching && !w.reconciling)
         {
             return c;
         }

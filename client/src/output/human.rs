@@ -273,6 +273,11 @@ pub fn status_text(palette: Palette, now_ms: u64, s: &v1::StatusResponse) -> Str
         if !w.state_detail.is_empty() {
             out.push_str(&format!("{path}: {}\n", w.state_detail));
         }
+        if w.reconciling {
+            out.push_str(&format!(
+                "{path}: reconciling: looking for changes made while chkptd was not running (changes from now on are recorded)\n"
+            ));
+        }
         if let Some(t) = &w.tripwire {
             let pinned = if t.pinned_snapshot.is_empty() {
                 "(none)"

@@ -163,6 +163,7 @@ pub fn status_json(s: &v1::StatusResponse) -> Value {
                 "path": w.workspace.as_ref().map(|w| w.path.as_str()).unwrap_or_default(),
                 "state": state_name(w.state()),
                 "state_detail": w.state_detail,
+                "reconciling": w.reconciling,
                 "pending_changes": w.pending_changes,
                 "last_snapshot": w.last_snapshot.as_ref().map(|s| s.id.as_str()),
                 "warnings": w.warnings,

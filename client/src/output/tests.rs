@@ -130,6 +130,7 @@ fn status_json_gives_last_snapshot_as_id_or_null() {
             "path": "/a",
             "state": "watching",
             "state_detail": "",
+            "reconciling": false,
             "pending_changes": 3,
             "last_snapshot": "0123456789abcdef",
             "warnings": [],

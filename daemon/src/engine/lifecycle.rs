@@ -22,6 +22,27 @@ impl Engine {
         path: &Path,
         opts: WatchOptions,
     ) -> Result<(WorkspaceRecord, SnapshotRecord)> {
+        match self.watch_with(path, opts, false)? {
+            (record, Some(snap)) => Ok((record, snap)),
+            // Not asked to reconcile in the background: the baseline was saved.
+            (record, None) => {
+                let snap = self.store.cat.latest(record.id)?.ok_or_else(|| {
+                    Error::InvalidArgument(format!("{} has no snapshot", path.display()))
+                })?;
+                Ok((record, snap))
+            }
+        }
+    }
+
+    /// [`Engine::watch`]; with `background`, a workspace that has snapshots and a warm index
+    /// (a restart) is watched from the folders its index knows and reconciled by its autosave
+    /// worker, after this returns (no snapshot is returned then).
+    fn watch_with(
+        self: &Arc<Self>,
+        path: &Path,
+        opts: WatchOptions,
+        background: bool,
+    ) -> Result<(WorkspaceRecord, Option<SnapshotRecord>)> {
         let _one_at_a_time = lock(&self.watch_lock);
         let t0 = Instant::now();
         self.refuse_nested(&crate::workspace::canonical_root(path)?)?;
@@ -39,9 +60,9 @@ impl Engine {
             h.workspace(&self.store)
                 .set_record(&self.store, record.clone());
             // Watch again before walking, so nothing changed in between is missed.
-            self.start_worker(&h);
+            self.start_worker(&h, None);
             let snap = self.save_now(&h, &baseline)?.snapshot;
-            return Ok((record, snap));
+            return Ok((record, Some(snap)));
         }
         let mut ws = Workspace::open(&self.store, record.clone())?;
         tracing::debug!(
@@ -68,15 +89,31 @@ impl Engine {
             self.emit(EngineEvent::Warning(handle.id, msg));
             self.emit(EngineEvent::RestoreDone(handle.id, summary));
         }
-        // Watch first, then walk: a change during the baseline walk is caught either way.
-        self.start_worker(&handle);
-        self.registry.insert(handle.clone());
         let first = self.store.cat.latest(record.id)?.is_none();
         if !first {
             // Whatever changed while nobody watched was seen only by this walk.
             handle.feed.dirty().rescan_reason =
                 Some("changes made while chkptd was not watching".into());
         }
+        // The folders the index knows are watched before the walk: nothing it looks at needs
+        // looking at again, and the workspace is watched as soon as they are.
+        let known = {
+            let ws = handle.workspace(&self.store);
+            (background && !first && ws.totals().0 > 0).then(|| ws.index_dirs())
+        };
+        if known.is_some() {
+            handle.set_reconciling(true);
+            self.start_worker(&handle, known);
+            self.registry.insert(handle);
+            tracing::debug!(
+                ms = t0.elapsed().as_millis() as u64,
+                "watch: watcher started; reconciling in the background"
+            );
+            return Ok((record, None));
+        }
+        // Watch first, then walk: a change during the baseline walk is caught either way.
+        self.start_worker(&handle, None);
+        self.registry.insert(handle.clone());
         tracing::debug!(
             ms = t0.elapsed().as_millis() as u64,
             "watch: watcher started"
@@ -94,7 +131,7 @@ impl Engine {
             ms = t0.elapsed().as_millis() as u64,
             "watch: baseline saved"
         );
-        Ok((record, outcome.snapshot))
+        Ok((record, Some(outcome.snapshot)))
     }
 
     /// A folder inside, or above, a watched workspace would have the same files saved twice.
@@ -115,7 +152,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Re-watches the workspaces watched before a restart, reconciling each with a stat-walk.
+    /// Re-watches the workspaces watched before a restart; each is reconciled with a stat-walk
+    /// by its autosave worker, once its watches are in place.
     pub fn rewatch_all(self: &Arc<Self>) -> Result<()> {
         for record in self.store.cat.workspaces()? {
             if !record.watched {
@@ -129,7 +167,7 @@ impl Engine {
                 include_git: record.include_git,
                 retention: record.retention,
             };
-            if let Err(e) = self.watch(&path, opts) {
+            if let Err(e) = self.watch_with(&path, opts, true) {
                 tracing::warn!(workspace = %path.display(), error = %e, "could not re-watch");
             }
         }
@@ -151,8 +189,12 @@ impl Engine {
         Ok(record)
     }
 
-    fn start_worker(self: &Arc<Self>, h: &Arc<WsHandle>) {
-        let worker = autosave::start(self, h);
+    fn start_worker(
+        self: &Arc<Self>,
+        h: &Arc<WsHandle>,
+        known: Option<std::collections::BTreeSet<Vec<u8>>>,
+    ) {
+        let worker = autosave::start(self, h, known);
         *lock(&h.worker) = Some(worker);
     }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,10 @@ pub struct WsHandle {
     pub feed: Arc<Feed>,
     /// Watch state for `Status`.
     state: Mutex<WatchState>,
+    /// Set while the walk that reconciles a re-watched workspace with the changes made while
+    /// chkptd was not running is under way (the state is `Watching` meanwhile: every change
+    /// from the moment the watches were placed is recorded).
+    reconciling: AtomicBool,
     /// Warnings for `Status`.
     warnings: Mutex<Vec<String>>,
     /// Work counters of the workspace (shared with it).
@@ -74,6 +78,7 @@ impl WsHandle {
             ws: Mutex::new(ws),
             feed: Arc::new(Feed::new_full()),
             state: Mutex::new(WatchState::Rescanning),
+            reconciling: AtomicBool::new(false),
             warnings: Mutex::new(Vec::new()),
             snapshots_taken: AtomicU64::new(0),
             worker: Mutex::new(None),
@@ -128,6 +133,16 @@ impl WsHandle {
     /// Sets the watch state.
     pub fn set_state(&self, s: WatchState) {
         *lock(&self.state) = s;
+    }
+
+    /// Whether the walk reconciling a re-watched workspace is under way.
+    pub fn is_reconciling(&self) -> bool {
+        self.reconciling.load(Ordering::SeqCst)
+    }
+
+    /// Marks the reconciling walk as under way, or over.
+    pub fn set_reconciling(&self, on: bool) {
+        self.reconciling.store(on, Ordering::SeqCst);
     }
 
     /// The watcher's warnings.

@@ -85,7 +85,8 @@ impl Engine {
         let full = matches!(opts.changes, Changes::Full);
         // Polling stays polling, and a missing folder missing, whatever a walk finds.
         let watched = matches!(h.state(), WatchState::Watching | WatchState::Rescanning);
-        if full && watched {
+        // A reconciling walk runs while watched: it stays `Watching`, `reconciling` says it.
+        if full && watched && !h.is_reconciling() {
             h.set_state(WatchState::Rescanning);
         }
         let res = ws.save(&self.store, &opts);

@@ -133,6 +133,7 @@ impl Chkpt for Service {
                             bytes_stored: h.counters.bytes_stored.load(Ordering::Relaxed),
                         }),
                         warnings: h.warnings(),
+                        reconciling: h.is_reconciling(),
                         top_files: e
                             .top_files(&h)?
                             .into_iter()

@@ -44,6 +44,14 @@ fn wants(rules: &Rules, dir: &[u8], rel: &[u8]) -> Want {
     }
 }
 
+/// Adds the root, and its `.git` when rule 3 watches it, to `set`.
+fn with_root(rules: &Rules, root: &Path, set: &mut BTreeSet<Vec<u8>>) {
+    set.insert(Vec::new());
+    if wants(rules, b"", b".git") == Want::Itself && root.join(".git").is_dir() {
+        set.insert(b".git".to_vec());
+    }
+}
+
 /// What [`Dirs::watch_tree`] placed.
 #[derive(Debug, Default)]
 pub struct Placed {
@@ -197,6 +205,63 @@ impl Dirs {
             level = next;
         }
         Ok(Placed { all, added })
+    }
+
+    /// Watches the folders a loaded warm index names (rule 1 as of the last save), and the
+    /// root's `.git` (rule 3), without listing any folder: one `inotify_add_watch` each, so a
+    /// restart is watched long before a walk of the tree could be. What the index does not know
+    /// (folders made while chkptd was not running, evidence folders) is found by the walk that
+    /// follows; [`Dirs::align`] then watches it.
+    pub fn watch_known(
+        &mut self,
+        watcher: &mut RecommendedWatcher,
+        root: &Path,
+        rules: &Rules,
+        mut known: BTreeSet<Vec<u8>>,
+    ) -> Result<(), WatchFailure> {
+        with_root(rules, root, &mut known);
+        self.add(watcher, root, known)
+    }
+
+    /// After the walk that follows [`Dirs::watch_known`]: watches what `want` names (every
+    /// folder of the index now, and the excluded folders rule 3 watches by themselves) and is
+    /// not watched yet, and drops the watches of folders `want` does not name that are gone
+    /// or that the rules now leave out (a folder made since the walk keeps the watch the
+    /// intake gave it). Returns the folders that got a watch: they were listed by the walk
+    /// before they had one.
+    pub fn align(
+        &mut self,
+        watcher: &mut RecommendedWatcher,
+        root: &Path,
+        rules: &Rules,
+        mut want: BTreeSet<Vec<u8>>,
+    ) -> Result<Vec<Vec<u8>>, WatchFailure> {
+        with_root(rules, root, &mut want);
+        let extra: Vec<Vec<u8>> = self
+            .watched
+            .iter()
+            .filter(|d| !want.contains(*d))
+            .filter(|d| {
+                let is_dir = fs::symlink_metadata(rules::abs(root, d)).is_ok_and(|m| m.is_dir());
+                !is_dir || (!d.is_empty() && rules.check_path(d, PathKind::Dir).is_some())
+            })
+            .cloned()
+            .collect();
+        self.remove(watcher, root, extra);
+        let new: BTreeSet<Vec<u8>> = want
+            .into_iter()
+            .filter(|d| !self.watched.contains(d))
+            .collect();
+        self.add(watcher, root, new.clone())?;
+        Ok(new
+            .into_iter()
+            .filter(|d| self.watched.contains(d))
+            .collect())
+    }
+
+    /// Whether rule 3 watches the excluded folder `rel` by itself.
+    pub fn watched_alone(rules: &Rules, rel: &[u8]) -> bool {
+        wants(rules, rules::split_last(rel).0, rel) == Want::Itself
     }
 
     /// Brings the watches under `start` in line with what the rules want now (rule 4):

@@ -54,6 +54,17 @@ impl Source {
     /// (see [`dirs`](super::dirs)), elsewhere one recursive watch. On a large tree this takes
     /// a while.
     pub fn connect(&mut self) -> Result<(), WatchFailure> {
+        self.connect_known(None)
+    }
+
+    /// Like [`Source::connect`], but on Linux with `known` (the folders a loaded warm index
+    /// names) watches those without listing the tree (see
+    /// [`Dirs::watch_known`](super::dirs::Dirs::watch_known)); [`Source::align`] watches
+    /// what the index did not know once a walk found it.
+    pub fn connect_known(
+        &mut self,
+        known: Option<std::collections::BTreeSet<Vec<u8>>>,
+    ) -> Result<(), WatchFailure> {
         self.disconnect();
         let (tx, rx) = mpsc::sync_channel::<Raw>(CHANNEL);
         let failed = |e: notify::Error| {
@@ -69,7 +80,12 @@ impl Source {
             let mut dirs = super::dirs::Dirs::default();
             // Out of watches part way: what was taken goes back with the watcher (other
             // programs need them).
-            dirs.watch_tree(&mut watcher, &self.root, &self.rules, b"")?;
+            match known {
+                Some(known) => dirs.watch_known(&mut watcher, &self.root, &self.rules, known)?,
+                None => {
+                    dirs.watch_tree(&mut watcher, &self.root, &self.rules, b"")?;
+                }
+            }
             if dirs.is_empty() {
                 return Err(WatchFailure::Other(format!(
                     "cannot watch {}: it cannot be read",
@@ -104,6 +120,35 @@ impl Source {
         self.intake = Some(thread);
         self.feed.live.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Brings the watches in line with `want` once a walk after
+    /// [`Source::connect_known`] found every folder (see
+    /// [`Dirs::align`](super::dirs::Dirs::align)); returns the folders that got a watch just
+    /// now. Nothing to do without a watch, or where one watch covers the tree.
+    pub fn align(
+        &mut self,
+        want: std::collections::BTreeSet<Vec<u8>>,
+    ) -> Result<Vec<Vec<u8>>, WatchFailure> {
+        let Some(kernel) = self.kernel.as_ref() else {
+            return Ok(Vec::new());
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let mut k = crate::sync::lock(kernel);
+            let k = &mut *k;
+            let res = k.dirs.align(&mut k.watcher, &self.root, &self.rules, want);
+            self.feed
+                .counters
+                .watches
+                .store(k.dirs.len() as u64, Ordering::Relaxed);
+            res
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (kernel, want);
+            Ok(Vec::new())
+        }
     }
 
     /// Removes the kernel watches; the intake thread ends once it drained what was sent.

@@ -349,6 +349,61 @@ impl Workspace {
         &self.index
     }
 
+    /// Every folder the warm index holds, the root (`""`) among them: what a re-watch
+    /// watches before it walks (see `watch::dirs::Dirs::watch_known`).
+    pub fn index_dirs(&self) -> std::collections::BTreeSet<Vec<u8>> {
+        let mut out = std::collections::BTreeSet::new();
+        out.insert(Vec::new());
+        self.index.walk(|p, m| {
+            if m.kind == crate::store::Kind::Dir {
+                out.insert(p.to_vec());
+            }
+        });
+        out
+    }
+
+    /// The folders that hold a watch once a full walk is done: every folder of the index, and
+    /// the excluded folders recognised by evidence that the walk left out (watched by
+    /// themselves, so the evidence going away is seen).
+    pub fn watch_wanted(&self) -> std::collections::BTreeSet<Vec<u8>> {
+        let mut out = self.index_dirs();
+        for (p, why) in &self.excluded {
+            if matches!(why, Exclusion::Dependency(_))
+                && crate::watch::dirs::Dirs::watched_alone(&self.rules, p)
+                && std::fs::symlink_metadata(rules::abs(&self.root, p)).is_ok_and(|m| m.is_dir())
+            {
+                out.insert(p.clone());
+            }
+        }
+        out
+    }
+
+    /// What to look at again in folders that got their watch only after a walk listed them:
+    /// each folder, and what the index holds directly in it (a file changed between the
+    /// listing and the watch sent no event). An evidence folder's evidence files are among
+    /// them, so its rules are read again.
+    pub fn recheck_paths(&self, dirs: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for d in dirs {
+            out.push(d.clone());
+            match self.index.get(d) {
+                Some(index::Node::Dir(node)) => {
+                    out.extend(node.children.keys().map(|name| rules::join(d, name)));
+                }
+                _ if d.is_empty() => {
+                    let root = self.index.root();
+                    out.extend(root.children.keys().cloned());
+                }
+                _ => {
+                    for f in ["CACHEDIR.TAG", "pyvenv.cfg"] {
+                        out.push(rules::join(d, f.as_bytes()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Journal entries the persisted index may take on top of its base before it is rewritten.
     fn journal_budget(&self) -> usize {
         self.persisted_base / 4 + JOURNAL_SLACK

@@ -41,7 +41,17 @@ const SPACE_RECHECK: Duration = Duration::from_secs(1);
 /// the stat-walk that usually follows: the workspace is told when the watch is in place, and a
 /// full refresh checks again what it looked at before then (see `Workspace::refresh`). The
 /// caller must not hold the workspace's lock.
-pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) -> Worker {
+///
+/// With `known` (a restart: the folders the loaded warm index names), the worker watches those
+/// without listing the tree, says `Watching` at once, and then reconciles: the full walk that
+/// finds what changed while chkptd was not running runs as an ordinary save, after the watches
+/// are in place (so nothing it looks at needs looking at again), and the folders only it found
+/// are watched after it (see [`Autosave::reconcile`]).
+pub fn start(
+    engine: &Arc<Engine>,
+    h: &Arc<WsHandle>,
+    known: Option<std::collections::BTreeSet<Vec<u8>>>,
+) -> Worker {
     let (tx, rx) = mpsc::channel::<Notice>();
     let placed = Placed(Arc::default());
     let (idle, max_delay, rules) = {
@@ -75,8 +85,12 @@ pub fn start(engine: &Arc<Engine>, h: &Arc<WsHandle>) -> Worker {
     let thread = std::thread::Builder::new()
         .name(format!("autosave-{}", h.id.get()))
         .spawn(move || {
-            w.connect();
+            let reconcile = known.is_some();
+            w.connect(known);
             drop(placed);
+            if reconcile {
+                w.reconcile();
+            }
             w.run(rx)
         });
     let thread = match thread {
@@ -169,9 +183,9 @@ impl Autosave {
         tracing::debug!(workspace = %w.h.root.display(), "autosave stopped");
     }
 
-    fn connect(&mut self) {
+    fn connect(&mut self, known: Option<std::collections::BTreeSet<Vec<u8>>>) {
         let started = Instant::now();
-        let res = self.source.connect();
+        let res = self.source.connect_known(known);
         tracing::debug!(
             workspace = %self.h.root.display(),
             ms = started.elapsed().as_millis() as u64,
@@ -180,6 +194,60 @@ impl Autosave {
             "kernel watch placed"
         );
         self.placed(res);
+    }
+
+    /// After a restart, once the watches of the folders the index knew are in place: the full
+    /// walk that finds what changed while chkptd was not running, as an ordinary save (a change
+    /// made meanwhile is recorded by the watches and saved by the next one), then watches for
+    /// the folders only the walk found. Those were listed before their watch existed, so they
+    /// and what they hold are looked at again by the next save.
+    fn reconcile(&mut self) {
+        let h = self.h.clone();
+        let started = Instant::now();
+        let req = SaveRequest {
+            trigger: Trigger::Auto,
+            message: String::new(),
+            pin: false,
+            walk: Walk::Dirty,
+            tags: Vec::new(),
+            allow_empty: false,
+        };
+        match self.engine.save_now(&h, &req) {
+            Ok(out) => {
+                if out.created {
+                    self.engine.maintenance().retention_due(h.id);
+                }
+            }
+            Err(Error::WorkspaceGone { .. }) => {
+                h.set_reconciling(false);
+                self.gone();
+                return;
+            }
+            Err(e) => {
+                // The changes stay pending (a full walk): the next save tries again.
+                tracing::warn!(workspace = %h.root.display(), error = %e, "the walk after the restart failed");
+                h.warn(format!("auto snapshot failed: {e}"));
+            }
+        }
+        if self.source.is_connected() {
+            let want = h.workspace(&self.engine.store).watch_wanted();
+            match self.source.align(want) {
+                Ok(added) if !added.is_empty() => {
+                    let again = h.workspace(&self.engine.store).recheck_paths(&added);
+                    tracing::debug!(workspace = %h.root.display(), folders = added.len(), paths = again.len(), "watched the folders the walk found");
+                    h.feed.dirty().paths.extend(again);
+                    self.debounce.change(Instant::now());
+                }
+                Ok(_) => {}
+                Err(failure) => self.on_watch_lost(failure),
+            }
+        }
+        h.set_reconciling(false);
+        tracing::debug!(
+            workspace = %h.root.display(),
+            ms = started.elapsed().as_millis() as u64,
+            "reconciled after the restart"
+        );
     }
 
     /// The kernel watch could not follow a new folder: poll instead.
@@ -195,8 +263,9 @@ impl Autosave {
         match res {
             Ok(()) => {
                 self.poll = None;
-                // A workspace being (re)watched stays "rescanning" until its first walk is done.
-                if h.state() != WatchState::Rescanning {
+                // A workspace being (re)watched stays "rescanning" until its first walk is done,
+                // unless that walk reconciles it while it is watched.
+                if h.state() != WatchState::Rescanning || h.is_reconciling() {
                     h.set_state(WatchState::Watching);
                 }
             }
@@ -255,7 +324,7 @@ impl Autosave {
                 tracing::info!(workspace = %self.h.root.display(), "the folder is back; watching it again");
                 self.h.set_state(WatchState::Rescanning);
             }
-            self.connect();
+            self.connect(None);
         }
         if was_missing {
             self.h
