@@ -220,6 +220,9 @@ impl Dirs {
         mut known: BTreeSet<Vec<u8>>,
     ) -> Result<(), WatchFailure> {
         with_root(rules, root, &mut known);
+        // A folder gone since (a tree deleted while chkptd was down) would fail its batch and
+        // send the rest again, once per folder gone: those are left out first.
+        known.retain(|d| fs::symlink_metadata(rules::abs(root, d)).is_ok_and(|m| m.is_dir()));
         self.add(watcher, root, known)
     }
 
@@ -331,6 +334,57 @@ mod tests {
         // A folder that goes takes its watches with it.
         dirs.remove_tree(&mut watcher, root, b"target");
         assert_eq!(dirs.len(), 5);
+    }
+
+    #[test]
+    fn known_folders_are_watched_without_a_listing_and_aligned_after_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "src/a",
+            "new/b",
+            ".git/objects",
+            "target/debug",
+            "gone-later",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(
+            root.join("target/CACHEDIR.TAG"),
+            b"Signature: 8a477f597d28d172789f06886806bc55\n",
+        )
+        .unwrap();
+        let rules = Rules::new(root, &root.join("no-store"), Default::default());
+        let mut watcher = RecommendedWatcher::new(|_| {}, notify::Config::default()).unwrap();
+        let mut dirs = Dirs::default();
+        let set = |names: &[&str]| -> BTreeSet<Vec<u8>> {
+            names.iter().map(|n| n.as_bytes().to_vec()).collect()
+        };
+        // What an index knew: `new` is not in it, `vanished` is gone since.
+        let known = set(&["src", "src/a", "vanished", "gone-later"]);
+        dirs.watch_known(&mut watcher, root, &rules, known).unwrap();
+        let names = |d: &Dirs| -> Vec<String> {
+            d.watched
+                .iter()
+                .map(|d| String::from_utf8(d.clone()).unwrap())
+                .collect()
+        };
+        assert_eq!(names(&dirs), ["", ".git", "gone-later", "src", "src/a"]);
+        // The walk found `new` and `new/b`, and `target` left out by its evidence; a folder
+        // went meanwhile.
+        fs::remove_dir(root.join("gone-later")).unwrap();
+        let want = set(&["src", "src/a", "new", "new/b", "target"]);
+        let added = dirs.align(&mut watcher, root, &rules, want).unwrap();
+        assert_eq!(
+            added,
+            [b"new".to_vec(), b"new/b".to_vec(), b"target".to_vec()]
+        );
+        assert_eq!(
+            names(&dirs),
+            ["", ".git", "new", "new/b", "src", "src/a", "target"]
+        );
+        assert!(Dirs::watched_alone(&rules, b"target"));
+        assert!(!Dirs::watched_alone(&rules, b"src"));
     }
 
     #[test]
