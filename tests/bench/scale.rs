@@ -4,11 +4,13 @@
 //! one of 20,000), generated once from a fixed seed and kept under `target/bench-scale/`: about
 //! 25 files a folder, folders 1 to 8 deep, names of 6 to 30 bytes, files of 20 to 70 bytes.
 //! For each: the first snapshot (`chkptctl watch`), the daemon's resident memory after it and
-//! its peak (VmRSS, VmHWM), the time from a restart until the workspace is watched again and
-//! the memory then, the store's bytes per file beyond the content, and the everyday commands
-//! (`save` of 5 appended files, an in-place `restore` after 2 files changed, `list`, `diff`,
-//! `log` of a path), each a whole `chkptctl` process. Then one folder of 200,000 entries: the
-//! save of one changed file in it, and what that adds to the store.
+//! its peak (VmRSS, VmHWM), the time from a restart until the workspace is watched again (its
+//! watches placed, every change recorded) and until it is reconciled (the walk for changes
+//! made while the daemon was down done) and the memory then, the store's bytes per file beyond
+//! the content, and the everyday commands (`save` of 5 appended files, an in-place `restore`
+//! after 2 files changed, `list`, `diff`, `log` of a path), each a whole `chkptctl` process.
+//! Then one folder of 200,000 entries: the save of one changed file in it, and what that adds
+//! to the store.
 //!
 //! Every figure is printed as a `figures:` line too, per path so that growth shows.
 
@@ -271,8 +273,10 @@ fn files_and_bytes(root: &Path) -> (u64, u64) {
 }
 
 /// Polls `Status` every 5 ms until the workspace is back and watched (a restarted daemon
-/// lists it once it re-watches it, and watches it once the walk that reconciles it is done).
-async fn watched_again(c: &mut Client) -> Result<(), String> {
+/// lists it once it re-watches it, and says it is watching once its watches are in place),
+/// and, with `reconciled`, until the walk that reconciles it with the changes made while the
+/// daemon was down is done too.
+async fn watched_again(c: &mut Client, reconciled: bool) -> Result<(), String> {
     let deadline = Instant::now() + std::time::Duration::from_secs(300);
     loop {
         let st = c
@@ -280,11 +284,9 @@ async fn watched_again(c: &mut Client) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?
             .into_inner();
-        if st
-            .workspaces
-            .first()
-            .is_some_and(|w| w.state() == pb::WorkspaceState::Watching)
-        {
+        if st.workspaces.first().is_some_and(|w| {
+            w.state() == pb::WorkspaceState::Watching && !(reconciled && w.reconciling)
+        }) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -403,15 +405,20 @@ async fn one_size(s: &mut Section, root: &Path, n: usize, scratch: &Path) -> Res
         Err(e) => s.fail(format!("{label}: {e}")),
     }
 
-    // A restart: from starting chkptd until the workspace is watched again.
+    // A restart: from starting chkptd until the workspace is watched again (every change from
+    // then on is recorded), and until the walk that finds the changes made while it was down
+    // is done (the daemon rescanning instead of that is a failure).
     drop(c);
     d.stop();
     let t0 = Instant::now();
     d.start_again();
     let mut c = d.client().await;
-    let watching = watched_again(&mut c).await;
+    let watching = watched_again(&mut c, false).await;
     let restart = t0.elapsed().as_secs_f64();
     watching?;
+    let reconciled = watched_again(&mut c, true).await;
+    let restart_reconciled = t0.elapsed().as_secs_f64();
+    reconciled?;
     let pid1 = pid(&mut c).await?;
     let (rss1, hwm1) = memory(pid1)?;
     let w = workspace_status(&mut c).await?;
@@ -419,19 +426,25 @@ async fn one_size(s: &mut Section, root: &Path, n: usize, scratch: &Path) -> Res
         s.fail(format!("{label}: the daemon rescanned after the restart"));
     }
     s.row(
-        format!("{label}: restart until watching, resident (peak)"),
+        format!("{label}: restart until watching"),
+        format!("{restart:.2} s"),
+        "≤ 1 s",
+        Some(restart <= 1.0),
+    );
+    s.row(
+        format!("{label}: restart until reconciled (the walk for changes made while down done), resident then (peak)"),
         format!(
-            "{restart:.2} s, {} ({}), {:.0} B per path",
+            "{restart_reconciled:.2} s, {} ({}), {:.0} B per path",
             mib(rss1),
             mib(hwm1),
             per(rss1)
         ),
-        "≤ 1 s, ≤ 200 B per path",
-        Some(restart <= 1.0 && per(rss1) <= 200.0),
+        "≤ 200 B per path",
+        Some(per(rss1) <= 200.0),
     );
     write!(
         fig,
-        " restart_s={restart:.2} restart_rss_mib={:.1} restart_hwm_mib={:.1} restart_rss_b_per_path={:.0}",
+        " restart_s={restart:.2} restart_reconciled_s={restart_reconciled:.2} restart_rss_mib={:.1} restart_hwm_mib={:.1} restart_rss_b_per_path={:.0}",
         rss1 as f64 / 1048576.0,
         hwm1 as f64 / 1048576.0,
         per(rss1),
