@@ -22,9 +22,13 @@
 //!    A directory's entry holds, where a file's holds its content id, the id of its tree as
 //!    last encoded in a base segment, and zero (not known) in a journal segment; each journal
 //!    entry makes the tree ids of the directories above it not known. Catalogs written
-//!    before directories had them hold zero. A loaded tree id is used only once the store is
-//!    found to hold it still (and not for a directory stored split, whose parts it does not
-//!    name), so a restart need not encode every tree again.
+//!    before directories had them hold zero. The base's ids are trusted only while `meta`'s
+//!    `index_trees/` + workspace id (8 bytes BE) names its first segment's sequence number
+//!    (8 bytes BE), which is written with it: a version before tree ids copies whatever a
+//!    directory's entry held into the bases it writes, and does not update that key. A loaded
+//!    tree id is used only once the store is found to hold it still (and not for a directory
+//!    stored split, whose parts it does not name), so a restart need not encode every tree
+//!    again.
 //! 6. Workspace and snapshot records are encoded as `records` says (a version byte, then
 //!    the body). Blob and warm-index segments start with a version byte: [`SEGMENT_VERSION`]
 //!    for those written now, and every version below it still reads.
@@ -295,6 +299,74 @@ mod tests {
             id: Id::of(&i.to_le_bytes()),
             racy: i.is_multiple_of(7),
         }
+    }
+
+    /// A base written with tree ids keeps its directories' (format rule 5); a journal makes
+    /// the ids above its changes unknown; a base a version before tree ids rewrote (nothing in
+    /// `meta` names it) has none trusted.
+    #[test]
+    fn directory_tree_ids_are_trusted_only_in_a_base_written_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path(), 1 << 20).unwrap();
+        let ws = WorkspaceId::new(3);
+        let tree = |n: u64| Id::of(&n.to_le_bytes());
+        let dir_meta = |n: u64| FileMeta {
+            kind: Kind::Dir,
+            mode: 0o755,
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 0,
+            dev: 0,
+            id: tree(n),
+            racy: false,
+        };
+        let change = |p: &str, m: FileMeta| IndexChange {
+            path: p.as_bytes().to_vec(),
+            meta: Some(m),
+        };
+        let base = vec![
+            change("", dir_meta(1)),
+            change("a", dir_meta(2)),
+            change("a/b", dir_meta(3)),
+            change("a/b/f", meta(4)),
+            change("c", dir_meta(5)),
+        ];
+        let ids = |cat: &Catalog| -> Vec<(String, Id)> {
+            cat.load_index(ws)
+                .unwrap()
+                .entries
+                .into_iter()
+                .filter(|(_, m)| m.kind == Kind::Dir)
+                .map(|(p, m)| (String::from_utf8(p).unwrap(), m.id))
+                .collect()
+        };
+        let named = |v: &[(&str, Id)]| -> Vec<(String, Id)> {
+            v.iter().map(|(p, id)| (p.to_string(), *id)).collect()
+        };
+        cat.write_index_base(ws, &base).unwrap();
+        assert_eq!(
+            ids(&cat),
+            named(&[
+                ("", tree(1)),
+                ("a", tree(2)),
+                ("a/b", tree(3)),
+                ("c", tree(5))
+            ])
+        );
+        cat.append_index(ws, &[change("a/b/g", meta(6))]).unwrap();
+        let zero = Id::default();
+        assert_eq!(
+            ids(&cat),
+            named(&[("", zero), ("a", zero), ("a/b", zero), ("c", tree(5))])
+        );
+        cat.kv
+            .write(|w| put_index_base(&mut w.open_table(INDEX_SEGMENTS)?, ws, &base))
+            .unwrap();
+        assert_eq!(
+            ids(&cat),
+            named(&[("", zero), ("a", zero), ("a/b", zero), ("c", zero)])
+        );
     }
 
     fn changes(n: u64) -> Vec<IndexChange> {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use redb::ReadableTable;
 
 use super::{
-    Catalog, FileMeta, INDEX_SEGMENTS, MAX_INDEX_SEGMENT, SEGMENT_ENTRIES, SEGMENT_V1,
+    Catalog, FileMeta, INDEX_SEGMENTS, MAX_INDEX_SEGMENT, META, SEGMENT_ENTRIES, SEGMENT_V1,
     SEGMENT_VERSION, Table, be, u64_at,
 };
 use crate::error::{Error, Result};
@@ -49,16 +49,26 @@ impl Catalog {
     pub fn load_index(&self, ws: WorkspaceId) -> Result<LoadedIndex> {
         use rayon::prelude::*;
         let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
-        let raw: Vec<Vec<u8>> = self.kv.read(|r| {
+        // The sequence number of the first segment, and the one of the base written with tree
+        // ids: they differ once a version without tree ids rewrote the base.
+        let (raw, first, with_trees) = self.kv.read(|r| {
             let mut out = Vec::new();
+            let mut first = None;
             for kv in r
                 .open_table(INDEX_SEGMENTS)?
                 .range(lo.as_slice()..=hi.as_slice())?
             {
-                out.push(kv?.1.value().to_vec());
+                let (k, v) = kv?;
+                first.get_or_insert(u64_at(k.value(), 8));
+                out.push(v.value().to_vec());
             }
-            Ok(out)
+            let with_trees = r
+                .open_table(META)?
+                .get(trees_key(ws).as_slice())?
+                .map(|v| u64_at(v.value(), 0));
+            Ok((out, first, with_trees))
         })?;
+        let trusted = first.is_some() && first == with_trees;
         let segments: Vec<(Segment, Vec<IndexChange>)> = raw
             .par_iter()
             .map(|bytes| decode_index_segment(bytes))
@@ -72,9 +82,16 @@ impl Catalog {
         for (kind, changes) in segments {
             match kind {
                 Segment::Base if journal_changes.is_empty() => {
-                    base.extend(changes.into_iter().filter_map(|c| Some((c.path, c.meta?))));
+                    base.extend(changes.into_iter().filter_map(|c| {
+                        let mut meta = c.meta?;
+                        if !trusted && meta.kind == Kind::Dir {
+                            meta.id = Id::default();
+                        }
+                        Some((c.path, meta))
+                    }));
                 }
-                // A base after journal segments (not written so): applied as a journal is.
+                // A base after journal segments (not written so): applied as a journal is (its
+                // directories' tree ids unknown).
                 Segment::Base => {
                     for IndexChange { path, meta } in changes {
                         journal_changes.insert(path, meta);
@@ -154,10 +171,18 @@ impl Catalog {
         })
     }
 
-    /// Replaces a workspace's persisted warm index by `entries`, atomically.
+    /// Replaces a workspace's persisted warm index by `entries`, atomically. A directory's
+    /// entry holds its tree's id, or zero (format rule 5).
     pub fn write_index_base(&self, ws: WorkspaceId, entries: &[IndexChange]) -> Result<()> {
-        self.kv
-            .write(|w| put_index_base(&mut w.open_table(INDEX_SEGMENTS)?, ws, entries))
+        self.kv.write(|w| {
+            let mut t = w.open_table(INDEX_SEGMENTS)?;
+            let first = next_index_seq(&t, ws)?;
+            put_index_base(&mut t, ws, entries)?;
+            drop(t);
+            let mut meta = w.open_table(META)?;
+            meta.insert(trees_key(ws).as_slice(), be(first).as_slice())?;
+            Ok(())
+        })
     }
 
     /// Content ids named by the persisted warm indexes (kept by garbage collection). Entries
@@ -187,6 +212,12 @@ impl Catalog {
         out.extend(current.into_values());
         Ok(out)
     }
+}
+
+/// The `meta` key naming the first segment of the workspace's base whose directories hold
+/// their tree ids (format rule 5).
+fn trees_key(ws: WorkspaceId) -> Vec<u8> {
+    [b"index_trees/".as_slice(), &be(ws.get())].concat()
 }
 
 pub(super) fn index_key(ws: WorkspaceId, seq: u64) -> [u8; 16] {
