@@ -30,22 +30,31 @@ impl Catalog {
     /// The committed blob index, without entries that reach past their pack's committed
     /// length (format rule 2), and how many such entries were left out.
     pub fn load_blob_index(&self) -> Result<(HashMap<Id, Loc>, u64)> {
+        use rayon::prelude::*;
         let lengths: HashMap<u32, u64> = self.pack_lengths()?.into_iter().collect();
-        let mut index = HashMap::new();
-        let mut ignored = 0u64;
-        self.kv.read(|r| {
+        // Copied out in one read and decoded in parallel (a restart waits for this); applied
+        // in order, so that a later segment's entry for an id still wins.
+        let raw: Vec<Vec<u8>> = self.kv.read(|r| {
+            let mut out = Vec::new();
             for kv in r.open_table(BLOB_SEGMENTS)?.iter()? {
-                let (_, v) = kv?;
-                for (id, loc) in decode_blob_segment(v.value())? {
-                    if lengths.get(&loc.pack).is_some_and(|&len| loc.end() <= len) {
-                        index.insert(id, loc);
-                    } else {
-                        ignored += 1;
-                    }
-                }
+                out.push(kv?.1.value().to_vec());
             }
-            Ok(())
+            Ok(out)
         })?;
+        let segments: Vec<Vec<(Id, Loc)>> = raw
+            .par_iter()
+            .map(|bytes| decode_blob_segment(bytes))
+            .collect::<Result<_>>()?;
+        drop(raw);
+        let mut index = HashMap::with_capacity(segments.iter().map(Vec::len).sum());
+        let mut ignored = 0u64;
+        for (id, loc) in segments.into_iter().flatten() {
+            if lengths.get(&loc.pack).is_some_and(|&len| loc.end() <= len) {
+                index.insert(id, loc);
+            } else {
+                ignored += 1;
+            }
+        }
         if ignored > 0 {
             tracing::info!(
                 ignored,
