@@ -242,7 +242,8 @@ pub fn register(store: &Store, path: &Path, opts: WatchOptions) -> Result<Worksp
         )));
     }
     let bytes = root.as_os_str().as_bytes().to_vec();
-    let record = match store.cat.workspace_by_path(&bytes)? {
+    let stored = store.cat.workspace_by_path(&bytes)?;
+    let record = match stored.clone() {
         Some(mut r) => {
             r.idle_ms = opts.idle_ms;
             r.max_delay_ms = opts.max_delay_ms;
@@ -265,8 +266,11 @@ pub fn register(store: &Store, path: &Path, opts: WatchOptions) -> Result<Worksp
             tripwire: None,
         },
     };
-    store.cat.put_workspace(&record)?;
-    store.flush()?;
+    // A re-watch after a restart changes nothing: no write, no durable flush on its way.
+    if stored.as_ref() != Some(&record) {
+        store.cat.put_workspace(&record)?;
+        store.flush()?;
+    }
     Ok(record)
 }
 
