@@ -392,11 +392,11 @@ impl Workspace {
             out.push(d.clone());
             match self.index.get(d) {
                 Some(index::Node::Dir(node)) => {
-                    out.extend(node.children.keys().map(|name| rules::join(d, name)));
+                    out.extend(node.names().map(|name| rules::join(d, name)));
                 }
                 _ if d.is_empty() => {
                     let root = self.index.root();
-                    out.extend(root.children.keys().cloned());
+                    out.extend(root.names().map(<[u8]>::to_vec));
                 }
                 _ => {
                     for f in ["CACHEDIR.TAG", "pyvenv.cfg"] {

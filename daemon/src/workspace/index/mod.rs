@@ -419,9 +419,9 @@ impl Index {
     pub fn set_cached_tree(&mut self, path: &[u8], id: Id) -> bool {
         let mut dir = &mut self.root;
         for c in components(path) {
-            match dir.children.get_mut(c) {
-                Some(Node::Dir(d)) => dir = d,
-                _ => return false,
+            match dir.children.dir_mut(c) {
+                Some(d) => dir = d,
+                None => return false,
             }
         }
         if dir.children.len() > crate::store::tree::SPLIT_MIN {
