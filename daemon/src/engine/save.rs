@@ -43,6 +43,20 @@ pub struct SaveRequest {
     pub allow_empty: bool,
 }
 
+impl SaveRequest {
+    /// An automatic snapshot of the dirty paths, with `message`.
+    pub fn auto(message: String) -> SaveRequest {
+        SaveRequest {
+            trigger: Trigger::Auto,
+            message,
+            pin: false,
+            walk: Walk::Dirty,
+            tags: Vec::new(),
+            allow_empty: false,
+        }
+    }
+}
+
 /// What a manual save asks for.
 #[derive(Debug, Clone, Default)]
 pub struct ManualSave {

@@ -19,11 +19,10 @@ use std::time::{Duration, Instant};
 use self::debounce::Debouncer;
 use self::tripwire::{Fired, Tripwire};
 use super::registry::WsHandle;
-use super::save::{SaveRequest, Walk};
+use super::save::SaveRequest;
 use super::worker::Worker;
 use super::{Engine, EngineEvent, WatchState};
 use crate::error::Error;
-use crate::store::catalog::Trigger;
 use crate::watch::{Notice, PathChange, Source, WatchFailure};
 use crate::workspace::git;
 
@@ -204,14 +203,7 @@ impl Autosave {
     fn reconcile(&mut self) {
         let h = self.h.clone();
         let started = Instant::now();
-        let req = SaveRequest {
-            trigger: Trigger::Auto,
-            message: String::new(),
-            pin: false,
-            walk: Walk::Dirty,
-            tags: Vec::new(),
-            allow_empty: false,
-        };
+        let req = SaveRequest::auto(String::new());
         match self.engine.save_now(&h, &req) {
             Ok(out) => {
                 if out.created {
@@ -442,14 +434,7 @@ impl Autosave {
             Some(_) => "after a mass change".to_owned(),
             None => String::new(),
         };
-        let req = SaveRequest {
-            trigger: Trigger::Auto,
-            message,
-            pin: false,
-            walk: Walk::Dirty,
-            tags: Vec::new(),
-            allow_empty: false,
-        };
+        let req = SaveRequest::auto(message);
         match self.engine.save_now(&h, &req) {
             Ok(out) => {
                 if let Some(fired) = burst {
