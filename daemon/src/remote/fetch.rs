@@ -137,6 +137,11 @@ impl<'a> Fetcher<'a> {
         self.key
     }
 
+    /// The connection it reads through.
+    pub fn connection(&self) -> &'a Connection {
+        self.conn
+    }
+
     /// Bytes read from the remote so far.
     pub fn fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)

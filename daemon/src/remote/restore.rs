@@ -169,6 +169,15 @@ pub fn select<'a>(
     }
 }
 
+/// Runs `work` (file system calls, decryption) on the blocking pool, off the async threads.
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R, RemoteError> + Send + 'static,
+) -> Result<R, RemoteError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RemoteError::Config(format!("restore: {e}")))?
+}
+
 fn local(path: &Path, e: std::io::Error) -> RemoteError {
     RemoteError::Local(crate::Error::io(path, e))
 }
@@ -226,16 +235,26 @@ pub async fn restore(
         ..Summary::default()
     };
     let filled = fill(conn, &f, &staging, snap.record.root, &mut summary).await;
-    let finished = filled.and_then(|(dir_modes, whole)| {
-        let moved = restore::move_children(&staging, to)
-            .and_then(|()| fs::remove_dir(&staging).map_err(|e| crate::Error::io(&staging, e)))
-            .map_err(RemoteError::Local);
-        moved.map(|()| (dir_modes, whole))
-    });
+    let finished = match filled {
+        Ok(done) => {
+            let (from, into) = (staging.clone(), to.to_path_buf());
+            blocking(move || {
+                restore::move_children(&from, &into)
+                    .and_then(|()| fs::remove_dir(&from).map_err(|e| crate::Error::io(&from, e)))
+                    .map_err(RemoteError::Local)
+            })
+            .await
+            .map(|()| done)
+        }
+        Err(e) => Err(e),
+    };
     let (dir_modes, whole) = match finished {
         Ok(done) => done,
         Err(e) => {
-            if let Err(err) = fs::remove_dir_all(&staging) {
+            let gone = staging.clone();
+            let removed =
+                blocking(move || fs::remove_dir_all(&gone).map_err(|err| local(&gone, err))).await;
+            if let Err(err) = removed {
                 tracing::warn!(path = %staging.display(), error = %err, "could not remove a failed remote restore's files");
             }
             return Err(e);
@@ -249,9 +268,7 @@ pub async fn restore(
         .filter_map(|(p, mode)| Some((to.join(p.strip_prefix(&staging).ok()?), mode)))
         .collect();
     let to_owned = to.to_path_buf();
-    tokio::task::spawn_blocking(move || finish(&to_owned, dir_modes, whole))
-        .await
-        .map_err(|e| RemoteError::Config(format!("restore: {e}")))??;
+    blocking(move || finish(&to_owned, dir_modes, whole)).await?;
     summary.fetched = f.fetched();
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(
@@ -293,9 +310,7 @@ async fn fill(
             let fetched = f.run(&run).await?;
             let key = f.key().clone();
             let conn = conn.clone();
-            tokio::task::spawn_blocking(move || write_run(&conn, &key, &fetched, run, whole))
-                .await
-                .map_err(|e| RemoteError::Config(format!("restore: {e}")))?
+            blocking(move || write_run(&conn, &key, &fetched, run, whole)).await
         })
         .buffer_unordered(RUNS_AHEAD)
         .try_collect()
@@ -339,12 +354,12 @@ async fn walk(
     while !level.is_empty() {
         let trees = trees(f, level).await?;
         level = Vec::new();
+        let made = dir_modes.len();
         for (dir, tree) in trees {
             for e in tree.entries {
                 let path = dir.join(OsStr::from_bytes(&e.name));
                 match e.kind {
                     Kind::Dir => {
-                        fs::create_dir(&path).map_err(|err| local(&path, err))?;
                         summary.dirs += 1;
                         dir_modes.push((path.clone(), e.mode));
                         level.push((path, e.id));
@@ -369,12 +384,19 @@ async fn walk(
                 }
             }
         }
+        // This level's folders, before the next level's trees name what goes in them.
+        let new: Vec<PathBuf> = dir_modes[made..].iter().map(|(p, _)| p.clone()).collect();
+        blocking(move || {
+            new.iter()
+                .try_for_each(|p| fs::create_dir(p).map_err(|err| local(p, err)))
+        })
+        .await?;
     }
     Ok((dir_modes, single, chunked))
 }
 
 /// The trees of one level, read in runs; a split tree's parts are read next and joined.
-async fn trees<T: Send>(
+async fn trees<T: Send + 'static>(
     f: &Fetcher<'_>,
     level: Vec<(T, Id)>,
 ) -> Result<Vec<(T, Tree)>, RemoteError> {
@@ -433,11 +455,11 @@ async fn trees<T: Send>(
 
 /// The objects `wanted` names (all of `kind`), read in runs and each turned into what `decode`
 /// makes of it; in no particular order.
-async fn objects<T: Send, D: Send>(
+async fn objects<T: Send + 'static, D: Send + 'static>(
     f: &Fetcher<'_>,
     wanted: Vec<(T, Id)>,
     kind: u8,
-    decode: impl Fn(&Id, Vec<u8>) -> Result<D, String> + Copy,
+    decode: impl Fn(&Id, Vec<u8>) -> Result<D, String> + Copy + Send + 'static,
 ) -> Result<Vec<(T, D)>, RemoteError> {
     let mut located = Vec::with_capacity(wanted.len());
     for (t, id) in wanted {
@@ -447,13 +469,17 @@ async fn objects<T: Send, D: Send>(
     let per_run: Vec<Vec<(T, D)>> = futures::stream::iter(fetch::plan(located, fetch::TREE_GAP))
         .map(|run| async move {
             let fetched = f.run(&run).await?;
-            run.members
-                .into_iter()
-                .map(|(e, t)| {
-                    let data = fetched.open(f.key(), &e).map_err(|m| f.damaged(m))?;
-                    Ok((t, decode(&e.id, data).map_err(|m| f.damaged(m))?))
-                })
-                .collect::<Result<Vec<_>, RemoteError>>()
+            let (key, conn) = (f.key().clone(), f.connection().clone());
+            blocking(move || {
+                run.members
+                    .into_iter()
+                    .map(|(e, t)| {
+                        let data = fetched.open(&key, &e).map_err(|m| conn.damaged(m))?;
+                        Ok((t, decode(&e.id, data).map_err(|m| conn.damaged(m))?))
+                    })
+                    .collect::<Result<Vec<_>, RemoteError>>()
+            })
+            .await
         })
         .buffer_unordered(RUNS_AHEAD)
         .try_collect()
@@ -536,8 +562,6 @@ async fn chunked_file(
 ) -> Result<Wrote, RemoteError> {
     let list = ChunkList::decode(&f.object(&id, KIND_CHUNKS).await?)
         .map_err(|m| f.damaged(format!("chunk list {id}: {m}")))?;
-    let path = &job.path;
-    let file = create(path)?;
     let mut at = 0u64;
     let mut located = Vec::new();
     for piece in &list.pieces {
@@ -547,6 +571,11 @@ async fn chunked_file(
         }
         at += piece.len();
     }
+    let job = Arc::new(job);
+    let file = {
+        let job = job.clone();
+        Arc::new(blocking(move || create(&job.path)).await?)
+    };
     let mut runs = futures::stream::iter(fetch::plan(located, fetch::GAP))
         .map(|run| async move {
             let fetched = f.run(&run).await?;
@@ -555,18 +584,28 @@ async fn chunked_file(
         .buffer_unordered(CHUNK_RUNS_AHEAD);
     while let Some(next) = runs.next().await {
         let (fetched, run) = next?;
-        for (e, (offset, len)) in run.members {
-            let data = fetched.open(f.key(), &e).map_err(|m| f.damaged(m))?;
-            if data.len() as u64 != len {
-                return Err(f.damaged(format!("chunk {} has the wrong length", e.id)));
+        let (key, conn) = (f.key().clone(), f.connection().clone());
+        let (file, job) = (file.clone(), job.clone());
+        // Opening and writing a run's chunks (up to `fetch::RUN_BYTES`) off the async threads.
+        blocking(move || {
+            for (e, (offset, len)) in run.members {
+                let data = fetched.open(&key, &e).map_err(|m| conn.damaged(m))?;
+                if data.len() as u64 != len {
+                    return Err(conn.damaged(format!("chunk {} has the wrong length", e.id)));
+                }
+                file.write_all_at(&data, offset)
+                    .map_err(|e| local(&job.path, e))?;
             }
-            file.write_all_at(&data, offset)
-                .map_err(|e| local(path, e))?;
-        }
+            Ok(())
+        })
+        .await?;
     }
     // Holes at the end are set by the length.
-    file.set_len(at).map_err(|e| local(path, e))?;
-    settle(&file, &job, whole)?;
+    blocking(move || {
+        file.set_len(at).map_err(|e| local(&job.path, e))?;
+        settle(&file, &job, whole)
+    })
+    .await?;
     Ok(Wrote {
         files: 1,
         symlinks: 0,
