@@ -19,7 +19,8 @@ use util::Daemon;
 use util::cli::{fails_in, json_in, ok_in, project, run_in, save};
 use util::garage::{Garage, S3};
 use util::remote::{
-    add_args, noise_files, restore_fresh, slow_add_args, status, strs, tree, wait_status,
+    add_args, another_machine, noise_files, restore_fresh, slow_add_args, status, strs, tree,
+    wait_status,
 };
 
 #[test]
@@ -216,13 +217,7 @@ fn a_damaged_pack_fails_the_remote_restore_and_leaves_its_folder_empty() {
     bytes[size as usize / 2] ^= 0x40;
     g.put(&pack, bytes).unwrap();
 
-    let fresh = Daemon::start(&[]);
-    let elsewhere = tempfile::tempdir().unwrap();
-    ok_in(
-        &fresh,
-        elsewhere.path(),
-        &strs(&add_args(&g, "home", "dmg", &creds, &key)),
-    );
+    let (fresh, elsewhere) = another_machine(&g, "home", "dmg", &creds, &key);
     let to = elsewhere.path().join("restored");
     std::fs::create_dir(&to).unwrap();
     let out = fails_in(
@@ -458,13 +453,7 @@ fn a_cut_connection_and_a_killed_daemon_resume_with_nothing_lost_or_sent_twice()
     );
 
     // Byte for byte, on a fresh data directory.
-    let fresh = Daemon::start(&[]);
-    let other = tempfile::tempdir().unwrap();
-    ok_in(
-        &fresh,
-        other.path(),
-        &strs(&add_args(&g, "cut", "p", &creds, &key)),
-    );
+    let (fresh, other) = another_machine(&g, "cut", "p", &creds, &key);
     let to = restore_fresh(&fresh, other.path(), "cut", "latest");
     assert_eq!(tree(&to), tree(root));
 }

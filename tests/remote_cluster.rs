@@ -11,7 +11,7 @@ use util::Daemon;
 use util::cli::{ok_in, project, save};
 use util::garage::{Cluster, S3};
 use util::remote::{
-    add_args, noise_files, restore_fresh, slow_add_args, status, strs, tree, wait_status,
+    another_machine, noise_files, restore_fresh, slow_add_args, status, strs, tree, wait_status,
 };
 
 #[test]
@@ -47,13 +47,7 @@ fn an_upload_completes_with_a_node_killed_in_its_middle_and_restores_exactly() {
     assert_eq!(s["uploaded_objects"], s["remote_objects"], "{s:#}");
 
     // A fresh data directory, the node still down.
-    let fresh = Daemon::start(&[]);
-    let other = tempfile::tempdir().unwrap();
-    ok_in(
-        &fresh,
-        other.path(),
-        &strs(&add_args(&c, "rf3", "p", &creds, &key)),
-    );
+    let (fresh, other) = another_machine(&c, "rf3", "p", &creds, &key);
     let to = restore_fresh(&fresh, other.path(), "rf3", "latest");
     assert_eq!(tree(&to), tree(root));
 }

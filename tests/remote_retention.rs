@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use util::Daemon;
 use util::cli::{fails_in, json_in, ok_in};
 use util::garage::{Garage, S3};
-use util::remote::{add_args, restore_fresh, status, strs, tree};
+use util::remote::{add_args, another_machine, restore_fresh, status, strs, tree};
 
 /// The ids of the workspace's local snapshots.
 fn local_ids(d: &Daemon, root: &Path) -> BTreeSet<String> {
@@ -171,13 +171,7 @@ fn the_local_policy_prunes_the_remote_and_only_unneeded_packs_are_deleted() {
     );
 
     // What is left restores byte for byte, on a fresh data directory.
-    let fresh = Daemon::start(&[]);
-    let other = tempfile::tempdir().unwrap();
-    ok_in(
-        &fresh,
-        other.path(),
-        &strs(&add_args(&g, "r", "p", &creds, &key)),
-    );
+    let (fresh, other) = another_machine(&g, "r", "p", &creds, &key);
     assert_eq!(tree(&restore_fresh(&fresh, other.path(), "r", &s2)), tree2);
     assert_eq!(tree(&restore_fresh(&fresh, other.path(), "r", &s3)), tree3);
     let nowhere = other.path().join("s1").display().to_string();
@@ -282,13 +276,7 @@ fn a_collection_cut_in_its_middle_is_finished_by_the_next_daemon() {
         "the cut came after the collection: this test did not cut it"
     );
     // Consistent as it stands: the snapshot left restores, from the cut remote.
-    let fresh = Daemon::start(&[]);
-    let other = tempfile::tempdir().unwrap();
-    ok_in(
-        &fresh,
-        other.path(),
-        &strs(&add_args(&g, "r", "p", &creds, &key)),
-    );
+    let (fresh, other) = another_machine(&g, "r", "p", &creds, &key);
     assert_eq!(tree(&restore_fresh(&fresh, other.path(), "r", &s2)), tree2);
 
     // The next daemon has no record left to delete: it collects because it was recorded that

@@ -129,6 +129,25 @@ pub fn wait_status(
 }
 
 /// Restores snapshot `id` from the remote on the fresh daemon into a new folder under `dir`.
+/// Another machine: a fresh data directory (and a folder to run chkptctl in) with the remote
+/// `name` added, the bucket's `prefix` holding data already.
+pub fn another_machine(
+    g: &impl S3,
+    name: &str,
+    prefix: &str,
+    creds: &Path,
+    key: &Path,
+) -> (Daemon, tempfile::TempDir) {
+    let fresh = Daemon::start(&[]);
+    let cwd = tempfile::tempdir().unwrap();
+    ok_in(
+        &fresh,
+        cwd.path(),
+        &strs(&add_args(g, name, prefix, creds, key)),
+    );
+    (fresh, cwd)
+}
+
 pub fn restore_fresh(fresh: &Daemon, dir: &Path, name: &str, id: &str) -> PathBuf {
     let to = dir.join(format!("r-{id}"));
     ok_in(
