@@ -419,6 +419,8 @@ async fn bench(run: &Run, peer: Option<&Peer>, res: &mut Results) {
         }
         others::baselines_rep(run, res);
     }
+    eprintln!("bench: the cold save's store after the idle recompression");
+    ours::recompressed(run, res).await;
     for i in run.reps..run.cold_reps {
         eprintln!("bench: cold save {} of {}", i + 1, run.cold_reps);
         if i % 2 == 0 {

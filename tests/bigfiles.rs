@@ -337,3 +337,87 @@ async fn a_hot_file_keeps_the_store_within_its_budget() {
     assert!(text.contains("app.db"), "{text}");
     assert!(text.contains("budget"), "{text}");
 }
+
+/// Bytes of the daemon's pack files.
+fn pack_bytes(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("packs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Once the daemon has been idle for `--recompress-after`, what its saves wrote with LZ4's fast
+/// mode is rewritten with LZ4 HC: `status` counts the bytes still to do and then none, the packs
+/// shrink, every snapshot still restores byte for byte, the store verifies, and a save after it
+/// (and a restart) changes none of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_recompression_shrinks_the_store_and_every_snapshot_still_restores() {
+    let d = Daemon::start(&["--recompress-after", "2s"]);
+    let ws = tempfile::tempdir().unwrap();
+    let root = ws.path();
+    for i in 0..120u64 {
+        let dir = root.join(format!("src/m{}", i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = chkpt_testkit::source_text(30_000 + (i as usize * 977) % 20_000, i);
+        std::fs::write(dir.join(format!("f{i}.rs")), text).unwrap();
+    }
+    std::fs::write(root.join("noise.bin"), random(200_000, 3)).unwrap();
+    let mut c = d.client().await;
+    let first = util::watch_without_autosave(&mut c, root).await;
+    let first_listing = util::listing(root);
+    for i in 0..10u64 {
+        let p = root.join(format!("src/m{}/f{i}.rs", i % 7));
+        std::fs::write(p, chkpt_testkit::source_text(40_000, 1000 + i)).unwrap();
+    }
+    let second = util::save(&mut c, root, "ten files rewritten").await;
+    let second_listing = util::listing(root);
+    let pending = status(&mut c).await.store.unwrap().recompress_pending_bytes;
+    let before = pack_bytes(&d.data);
+    assert!(
+        pending > before / 2,
+        "saves count what they wrote fast: {pending} of {before} bytes"
+    );
+
+    util::wait_for(60, "the idle recompression", || {
+        let mut c = c.clone();
+        async move {
+            let st = status(&mut c).await.store.unwrap();
+            (st.recompress_pending_bytes == 0).then_some(())
+        }
+    })
+    .await;
+    let after = pack_bytes(&d.data);
+    println!("figures: recompression packs {before} -> {after} bytes");
+    assert!(
+        after < before - before / 20,
+        "LZ4 HC saves more than 5 % here (10 % of the text): {before} -> {after}\n{}",
+        d.log()
+    );
+    restores_to(&mut c, root, &first.id, &first_listing).await;
+    restores_to(&mut c, root, &second.id, &second_listing).await;
+    util::assert_store_verifies(&mut c).await;
+    let json = util::cli::json_ws(&d, root, &["status"]);
+    assert_eq!(json["store"]["recompress_pending_bytes"], 0, "{json}");
+
+    // A save after it adds to the count; a restart keeps every snapshot.
+    std::fs::write(
+        root.join("src/late.rs"),
+        chkpt_testkit::source_text(60_000, 77),
+    )
+    .unwrap();
+    let third = util::save(&mut c, root, "one more").await;
+    let third_listing = util::listing(root);
+    assert!(status(&mut c).await.store.unwrap().recompress_pending_bytes > 0);
+    let mut d = d;
+    d.restart();
+    let mut c = util::ready(&d).await;
+    for (snap, listing) in [
+        (&first.id, &first_listing),
+        (&second.id, &second_listing),
+        (&third.id, &third_listing),
+    ] {
+        restores_to(&mut c, root, snap, listing).await;
+    }
+    util::assert_store_verifies(&mut c).await;
+}

@@ -52,6 +52,11 @@ fn mutate(rng: &mut Rng, ws: &Path) {
             // A large file saved as chunks, edited in place, grown or given a hole: saves that
             // share most of their chunks with the versions before.
             5 => edit_chunked(rng, &ws.join("big.db")),
+            // Source-like text, which the idle recompression compresses again.
+            4 => {
+                let len = 1 + rng.below(300_000) as usize;
+                fs::write(&f, chkpt_testkit::source_text(len, rng.next_u64())).unwrap()
+            }
             _ => {
                 let len = 1 + rng.below(20_000) as usize;
                 fs::write(&f, rng.bytes(len)).unwrap()
@@ -146,7 +151,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     mutate(&mut rng, &ws);
     mutate(&mut rng, &ws);
     let w = ws.display().to_string();
-    let mut d = Daemon::start(&[]);
+    // Recompression 20 ms after the daemon goes idle: kills land in it too.
+    let mut d = Daemon::start(&["--recompress-after", "0.02"]);
     let mut c = d.client().await;
     let baseline = util::watch_without_autosave(&mut c, &ws).await;
     let mut acked = vec![Acked {

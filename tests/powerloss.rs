@@ -1,7 +1,8 @@
 //! Power-loss harness: chkptd's data directory (and, in the second mode, the workspace too) on
 //! the lazy file system (`lazyfs/`), which keeps in memory what was not fsynced. At a random
 //! moment of a save, an in-place restore, a `restore --to`, a delete (garbage collection,
-//! repacking), a prune or a save that compacts the warm index, chkptd is SIGKILLed and the
+//! repacking), a prune, a save that compacts the warm index or the idle recompression that
+//! follows a save (it runs 20 ms after every operation here), chkptd is SIGKILLed and the
 //! power cut: whatever was not durable is lost or torn (a seeded choice per page, per file
 //! length and per directory). Then chkptd starts again and:
 //! - the store opens and verifies clean;
@@ -86,6 +87,17 @@ impl User {
         }
     }
 
+    /// Writes a few files of source-like text (which the idle recompression compresses again).
+    fn write_text(&self, rng: &mut Rng, ws: &Path) {
+        let d = ws.join("text");
+        self.mkdir(&d);
+        for _ in 0..(2 + rng.below(4)) {
+            let len = 50_000 + rng.below(350_000) as usize;
+            let f = d.join(format!("t{}.rs", rng.below(6)));
+            self.write(&f, &chkpt_testkit::source_text(len, rng.next_u64()));
+        }
+    }
+
     /// Creates (or removes) 1,100 small files at once: the save that follows has more
     /// changes than the warm index's journal takes, and writes a new base.
     fn bulk(&self, ws: &Path, round: usize) {
@@ -141,7 +153,9 @@ impl Rig {
         fs::create_dir(&out).unwrap();
         // The test's own folders exist before chkpt does anything: durable.
         fs.sync_all();
-        let d = Daemon::start_with_data(&fs.path().join("data"), &[]);
+        // Recompression 20 ms after the daemon goes idle: it runs after most operations, and
+        // the "save, then recompression" rounds cut the power while it does.
+        let d = Daemon::start_with_data(&fs.path().join("data"), &["--recompress-after", "0.02"]);
         Rig {
             d,
             fs,
@@ -300,6 +314,8 @@ struct Figures {
     pages_kept: u64,
     dirs_reverted: u64,
     dirs_kept: u64,
+    /// Cuts that came while a recompression was running (its start logged, not its end).
+    cut_mid_recompression: u64,
 }
 
 async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut Figures) {
@@ -325,11 +341,13 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
         // workspace is not on the (slow) lazy file system.
         let op = match rng.below(10) {
             _ if !full && !on_fs && round == 1 => 5,
+            _ if !full && round == 3 => 6,
             9 if full => 5,
             0..=2 | 9 => 0,
             3 | 4 => 1,
             5 => 2,
             6 => 3,
+            8 => 6,
             _ => 4,
         };
         let target = rng.below(acked.len() as u64) as usize;
@@ -380,6 +398,13 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
                     }),
                 )
             }
+            6 => {
+                user.write_text(rng, &ws);
+                (
+                    "save, then recompression",
+                    survival::save_in_flight(client, w2, format!("round {round}")),
+                )
+            }
             3 if acked.len() > 2 => (
                 "delete+gc",
                 survival::delete_in_flight(client, w2, acked[target].0.clone()),
@@ -387,18 +412,34 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
             _ => ("prune+gc", survival::prune_in_flight(client, w2)),
         };
         let round_started = Instant::now();
+        let log_from = rig.d.log().len();
         let edited = listing(&ws);
         let expected = acked[target].1.clone();
         *fig.cuts.entry(name).or_default() += 1;
         // Mostly within the operation (they take 5–100 ms here), sometimes after it.
-        let delay = match rng.below(4) {
+        let mut delay = match rng.below(4) {
             0 => rng.below(4),
             1 | 2 => rng.below(40),
             _ => rng.below(150),
         };
+        if op == 6 {
+            // The cut comes after the save's answer, while the recompression that follows it
+            // runs (it starts 20 ms after, and takes tens of milliseconds here).
+            while !task.is_finished() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            delay = 15 + rng.below(80);
+        }
         tokio::time::sleep(Duration::from_millis(delay)).await;
         rig.d.kill9();
         let outcome = task.await.unwrap();
+        let log = rig.d.log();
+        let since = log.get(log_from..).unwrap_or("");
+        if since.matches("recompressing at idle").count()
+            > since.matches("recompressed at idle").count()
+        {
+            fig.cut_mid_recompression += 1;
+        }
         let report = rig.fs.power_cut(Cut::Torn(rng.next_u64())).unwrap();
         fig.pages_lost += report.pages_lost;
         fig.pages_kept += report.pages_kept;
@@ -421,7 +462,7 @@ async fn run_mode(on_fs: bool, cuts: usize, full: bool, rng: &mut Rng, fig: &mut
         };
 
         match (name, &outcome) {
-            ("save" | "save (index compaction)", Ok(id)) => {
+            ("save" | "save (index compaction)" | "save, then recompression", Ok(id)) => {
                 acked.push((id.clone(), edited.clone()))
             }
             ("delete+gc", Ok(id)) => {
@@ -518,12 +559,13 @@ async fn power_cuts_at_random_moments_lose_nothing_acknowledged() {
     run_mode(true, per_mode, full, &mut rng, &mut fig).await;
     let total: u64 = fig.cuts.values().sum();
     println!(
-        "figures: power-loss harness seed={seed} cuts={total} per_op={:?} checks={} interrupted_restores_finished={} interrupted_restores_not_begun={} interrupted_restores_to_partial={} pages_lost={} pages_kept={} dirs_reverted={} dirs_kept={} failures={} secs={:.1}",
+        "figures: power-loss harness seed={seed} cuts={total} per_op={:?} checks={} interrupted_restores_finished={} interrupted_restores_not_begun={} interrupted_restores_to_partial={} cuts_mid_recompression={} pages_lost={} pages_kept={} dirs_reverted={} dirs_kept={} failures={} secs={:.1}",
         fig.cuts,
         fig.checks,
         fig.restores_finished,
         fig.restores_not_begun,
         fig.to_left_staging,
+        fig.cut_mid_recompression,
         fig.pages_lost,
         fig.pages_kept,
         fig.dirs_reverted,

@@ -62,6 +62,11 @@ pub struct Config {
     /// [default: the smaller of 5 % of the file system and 2 GiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = STORE)]
     pub min_free_bytes: Option<u64>,
+    /// Idle time after which what saves wrote is compressed again, harder (LZ4 HC: ~20 % less
+    /// room on source code, read as fast), on one thread at low priority, stepping aside for
+    /// saves; e.g. 30s or 5m; 0 = never
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration, help_heading = STORE)]
+    pub recompress_after: Duration,
     /// Print chkptd's manual page (roff) on stdout and exit (`chkptctl man` installs it)
     #[arg(long, hide = true)]
     pub man: bool,

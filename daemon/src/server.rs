@@ -171,6 +171,7 @@ pub async fn run(
         socket.clone(),
     );
     engine.set_limits(config.limits());
+    engine.set_recompress_after(Some(config.recompress_after).filter(|d| !d.is_zero()));
     tracing::info!(socket = %socket.display(), data_dir = %engine.store.dir().display(), version = env!("CARGO_PKG_VERSION"), activated = !owns_socket, "chkptd ready");
     sd_notify("READY=1");
 

@@ -70,6 +70,26 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     Rng::new(seed).bytes(len)
 }
 
+/// `len` bytes of something like source code, the same for the same seed: words of a small
+/// vocabulary and numbers in a seeded order, which LZ4's fast mode compresses and LZ4 HC
+/// compresses better (for tests of the idle recompression).
+pub fn source_text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 12] = [
+        "fn ", "let ", "struct ", "impl ", "self", ".iter()", "match ", "=> ", "Some(", "None",
+        "return ", ";\n    ",
+    ];
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        if let Some(w) = rng.pick(&WORDS) {
+            out.extend_from_slice(w.as_bytes());
+        }
+        out.extend_from_slice(rng.below(97).to_string().as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,7 @@ fn peer_steps(
     }
     let store0 = tree::du(home);
     res.add(Step::StoreSize, Tool::Peer, Ok(store0 as f64));
+    res.add(Step::StoreRecompressed, Tool::Peer, Ok(store0 as f64));
 
     // 2. Incremental save after appending to 5 files.
     tree::warm(t);

@@ -147,7 +147,8 @@ fn secs(t0: Instant) -> f64 {
 
 /// One repetition of steps 1–6 on a fresh daemon with an empty store.
 pub async fn rep(run: &Run, res: &mut Results, rep: usize) {
-    let d = Daemon::start(&[]);
+    // No idle recompression while steps are timed (its own step measures it).
+    let d = Daemon::start(&["--recompress-after", "0"]);
     let mut c = d.client().await;
     if let Err((step, e)) = steps(run, res, &d, &mut c, rep).await {
         res.add(step, Tool::Ours, Err(e));
@@ -314,7 +315,7 @@ fn cold_save(t: &Path, d: &Daemon) -> Result<(serde_json::Value, f64), String> {
 
 /// One more cold-save sample, on a fresh daemon with an empty store.
 pub async fn cold_sample(run: &Run, res: &mut Results) {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(&["--recompress-after", "0"]);
     let sample = cold_save(&run.tree, &d).map(|(_, dt)| dt);
     res.add(Step::ColdSave, Tool::Ours, sample);
 }
@@ -407,4 +408,66 @@ pub async fn time_list(l: &mut Lister) -> Sample {
             l.n
         ))
     }
+}
+
+/// Step 5 once the idle recompression has run: a cold save on a fresh daemon that recompresses
+/// after 1 s idle, then the store's size once `status` counts nothing left to do. Notes how long
+/// that took, the CPU it used, and the daemon's CPU over the idle seconds after it.
+pub async fn recompressed(run: &Run, res: &mut Results) {
+    let d = Daemon::start(&["--recompress-after", "1s"]);
+    let sample = async {
+        cold_save(&run.tree, &d)?;
+        let fast = tree::du(&d.data);
+        let mut c = d.client().await;
+        let st = c
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(err)?
+            .into_inner();
+        let pid = st.pid;
+        let cpu0 = cpu_secs(pid);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(900);
+        loop {
+            let st = c
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            if st.store.is_some_and(|s| s.recompress_pending_bytes == 0) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the idle recompression did not finish in 15 minutes".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let took = secs(t0);
+        let cpu = cpu0
+            .zip(cpu_secs(pid))
+            .map(|(a, b)| b - a)
+            .unwrap_or(f64::NAN);
+        let after = tree::du(&d.data);
+        let idle0 = cpu_secs(pid);
+        tokio::time::sleep(run.idle_cpu).await;
+        let idle = idle0
+            .zip(cpu_secs(pid))
+            .map(|(a, b)| b - a)
+            .unwrap_or(f64::NAN);
+        res.note(format!(
+            "Idle recompression of the cold save: store {:.1} → {:.1} MiB in {took:.1} s (from 1 s after the save), {cpu:.1} CPU-s; then {idle:.3} CPU-s over {} idle s.",
+            fast as f64 / 1048576.0,
+            after as f64 / 1048576.0,
+            run.idle_cpu.as_secs()
+        ));
+        println!(
+            "figures: recompression fast_bytes={fast} after_bytes={after} secs={took:.2} cpu_secs={cpu:.2} idle_cpu_secs={idle:.3}"
+        );
+        Ok(after as f64)
+    };
+    let sample = sample.await;
+    if sample.is_err() {
+        res.note(format!("chkptd log tail: {}", tail(&d.log())));
+    }
+    res.add(Step::StoreRecompressed, Tool::Ours, sample);
 }

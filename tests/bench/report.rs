@@ -14,13 +14,14 @@ pub enum Step {
     RestoreFull,
     RestoreDurable,
     StoreSize,
+    StoreRecompressed,
     StoreGrowth,
     DaemonRss,
     IdleCpu,
     List,
 }
 
-const STEPS: [Step; 12] = [
+const STEPS: [Step; 13] = [
     Step::ColdSave,
     Step::IncrSave,
     Step::IncrSaveRpc,
@@ -29,6 +30,7 @@ const STEPS: [Step; 12] = [
     Step::RestoreFull,
     Step::RestoreDurable,
     Step::StoreSize,
+    Step::StoreRecompressed,
     Step::StoreGrowth,
     Step::DaemonRss,
     Step::IdleCpu,
@@ -56,7 +58,9 @@ enum Unit {
 impl Step {
     fn unit(self) -> Unit {
         match self {
-            Step::StoreSize | Step::StoreGrowth | Step::DaemonRss => Unit::Bytes,
+            Step::StoreSize | Step::StoreRecompressed | Step::StoreGrowth | Step::DaemonRss => {
+                Unit::Bytes
+            }
             Step::IdleCpu => Unit::CpuSecs,
             _ => Unit::Secs,
         }
@@ -171,6 +175,9 @@ impl Results {
                 "4 the same until it is on disk: the restore, then `sync` (ours is durable before it answers; the others never sync)".into()
             }
             Step::StoreSize => "5 store size after cold save".into(),
+            Step::StoreRecompressed => {
+                "5 the same once ours has recompressed it at idle (the peer's as it is)".into()
+            }
             Step::StoreGrowth => "5 store growth per incremental snapshot".into(),
             Step::DaemonRss => "6 daemon resident memory watching the tree".into(),
             Step::IdleCpu => format!("6 daemon CPU over {} idle s", self.idle_secs),
@@ -202,6 +209,7 @@ impl Results {
             Step::IncrSaveRpc => ("none (for comparison with the row above)".into(), None),
             Step::RestoreSmall => ratio(0.1),
             Step::RestoreFull | Step::RestoreDurable | Step::StoreSize => ratio(1.0),
+            Step::StoreRecompressed => ratio(0.9),
             Step::StoreGrowth => below(
                 format!(
                     "≤ changed content ({} lz4) + 64 KiB",

@@ -339,8 +339,16 @@ fn store_line(st: &v1::StoreSpace) -> String {
             human_bytes(st.floor_bytes)
         )
     };
+    let pending = if st.recompress_pending_bytes == 0 {
+        String::new()
+    } else {
+        format!(
+            "; {} to compress again once idle",
+            human_bytes(st.recompress_pending_bytes)
+        )
+    };
     format!(
-        "store  {} {budget}; {} free on its disk{floor}\n",
+        "store  {} {budget}; {} free on its disk{floor}{pending}\n",
         human_bytes(st.size_bytes),
         human_bytes(st.free_bytes)
     )

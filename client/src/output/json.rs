@@ -190,6 +190,7 @@ pub fn status_json(s: &v1::StatusResponse) -> Value {
             "free_bytes": st.free_bytes,
             "floor_bytes": st.floor_bytes,
             "fs_bytes": st.fs_bytes,
+            "recompress_pending_bytes": st.recompress_pending_bytes,
         })),
     })
 }

@@ -115,13 +115,14 @@ fn status_json_gives_last_snapshot_as_id_or_null() {
             free_bytes: 30,
             floor_bytes: 5,
             fs_bytes: 100,
+            recompress_pending_bytes: 7,
         }),
         ..v1::StatusResponse::default()
     };
     let value = status_json(&status);
     assert_eq!(
         value["store"],
-        json!({"size_bytes": 10, "budget_bytes": 20, "free_bytes": 30, "floor_bytes": 5, "fs_bytes": 100})
+        json!({"size_bytes": 10, "budget_bytes": 20, "free_bytes": 30, "floor_bytes": 5, "fs_bytes": 100, "recompress_pending_bytes": 7})
     );
     assert_eq!(value["version"], json!("0.1.0"));
     assert_eq!(

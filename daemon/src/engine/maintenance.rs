@@ -1,5 +1,7 @@
-//! The store-wide maintenance worker: applies workspaces' retention policies and collects the
-//! garbage, on its own thread, so no workspace's event loop ever waits for it.
+//! The store-wide maintenance worker: applies workspaces' retention policies, collects the
+//! garbage and, once the daemon has been idle for a while, recompresses what saves wrote (see
+//! [`crate::store::recompress`]), on its own thread at a lower priority, so no workspace's event
+//! loop ever waits for it.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -70,9 +72,77 @@ impl Maintenance {
     }
 }
 
+/// Lowers this thread's CPU priority (nice 10): what it does can always wait for a save.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on this thread's id changes only it.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the maintenance thread's priority");
+    }
+}
+
+/// The next job; with recompression to do, none for the idle period is `None` (time to do it).
+fn next_job(
+    rx: &Receiver<Job>,
+    queued: &std::cell::RefCell<Option<Job>>,
+    idle: Option<Duration>,
+) -> Option<Result<Job, ()>> {
+    if let Some(job) = queued.borrow_mut().take() {
+        return Some(Ok(job));
+    }
+    match idle {
+        None => Some(rx.recv().map_err(|_| ())),
+        Some(idle) => match rx.recv_timeout(idle) {
+            Ok(job) => Some(Ok(job)),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Err(())),
+        },
+    }
+}
+
 fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
+    lower_priority();
     let mut last_run: HashMap<WorkspaceId, Instant> = HashMap::new();
-    while let Ok(job) = rx.recv() {
+    // A job that arrived while recompressing (which stops for it).
+    let queued = std::cell::RefCell::new(None);
+    // Whether recompression may have work: at start (a run counts what there is), and after
+    // every snapshot.
+    let mut recompress = true;
+    loop {
+        let idle = if recompress {
+            engine.upgrade().and_then(|e| e.recompress_after())
+        } else {
+            None
+        };
+        let job = match next_job(&rx, &queued, idle) {
+            Some(Ok(job)) => job,
+            Some(Err(())) => break,
+            None => {
+                let Some(engine) = engine.upgrade() else {
+                    break;
+                };
+                let stop = || {
+                    if queued.borrow().is_some() {
+                        return true;
+                    }
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            *queued.borrow_mut() = Some(job);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                };
+                recompress = !engine.recompress_idle(&stop);
+                continue;
+            }
+        };
+        if matches!(job, Job::BudgetDue) {
+            recompress = true;
+        }
         let ws = match job {
             Job::Stop => break,
             Job::RetentionDue(ws) => ws,
@@ -80,6 +150,13 @@ fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
                 // Requests that queued up while one ran are one check.
                 let mut stop = false;
                 let mut due = Vec::new();
+                if let Some(next) = queued.borrow_mut().take() {
+                    match next {
+                        Job::Stop => stop = true,
+                        Job::RetentionDue(ws) => due.push(ws),
+                        Job::BudgetDue => {}
+                    }
+                }
                 while let Ok(next) = rx.try_recv() {
                     match next {
                         Job::Stop => stop = true,

@@ -39,6 +39,7 @@ pub use self::query::{DirEntry, ListQuery, SnapshotPage};
 pub use self::registry::{WatchState, WsHandle};
 pub use self::save::{ManualSave, SaveRequest, Walk};
 use crate::store::Store;
+
 use crate::store::WorkspaceId;
 use crate::store::catalog::{SnapshotRecord, TripwireRecord};
 use crate::workspace::WatchOptions;
@@ -81,6 +82,9 @@ pub struct Engine {
     pub tripwire: autosave::tripwire::Thresholds,
     /// The data directory's budget and the free-space floor (see [`space`]).
     limits: Mutex<space::Limits>,
+    /// See [`Engine::set_recompress_after`] (none until the daemon sets it: the command line's
+    /// default is 30 s).
+    recompress_after: Mutex<Option<Duration>>,
 }
 
 impl Engine {
@@ -104,6 +108,7 @@ impl Engine {
             socket,
             tripwire: autosave::tripwire::Thresholds::default(),
             limits: Mutex::new(space::Limits::default()),
+            recompress_after: Mutex::new(None),
         })
     }
 

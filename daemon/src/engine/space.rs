@@ -137,6 +137,46 @@ impl Engine {
         *lock(&self.limits) = limits;
     }
 
+    /// Sets how long the daemon must be idle before it recompresses what saves wrote; none
+    /// turns recompression off.
+    pub fn set_recompress_after(&self, after: Option<std::time::Duration>) {
+        *lock(&self.recompress_after) = after;
+    }
+
+    /// See [`Engine::set_recompress_after`].
+    pub fn recompress_after(&self) -> Option<std::time::Duration> {
+        *lock(&self.recompress_after)
+    }
+
+    /// Recompresses what saves wrote (see [`crate::store::recompress`]), stopping between
+    /// slices when `stop` says so or a save is writing. Not while the disk lacks a pack's
+    /// worth of room above the floor (a source pack and its copy exist side by side for a
+    /// while). Returns whether nothing is left to do until the next snapshot.
+    pub(crate) fn recompress_idle(&self, stop: &dyn Fn() -> bool) -> bool {
+        let dir = self.store.dir();
+        if let Ok((fs_bytes, free)) = fs_space(dir) {
+            let floor = lock(&self.limits).floor.resolve(
+                fs_bytes,
+                DEFAULT_FLOOR_FRACTION,
+                DEFAULT_FLOOR_CAP,
+            );
+            if free < floor.saturating_add(crate::store::pack::PACK_TARGET_SIZE) {
+                tracing::debug!(free, floor, "too little free space to recompress");
+                return true;
+            }
+        }
+        match self
+            .store
+            .recompress(&|| stop() || self.store.batches_open())
+        {
+            Ok(report) => report.done,
+            Err(e) => {
+                tracing::warn!(error = %e, "recompressing the store failed");
+                true
+            }
+        }
+    }
+
     /// The store's size, its budget and the disk's free space now.
     pub fn space(&self) -> Result<Space> {
         let dir = self.store.dir();

@@ -162,6 +162,7 @@ impl Chkpt for Service {
                             free_bytes: s.free_bytes,
                             floor_bytes: s.floor_bytes,
                             fs_bytes: s.fs_bytes,
+                            recompress_pending_bytes: e.store.recompress_pending(),
                         },
                         // Status must answer even when the disk cannot be asked.
                         Err(err) => {

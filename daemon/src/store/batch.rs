@@ -228,6 +228,15 @@ impl Batch<'_> {
         }
         let recorded = std::mem::take(&mut *lock(&self.recorded));
         self.store.index.commit(&recorded);
+        let fast: u64 = recorded
+            .iter()
+            .filter(|(_, l)| super::recompress::is_candidate(l))
+            .map(|(_, l)| l.len)
+            .sum();
+        self.store
+            .recompress
+            .pending
+            .fetch_add(fast, Ordering::Relaxed);
         tracing::debug!(
             objects = recorded.len(),
             flush_ms = t.elapsed().as_millis() as u64,
@@ -239,6 +248,7 @@ impl Batch<'_> {
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
+        self.store.open_batches.fetch_sub(1, Ordering::SeqCst);
         // Objects never committed stop being offered to other batches; their bytes are dead
         // (or, when the catalog recorded them, kept by a later flush, and found at the next
         // start).
@@ -252,6 +262,7 @@ impl Drop for Batch<'_> {
 impl Store {
     /// Starts a batch of writes. While any batch is open, garbage collection waits.
     pub fn batch(&self) -> Batch<'_> {
+        self.open_batches.fetch_add(1, Ordering::SeqCst);
         let guard = read(&self.gc_lock);
         Batch {
             store: self,

@@ -69,6 +69,14 @@ impl BlobIndex {
         index.iter().map(|(id, loc)| (*id, loc.loc())).collect()
     }
 
+    /// Calls `f` on every committed object and where it is, without copying the index (the
+    /// index stays locked for reading meanwhile: `f` must not write to it).
+    pub fn for_each_committed(&self, mut f: impl FnMut(&Id, Loc)) {
+        for (id, loc) in read(&self.committed).iter() {
+            f(id, loc.loc());
+        }
+    }
+
     /// The open batch `batch` wrote `id` at `loc`: other batches may adopt it.
     pub fn add_pending(&self, id: Id, loc: Loc, batch: u64) {
         lock(&self.pending).insert(id, (loc, batch));

@@ -128,6 +128,9 @@ impl Store {
     pub fn gc_with(&self, repack_dead_fraction: f64) -> Result<GcReport> {
         let _exclusive = write(&self.gc_lock);
         self.close_writers();
+        // The recompression's output too: it may be repacked or, before its first commit,
+        // collected as an orphan below, and must not be appended to after.
+        self.close_recompress_output();
         let live = self.mark(&HashSet::new())?;
         let mut report = GcReport::default();
         let mut live_in: HashMap<u32, Vec<(Id, Loc)>> = HashMap::new();

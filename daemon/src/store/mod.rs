@@ -36,6 +36,7 @@ pub mod holes;
 pub mod id;
 pub mod pack;
 pub mod read;
+pub mod recompress;
 pub mod records;
 pub mod tree;
 pub(crate) mod writers;
@@ -93,6 +94,10 @@ pub struct Store {
     /// collection.
     punch_supported: std::sync::OnceLock<bool>,
     gc_epoch: AtomicU64,
+    /// Batches open now (see [`Store::batches_open`]).
+    open_batches: std::sync::atomic::AtomicUsize,
+    /// The idle recompression's counter and output pack.
+    recompress: recompress::State,
     /// Work counters.
     pub counters: StoreCounters,
     _lock: File,
@@ -129,6 +134,8 @@ impl Store {
             gc_lock: RwLock::new(()),
             punch_supported: std::sync::OnceLock::new(),
             gc_epoch: AtomicU64::new(0),
+            open_batches: Default::default(),
+            recompress: Default::default(),
             counters: StoreCounters::default(),
             _lock: lock,
         };

@@ -3,12 +3,14 @@
 //! # Format
 //! 1. A pack is `packs/<number, 8 hex digits>.pack` and starts with the 8 bytes `CHKPACK1`.
 //! 2. Then records, each: the object's 16-byte id, one flags byte ([`FLAG_LZ4`],
-//!    [`FLAG_LZ4_BLOCK`], [`FLAG_TREE`], [`FLAG_CHUNKED`]), the stored length as 8 bytes little-endian, then the
+//!    [`FLAG_LZ4_BLOCK`], [`FLAG_TREE`], [`FLAG_CHUNKED`], [`FLAG_HC`]), the stored length as 8 bytes little-endian, then the
 //!    stored bytes: an LZ4 frame when `FLAG_LZ4` is set (objects streamed through), one LZ4
 //!    block of the raw length when `FLAG_LZ4_BLOCK` is set (objects of at most
 //!    [`IN_MEMORY_LIMIT`](super::IN_MEMORY_LIMIT) bytes, compressed in memory), else the raw
 //!    content. With `FLAG_CHUNKED` the stored bytes are a chunk list (see
-//!    [`chunked`](super::chunked)), never compressed.
+//!    [`chunked`](super::chunked)), never compressed. [`FLAG_HC`] says the block was made (or
+//!    the record looked at) by the idle recompression (see [`recompress`](super::recompress));
+//!    it decodes as any other.
 //! 3. Packs only grow while open for writing. The catalog records for each pack the length up to
 //!    which its data is fsynced and referenced; bytes past it are the remains of an interrupted
 //!    save and are cut off when the store opens.
@@ -37,6 +39,9 @@ pub const FLAG_LZ4_BLOCK: u8 = 4;
 /// The stored bytes are the chunk list of a large file (see [`chunked`](super::chunked)); the raw
 /// length is the file's.
 pub const FLAG_CHUNKED: u8 = 8;
+/// The record was recompressed at idle (an LZ4 HC block, or left as it was when that did not
+/// pay): recompression passes over it.
+pub const FLAG_HC: u8 = 16;
 /// A pack stops taking new records once it is this large.
 pub const PACK_TARGET_SIZE: u64 = 256 << 20;
 
@@ -51,7 +56,7 @@ pub struct Loc {
     pub len: u64,
     /// Uncompressed length.
     pub raw_len: u64,
-    /// [`FLAG_LZ4`] | [`FLAG_LZ4_BLOCK`] | [`FLAG_TREE`] | [`FLAG_CHUNKED`].
+    /// [`FLAG_LZ4`] | [`FLAG_LZ4_BLOCK`] | [`FLAG_TREE`] | [`FLAG_CHUNKED`] | [`FLAG_HC`].
     pub flags: u8,
 }
 

@@ -37,7 +37,15 @@ pub(crate) struct Packs {
     /// Packs whose writing or fsync failed, with the error. Linux reports a writeback error
     /// to one fsync only: the commit must learn of it here, not from its own fsync.
     sync_failures: Arc<Mutex<HashMap<u32, String>>>,
+    /// Packs deleted by the idle recompression, still mapped for a while: a reader that found
+    /// an object in one just before the index moved it reads it from here (see
+    /// [`Packs::retire`]).
+    retired: Mutex<HashMap<u32, (std::time::Instant, Arc<Mmap>)>>,
 }
+
+/// How long a retired pack stays readable: far longer than a reader holds a location it took
+/// from the index (one object's read), and short enough that its disk space comes back soon.
+const RETIRED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The pack writers: idle ones, and the packs whose writer a thread is using.
 #[derive(Debug, Default)]
@@ -114,6 +122,7 @@ impl Packs {
             maps: RwLock::new(HashMap::new()),
             early_sync: Mutex::new(early_sync),
             sync_failures,
+            retired: Mutex::default(),
         })
     }
 
@@ -312,13 +321,21 @@ impl Packs {
         // would then be read from a stale page, or past the end of the file).
         let stable = self.ensure_written(no, need)?;
         let path = self.path(no);
-        let file = File::open(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::Corrupt(format!("pack {} is missing", path.display()))
-            } else {
-                Error::io(&path, e)
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some((_, m)) = lock(&self.retired).get(&no)
+                    && m.len() as u64 >= need
+                {
+                    return Ok(m.clone());
+                }
+                return Err(Error::Corrupt(format!(
+                    "pack {} is missing",
+                    path.display()
+                )));
             }
-        })?;
+            Err(e) => return Err(Error::io(&path, e)),
+        };
         let len = file.metadata().at(&path)?.len().min(stable);
         if len < need {
             // Short because writing it out failed (a full disk): that is the error to give.
@@ -340,6 +357,22 @@ impl Packs {
         Ok(map)
     }
 
+    /// Deletes pack `no`'s file as [`Packs::delete`] does, keeping its first `len` bytes
+    /// mapped for [`RETIRED_FOR`]: the idle recompression moves objects while readers run,
+    /// and one that located an object just before it moved maps the old pack after. (The
+    /// disk space comes back once the map goes.) Retired packs past their time are let go.
+    pub fn retire(&self, no: u32, len: u64) -> Result<u64> {
+        self.expire_retired();
+        let map = self.map(no, len)?;
+        lock(&self.retired).insert(no, (std::time::Instant::now(), map));
+        self.delete(no)
+    }
+
+    /// Lets go of the maps of packs retired longer than [`RETIRED_FOR`] ago.
+    pub fn expire_retired(&self) {
+        lock(&self.retired).retain(|_, (at, _)| at.elapsed() < RETIRED_FOR);
+    }
+
     /// Deletes pack `no`'s file (gone already is fine); returns the bytes it took on disk.
     pub fn delete(&self, no: u32) -> Result<u64> {
         let path = self.path(no);
@@ -358,6 +391,7 @@ impl Packs {
     /// shrinks the idle writers' buffers.
     pub fn release_memory(&self) {
         write(&self.maps).clear();
+        self.expire_retired();
         for w in &mut lock(&self.writers).pool {
             w.shrink();
         }
