@@ -5,9 +5,7 @@ use std::sync::atomic::Ordering;
 
 use redb::ReadableTable;
 
-use super::{
-    BLOB_SEGMENTS, Catalog, PACKS, SEGMENT_ENTRIES, SEGMENT_V1, SEGMENT_VERSION, Table, be,
-};
+use super::{BLOB_SEGMENTS, Catalog, PACKS, SEGMENT_V1, SEGMENT_VERSION, Table, be};
 use crate::error::{Error, Result};
 use crate::store::Id;
 use crate::store::pack::Loc;
@@ -65,9 +63,9 @@ impl Catalog {
     }
 
     pub(super) fn put_blob_segments(&self, t: &mut Table<'_>, entries: &[(Id, Loc)]) -> Result<()> {
-        for chunk in entries.chunks(SEGMENT_ENTRIES) {
+        for value in super::fitted(entries, blob_segment) {
             let seq = self.next_blob_segment.fetch_add(1, Ordering::SeqCst);
-            t.insert(be(seq).as_slice(), blob_segment(chunk).as_slice())?;
+            t.insert(be(seq).as_slice(), value.as_slice())?;
         }
         Ok(())
     }

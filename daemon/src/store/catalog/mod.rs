@@ -50,6 +50,11 @@
 //!    [`Catalog::flush`] commits durably (see `kv`). Catalogs before this rule were sled
 //!    databases in the folder `catalog/`, with the same trees and keys (and sled's id counter
 //!    for rule 8): opening such a store copies every tree into [`FILE`] once (see `migrate`).
+//! 10. A blob or warm-index segment holds about [`SEGMENT_ENTRIES`] entries, fewer or more so
+//!     that a large one's value is just under a power of two bytes ([`fitted`]): redb stores
+//!     a value larger than a page in a leaf of a power of two pages, so a value of 370 KiB took
+//!     512 KiB (at 100,000 files, 30 bytes a file of the store were this rounding). A reader
+//!     takes a segment of any number of entries.
 
 mod kv;
 mod migrate;
@@ -74,6 +79,47 @@ use crate::error::{Error, Result};
 
 /// Objects per blob index segment, and index entries per warm-index segment.
 const SEGMENT_ENTRIES: usize = 8192;
+
+/// What a redb leaf holding one value needs besides the value (its header, the key and the
+/// offsets), with room to spare (format rule 10).
+const LEAF_OVERHEAD: usize = 512;
+
+/// Splits `items` into segments of about [`SEGMENT_ENTRIES`], each as `encode` makes it,
+/// sized so that a segment larger than a page ends just under a power of two bytes with its
+/// leaf's overhead (format rule 10): the entries per segment are scaled to the bytes per entry
+/// `encode` gave for the last try, at most a few tries, then cut back until it fits.
+pub(super) fn fitted<T>(items: &[T], encode: impl Fn(&[T]) -> Vec<u8>) -> Vec<Vec<u8>> {
+    const PAGE: usize = 4096;
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let mut n = rest.len().min(SEGMENT_ENTRIES);
+        let mut value = encode(&rest[..n]);
+        if value.len() + LEAF_OVERHEAD > PAGE {
+            let room = (value.len() + LEAF_OVERHEAD).next_power_of_two() - LEAF_OVERHEAD;
+            for _ in 0..3 {
+                let full_enough = value.len() <= room && room - value.len() < room / 64;
+                if full_enough || (n == rest.len() && value.len() <= room) {
+                    break;
+                }
+                let per_entry = value.len() as f64 / n as f64;
+                let m = ((room as f64 * 0.99 / per_entry) as usize).clamp(1, rest.len());
+                if m == n {
+                    break;
+                }
+                n = m;
+                value = encode(&rest[..n]);
+            }
+            while value.len() > room && n > 1 {
+                n = n * 31 / 32;
+                value = encode(&rest[..n]);
+            }
+        }
+        out.push(value);
+        rest = &rest[n..];
+    }
+    out
+}
 
 /// The catalog's file in the data directory (format rule 9).
 pub const FILE: &str = "catalog.redb";
@@ -286,6 +332,44 @@ mod tests {
     use super::blobs::{blob_segment, decode_blob_segment};
     use super::warm_index::{Segment, decode_index_segment, index_segment};
     use super::*;
+
+    #[test]
+    fn fitted_segments_end_just_under_a_power_of_two_and_keep_every_entry_in_order() {
+        // Segments of ~45 bytes an entry, as blob and warm-index segments are, with some
+        // entries larger than the others.
+        let entries: Vec<(Id, Loc)> = (0..100_000u64)
+            .map(|i| {
+                let loc = Loc {
+                    pack: (i / 40_000) as u32,
+                    offset: i * 997,
+                    len: 40 + i % 3_000,
+                    raw_len: 40 + i % 5_000,
+                    flags: (i % 5) as u8,
+                };
+                (Id::of(&i.to_le_bytes()), loc)
+            })
+            .collect();
+        let values = fitted(&entries, blob_segment);
+        let mut back = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let leaf = v.len() + LEAF_OVERHEAD;
+            let pow = leaf.next_power_of_two();
+            if i + 1 < values.len() {
+                assert!(
+                    leaf * 100 >= pow * 97,
+                    "segment {i}: {} bytes in a {pow}-byte leaf",
+                    v.len()
+                );
+            }
+            back.extend(decode_blob_segment(v).unwrap());
+        }
+        assert!(values.len() < 100_000 / SEGMENT_ENTRIES, "{}", values.len());
+        assert_eq!(back, entries);
+        // Small ones are left as they come.
+        let few = fitted(&entries[..10], blob_segment);
+        assert_eq!(few, vec![blob_segment(&entries[..10])]);
+        assert!(fitted(&entries[..0], blob_segment).is_empty());
+    }
 
     fn meta(i: u64) -> FileMeta {
         FileMeta {

@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use redb::ReadableTable;
 
 use super::{
-    Catalog, FileMeta, INDEX_SEGMENTS, MAX_INDEX_SEGMENT, META, SEGMENT_ENTRIES, SEGMENT_V1,
-    SEGMENT_VERSION, Table, be, u64_at,
+    Catalog, FileMeta, INDEX_SEGMENTS, MAX_INDEX_SEGMENT, META, SEGMENT_V1, SEGMENT_VERSION, Table,
+    be, u64_at,
 };
 use crate::error::{Error, Result};
 use crate::store::{Id, Kind, WorkspaceId};
@@ -161,11 +161,9 @@ impl Catalog {
         self.kv.write(|w| {
             let mut t = w.open_table(INDEX_SEGMENTS)?;
             let seqs = next_index_seq(&t, ws)?..;
-            for (seq, chunk) in seqs.zip(changes.chunks(SEGMENT_ENTRIES)) {
-                t.insert(
-                    index_key(ws, seq).as_slice(),
-                    index_segment(Segment::Journal, chunk).as_slice(),
-                )?;
+            let values = super::fitted(changes, |c| index_segment(Segment::Journal, c));
+            for (seq, value) in seqs.zip(values) {
+                t.insert(index_key(ws, seq).as_slice(), value.as_slice())?;
             }
             Ok(())
         })
@@ -244,11 +242,8 @@ pub(super) fn put_index_base(
     let seqs = next_index_seq(t, ws)?..;
     let (lo, hi) = (index_key(ws, 0), index_key(ws, u64::MAX));
     t.retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
-    for (seq, chunk) in seqs.zip(entries.chunks(SEGMENT_ENTRIES)) {
-        t.insert(
-            index_key(ws, seq).as_slice(),
-            index_segment(Segment::Base, chunk).as_slice(),
-        )?;
+    for (seq, value) in seqs.zip(super::fitted(entries, |c| index_segment(Segment::Base, c))) {
+        t.insert(index_key(ws, seq).as_slice(), value.as_slice())?;
     }
     Ok(())
 }
