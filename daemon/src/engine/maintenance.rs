@@ -111,12 +111,19 @@ fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
     // Whether recompression may have work: at start (a run counts what there is), and after
     // every snapshot.
     let mut recompress = true;
+    // When the maps of packs recompression deleted may go (their disk space comes back).
+    let mut retired: Option<Instant> = None;
+    let mut last_job = Instant::now();
     loop {
-        let idle = if recompress {
-            engine.upgrade().and_then(|e| e.recompress_after())
-        } else {
-            None
+        let after = engine.upgrade().and_then(|e| e.recompress_after());
+        let mut idle = match after {
+            Some(after) if recompress => Some(after.saturating_sub(last_job.elapsed())),
+            _ => None,
         };
+        if let Some(at) = retired {
+            let until = at.saturating_duration_since(Instant::now());
+            idle = Some(idle.map_or(until, |i| i.min(until)));
+        }
         let job = match next_job(&rx, &queued, idle) {
             Some(Ok(job)) => job,
             Some(Err(())) => break,
@@ -124,6 +131,16 @@ fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
                 let Some(engine) = engine.upgrade() else {
                     break;
                 };
+                let expire = |retired: &mut Option<Instant>| {
+                    *retired = engine
+                        .store
+                        .expire_retired()
+                        .map(|d| Instant::now() + d + Duration::from_millis(100));
+                };
+                if !recompress || after.is_none_or(|a| last_job.elapsed() < a) {
+                    expire(&mut retired);
+                    continue;
+                }
                 let stop = || {
                     if queued.borrow().is_some() {
                         return true;
@@ -137,9 +154,15 @@ fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
                     }
                 };
                 recompress = !engine.recompress_idle(&stop);
+                if recompress {
+                    // Stopped for a save or a job: the daemon must be idle again first.
+                    last_job = Instant::now();
+                }
+                expire(&mut retired);
                 continue;
             }
         };
+        last_job = Instant::now();
         if matches!(job, Job::BudgetDue) {
             recompress = true;
         }

@@ -153,6 +153,9 @@ impl Engine {
     /// worth of room above the floor (a source pack and its copy exist side by side for a
     /// while). Returns whether nothing is left to do until the next snapshot.
     pub(crate) fn recompress_idle(&self, stop: &dyn Fn() -> bool) -> bool {
+        if self.store.batches_open() {
+            return false;
+        }
         let dir = self.store.dir();
         if let Ok((fs_bytes, free)) = fs_space(dir) {
             let floor = lock(&self.limits).floor.resolve(

@@ -91,6 +91,12 @@ impl Store {
         *lock(&self.recompress.out) = None;
     }
 
+    /// Lets go of the maps of packs recompression deleted more than a while ago (their disk
+    /// space comes back); returns how long until the next one may go, if any is left.
+    pub fn expire_retired(&self) -> Option<std::time::Duration> {
+        self.packs.expire_retired()
+    }
+
     /// Whether a batch is open (a save or a restore is writing): recompression steps aside.
     pub fn batches_open(&self) -> bool {
         self.open_batches.load(Ordering::SeqCst) > 0
@@ -185,6 +191,8 @@ impl Store {
                 return Ok(false);
             }
             let _shared = read(&self.gc_lock);
+            // Its catalog records must not meet a full disk (see `CATALOG_HEADROOM`).
+            self.catalog_room()?;
             let mut moved = Vec::new();
             let mut raw = 0;
             let mut out_guard = lock(&self.recompress.out);

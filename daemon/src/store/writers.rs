@@ -368,9 +368,15 @@ impl Packs {
         self.delete(no)
     }
 
-    /// Lets go of the maps of packs retired longer than [`RETIRED_FOR`] ago.
-    pub fn expire_retired(&self) {
-        lock(&self.retired).retain(|_, (at, _)| at.elapsed() < RETIRED_FOR);
+    /// Lets go of the maps of packs retired longer than [`RETIRED_FOR`] ago; returns how long
+    /// until the next one may go, if any is left.
+    pub fn expire_retired(&self) -> Option<std::time::Duration> {
+        let mut retired = lock(&self.retired);
+        retired.retain(|_, (at, _)| at.elapsed() < RETIRED_FOR);
+        retired
+            .values()
+            .map(|(at, _)| RETIRED_FOR.saturating_sub(at.elapsed()))
+            .min()
     }
 
     /// Deletes pack `no`'s file (gone already is fine); returns the bytes it took on disk.
