@@ -168,9 +168,20 @@ impl Engine {
                 return true;
             }
         }
+        // Deleted sources take their space until their maps go (see the module's rule 3).
+        let short = || {
+            fs_space(dir).is_ok_and(|(fs_bytes, free)| {
+                let floor = lock(&self.limits).floor.resolve(
+                    fs_bytes,
+                    DEFAULT_FLOOR_FRACTION,
+                    DEFAULT_FLOOR_CAP,
+                );
+                free < floor.saturating_add(2 * crate::store::recompress::SLICE_BYTES)
+            })
+        };
         match self
             .store
-            .recompress(&|| stop() || self.store.batches_open())
+            .recompress(&|| stop() || self.store.batches_open() || short())
         {
             Ok(report) => report.done,
             Err(e) => {

@@ -18,8 +18,11 @@
 //!    durably, and only then does the index in memory point at it. A source with nothing left
 //!    is removed from the catalog (durably) before its file is deleted; its map stays for a
 //!    while, for readers that located an object in it just before it moved (nothing is punched
-//!    out of a source for the same reason: such a reader would read zeros). So a run needs up to
-//!    a pack's worth of free space at a time (the caller checks). A crash at any point leaves every object
+//!    out of a source for the same reason: such a reader would read zeros; and `verify`, whose
+//!    list of objects is a copy, reads one that moved where it is now). Until its map goes, a
+//!    deleted source still takes its disk space: the caller starts a run only with a pack's
+//!    worth of room above the free-space floor and stops it, between slices, when the room
+//!    left is less than two slices. A crash at any point leaves every object
 //!    readable where the durable catalog says it is; an output written past its committed
 //!    length is cut off at the next open, as any pack's is.
 //! 4. A slice holds the store's shared lock, as a save does: collection waits for it, saves run
@@ -106,8 +109,11 @@ impl Store {
     pub fn recompress(&self, stop: &dyn Fn() -> bool) -> Result<RecompressReport> {
         let mut report = RecompressReport::default();
         {
-            // Rule 5: only while no batch is open.
-            let _exclusive = write(&self.gc_lock);
+            // Rule 5: only while no batch is open; one that opens now goes first (waiting for
+            // the lock would hold up every batch after it too).
+            let Ok(_exclusive) = self.gc_lock.try_write() else {
+                return Ok(report);
+            };
             self.close_writers();
         }
         // Per pack: its candidates' bytes and all its records' (the index is read once, not

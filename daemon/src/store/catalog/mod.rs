@@ -99,11 +99,15 @@ pub(super) fn fitted<T>(items: &[T], encode: impl Fn(&[T]) -> Vec<u8>) -> Vec<Ve
             let room = (value.len() + LEAF_OVERHEAD).next_power_of_two() - LEAF_OVERHEAD;
             for _ in 0..3 {
                 let full_enough = value.len() <= room && room - value.len() < room / 64;
-                if full_enough || (n == rest.len() && value.len() <= room) {
+                let most = rest.len().min(2 * SEGMENT_ENTRIES);
+                if full_enough || (n == most && value.len() <= room) {
                     break;
                 }
                 let per_entry = value.len() as f64 / n as f64;
-                let m = ((room as f64 * 0.99 / per_entry) as usize).clamp(1, rest.len());
+                // At most twice the usual entries: a warm-index segment's decoded size is
+                // bounded (`MAX_INDEX_SEGMENT`) and its stored one is compressed.
+                let most = rest.len().min(2 * SEGMENT_ENTRIES);
+                let m = ((room as f64 * 0.99 / per_entry) as usize).clamp(1, most);
                 if m == n {
                     break;
                 }
