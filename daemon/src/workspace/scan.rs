@@ -161,14 +161,14 @@ pub fn scan_with<T: Send>(
     visit: &Visitor<'_, T>,
 ) -> ScanResult<T> {
     let root_len = root.as_os_str().len();
-    let rel_of = move |p: &Path| -> Vec<u8> {
-        let b = p.as_os_str().as_bytes();
-        if b.len() > root_len + 1 {
-            b[root_len + 1..].to_vec()
-        } else {
-            Vec::new()
-        }
-    };
+    // Borrowed, not copied: the filter sees every entry, and a copy each was an allocation.
+    fn rel_in(p: &Path, root_len: usize) -> &[u8] {
+        p.as_os_str()
+            .as_bytes()
+            .get(root_len + 1..)
+            .unwrap_or_default()
+    }
+    let rel_of = move |p: &Path| -> Vec<u8> { rel_in(p, root_len).to_vec() };
     let excluded: Arc<Mutex<Excluded>> = Arc::default();
     let mut builder = WalkBuilder::new(abs(root, start));
     {
@@ -184,7 +184,7 @@ pub fn scan_with<T: Send>(
                     return true;
                 }
                 let is_dir = e.file_type().is_some_and(|t| t.is_dir());
-                match rules.check_last(&rel_of(e.path()), PathKind::dir_if(is_dir)) {
+                match rules.check_last(rel_in(e.path(), root_len), PathKind::dir_if(is_dir)) {
                     None => true,
                     Some(why) => {
                         // What the user's rules leave out is shown to them (the topmost path of
