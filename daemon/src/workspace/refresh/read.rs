@@ -239,6 +239,76 @@ fn read_large(
     Ok(Some((after, id)))
 }
 
+/// Folders a walking thread opened last, newest first: enough for the folders above the
+/// one being listed (the walker goes depth first), few enough to search by comparing paths.
+const CACHED_DIRS: usize = 8;
+
+thread_local! {
+    /// Each walking thread's last folders, as `O_PATH` descriptors: a file is opened relative
+    /// to its folder (`openat`) instead of by its whole path, a lookup of every folder above
+    /// it, which was the largest part of a cold save's system time. The walker's threads end
+    /// with the walk, and these descriptors with them.
+    static DIRS: std::cell::RefCell<Vec<(std::path::PathBuf, std::os::fd::OwnedFd)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`open_nofollow`], relative to the file's folder when this thread opened that folder
+/// recently. The folder is opened by its path once, as every file was before: which folder a
+/// path names is decided the same way, and a change to it after that is the watch's to report.
+pub(super) fn open_nofollow_in_dir(path: &Path) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return open_nofollow(path);
+    };
+    let Ok(name) = std::ffi::CString::new(name.as_bytes()) else {
+        return open_nofollow(path);
+    };
+    DIRS.with(|dirs| {
+        let mut dirs = dirs.borrow_mut();
+        let at = match dirs.iter().position(|(d, _)| d == dir) {
+            Some(i) => i,
+            None => {
+                let Ok(c_dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+                    return open_nofollow(path);
+                };
+                // SAFETY: a valid C string; the descriptor returned is ours alone.
+                let fd = unsafe {
+                    libc::open(
+                        c_dir.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    )
+                };
+                if fd < 0 {
+                    return open_nofollow(path);
+                }
+                // SAFETY: `fd` was just opened and is owned by nothing else.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                dirs.truncate(CACHED_DIRS - 1);
+                dirs.insert(0, (dir.to_path_buf(), fd));
+                0
+            }
+        };
+        loop {
+            // SAFETY: a valid C string and an open directory descriptor.
+            let fd = unsafe {
+                libc::openat(
+                    dirs[at].1.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: as above.
+                return Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    })
+}
+
 pub(super) fn open_nofollow(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()

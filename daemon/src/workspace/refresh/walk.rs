@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use super::read::{open_nofollow, read_object};
+use super::read::{open_nofollow_in_dir, read_object};
 use super::{Look, Walked, known, previous};
 use crate::error::{Error, Result};
 use crate::store::{Batch, Kind};
@@ -83,7 +83,7 @@ impl Workspace {
             // A regular file the index has never seen is opened at once: its `fstat` is the
             // walk's look at it and the read's first one (a cold save never `lstat`s a file).
             if f.file_type.is_some_and(|t| t.is_file()) && index.get(f.rel).is_none() {
-                match open_nofollow(f.path) {
+                match open_nofollow_in_dir(f.path) {
                     Ok(file) => {
                         let Some(st) = Stat::from_meta(&file.metadata()?) else {
                             return Ok(None);
