@@ -406,6 +406,45 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_gone_or_replaced_before_its_watch_costs_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // More than a batch, with folders gone (and one replaced by a file) on both sides of
+        // a batch's end and at its very end.
+        let all: Vec<String> = (0..3 * WATCH_BATCH).map(|i| format!("d{i:04}")).collect();
+        let gone = |i: usize| i % 7 == 3 || i == WATCH_BATCH - 1 || i == WATCH_BATCH;
+        for (i, d) in all.iter().enumerate() {
+            if i == 11 {
+                fs::write(root.join(d), b"a file now").unwrap();
+            } else if !gone(i) {
+                fs::create_dir(root.join(d)).unwrap();
+            }
+        }
+        let rules = Rules::new(root, &root.join("no-store"), Default::default());
+        let mut watcher = RecommendedWatcher::new(|_| {}, notify::Config::default()).unwrap();
+        let mut dirs = Dirs::default();
+        let known: BTreeSet<Vec<u8>> = all.iter().map(|d| d.as_bytes().to_vec()).collect();
+        dirs.watch_known(&mut watcher, root, &rules, known).unwrap();
+        for (i, d) in all.iter().enumerate() {
+            assert_eq!(dirs.contains(d.as_bytes()), !gone(i), "{d}");
+        }
+        assert!(dirs.contains(b""));
+        // The walk did not find the file as a folder: its watch goes.
+        let want: BTreeSet<Vec<u8>> = all
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !gone(i) && i != 11)
+            .map(|(_, d)| d.as_bytes().to_vec())
+            .collect();
+        let added = dirs
+            .align(&mut watcher, root, &rules, want.clone())
+            .unwrap();
+        assert!(added.is_empty());
+        assert!(!dirs.contains(b"d0011"));
+        assert_eq!(dirs.len(), want.len() + 1);
+    }
+
+    #[test]
     fn within_means_itself_or_below() {
         assert!(within(b"a/b", b"a"));
         assert!(within(b"a", b"a"));
