@@ -140,7 +140,7 @@ impl Committed {
         self.recent.shrink_to_fit();
         fresh.extend(extra);
         // Stable: of two entries for one id, the later is kept.
-        fresh.sort_by(|a, b| a.id.cmp(&b.id));
+        fresh.sort_by_key(|e| e.id);
         fresh.dedup_by(|later, kept| {
             let same = later.id == kept.id;
             if same {
@@ -366,9 +366,9 @@ mod tests {
             }
         }
         let mut all = index.all_committed();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by_key(|e| e.0);
         let mut want: Vec<(Id, Loc)> = model.into_iter().collect();
-        want.sort_by(|a, b| a.0.cmp(&b.0));
+        want.sort_by_key(|e| e.0);
         assert_eq!(all, want);
     }
 }
