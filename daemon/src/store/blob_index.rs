@@ -251,7 +251,7 @@ impl BlobIndex {
     /// index stays locked for reading meanwhile: `f` must not write to it).
     pub fn for_each_committed(&self, mut f: impl FnMut(&Id, Loc)) {
         for (id, loc) in read(&self.committed).iter() {
-            f(id, loc.loc());
+            f(&id, loc.loc());
         }
     }
 
