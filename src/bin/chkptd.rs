@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    limit_malloc_arenas();
+    tune_malloc();
     // SAFETY: no other thread exists yet (the runtime starts below), so nothing else reads or
     // writes the environment while it is changed, and nothing in chkptd owns fd 3.
     let activation = unsafe { chkpt_daemon::systemd::take_listen_fd() };
@@ -23,13 +23,24 @@ fn main() -> anyhow::Result<()> {
 /// tokio, rayon and watcher threads then keeps growing (measured on the Linux tree: +3 to
 /// +12 MiB resident per re-watch, ~150 MiB in all). One arena per core keeps it near 80 MiB
 /// and flat. Must run before any thread starts.
-fn limit_malloc_arenas() {
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+    }
+    // glibc serves a block of 128 KiB or more with its own mapping, and raises that bound to
+    // the size of each such block freed (up to 32 MiB): after the first large buffer of a save
+    // or a restart's index load is freed, the next ones come from the heap, between the index's
+    // small long-lived blocks, and what they leave behind cannot be returned (measured at
+    // 100,000 files: ~42 MiB anonymous after a restart with 21 MiB live, ~31 MiB with the
+    // bound fixed). A fixed bound keeps large buffers in mappings that go back whole.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: as above.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
     }
 }
 

@@ -89,6 +89,10 @@ pub struct Rules {
     store_rel: Option<Vec<u8>>,
     include: Include,
     dirs: RwLock<HashMap<Vec<u8>, Arc<DirRules>>>,
+    /// What most folders have (no ignore file, no evidence): one shared copy instead of an
+    /// allocation per folder (~130 bytes each, for every folder of the tree, for as long as
+    /// it is watched).
+    plain: Arc<DirRules>,
 }
 
 /// Joins a relative path (bytes, `/`-separated) onto `root`.
@@ -132,6 +136,10 @@ impl Rules {
             store_rel,
             include,
             dirs: RwLock::new(HashMap::new()),
+            plain: Arc::new(DirRules {
+                ignore: None,
+                dependency: None,
+            }),
         }
     }
 
@@ -178,10 +186,12 @@ impl Rules {
         } else {
             None
         };
-        let rules = Arc::new(DirRules {
-            ignore,
-            dependency: dependency_evidence(&path, split_last(dir).1),
-        });
+        let dependency = dependency_evidence(&path, split_last(dir).1);
+        let rules = if ignore.is_none() && dependency.is_none() {
+            self.plain.clone()
+        } else {
+            Arc::new(DirRules { ignore, dependency })
+        };
         write(&self.dirs).insert(dir.to_vec(), rules.clone());
         rules
     }

@@ -92,6 +92,53 @@ fn known(index: &super::Index, rel: &[u8], st: &Stat) -> Option<bool> {
     }
 }
 
+/// What a refresh read, gathered for the index as each read is done.
+#[derive(Default)]
+struct Done {
+    /// Reads taken.
+    n: usize,
+    /// Files stored, to insert in one pass.
+    stored: Vec<(Vec<u8>, FileMeta)>,
+    /// What was stored of each inode with more than one link, for its other links to share.
+    linked: HashMap<(u64, u64), FileMeta>,
+}
+
+impl Done {
+    /// Takes what reading `rel` gave: a file stored (and its cost counted), gone (out of the
+    /// index), or skipped (a warning).
+    fn take(
+        &mut self,
+        ws: &mut Workspace,
+        rel: Vec<u8>,
+        st: &Stat,
+        had: bool,
+        outcome: ReadOutcome,
+        warnings: &mut Vec<String>,
+    ) {
+        self.n += 1;
+        match outcome {
+            ReadOutcome::Stored(meta, added) => {
+                if st.kind == Kind::File && st.nlink > 1 {
+                    self.linked.insert((st.dev, st.ino), meta);
+                }
+                if added > 0 {
+                    *ws.costs.entry(rel.clone()).or_default() += added;
+                }
+                self.stored.push((rel, meta));
+            }
+            ReadOutcome::Gone => ws.index.remove(&rel),
+            ReadOutcome::Skipped(why) => {
+                let kept = if had {
+                    "; its previous version is kept"
+                } else {
+                    "; not saved"
+                };
+                warnings.push(format!("{why}{kept}"));
+            }
+        }
+    }
+}
+
 impl Workspace {
     /// Brings the index up to date with the disk for `changes`, storing new content in `batch`.
     /// Returns warnings about paths that could not be read.
@@ -241,8 +288,9 @@ impl Workspace {
             }
             looks.dedup_by(|a, b| a.0 == b.0);
         }
-        // (path, stat, whether the index had an entry, what reading it gave)
-        let mut read: Vec<(Vec<u8>, Stat, bool, ReadOutcome)> = Vec::new();
+        // What was read, applied as it comes: a cold save's whole list of (path, stat, outcome)
+        // was ~200 bytes a path on top of the walk's own list, at the save's peak.
+        let mut done = Done::default();
         let mut to_read: Vec<(Vec<u8>, Stat, bool)> = Vec::new();
         let mut links: Vec<(Vec<u8>, Stat)> = Vec::new();
         // Directories whose metadata changed, inserted at once: a walk finds them in no order,
@@ -277,14 +325,16 @@ impl Workspace {
                     }
                 }
                 Some(Walked::Nothing) => {}
-                Some(Walked::Read(outcome, had)) => read.push((rel, st, had, outcome)),
+                Some(Walked::Read(outcome, had)) => {
+                    done.take(self, rel, &st, had, outcome, warnings);
+                }
                 Some(Walked::Link) => links.push((rel, st)),
                 // Only after a failed read, whose error the walk returned instead.
                 Some(Walked::Abandoned) => {}
             }
         }
         self.index.insert_many(dirs);
-        let walked = read.len();
+        let walked = done.n;
         // Hard links among what is left to read: each inode once.
         let mut first_of: HashMap<(u64, u64), usize> = HashMap::new();
         let mut link_of: Vec<Option<usize>> = vec![None; to_read.len()];
@@ -323,19 +373,11 @@ impl Workspace {
         let mut followers = Vec::new();
         for (i, ((rel, st, had), outcome)) in to_read.into_iter().zip(outcomes).enumerate() {
             match outcome? {
-                Some(outcome) => read.push((rel, st, had, outcome)),
+                Some(outcome) => done.take(self, rel, &st, had, outcome, warnings),
                 None => followers.push((rel, st, had, link_of[i])),
             }
         }
-        let mut stored: HashMap<(u64, u64), FileMeta> = read
-            .iter()
-            .filter_map(|(_, st, _, o)| match o {
-                ReadOutcome::Stored(m, _) if st.kind == Kind::File && st.nlink > 1 => {
-                    Some(((st.dev, st.ino), *m))
-                }
-                _ => None,
-            })
-            .collect();
+        let mut stored = std::mem::take(&mut done.linked);
         for (rel, st) in links {
             let had = matches!(self.index.get(&rel), Some(Node::Leaf(_)));
             followers.push((rel, st, had, None));
@@ -353,38 +395,19 @@ impl Workspace {
                 ),
                 None => {
                     let prev = previous(&self.index, &rel);
-                    let o = read_object(batch, counters, &abs(root, &rel), &st, None, prev)?;
+                    let path = abs(&self.root, &rel);
+                    let o = read_object(batch, &self.counters, &path, &st, None, prev)?;
                     if let ReadOutcome::Stored(m, _) = &o {
                         stored.insert((st.dev, st.ino), *m);
                     }
                     o
                 }
             };
-            read.push((rel, st, had, outcome));
+            done.take(self, rel, &st, had, outcome, warnings);
         }
         let read_ms = started.elapsed().as_millis() as u64;
-        let n = read.len();
-        let mut stored_now = Vec::with_capacity(n);
-        for (rel, _, had, outcome) in read {
-            match outcome {
-                ReadOutcome::Stored(meta, added) => {
-                    if added > 0 {
-                        *self.costs.entry(rel.clone()).or_default() += added;
-                    }
-                    stored_now.push((rel, meta));
-                }
-                ReadOutcome::Gone => self.index.remove(&rel),
-                ReadOutcome::Skipped(why) => {
-                    let kept = if had {
-                        "; its previous version is kept"
-                    } else {
-                        "; not saved"
-                    };
-                    warnings.push(format!("{why}{kept}"));
-                }
-            }
-        }
-        self.index.insert_many(stored_now);
+        let n = done.n;
+        self.index.insert_many(done.stored);
         tracing::debug!(
             read_during_walk = walked,
             read = n - walked,
