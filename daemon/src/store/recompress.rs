@@ -160,7 +160,10 @@ impl Store {
                 }
             }
             left = left.saturating_sub(sources[&no]);
-            self.recompress.pending.store(left, Ordering::Relaxed);
+            // Zero only once the run is over (below): `status` says "done" when it is.
+            self.recompress
+                .pending
+                .store(left.max(1), Ordering::Relaxed);
         }
         report.done = true;
         if report.records as usize > entries / 8 {
@@ -172,6 +175,7 @@ impl Store {
             tracing::info!(?report, "recompressed at idle");
         }
         self.release_memory();
+        self.recompress.pending.store(0, Ordering::Relaxed);
         Ok(report)
     }
 
