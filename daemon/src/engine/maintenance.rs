@@ -173,13 +173,6 @@ fn run(engine: Weak<Engine>, rx: Receiver<Job>) {
                 // Requests that queued up while one ran are one check.
                 let mut stop = false;
                 let mut due = Vec::new();
-                if let Some(next) = queued.borrow_mut().take() {
-                    match next {
-                        Job::Stop => stop = true,
-                        Job::RetentionDue(ws) => due.push(ws),
-                        Job::BudgetDue => {}
-                    }
-                }
                 while let Ok(next) = rx.try_recv() {
                     match next {
                         Job::Stop => stop = true,

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// Every path of the index with its entry, in walk order.
+fn paths(ix: &Index) -> Vec<(Vec<u8>, FileMeta)> {
+    let mut out = Vec::new();
+    ix.walk(|p, m| out.push((p.to_vec(), *m)));
+    out
+}
+
 mod index {
     use super::*;
 
@@ -33,11 +40,6 @@ mod index {
             one.insert(p, *m);
         }
         many.insert_many(entries);
-        let paths = |ix: &Index| {
-            let mut out = Vec::new();
-            ix.walk(|p, m| out.push((p.to_vec(), *m)));
-            out
-        };
         assert_eq!(paths(&one), paths(&many));
         assert_eq!(one.totals(), many.totals());
         assert_eq!(one.totals(), (5, 20));
@@ -462,11 +464,6 @@ mod packed {
         }
         let mut many = base;
         many.insert_many(run);
-        let paths = |ix: &Index| {
-            let mut out = Vec::new();
-            ix.walk(|p, m| out.push((p.to_vec(), *m)));
-            out
-        };
         assert_eq!(paths(&one), paths(&many));
         assert_eq!(one.totals(), many.totals());
         assert_eq!(one.journal_len(), many.journal_len());
