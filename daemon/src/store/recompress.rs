@@ -195,6 +195,8 @@ impl Store {
         });
         entries.sort_unstable_by_key(|(_, l)| l.offset);
         let mut at = 0;
+        // A record that could not be read keeps its pack.
+        let mut left_behind = false;
         let mut scratch = Vec::new();
         while at < entries.len() {
             if stop() {
@@ -228,11 +230,13 @@ impl Store {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::warn!(object = %id, error = %e, "left where it is by recompression");
+                        left_behind = true;
                         continue;
                     }
                 };
                 let Ok(stored) = loc_bytes(&map, &id, &loc) else {
                     tracing::warn!(object = %id, pack = no, "record header damaged: left where it is by recompression");
+                    left_behind = true;
                     continue;
                 };
                 raw += loc.raw_len;
@@ -266,19 +270,17 @@ impl Store {
             drop(out_guard);
             self.index.commit(&moved);
         }
-        self.recompress_pack_done(no, report)?;
+        if !left_behind {
+            self.recompress_pack_done(no, report)?;
+        }
         Ok(true)
     }
 
-    /// Removes source `no` once nothing committed is in it.
+    /// Removes source `no`, every record of which has moved. (Each was visited: moved here,
+    /// or moved or dropped by a collection. A closed pack takes no new records, so none is
+    /// left unless it could not be read.)
     fn recompress_pack_done(&self, no: u32, report: &mut RecompressReport) -> Result<()> {
         let _shared = read(&self.gc_lock);
-        let mut still = false;
-        self.index
-            .for_each_committed(|_, loc| still |= loc.pack == no);
-        if still {
-            return Ok(());
-        }
         let Some(len) = self
             .cat
             .pack_lengths()?
